@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo
+
+.PHONY: setup test demo bench clean
+
+# The venv is reused when it exists (torch is a ~5.5 GB install); the stamp re-runs pip
+# only when pyproject.toml changes.
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/ccrcc-grade synth $(DEMO_DIR)/cohort --patients 40 --seed 0
+	$(BIN)/ccrcc-grade study $(DEMO_DIR)/cohort --out $(DEMO_DIR)/study --preset quick
+
+bench: setup
+	$(BIN)/ccrcc-grade bench --what all
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache build *.egg-info src/*.egg-info

@@ -1,0 +1,7 @@
+"""`python -m ccrcc_grade` runs the CLI (so `torchrun -m ccrcc_grade train ...` works)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""Configuration dataclasses, saved as JSON with every ingest and run.
+
+``PreprocessConfig`` is everything needed to turn a raw slice and a box into a model input; it is
+stored in the cache and in every checkpoint so prediction reproduces training exactly.
+``TrainConfig`` holds the study's protocol as defaults (Cui et al. 2025).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CcrccError
+
+
+@dataclass
+class PreprocessConfig:
+    """How a slice becomes a crop: HU window (DICOM/NIfTI only), box margin, crop size."""
+
+    size: int = 224                # crop edge in the cache (pixels)
+    window_level: float = 40.0     # HU, the study's abdominal window
+    window_width: float = 290.0    # HU
+    margin_mm: float = 0.0         # extra margin added around every box (mm; pixels if no spacing)
+
+    def validate(self) -> "PreprocessConfig":
+        if not 8 <= self.size <= 1024:
+            raise CcrccError(f"--size must be between 8 and 1024, got {self.size}")
+        if self.window_width <= 0:
+            raise CcrccError(f"window width must be positive, got {self.window_width}")
+        if self.margin_mm < 0:
+            raise CcrccError(f"--margin-mm must be >= 0, got {self.margin_mm}")
+        return self
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults follow the study: SGD lr 1e-3, batch 32, 50 epochs, 224 px."""
+
+    work: str = ""
+    phase: str = "parenchymal"
+    model: str = "resnet34"
+    out: str = ""
+    weights: str = "imagenet"       # imagenet | none | PATH to a ResNet34 state dict
+    epochs: int = 50
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    image_size: int = 224
+    repeats: int = 3                # every training crop used this many times per epoch (x3)
+    rotation: float = 30.0          # degrees, uniform in [-rotation, rotation]
+    hflip: bool = True
+    vflip: bool = True
+    class_weighted: bool = True     # CE weights inversely proportional to class frequency
+    select_metric: str = "patient_auc"   # patient_auc | image_auc | loss  (validation only)
+    patient_aggregate: str = "mean"      # how slice probabilities become a patient's
+    device: str = "auto"            # auto | cpu | cuda
+    amp: str = "auto"               # auto | on | off  (bf16 on CPUs that support it, fp16 on CUDA)
+    channels_last: bool = True
+    seed: int = 0
+    splits: str = ""                # defaults to WORK/splits.json
+    fold: int = -1                  # >= 0: train on the K-fold assignment, fold = validation
+    num_threads: int = 0            # 0 = torch default
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        for name in ("epochs", "batch_size", "image_size", "repeats"):
+            if getattr(self, name) < 1:
+                raise CcrccError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise CcrccError(f"--lr must be positive, got {self.lr}")
+        if self.select_metric not in ("patient_auc", "image_auc", "loss"):
+            raise CcrccError(f"--select-metric must be patient_auc, image_auc or loss, got {self.select_metric!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise CcrccError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.amp not in ("auto", "on", "off"):
+            raise CcrccError(f"--amp must be auto, on or off, got {self.amp!r}")
+        return self
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def from_dict(cls: type, data: dict[str, Any]):
+    """Build a dataclass from a dict, ignoring unknown keys (forward compatibility)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def save_json(obj: Any, path: Path) -> None:
+    from .fileio import atomic_write_text
+
+    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+_ = field  # re-exported for callers building configs

@@ -1,0 +1,104 @@
+"""Checkpoints and batched inference, shared by training, evaluation, prediction and export."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .data import to_model_input
+from .errors import CcrccError
+
+CHECKPOINT_FORMAT = "ccrcc-grade-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CcrccError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AVX-512 (BF16) or AMX, where oneDNN runs bf16 convolutions natively."""
+    cap = torch.backends.cpu.get_cpu_capability().upper()
+    return "AVX512" in cap or "AMX" in cap
+
+
+def amp_dtype(device: torch.device, mode: str) -> torch.dtype | None:
+    """The autocast dtype for a device and --amp mode (None = full fp32)."""
+    if mode == "off":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and (mode == "on" or cpu_has_fast_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_checkpoint(model: nn.Module, meta: dict) -> dict:
+    """A checkpoint is plain data (tensors, numbers, strings) so it loads with weights_only=True."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "package_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "state_dict": state, **meta}
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load and check one of our checkpoints (``weights_only=True``: no code from the file runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CcrccError(f"{path}: model file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors have many types
+        raise CcrccError(f"{path}: not a ccrcc-grade model file ({exc.__class__.__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CcrccError(f"{path}: not a ccrcc-grade model file")
+    if ckpt.get("format_version") != CHECKPOINT_VERSION:
+        raise CcrccError(f"{path}: saved by an incompatible ccrcc-grade version "
+                         f"(checkpoint format {ckpt.get('format_version')}, this version reads {CHECKPOINT_VERSION})")
+    return ckpt
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the network of a checkpoint with its trained weights, in eval mode."""
+    from .models import create_model
+
+    ckpt = read_checkpoint(path)
+    model, _ = create_model(ckpt["model"], weights="none", num_classes=len(ckpt["classes"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise CcrccError(f"{path}: weights do not fit a {ckpt['model']} ({str(exc).splitlines()[0]})") from None
+    model.to(device).eval()
+    return model, ckpt
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images_u8: torch.Tensor | np.ndarray, image_size: int, normalize: bool,
+                  device: torch.device, amp: torch.dtype | None = None, batch_size: int = 64,
+                  channels_last: bool = False) -> np.ndarray:
+    """Probability of the high-grade class for every uint8 crop (N, S, S)."""
+    if isinstance(images_u8, np.ndarray):
+        images_u8 = torch.from_numpy(np.ascontiguousarray(images_u8))
+    model.eval()
+    out = []
+    for i in range(0, len(images_u8), batch_size):
+        x = to_model_input(images_u8[i:i + batch_size].to(device), image_size, normalize, channels_last)
+        with autocast(device, amp):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)

@@ -1,0 +1,100 @@
+"""DICOM CT series: read, check, sort by position, convert to Hounsfield units.
+
+pydicom decodes every transfer syntax its installed plugins support (JPEG 2000 via
+pylibjpeg-openjpeg, JPEG-LS via pyjpegls, JPEG lossless via GDCM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from ..errors import CcrccError
+
+
+@dataclass
+class DicomSlice:
+    path: Path
+    sop_uid: str
+    series_uid: str
+    position: float           # along the slice normal (mm); NaN when the tags are missing
+    instance: int
+    pixel_spacing: tuple[float, float]   # (row, col) mm
+    header: pydicom.Dataset   # header only, pixels not loaded
+
+
+def read_header(path: Path) -> pydicom.Dataset:
+    """Read a DICOM header (no pixel data); a :class:`CcrccError` when it is not DICOM."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise CcrccError(f"{path}: not a readable DICOM file ({exc})") from None
+
+
+def slice_position(ds: pydicom.Dataset) -> float:
+    """Position of a slice along its normal: ImagePositionPatient . (row x col direction)."""
+    try:
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=float)
+        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=float)
+    except (AttributeError, TypeError, ValueError):
+        return float("nan")
+    normal = np.cross(iop[:3], iop[3:])
+    return float(np.dot(ipp, normal))
+
+
+def scan_series(folder: Path) -> list[DicomSlice]:
+    """Every DICOM file in ``folder`` (any names, any order), checked to be ONE series and
+    sorted along the slice normal (InstanceNumber when positions are missing)."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise CcrccError(f"{folder}: no DICOM files")
+    slices = []
+    for f in files:
+        ds = read_header(f)
+        if "PixelData" not in ds and not hasattr(ds, "Rows"):
+            raise CcrccError(f"{f}: DICOM file has no image")
+        spacing = tuple(float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0]))
+        slices.append(DicomSlice(f, str(getattr(ds, "SOPInstanceUID", f.name)),
+                                 str(getattr(ds, "SeriesInstanceUID", "")), slice_position(ds),
+                                 int(getattr(ds, "InstanceNumber", 0) or 0), (spacing[0], spacing[1]), ds))
+    uids = sorted({s.series_uid for s in slices})
+    if len(uids) > 1:
+        counts = ", ".join(f"{u} ({sum(s.series_uid == u for s in slices)} files)" for u in uids)
+        raise CcrccError(f"{folder}: {len(uids)} DICOM series mixed in one phase folder: {counts}")
+    if all(np.isfinite(s.position) for s in slices):
+        slices.sort(key=lambda s: (s.position, s.instance))
+    else:
+        slices.sort(key=lambda s: (s.instance, s.path.name))
+    return slices
+
+
+def read_hu(path: Path, warnings: list[str] | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+    """Decode one DICOM slice to float32 HU (rows, cols) and its pixel spacing (row, col) in mm.
+
+    Missing RescaleSlope/Intercept default to 1/0 (or -1024 for unsigned data where CT
+    conventionally stores HU + 1024), with a warning appended to ``warnings``.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+        arr = ds.pixel_array
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError,
+            RuntimeError, NotImplementedError) as exc:
+        raise CcrccError(f"{path}: cannot decode DICOM pixel data ({exc})") from None
+    if arr.ndim != 2:
+        raise CcrccError(f"{path}: expected a single 2-D slice, got pixel array shape {arr.shape}")
+    slope = getattr(ds, "RescaleSlope", None)
+    intercept = getattr(ds, "RescaleIntercept", None)
+    if slope is None or intercept is None:
+        default_intercept = -1024.0 if (int(getattr(ds, "PixelRepresentation", 1)) == 0 and intercept is None) else 0.0
+        slope = 1.0 if slope is None else slope
+        intercept = default_intercept if intercept is None else intercept
+        if warnings is not None:
+            warnings.append(f"{path}: RescaleSlope/RescaleIntercept missing; assumed slope {float(slope):g}, "
+                            f"intercept {float(intercept):g}")
+    hu = arr.astype(np.float32) * float(slope) + float(intercept)
+    spacing = tuple(float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0]))
+    return hu, (spacing[0], spacing[1])

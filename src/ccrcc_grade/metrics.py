@@ -1,0 +1,213 @@
+"""Metrics and statistics for binary grade prediction (label 1 = high grade).
+
+scikit-learn computes AUC, ROC, confusion matrices and the per-class scores; scipy gives the
+distributions. DeLong's variance and the paired DeLong test are written here because neither
+library implements them (the fast placement-value form of Sun & Xu 2014, validated against pROC
+in the tests).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score, roc_curve
+
+
+def safe_auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    """ROC AUC, or None when only one class is present (AUC undefined)."""
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        return None
+    return float(roc_auc_score(y, p))
+
+
+def aggregate_patients(patient_ids: list[str], probs: np.ndarray, labels: np.ndarray,
+                       how: str = "mean") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Slice probabilities -> one probability per patient (mean by default; median or max)."""
+    fn = {"mean": np.mean, "median": np.median, "max": np.max}.get(how)
+    if fn is None:
+        raise ValueError(f"unknown aggregation {how!r}")
+    groups: OrderedDict[str, list[int]] = OrderedDict()
+    for i, pid in enumerate(patient_ids):
+        groups.setdefault(pid, []).append(i)
+    ids = list(groups)
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    p = np.array([fn(probs[g]) for g in groups.values()], dtype=float)
+    y = np.array([labels[g[0]] for g in groups.values()], dtype=int)
+    return ids, y, p
+
+
+# --- DeLong ---------------------------------------------------------------------------------
+
+def delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs and their DeLong covariance matrix for one or more score vectors on the same cases.
+
+    ``scores`` has shape (n,) or (k, n); returns (aucs (k,), cov (k, k)). Cases are label 1
+    (higher scores expected), controls label 0 - pROC's direction '<'.
+    """
+    y = np.asarray(y).astype(int)
+    s = np.atleast_2d(np.asarray(scores, dtype=float))
+    pos, neg = s[:, y == 1], s[:, y == 0]
+    m, n = pos.shape[1], neg.shape[1]
+    if m < 1 or n < 1:
+        raise ValueError("DeLong needs both classes")
+    tx = stats.rankdata(pos, axis=1)
+    ty = stats.rankdata(neg, axis=1)
+    tz = stats.rankdata(np.concatenate([pos, neg], axis=1), axis=1)
+    aucs = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
+    v10 = (tz[:, :m] - tx) / n          # placement of each case among the controls
+    v01 = 1.0 - (tz[:, m:] - ty) / m    # placement of each control among the cases
+    sx = np.atleast_2d(np.cov(v10)) if m > 1 else np.zeros((len(s), len(s)))
+    sy = np.atleast_2d(np.cov(v01)) if n > 1 else np.zeros((len(s), len(s)))
+    return aucs, sx / m + sy / n
+
+
+def delong_ci(y: np.ndarray, p: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """DeLong confidence interval of one AUC (normal approximation, clipped to [0, 1])."""
+    auc, cov = delong(y, p)
+    z = stats.norm.ppf(0.5 + level / 2)
+    se = math.sqrt(max(cov[0, 0], 0.0))
+    return max(0.0, auc[0] - z * se), min(1.0, auc[0] + z * se)
+
+
+def delong_paired_test(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> dict:
+    """Paired DeLong test of AUC(a) = AUC(b) on the same cases (two-sided)."""
+    aucs, cov = delong(y, np.vstack([p_a, p_b]))
+    diff = aucs[0] - aucs[1]
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    if var <= 0:
+        z, pval = (0.0, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
+        ci = (diff, diff)
+    else:
+        z = diff / math.sqrt(var)
+        pval = 2 * stats.norm.sf(abs(z))
+        h = stats.norm.ppf(0.975) * math.sqrt(var)
+        ci = (diff - h, diff + h)
+    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "auc_diff": float(diff),
+            "auc_diff_ci95": [float(ci[0]), float(ci[1])], "z": float(z), "p": float(pval)}
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """Exact (binomial) McNemar test on paired correctness; discordant pairs b (a right, b wrong)
+    and c (a wrong, b right)."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    n01 = int(np.sum(a & ~b))
+    n10 = int(np.sum(~a & b))
+    n = n01 + n10
+    p = 1.0 if n == 0 else float(stats.binomtest(n01, n, 0.5).pvalue)
+    return {"a_only_correct": n01, "b_only_correct": n10, "p": p}
+
+
+# --- classification metrics with bootstrap CIs ---------------------------------------------
+
+def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict:
+    """The study's metrics (per class: AUC, precision, sensitivity, specificity, F1; overall
+    ACC, balanced accuracy, Brier score, confusion matrix) as plain numbers."""
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    pred = (p >= threshold).astype(int)
+    cm = confusion_matrix(y, pred, labels=[0, 1])
+    out: dict = {"accuracy": float(np.mean(pred == y)) if len(y) else float("nan")}
+    per = {}
+    for k, name in ((0, "low"), (1, "high")):
+        tp = cm[k, k]
+        fn = cm[k].sum() - tp
+        fp = cm[:, k].sum() - tp
+        tn = cm.sum() - tp - fn - fp
+        prec = tp / (tp + fp) if tp + fp else float("nan")
+        sens = tp / (tp + fn) if tp + fn else float("nan")
+        spec = tn / (tn + fp) if tn + fp else float("nan")
+        f1 = 2 * prec * sens / (prec + sens) if (prec + sens) and not math.isnan(prec + sens) else float("nan")
+        auc = safe_auc((y == k).astype(int), p if k == 1 else 1 - p)
+        per[name] = {"auc": float("nan") if auc is None else auc, "precision": float(prec),
+                     "sensitivity": float(sens), "specificity": float(spec), "f1": float(f1)}
+    sens_vals = [per["low"]["sensitivity"], per["high"]["sensitivity"]]
+    out["balanced_accuracy"] = float(np.mean(sens_vals))
+    out["brier"] = float(brier_score_loss(y, p, pos_label=1)) if len(y) else float("nan")
+    out.update(per)
+    out["confusion_matrix"] = cm.tolist()
+    return out
+
+
+def _flatten(m: dict) -> dict[str, float]:
+    flat = {k: m[k] for k in ("accuracy", "balanced_accuracy", "brier")}
+    for c in ("low", "high"):
+        for k, v in m[c].items():
+            flat[f"{c}.{k}"] = v
+    return flat
+
+
+def bootstrap_metrics(y: np.ndarray, p: np.ndarray, groups: list[str] | None = None, threshold: float = 0.5,
+                      n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Point metrics with percentile bootstrap CIs, resampling patients (``groups``) with
+    replacement so slices of one patient move together; AUC CIs by DeLong at patient level
+    (one row per patient) and by the cluster bootstrap at image level.
+
+    Returns the metrics.json structure: every number is {"value": v, "ci95": [lo, hi]}."""
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    point = point_metrics(y, p, threshold)
+    flat = _flatten(point)
+    groups = list(groups) if groups is not None else [str(i) for i in range(len(y))]
+    uniq = sorted(set(groups))
+    members = {g: [] for g in uniq}
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    member_arr = [np.array(members[g]) for g in uniq]
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {k: [] for k in flat}
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        idx = np.concatenate([member_arr[j] for j in pick])
+        yb, pb = y[idx], p[idx]
+        mb = _flatten(point_metrics(yb, pb, threshold))
+        for k, v in mb.items():
+            samples[k].append(v)
+    lo_q, hi_q = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+
+    def ci(vals: list[float]) -> list[float]:
+        a = np.asarray(vals, dtype=float)
+        a = a[np.isfinite(a)]
+        return [float(np.percentile(a, lo_q)), float(np.percentile(a, hi_q))] if len(a) else [float("nan")] * 2
+
+    one_per_patient = len(uniq) == len(y)
+    result: dict = {}
+    for k in ("accuracy", "balanced_accuracy", "brier"):
+        result[k] = {"value": flat[k], "ci95": ci(samples[k])}
+    for c in ("low", "high"):
+        result[c] = {}
+        for k in point[c]:
+            entry = {"value": flat[f"{c}.{k}"], "ci95": ci(samples[f"{c}.{k}"])}
+            if k == "auc" and one_per_patient and len(np.unique(y)) == 2:
+                entry["ci95"] = list(delong_ci(y, p if c == "high" else 1 - p, level))
+                entry["ci_method"] = "DeLong"
+            elif k == "auc":
+                entry["ci_method"] = "patient bootstrap"
+            result[c][k] = entry
+    result["confusion_matrix"] = point["confusion_matrix"]
+    result["n"] = int(len(y))
+    result["n_patients"] = len(uniq)
+    result["threshold"] = float(threshold)
+    result["bootstrap"] = {"resamples": n_boot, "seed": seed, "unit": "patient"}
+    return result
+
+
+def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """Threshold maximising sensitivity + specificity - 1 on (validation) data."""
+    if len(np.unique(y)) < 2:
+        return 0.5
+    fpr, tpr, thr = roc_curve(y, p)
+    j = int(np.argmax(tpr - fpr))
+    t = float(thr[j])
+    return min(max(t, 0.0), 1.0)
+
+
+def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
+    """Reliability curve (sklearn) plus calibration intercept-free slope summary via bins."""
+    from sklearn.calibration import calibration_curve
+
+    frac, mean_pred = calibration_curve(y, p, n_bins=bins, strategy="quantile" if len(y) >= 4 * bins else "uniform")
+    return {"fraction_positive": frac.tolist(), "mean_predicted": mean_pred.tolist()}

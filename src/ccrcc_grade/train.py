@@ -1,0 +1,317 @@
+"""Training: the study's protocol, readable top to bottom (torchvision reference style).
+
+``fit(cfg)`` -> RUN folder with config.json, log.csv, curves.png, best.pt, last.pt,
+train_summary.json. The best epoch is chosen on the validation split only. Each epoch's
+shuffling and augmentation come from a generator seeded by (seed, epoch), so a resumed run
+repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .cache import CropCache
+from .config import PreprocessConfig, TrainConfig, from_dict, save_json, to_dict
+from .data import CropSet, augment, class_weights, epoch_order, to_model_input
+from .errors import CcrccError
+from .fileio import atomic_save_figure, atomic_torch_save, atomic_write_json, atomic_write_text
+from .inference import amp_dtype, autocast, make_checkpoint, predict_probs, read_checkpoint, resolve_device
+from .metrics import aggregate_patients, safe_auc
+from .models import create_model, uses_imagenet_norm
+from .phases import CLASSES, check_phase
+from .progress import progress
+from .splits import fold_split, load_splits
+
+LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_auc", "val_image_auc", "val_acc", "lr",
+               "seconds", "data_seconds", "step_seconds", "img_per_s"]
+
+
+@dataclass
+class Dist:
+    """Process-group facts; world = 1 without torchrun."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_name != "cpu"
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def load_data(cfg: TrainConfig) -> tuple[CropCache, dict, CropSet, CropSet]:
+    """Cache + splits -> train and validation sets, with every pre-training check."""
+    cache = CropCache.load(cfg.work)
+    phase = check_phase(cfg.phase, allow_combined=True)
+    splits = load_splits(Path(cfg.splits) if cfg.splits else Path(cfg.work) / "splits.json")
+    if cfg.fold >= 0:
+        if "folds" not in splits:
+            raise CcrccError(f"--fold {cfg.fold} given but the splits file has no fold assignment (split --folds K)")
+        if cfg.fold > max(splits["folds"].values()):
+            raise CcrccError(f"--fold {cfg.fold} out of range (folds 0..{max(splits['folds'].values())})")
+        splits = fold_split(splits["folds"], cfg.fold, cache.patient_labels(), cfg.seed)
+    for part in ("train", "val"):
+        if not splits.get(part):
+            raise CcrccError(f"the {part} split is empty; re-run `ccrcc-grade split` with a non-zero {part} ratio")
+    rows_train = cache.select(phase, set(splits["train"]))
+    rows_val = cache.select(phase, set(splits["val"]))
+    if not cache.select(phase):
+        raise CcrccError(f"{cfg.work}: no crops of phase {phase!r} (phases present: {', '.join(cache.phases())})")
+    if not rows_train:
+        raise CcrccError(f"no {phase} crops for the training patients")
+    if not rows_val:
+        raise CcrccError(f"no {phase} crops for the validation patients")
+    train_labels = {r["label"] for r in rows_train}
+    for k, cls in enumerate(CLASSES):
+        if k not in train_labels:
+            raise CcrccError(f"no {cls}-grade {phase} crops in the training split; cannot learn two classes")
+    return cache, splits, CropSet(cache.crops, rows_train), CropSet(cache.crops, rows_val)
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, data: CropSet,
+                    cfg: TrainConfig, epoch: int, device: torch.device, amp: torch.dtype | None,
+                    normalize: bool, ddp: Dist, scaler=None) -> dict:
+    """One pass over every training crop ``cfg.repeats`` times, augmented; returns loss/acc/timings."""
+    model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    order = epoch_order(len(data), cfg.repeats, gen)
+    order = order[: len(order) - len(order) % ddp.world][ddp.rank::ddp.world]   # equal share per rank
+    per_rank = max(1, cfg.batch_size // ddp.world)
+    n_batches = math.ceil(len(order) / per_rank)
+    images = data.images.to(device, non_blocking=True)
+    labels = data.labels.to(device)
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 7_368_787 + epoch * 31 + ddp.rank)
+    tot_loss = tot_correct = tot_n = 0.0
+    t_data = t_step = 0.0
+    bar = progress(range(n_batches), total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+                   enable=cfg.progress and ddp.main, leave=False)
+    for b in bar:
+        t0 = time.perf_counter()
+        idx = order[b * per_rank:(b + 1) * per_rank].to(device)
+        x = to_model_input(images[idx], cfg.image_size, normalize, cfg.channels_last,
+                           transform=lambda t: augment(t, aug_gen, cfg.rotation, cfg.hflip, cfg.vflip))
+        y = labels[idx]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        with autocast(device, amp):
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise CcrccError(f"training loss became {loss.item()} at epoch {epoch}, batch {b + 1}; "
+                             f"the run is stopped (try a lower --lr, now {cfg.lr:g})")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = len(y)
+        tot_loss += loss.item() * n
+        tot_correct += (logits.argmax(1) == y).sum().item()
+        tot_n += n
+        t2 = time.perf_counter()
+        t_data += t1 - t0
+        t_step += t2 - t1
+    return {"train_loss": tot_loss / max(tot_n, 1), "train_acc": tot_correct / max(tot_n, 1),
+            "data_seconds": t_data, "step_seconds": t_step, "images": tot_n * ddp.world}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: CropSet, cfg: TrainConfig, device: torch.device, amp: torch.dtype | None,
+             normalize: bool, weights: torch.Tensor | None = None) -> dict:
+    """Validation metrics: patient-level AUC (mean of slice probabilities), image AUC, ACC, loss."""
+    probs = predict_probs(model, data.images, cfg.image_size, normalize, device, amp,
+                          batch_size=max(cfg.batch_size, 64), channels_last=cfg.channels_last)
+    y = data.labels.numpy()
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    w = weights.cpu().numpy() if weights is not None else np.ones(2)
+    loss = float(np.sum(-w[y] * np.where(y == 1, np.log(p), np.log(1 - p))) / np.sum(w[y]))
+    pat_ids, pat_y, pat_p = aggregate_patients(data.patients, probs, y, cfg.patient_aggregate)
+    return {"val_loss": loss, "val_auc": safe_auc(pat_y, pat_p), "val_image_auc": safe_auc(y, probs),
+            "val_acc": float(np.mean((probs >= 0.5) == y))}
+
+
+def _selection_score(metrics: dict, how: str) -> float:
+    if how == "loss":
+        return -metrics["val_loss"]
+    v = metrics["val_auc" if how == "patient_auc" else "val_image_auc"]
+    return -math.inf if v is None or math.isnan(v) else v
+
+
+def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
+    """Train one model; only rank 0 writes. Returns the run summary (rank 0) or None."""
+    cfg.validate()
+    cfg.phase = check_phase(cfg.phase, allow_combined=True)
+    ddp = init_distributed(cfg.device)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and ddp.world > 1:
+        device = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    cache, splits, train_set, val_set = load_data(cfg)
+    run = Path(cfg.out or Path(cfg.work) / "runs" / f"{cfg.model}-{cfg.phase}")
+    if ddp.main:
+        if _resume_state is None and (run / "last.pt").exists():
+            raise CcrccError(f"{run}: already holds a run (use --resume {run} to continue, or another --out)")
+        run.mkdir(parents=True, exist_ok=True)
+        cfg.out = str(run)
+        save_json(cfg, run / "config.json")
+
+    torch.manual_seed(cfg.seed)
+    model, load_report = create_model(cfg.model, cfg.weights)
+    normalize = uses_imagenet_norm(cfg.weights)
+    model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    weights = class_weights(train_set.labels).to(device) if cfg.class_weighted else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    amp = amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+
+    start_epoch, best_score, best_epoch, log_rows = 1, -math.inf, 0, []
+    if _resume_state is not None:
+        model.load_state_dict(_resume_state["state_dict"])
+        optimizer.load_state_dict(_resume_state["optimizer"])
+        start_epoch = _resume_state["epoch"] + 1
+        best_score, best_epoch = _resume_state["best_score"], _resume_state["best_epoch"]
+        log_rows = _resume_state["log"]
+    net = model
+    if ddp.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    pre = cache.preprocess
+    meta_base = {"model": cfg.model, "classes": list(CLASSES), "config": to_dict(cfg),
+                 "preprocess": {**to_dict(pre), "image_size": cfg.image_size, "normalize": normalize},
+                 "phase": cfg.phase, "threshold": 0.5, "threshold_source": "default 0.5 (study)",
+                 "splits": {k: splits[k] for k in ("train", "val", "test")}}
+    if ddp.main:
+        print(f"training {cfg.model} on {cfg.phase}: {len(train_set)} train crops "
+              f"({int(train_set.labels.sum())} high), {len(val_set)} val crops; device {device}, "
+              f"amp {amp}, world {ddp.world}; weights {cfg.weights}"
+              + (f" (missing {len(load_report.get('missing', []))}, unexpected "
+                 f"{len(load_report.get('unexpected', []))} keys)" if cfg.weights != "none" else ""), flush=True)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        stats = train_one_epoch(net, optimizer, loss_fn, train_set, cfg, epoch, device, amp, normalize, ddp, scaler)
+        if ddp.world > 1:   # BN running stats drift per rank after the last forward: take rank 0's
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
+        val = evaluate(model, val_set, cfg, device, amp, normalize, weights)
+        secs = time.perf_counter() - t0
+        row = {"epoch": epoch, **{k: stats[k] for k in ("train_loss", "train_acc", "data_seconds", "step_seconds")},
+               **val, "lr": optimizer.param_groups[0]["lr"], "seconds": secs,
+               "img_per_s": stats["images"] / max(stats["data_seconds"] + stats["step_seconds"], 1e-9)}
+        log_rows.append({k: row[k] for k in LOG_COLUMNS})
+        score = _selection_score(val, cfg.select_metric)
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch = score, epoch
+        if ddp.main:
+            meta = {**meta_base, "epoch": epoch, "val": val, "best_epoch": best_epoch}
+            if improved:
+                atomic_torch_save(make_checkpoint(model, meta), run / "best.pt")
+            last = make_checkpoint(model, meta)
+            last.update(optimizer=optimizer.state_dict(), best_score=best_score, log=log_rows)
+            atomic_torch_save(last, run / "last.pt")
+            _write_log(run, log_rows)
+            print(f"epoch {epoch}/{cfg.epochs} loss {stats['train_loss']:.4f} val AUC {_f(val['val_auc'])} "
+                  f"(image {_f(val['val_image_auc'])}) ACC {val['val_acc']:.3f} {secs:.1f}s"
+                  + (" *" if improved else ""), flush=True)
+    checksum = float(sum(p.detach().double().sum().item() for p in model.parameters()))
+    checksums = [checksum]
+    if ddp.world > 1:
+        checksums = [None] * ddp.world
+        dist.all_gather_object(checksums, checksum)
+    summary = None
+    if ddp.main:
+        _plot_curves(run, log_rows)
+        total_data = sum(r["data_seconds"] for r in log_rows)
+        total_step = sum(r["step_seconds"] for r in log_rows)
+        summary = {"run": str(run), "model": cfg.model, "phase": cfg.phase, "best_epoch": best_epoch,
+                   "best_val": next((r for r in log_rows if r["epoch"] == best_epoch), {}),
+                   "epochs": cfg.epochs, "world_size": ddp.world, "rank_checksums": checksums,
+                   "data_share": total_data / max(total_data + total_step, 1e-9),
+                   "weights_load": load_report, "device": str(device), "amp": str(amp)}
+        atomic_write_json(run / "train_summary.json", summary)
+    if ddp.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def resume(run: Path, progress: bool = True) -> dict | None:
+    """Continue an interrupted run from RUN/last.pt with its saved config."""
+    run = Path(run)
+    state = read_checkpoint(run / "last.pt")
+    if "optimizer" not in state:
+        raise CcrccError(f"{run / 'last.pt'}: not a resumable checkpoint")
+    cfg = from_dict(TrainConfig, state["config"])
+    cfg.out, cfg.progress = str(run), progress
+    if state["epoch"] >= cfg.epochs:
+        print(f"{run}: already finished ({cfg.epochs} epochs)")
+        return json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").exists() else None
+    return fit(cfg, _resume_state=state)
+
+
+def _write_log(run: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(run / "log.csv", buf.getvalue())
+
+
+def _plot_curves(run: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a1.plot(ep, [r["train_loss"] for r in rows], label="train")
+    a1.plot(ep, [r["val_loss"] for r in rows], label="validation")
+    a1.set_xlabel("epoch"), a1.set_ylabel("weighted cross-entropy"), a1.legend(), a1.set_title("loss")
+    a2.plot(ep, [np.nan if r["val_auc"] is None else r["val_auc"] for r in rows], label="patient AUC")
+    a2.plot(ep, [np.nan if r["val_image_auc"] is None else r["val_image_auc"] for r in rows], label="image AUC")
+    a2.plot(ep, [r["val_acc"] for r in rows], label="image ACC")
+    a2.set_ylim(0, 1.02), a2.set_xlabel("epoch"), a2.legend(), a2.set_title("validation")
+    fig.tight_layout()
+    atomic_save_figure(fig, run / "curves.png", dpi=110)
+    plt.close(fig)
+
+
+def _f(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+_ = PreprocessConfig  # re-export for type references
