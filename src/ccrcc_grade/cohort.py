@@ -107,34 +107,44 @@ def _load_slices(cohort: Cohort, phases: tuple[str, ...]) -> None:
     root = cohort.root.resolve()
     for pdir in _patient_dirs(cohort.root):
         for phase, fdir in phase_dirs(pdir, phases, cohort.warnings).items():
-            images = {p.resolve(): p for p in fdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-            annotated: set[Path] = set()
-            for jpath in sorted(fdir.glob("*.json")):
-                lm = read_labelme(jpath, root)
-                if lm.ignored:
-                    kinds = ", ".join(f"{k} x{n}" for k, n in sorted(Counter(lm.ignored).items()))
-                    cohort.warnings.append(f"{jpath}: ignored non-rectangle shapes ({kinds})")
-                if not lm.boxes:
-                    cohort.warnings.append(f"{jpath}: no rectangle; slice skipped")
-                    continue
-                path = lm.image_path
-                data = None
-                if path is None or not path.is_file():
-                    if lm.image_data is None:
-                        raise CcrccError(f"{jpath}: image {lm.image_path} not found and no imageData embedded")
-                    data = lm.image_data
-                    path = path or jpath
-                annotated.add(path)
-                source = str(path.relative_to(root)) if path.is_relative_to(root) else str(jpath.relative_to(root))
-                for _, box in lm.boxes:
-                    cohort.rois.append(Roi(pdir.name, phase, source, box, "image", path, data))
-            cohort.skipped_slices += sum(1 for p in images if p not in annotated)
+            rois, skipped = slice_folder_rois(fdir, pdir.name, phase, root, cohort.warnings)
+            cohort.rois += rois
+            cohort.skipped_slices += skipped
+
+
+def slice_folder_rois(fdir: Path, pid: str, phase: str, root: Path, warnings: list[str]) -> tuple[list[Roi], int]:
+    """Layout A, one phase folder: a ROI per labelme rectangle; returns (rois, unannotated slices)."""
+    root = Path(root).resolve()
+    images = {p.resolve(): p for p in fdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    annotated: set[Path] = set()
+    rois: list[Roi] = []
+    for jpath in sorted(fdir.glob("*.json")):
+        lm = read_labelme(jpath, root)
+        if lm.ignored:
+            kinds = ", ".join(f"{k} x{n}" for k, n in sorted(Counter(lm.ignored).items()))
+            warnings.append(f"{jpath}: ignored non-rectangle shapes ({kinds})")
+        if not lm.boxes:
+            warnings.append(f"{jpath}: no rectangle; slice skipped")
+            continue
+        path = lm.image_path
+        data = None
+        if path is None or not path.is_file():
+            if lm.image_data is None:
+                raise CcrccError(f"{jpath}: image {lm.image_path} not found and no imageData embedded")
+            data = lm.image_data
+            path = path or jpath
+        annotated.add(path)
+        source = str(path.relative_to(root)) if path.is_relative_to(root) else str(jpath.relative_to(root))
+        for _, box in lm.boxes:
+            rois.append(Roi(pid, phase, source, box, "image", path, data))
+    return rois, sum(1 for p in images if p not in annotated)
 
 
 def read_boxes_csv(path: Path, root: Path) -> list[dict]:
-    """boxes.csv rows: patient_id, phase, file, x_min, y_min, x_max, y_max (pixel col/row)."""
+    """boxes.csv rows: patient_id, phase, file, x_min, y_min, x_max, y_max (pixel col/row);
+    ``file`` is relative to ``root`` and must stay inside it."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CcrccError(f"{path}: cannot read ({exc})") from None
     reader = csv.DictReader(text.splitlines())
@@ -154,39 +164,57 @@ def read_boxes_csv(path: Path, root: Path) -> list[dict]:
             raise CcrccError(f"{where}: box coordinates must be numbers") from None
         if box.width < 1 or box.height < 1:
             raise CcrccError(f"{where}: box has zero area ({box.width:g} x {box.height:g} px)")
-        f = (root / row["file"]).resolve()
-        if not f.is_relative_to(root.resolve()):
+        f = (Path(root) / row["file"]).resolve()
+        if not f.is_relative_to(Path(root).resolve()):
             raise CcrccError(f"{where}: file {row['file']!r} points outside the cohort folder")
         rows.append({"patient_id": row["patient_id"].strip(), "phase": phase, "file": f, "box": box,
                      "where": where})
     return rows
 
 
-def _load_dicom(cohort: Cohort, phases: tuple[str, ...]) -> None:
+def dicom_folder_rois(folder: Path, pid: str, phase: str, boxes: list[dict], root: Path,
+                      by_name: bool = False) -> tuple[list[Roi], int]:
+    """Layout B, one series folder + its boxes rows -> ROIs in slice order; returns
+    (rois, slices without a box). ``by_name`` also matches box files by file name alone."""
     from .io.dicom import scan_series
 
-    root = cohort.root.resolve()
+    root = Path(root).resolve()
+    series = {s.path.resolve(): s for s in scan_series(folder)}
+    names = {p.name: p for p in series}
+    order = {p: i for i, p in enumerate(series)}
+    rois = []
+    used = set()
+    for r in boxes:
+        f = r["file"]
+        if f not in series and by_name and f.name in names:
+            f = names[f.name]
+        if f not in series:
+            raise CcrccError(f"{r['where']}: {r['file']} is not a DICOM file of {folder}")
+        r["_resolved"] = f
+        used.add(f)
+    for r in sorted(boxes, key=lambda r: (order[r["_resolved"]], r["box"].as_tuple())):
+        f = r["_resolved"]
+        source = str(f.relative_to(root)) if f.is_relative_to(root) else f.name
+        rois.append(Roi(pid, phase, source, r["box"], "dicom", f, spacing=series[f].pixel_spacing))
+    return rois, len(series) - len(used)
+
+
+def _load_dicom(cohort: Cohort, phases: tuple[str, ...]) -> None:
     rows = read_boxes_csv(cohort.root / "boxes.csv", cohort.root)
     by_folder: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
         if r["phase"] in phases:
             by_folder[(r["patient_id"], r["phase"])].append(r)
     patient_dirs = {p.name: p for p in _patient_dirs(cohort.root)}
-    for (pid, phase), boxes in sorted(by_folder.items()):
+    for (pid, phase), boxes in sorted(by_folder.items(), key=lambda kv: (kv[0][0], PHASES.index(kv[0][1]))):
         if pid not in patient_dirs:
             raise CcrccError(f"{boxes[0]['where']}: patient folder {pid!r} not found in {cohort.root}")
         folders = phase_dirs(patient_dirs[pid], phases, cohort.warnings)
         if phase not in folders:
             raise CcrccError(f"{boxes[0]['where']}: no {phase} folder for patient {pid!r}")
-        series = {s.path.resolve(): s for s in scan_series(folders[phase])}
-        order = {p: i for i, p in enumerate(series)}
-        for r in sorted(boxes, key=lambda r: (order.get(r["file"], -1), r["box"].as_tuple())):
-            s = series.get(r["file"])
-            if s is None:
-                raise CcrccError(f"{r['where']}: {r['file']} is not a DICOM file of {folders[phase]}")
-            cohort.rois.append(Roi(pid, phase, str(r["file"].relative_to(root)), r["box"], "dicom",
-                                   r["file"], spacing=s.pixel_spacing))
-        cohort.skipped_slices += len(series) - len({r["file"] for r in boxes})
+        rois, skipped = dicom_folder_rois(folders[phase], pid, phase, boxes, cohort.root)
+        cohort.rois += rois
+        cohort.skipped_slices += skipped
 
 
 def _reconcile(cohort: Cohort) -> None:

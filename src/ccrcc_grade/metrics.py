@@ -182,7 +182,8 @@ def bootstrap_metrics(y: np.ndarray, p: np.ndarray, groups: list[str] | None = N
         for k in point[c]:
             entry = {"value": flat[f"{c}.{k}"], "ci95": ci(samples[f"{c}.{k}"])}
             if k == "auc" and one_per_patient and len(np.unique(y)) == 2:
-                entry["ci95"] = list(delong_ci(y, p if c == "high" else 1 - p, level))
+                yc, pc = (y, p) if c == "high" else (1 - y, 1 - p)
+                entry["ci95"] = list(delong_ci(yc, pc, level))
                 entry["ci_method"] = "DeLong"
             elif k == "auc":
                 entry["ci_method"] = "patient bootstrap"

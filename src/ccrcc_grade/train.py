@@ -28,7 +28,7 @@ from .data import CropSet, augment, class_weights, epoch_order, to_model_input
 from .errors import CcrccError
 from .fileio import atomic_save_figure, atomic_torch_save, atomic_write_json, atomic_write_text
 from .inference import amp_dtype, autocast, make_checkpoint, predict_probs, read_checkpoint, resolve_device
-from .metrics import aggregate_patients, safe_auc
+from .metrics import aggregate_patients, safe_auc, youden_threshold
 from .models import create_model, uses_imagenet_norm
 from .phases import CLASSES, check_phase
 from .progress import progress
@@ -154,7 +154,7 @@ def evaluate(model: nn.Module, data: CropSet, cfg: TrainConfig, device: torch.de
     loss = float(np.sum(-w[y] * np.where(y == 1, np.log(p), np.log(1 - p))) / np.sum(w[y]))
     pat_ids, pat_y, pat_p = aggregate_patients(data.patients, probs, y, cfg.patient_aggregate)
     return {"val_loss": loss, "val_auc": safe_auc(pat_y, pat_p), "val_image_auc": safe_auc(y, probs),
-            "val_acc": float(np.mean((probs >= 0.5) == y))}
+            "val_acc": float(np.mean((probs >= 0.5) == y)), "val_threshold": youden_threshold(pat_y, pat_p)}
 
 
 def _selection_score(metrics: dict, how: str) -> float:
@@ -210,7 +210,7 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
     pre = cache.preprocess
     meta_base = {"model": cfg.model, "classes": list(CLASSES), "config": to_dict(cfg),
                  "preprocess": {**to_dict(pre), "image_size": cfg.image_size, "normalize": normalize},
-                 "phase": cfg.phase, "threshold": 0.5, "threshold_source": "default 0.5 (study)",
+                 "phase": cfg.phase,
                  "splits": {k: splits[k] for k in ("train", "val", "test")}}
     if ddp.main:
         print(f"training {cfg.model} on {cfg.phase}: {len(train_set)} train crops "
@@ -235,7 +235,9 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
         if improved:
             best_score, best_epoch = score, epoch
         if ddp.main:
-            meta = {**meta_base, "epoch": epoch, "val": val, "best_epoch": best_epoch}
+            meta = {**meta_base, "epoch": epoch, "val": val, "best_epoch": best_epoch,
+                    "threshold": val["val_threshold"],
+                    "threshold_source": f"Youden J on validation patients (epoch {epoch})"}
             if improved:
                 atomic_torch_save(make_checkpoint(model, meta), run / "best.pt")
             last = make_checkpoint(model, meta)

@@ -1,0 +1,174 @@
+"""Benchmarks (not tests): training throughput, prediction latency, ingest throughput.
+
+Each prints one JSON line. Baselines are measured in the same run: plain eager fp32 NCHW
+PyTorch, the way a straightforward implementation of the study would run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import augment, class_weights, to_model_input
+from .inference import amp_dtype, autocast, optimize_for_inference, resolve_device
+from .models import create_model
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _train_speed(device: torch.device, amp: torch.dtype | None, channels_last: bool, steps: int, image_size: int,
+                 batch_size: int, crops: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Images/s of train steps (augmentation included) and the share of time spent on data."""
+    torch.manual_seed(0)
+    model, _ = create_model("resnet34", "none")
+    model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(labels).to(device))
+    gen = torch.Generator().manual_seed(0)
+    crops, labels = crops.to(device), labels.to(device)
+    t_data = t_step = 0.0
+    n_img = 0
+    for step in range(steps + 1):            # step 0 warms up (allocations, kernel choice)
+        t0 = time.perf_counter()
+        idx = torch.randint(0, len(crops), (batch_size,), generator=gen).to(device)
+        x = to_model_input(crops[idx], image_size, True, channels_last, transform=lambda t: augment(t, gen))
+        y = labels[idx]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        with autocast(device, amp):
+            loss = loss_fn(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        if step:
+            t_data += t1 - t0
+            t_step += t2 - t1
+            n_img += batch_size
+    return n_img / (t_data + t_step), t_data / (t_data + t_step)
+
+
+def bench_train(device: str = "auto", steps: int = 6, image_size: int = 224, batch_size: int = 32) -> dict:
+    dev = resolve_device(device)
+    rng = np.random.default_rng(0)
+    crops = torch.from_numpy(rng.integers(0, 256, (128, image_size, image_size), dtype=np.uint8))
+    labels = torch.from_numpy(rng.integers(0, 2, 128)).long()
+    base, _ = _train_speed(dev, None, False, max(2, steps // 2), image_size, batch_size, crops, labels)
+    fast, share = _train_speed(dev, amp_dtype(dev, "auto"), True, steps, image_size, batch_size, crops, labels)
+    return {"bench": "train", "train_img_s": round(fast, 2), "train_img_s_baseline": round(base, 2),
+            "train_speedup": round(fast / base, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "data_share": round(share, 4), "device": str(dev), "amp": str(amp_dtype(dev, "auto")),
+            "image_size": image_size, "batch_size": batch_size, "threads": torch.get_num_threads()}
+
+
+def _latency(fn, n: int) -> np.ndarray:
+    for _ in range(3):
+        fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1000)
+    return np.asarray(ts)
+
+
+@torch.inference_mode()
+def bench_predict(device: str = "auto", steps: int = 30, image_size: int = 224) -> dict:
+    """Latency of one 224 x 224 slice (uint8 crop in, probability out) and of a 15-slice phase."""
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model, _ = create_model("resnet34", "none")
+    model.eval().to(dev)
+    rng = np.random.default_rng(0)
+    one = torch.from_numpy(rng.integers(0, 256, (1, image_size, image_size), dtype=np.uint8)).to(dev)
+    fifteen = torch.from_numpy(rng.integers(0, 256, (15, image_size, image_size), dtype=np.uint8)).to(dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run_base(x=one):
+        torch.softmax(model(to_model_input(x, image_size, True)), 1)
+        sync()
+
+    base = _latency(run_base, max(10, steps // 2))
+    fast_model = optimize_for_inference(model)
+    amp = amp_dtype(dev, "auto")
+
+    def run_fast(x=one):
+        with autocast(dev, amp):
+            torch.softmax(fast_model(to_model_input(x, image_size, True, channels_last=True)).float(), 1)
+        sync()
+
+    fast = _latency(run_fast, steps)
+    patient = _latency(lambda: run_fast(fifteen), max(5, steps // 3))
+    return {"bench": "predict", "predict_ms_p50": round(float(np.median(fast)), 2),
+            "predict_ms_p95": round(float(np.percentile(fast, 95)), 2),
+            "predict_ms_p50_baseline": round(float(np.median(base)), 2),
+            "predict_speedup": round(float(np.median(base) / np.median(fast)), 2),
+            "patient_ms_p50": round(float(np.median(patient)), 2), "patient_slices": 15,
+            "peak_rss_mb": round(peak_rss_mb(), 1), "backend": f"torch {dev.type} fused-BN channels_last {amp}",
+            "threads": torch.get_num_threads()}
+
+
+def bench_ingest(n_slices: int = 200, matrix: int = 512) -> dict:
+    """Slices/s of ingest's decode + window + crop + resize on uncompressed 512 x 512 CT DICOM."""
+    from .cache import crop_rois
+    from .cohort import Roi
+    from .config import PreprocessConfig
+    from .io.boxes import Box
+    from .synth import _make_patient, _write_dicom
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        p = _make_patient(rng, "BENCH", 1, matrix)
+        hu = (rng.normal(40, 60, (matrix, matrix))).astype(np.float32)
+        uids = {"study": "1.2.3", "frame": "1.2.4", "parenchymal": "1.2.5"}
+        rois = []
+        for k in range(n_slices):
+            f = Path(tmp) / f"{k:04d}.dcm"
+            _write_dicom(f, hu, p, "parenchymal", k, uids)
+            rois.append(Roi("BENCH", "parenchymal", f.name, Box(200, 220, 290, 300), "dicom", f, spacing=(0.7, 0.7)))
+        t = time.perf_counter()
+        crop_rois(rois, PreprocessConfig(), [], show_progress=False)
+        secs = time.perf_counter() - t
+    return {"bench": "ingest", "ingest_slices_s": round(n_slices / secs, 1), "n_slices": n_slices,
+            "matrix": matrix, "format": "DICOM explicit VR little endian, uint16", "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def bench(what: str, device: str = "auto", steps: int = 6, image_size: int = 224, batch_size: int = 32):
+    """Yield result lines; 'all' runs each benchmark in a fresh process so peak memory is its own."""
+    if what == "all":
+        for w in ("ingest", "predict", "train"):
+            out = subprocess.run([sys.executable, "-m", "ccrcc_grade", "bench", "--what", w, "--device", device,
+                                  "--steps", str(steps), "--image-size", str(image_size), "--batch-size", str(batch_size)],
+                                 capture_output=True, text=True, env={**os.environ, "CCRCC_NO_PROGRESS": "1"})
+            if out.returncode != 0:
+                raise RuntimeError(out.stderr)
+            for line in out.stdout.splitlines():
+                if line.startswith("{"):
+                    yield json.loads(line)
+        return
+    if what == "train":
+        yield bench_train(device, steps, image_size, batch_size)
+    elif what == "predict":
+        yield bench_predict(device, max(steps, 20), image_size)
+    elif what == "ingest":
+        yield bench_ingest()

@@ -1,0 +1,234 @@
+"""Evaluation of a trained run (or any predictions file) at image and patient level.
+
+Writes predictions.csv, predictions_patient.csv, metrics.json and the figures into the output
+folder. metrics.json: {"image": M, "patient": M, "validation_threshold": {...}} where M holds
+accuracy, balanced_accuracy, brier, per-class (low/high) auc, precision, sensitivity,
+specificity, f1 - each {"value", "ci95"} - plus confusion_matrix, n and threshold.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .cache import CropCache
+from .data import CropSet
+from .errors import CcrccError
+from .fileio import atomic_write_json, atomic_write_text
+from .figures import calibration_figure, confusion_figure, roc_figure
+from .metrics import aggregate_patients, bootstrap_metrics, calibration, youden_threshold
+
+IMAGE_COLUMNS = ["patient_id", "phase", "source", "label", "prob_high", "x_min", "y_min", "x_max", "y_max"]
+
+
+def run_checkpoint(run: Path | str) -> Path:
+    """RUN folder or checkpoint file -> the checkpoint path (best.pt preferred)."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    for name in ("best.pt", "last.pt"):
+        if (run / name).is_file():
+            return run / name
+    raise CcrccError(f"{run}: no best.pt or last.pt (not a training run folder)")
+
+
+def predict_rows(ckpt_path: Path, rows: list[dict], cache: CropCache, device: str = "auto") -> list[dict]:
+    """Run a checkpoint over manifest rows of a cache; returns image-level prediction rows."""
+    from .inference import amp_dtype, load_model, resolve_device, predict_probs
+
+    dev = resolve_device(device)
+    model, ckpt = load_model(ckpt_path, dev, optimize=True)
+    pre = ckpt["preprocess"]
+    if cache.preprocess.size != pre["size"] or cache.preprocess.window_level != pre["window_level"] \
+            or cache.preprocess.window_width != pre["window_width"] or cache.preprocess.margin_mm != pre["margin_mm"]:
+        raise CcrccError(f"{cache.work}: ingested with other preprocessing than the model "
+                         f"({cache.preprocess} vs {pre}); re-ingest with the model's settings")
+    data = CropSet(cache.crops, rows)
+    probs = predict_probs(model, data.images, pre["image_size"], pre["normalize"], dev, amp_dtype(dev, "auto"),
+                          channels_last=True)   # the same call as `predict`, so both give the same numbers
+    return [{"patient_id": r["patient_id"], "phase": r["phase"], "source": r["source"], "label": int(r["label"]),
+             "prob_high": float(p), **{k: r[k] for k in ("x_min", "y_min", "x_max", "y_max")}}
+            for r, p in zip(rows, probs)]
+
+
+def run_predictions(run: Path | str, split: str = "test", cohort: Path | str | None = None,
+                    out: Path | None = None, device: str = "auto") -> list[dict]:
+    """Image-level predictions of a run on its own split, or on an external cohort (all patients)."""
+    from .inference import read_checkpoint
+
+    ckpt_path = run_checkpoint(run)
+    ckpt = read_checkpoint(ckpt_path)
+    phase = ckpt["phase"]
+    if cohort is None:
+        cache = CropCache.load(ckpt["config"]["work"])
+        patients = set(ckpt["splits"][split])
+    else:
+        cache = external_cache(Path(cohort), ckpt, out)
+        patients = None
+    rows = cache.select(phase, patients)
+    if not rows:
+        raise CcrccError(f"no {phase} crops to evaluate ({'split ' + split if cohort is None else cohort})")
+    return predict_rows(ckpt_path, rows, cache, device)
+
+
+def external_cache(cohort: Path, ckpt: dict, out: Path | None) -> CropCache:
+    """An external cohort as a cache: an ingested WORK folder, or a raw cohort ingested now with
+    the model's own preprocessing (into OUT/external_work)."""
+    from .cache import ingest
+    from .config import PreprocessConfig, from_dict
+
+    if (cohort / "manifest.csv").is_file():
+        return CropCache.load(cohort)
+    if out is None:
+        raise CcrccError("an output folder is needed to ingest a raw external cohort")
+    work = Path(out) / "external_work"
+    ingest(cohort, work, from_dict(PreprocessConfig, ckpt["preprocess"]), overwrite=True)
+    return CropCache.load(work)
+
+
+def read_predictions(path: Path | str) -> list[dict]:
+    """A predictions CSV: image level (patient_id, phase, source, label, prob_high) or patient
+    level (patient_id, label, prob_high)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CcrccError(f"{path}: predictions file not found")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        need = {"patient_id", "label", "prob_high"}
+        missing = need - set(reader.fieldnames or [])
+        if missing:
+            raise CcrccError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        rows = []
+        for lineno, r in enumerate(reader, start=2):
+            try:
+                r["label"] = int(float(r["label"]))
+                r["prob_high"] = float(r["prob_high"])
+            except ValueError:
+                raise CcrccError(f"{path}:{lineno}: label and prob_high must be numbers") from None
+            if r["label"] not in (0, 1):
+                raise CcrccError(f"{path}:{lineno}: label must be 0 (low) or 1 (high), got {r['label']}")
+            if not 0.0 <= r["prob_high"] <= 1.0:
+                raise CcrccError(f"{path}:{lineno}: prob_high must lie in [0, 1], got {r['prob_high']}")
+            rows.append(r)
+    if not rows:
+        raise CcrccError(f"{path}: no predictions")
+    return rows
+
+
+def is_image_level(rows: list[dict]) -> bool:
+    return bool(rows) and "source" in rows[0] and rows[0].get("source") not in (None, "")
+
+
+def patient_level(rows: list[dict], how: str = "mean") -> list[dict]:
+    if not is_image_level(rows):
+        return [{"patient_id": r["patient_id"], "label": int(r["label"]), "prob_high": float(r["prob_high"])} for r in rows]
+    ids, y, p = aggregate_patients([r["patient_id"] for r in rows], np.array([r["prob_high"] for r in rows]),
+                                   np.array([r["label"] for r in rows]), how)
+    return [{"patient_id": i, "label": int(a), "prob_high": float(b)} for i, a, b in zip(ids, y, p)]
+
+
+def compute_metrics(rows: list[dict], threshold: float = 0.5, aggregate: str = "mean", n_boot: int = 2000,
+                    seed: int = 0) -> dict:
+    """{"image": M, "patient": M} (image only for image-level rows)."""
+    out = {}
+    if is_image_level(rows):
+        out["image"] = bootstrap_metrics(np.array([r["label"] for r in rows]), np.array([r["prob_high"] for r in rows]),
+                                         [r["patient_id"] for r in rows], threshold, n_boot, seed)
+    prow = patient_level(rows, aggregate)
+    out["patient"] = bootstrap_metrics(np.array([r["label"] for r in prow]), np.array([r["prob_high"] for r in prow]),
+                                       [r["patient_id"] for r in prow], threshold, n_boot, seed)
+    return out
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6f}" if k == "prob_high" else v) for k, v in r.items() if k in columns})
+    atomic_write_text(path, buf.getvalue())
+
+
+def evaluate_rows(rows: list[dict], out: Path, title: str, val_rows: list[dict] | None = None,
+                  aggregate: str = "mean", n_boot: int = 2000, seed: int = 0) -> dict:
+    """Predictions -> files + metrics.json in ``out``; returns the metrics dict."""
+    out.mkdir(parents=True, exist_ok=True)
+    if is_image_level(rows):
+        write_csv(out / "predictions.csv", rows, IMAGE_COLUMNS)
+    prow = patient_level(rows, aggregate)
+    write_csv(out / "predictions_patient.csv", prow, ["patient_id", "label", "prob_high"])
+    metrics = compute_metrics(rows, 0.5, aggregate, n_boot, seed)
+    metrics["aggregate"] = aggregate
+    if val_rows:
+        vp = patient_level(val_rows, aggregate)
+        thr = youden_threshold(np.array([r["label"] for r in vp]), np.array([r["prob_high"] for r in vp]))
+        at = compute_metrics(rows, thr, aggregate, n_boot, seed)
+        metrics["validation_threshold"] = {"method": "Youden J on validation patients", "threshold": thr, **at}
+    levels = [lv for lv in ("image", "patient") if lv in metrics]
+    for lv in levels:
+        src = rows if lv == "image" else prow
+        y = np.array([r["label"] for r in src])
+        p = np.array([r["prob_high"] for r in src])
+        metrics[lv]["calibration"] = calibration(y, p) if len(np.unique(y)) == 2 else None
+    curves = {lv: (np.array([r["label"] for r in (rows if lv == "image" else prow)]),
+                   np.array([r["prob_high"] for r in (rows if lv == "image" else prow)]), metrics[lv]) for lv in levels}
+    roc_figure(curves, out / "roc.png", f"{title}: ROC")
+    confusion_figure(metrics[levels[0]]["confusion_matrix"], out / "confusion.png",
+                     f"{title} ({levels[0]} level, threshold 0.5)")
+    calibration_figure({lv: (metrics[lv]["calibration"]["mean_predicted"], metrics[lv]["calibration"]["fraction_positive"])
+                        for lv in levels if metrics[lv]["calibration"]}, out / "calibration.png", f"{title}: calibration")
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_run(run: Path | str, split: str = "test", cohort: Path | str | None = None, out: Path | None = None,
+                 aggregate: str | None = None, n_boot: int = 2000, seed: int = 0, device: str = "auto") -> dict:
+    """Evaluate a run on its test (or val) split or on an external cohort."""
+    from .inference import read_checkpoint
+
+    run = Path(run)
+    ckpt = read_checkpoint(run_checkpoint(run))
+    agg = aggregate or ckpt["config"].get("patient_aggregate", "mean")
+    run_dir = run if run.is_dir() else run.parent
+    out = Path(out) if out else run_dir / (f"eval-{split}" if cohort is None else "eval-external")
+    rows = run_predictions(run, split, cohort, out, device)
+    val_rows = run_predictions(run, "val", None, out, device) if (cohort is not None or split != "val") else rows
+    metrics = evaluate_rows(rows, out, f"{ckpt['model']} {ckpt['phase']}", val_rows, agg, n_boot, seed)
+    metrics["run"] = str(run_dir)
+    metrics["split"] = split if cohort is None else f"external:{cohort}"
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def summary_line(m: dict) -> str:
+    parts = []
+    for lv in ("image", "patient"):
+        if lv in m:
+            a, acc = m[lv]["high"]["auc"], m[lv]["accuracy"]
+            parts.append(f"{lv}: n={m[lv]['n']} AUC {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] "
+                         f"ACC {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]")
+    return "; ".join(parts)
+
+
+def evaluate_command(run: str | None, split: str = "test", cohort: str | None = None, predictions: str | None = None,
+                     out: str | None = None, val_predictions: str | None = None, aggregate: str | None = None,
+                     n_boot: int = 2000, seed: int = 0) -> str:
+    if predictions:
+        rows = read_predictions(predictions)
+        dest = Path(out) if out else Path(predictions).with_suffix("").with_name(Path(predictions).stem + "-eval")
+        val = read_predictions(val_predictions) if val_predictions else None
+        m = evaluate_rows(rows, dest, Path(predictions).stem, val, aggregate or "mean", n_boot, seed)
+    else:
+        if not run:
+            raise CcrccError("evaluate needs a RUN folder or --predictions CSV")
+        m = evaluate_run(run, split, cohort, Path(out) if out else None, aggregate, n_boot, seed)
+        dest = Path(out) if out else (Path(run) if Path(run).is_dir() else Path(run).parent) / (
+            f"eval-{split}" if cohort is None else "eval-external")
+    return summary_line(m) + f"\nwrote {dest / 'metrics.json'}"
+
+
+_ = json

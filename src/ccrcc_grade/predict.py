@@ -1,0 +1,178 @@
+"""Grade a new patient: boxes -> crops (the ingest code) -> model -> probabilities.
+
+INPUT is one phase folder (exported slices + labelme JSON, a DICOM series with --boxes, or a
+NIfTI volume + mask) or a whole patient folder, from which the model's phase is taken.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .cache import crop_rois
+from .cohort import Roi, dicom_folder_rois, read_boxes_csv, slice_folder_rois
+from .config import PreprocessConfig, from_dict
+from .errors import CcrccError
+from .fileio import atomic_write_json
+from .io.images import IMAGE_SUFFIXES
+from .metrics import aggregate_patients
+from .phases import canonical_phase
+
+
+def load_predictor(model_path: Path, device: str = "cpu"):
+    """(predict_fn(crops_u8) -> probs, metadata, checkpoint path or None for ONNX) for a .pt or .onnx model."""
+    model_path = Path(model_path)
+    if model_path.suffix.lower() == ".onnx":
+        from .export import onnx_probs, onnx_session, read_onnx_metadata
+
+        meta = read_onnx_metadata(model_path)
+        sess = onnx_session(model_path)
+        return (lambda crops: onnx_probs(model_path, crops, sess)), meta, None
+    from .inference import amp_dtype, load_model, predict_probs, resolve_device
+
+    dev = resolve_device(device)
+    model, ckpt = load_model(model_path, dev, optimize=True)
+    pre = ckpt["preprocess"]
+    amp = amp_dtype(dev, "auto")
+
+    def fn(crops: np.ndarray) -> np.ndarray:
+        return predict_probs(model, crops, pre["image_size"], pre["normalize"], dev, amp, channels_last=True)
+
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "log")}
+    return fn, meta, model_path
+
+
+def find_rois(inp: Path, phase: str, boxes: Path | None, patient_id: str | None) -> tuple[list[Roi], str, list[str]]:
+    """ROIs of the model's phase in a phase folder, a patient folder, or a NIfTI file."""
+    warnings: list[str] = []
+    inp = Path(inp)
+    if not inp.exists():
+        raise CcrccError(f"{inp}: input not found")
+    folder = inp
+    if inp.is_dir():
+        subs = {canonical_phase(p.name): p for p in inp.iterdir() if p.is_dir() and canonical_phase(p.name)}
+        if subs:   # a patient folder
+            if phase not in subs:
+                raise CcrccError(f"{inp}: no {phase} folder, and the model was trained on the {phase} phase "
+                                 f"(found: {', '.join(sorted(subs))})")
+            folder = subs[phase]
+        else:
+            named = canonical_phase(inp.name)
+            if named is not None and named != phase:
+                raise CcrccError(f"{inp}: is a {named} folder but the model was trained on the {phase} phase")
+    pid = patient_id or (folder.parent.name if folder != inp or canonical_phase(inp.name) else inp.name)
+    nifti = _nifti_input(inp, folder, phase)
+    if nifti is not None:
+        from .io.nifti import volume_rois
+
+        rois, _ = volume_rois(nifti[0], nifti[1], pid, phase, nifti[0].parent, margin_mm=0.0)
+        return rois, pid, warnings
+    if not folder.is_dir():
+        raise CcrccError(f"{inp}: expected a phase folder, a patient folder or a NIfTI volume")
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files) or any(p.suffix == ".json" for p in files):
+        rois, _ = slice_folder_rois(folder, pid, phase, folder, warnings)
+    else:
+        if boxes is None:
+            raise CcrccError(f"{folder}: a DICOM series needs --boxes CSV (patient_id, phase, file, x_min, y_min, x_max, y_max)")
+        rows = [r for r in read_boxes_csv(boxes, Path(boxes).parent) if r["phase"] == phase
+                and (patient_id is None or r["patient_id"] == patient_id)]
+        if not rows:
+            raise CcrccError(f"{boxes}: no {phase} boxes" + (f" for patient {patient_id!r}" if patient_id else ""))
+        rois, _ = dicom_folder_rois(folder, pid, phase, rows, folder, by_name=True)
+    if not rois:
+        raise CcrccError(f"{folder}: no tumour boxes (labelme rectangles or boxes CSV rows) for the {phase} phase")
+    return rois, pid, warnings
+
+
+def _nifti_input(inp: Path, folder: Path, phase: str) -> tuple[Path, Path] | None:
+    cands = [inp] if inp.is_file() else sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz"))
+                                               and "_mask" not in p.name and canonical_phase(p.name.split(".")[0]) == phase)
+    for vol in cands:
+        if vol.name.endswith((".nii", ".nii.gz")):
+            stem = vol.name[:-7] if vol.name.endswith(".nii.gz") else vol.name[:-4]
+            mask = next((vol.parent / f"{stem}_mask{ext}" for ext in (".nii.gz", ".nii")
+                         if (vol.parent / f"{stem}_mask{ext}").is_file()), None)
+            if mask is None:
+                raise CcrccError(f"{vol}: no tumour mask {stem}_mask.nii.gz beside it")
+            return vol, mask
+    return None
+
+
+def predict_patient(model_path: Path, inp: Path, boxes: Path | None = None, patient_id: str | None = None,
+                    cam_dir: Path | None = None, device: str = "cpu") -> dict:
+    """Predict one patient; returns the JSON-ready result."""
+    t0 = time.perf_counter()
+    fn, meta, torch_model = load_predictor(model_path, device)
+    phase = meta["phase"]
+    if phase == "combined":
+        phase = "parenchymal" if not (Path(inp).is_dir() and canonical_phase(Path(inp).name)) else canonical_phase(Path(inp).name)
+    rois, pid, warnings = find_rois(Path(inp), phase, boxes, patient_id)
+    pre = from_dict(PreprocessConfig, meta["preprocess"])
+    crops = crop_rois(rois, pre, warnings, show_progress=False)
+    probs = fn(crops)
+    agg = (meta.get("config") or {}).get("patient_aggregate", "mean")
+    _, _, pp = aggregate_patients([pid] * len(probs), probs, np.zeros(len(probs), int), agg)
+    threshold = float(meta.get("threshold", 0.5))
+    result = {
+        "patient_id": pid, "phase": phase, "prob_high": float(pp[0]),
+        "grade": "high" if pp[0] >= threshold else "low", "threshold": threshold,
+        "slices": [{"source": r.source, "box": [round(v, 2) for v in r.box.as_tuple()], "prob_high": float(p)}
+                   for r, p in zip(rois, probs)],
+        "model": {"path": str(model_path), "architecture": meta["model"], "phase": meta["phase"],
+                  "trained": meta.get("created"), "epoch": meta.get("epoch"),
+                  "val_auc": (meta.get("val") or {}).get("val_auc"),
+                  "threshold_source": meta.get("threshold_source"), "package_version": meta.get("package_version")},
+        "warnings": warnings,
+    }
+    if cam_dir is not None:
+        if torch_model is None:
+            raise CcrccError("--cam needs the PyTorch model (best.pt), not an ONNX file")
+        from .cache import _decode
+        from .explain import gradcam, save_overlays
+
+        from .inference import load_model
+
+        plain, _ = load_model(torch_model, "cpu")   # unfused: Grad-CAM needs the layer4 module
+        cams = gradcam(plain, crops, meta["preprocess"]["image_size"], meta["preprocess"]["normalize"])
+        for i, (r, cam, p) in enumerate(zip(rois, cams, probs)):
+            image, is_hu = _decode(r, [])
+            if is_hu:
+                from .preprocess import window_to_uint8
+
+                image = window_to_uint8(image, pre.window_level, pre.window_width)
+            name = f"{i:03d}_{Path(r.source).stem}"
+            path = save_overlays(Path(cam_dir), name, crops[i], cam, image, r.box.as_tuple(), float(p))
+            result["slices"][i]["cam"] = str(path)
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def format_result(r: dict) -> str:
+    lines = [f"patient {r['patient_id']}  phase {r['phase']}  model {r['model']['architecture']} "
+             f"(trained {r['model']['trained']}, validation AUC {_f(r['model']['val_auc'])})",
+             f"{'slice':<50}{'P(high)':>9}"]
+    for s in r["slices"]:
+        lines.append(f"{s['source'][-50:]:<50}{s['prob_high']:>9.3f}")
+    lines.append(f"patient P(high grade) = {r['prob_high']:.3f} -> {r['grade'].upper()} grade "
+                 f"(threshold {r['threshold']:.3f}; {len(r['slices'])} slices, {r['seconds']:.2f} s)")
+    return "\n".join(lines)
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def predict_command(model: str, inp: str, json_out: str | None = None, cam_dir: str | None = None,
+                    boxes: str | None = None, patient_id: str | None = None, device: str = "cpu") -> str:
+    r = predict_patient(Path(model), Path(inp), Path(boxes) if boxes else None, patient_id,
+                        Path(cam_dir) if cam_dir else None, device)
+    if json_out:
+        atomic_write_json(Path(json_out), r)
+    return format_result(r)
+
+
+_ = json
