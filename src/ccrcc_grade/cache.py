@@ -110,7 +110,7 @@ def crop_rois(rois: list[Roi], cfg: PreprocessConfig, warnings: list[str], show_
         for i in idxs:
             r = rois[i]
             out[i] = make_crop(image, r.box, cfg, is_hu=is_hu, spacing=r.spacing, source=r.source,
-                               warnings=warnings)
+                               warnings=warnings, flip=r.flip)
     return out
 
 
@@ -199,7 +199,7 @@ def ingest(cohort_dir: Path | str, work: Path | str, cfg: PreprocessConfig | Non
     if work.exists() and any(work.iterdir()) and not overwrite:
         raise CcrccError(f"{work}: output folder exists and is not empty (use --overwrite to replace it)")
     t0 = time.perf_counter()
-    cohort = load_cohort(cohort_dir, layout)
+    cohort = load_cohort(cohort_dir, layout, mask_margin_mm=cfg.mask_margin_mm)
     crops = crop_rois(cohort.rois, cfg, cohort.warnings, show_progress)
     seconds = time.perf_counter() - t0
     n_slices = len({(str(r.path), r.slice_index, r.source) for r in cohort.rois})

@@ -31,12 +31,12 @@ def cmd_ingest(a: argparse.Namespace) -> None:
     from .config import PreprocessConfig
 
     level, width = a.window
-    cfg = PreprocessConfig(size=a.size, window_level=level, window_width=width, margin_mm=a.margin_mm)
+    cfg = PreprocessConfig(size=a.size, window_level=level, window_width=width, margin_mm=a.margin_mm,
+                           mask_margin_mm=a.mask_margin_mm)
     if a.format == "kits":
         from .io.kits import ingest_kits
 
-        report = ingest_kits(a.cohort, a.out, cfg, clinical=a.clinical, phase=a.phase,
-                             box_margin_mm=a.kits_margin_mm, overwrite=a.overwrite)
+        report = ingest_kits(a.cohort, a.out, cfg, clinical=a.clinical, phase=a.phase, overwrite=a.overwrite)
     else:
         from .cache import ingest
 
@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["cohort", "kits"], default="cohort")
     s.add_argument("--clinical", help="KiTS clinical JSON (kits.json / kits23.json)")
     s.add_argument("--phase", default="corticomedullary", help="phase of KiTS scans")
-    s.add_argument("--kits-margin-mm", type=float, default=1.5, help="box margin around KiTS tumour masks")
+    s.add_argument("--mask-margin-mm", type=float, default=1.5,
+                   help="margin of boxes derived from tumour masks (NIfTI layout, KiTS)")
     s.add_argument("--detect-phases", action="store_true", help="assign DICOM series to phases from their tags")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_ingest)

@@ -35,6 +35,7 @@ class Roi:
     image_data: bytes | None = None     # labelme-embedded image when the file is absent
     slice_index: int = -1     # axial slice of a volume (NIfTI)
     spacing: tuple[float, float] | None = None
+    flip: tuple[bool, bool] = (False, False)   # (rows, cols) flips of the crop to the radiological view
 
 
 @dataclass
@@ -61,7 +62,8 @@ def detect_layout(root: Path) -> str:
     return "slices"
 
 
-def load_cohort(root: Path | str, layout: str = "auto", phases: tuple[str, ...] = PHASES) -> Cohort:
+def load_cohort(root: Path | str, layout: str = "auto", phases: tuple[str, ...] = PHASES,
+                mask_margin_mm: float = 1.5) -> Cohort:
     """Read and validate a cohort folder; raise :class:`CcrccError` on the first bad input."""
     root = Path(root)
     if not root.is_dir():
@@ -77,7 +79,7 @@ def load_cohort(root: Path | str, layout: str = "auto", phases: tuple[str, ...] 
     elif layout == "nifti":
         from .io.nifti import load_nifti_layout
 
-        load_nifti_layout(cohort, phases)
+        load_nifti_layout(cohort, phases, mask_margin_mm)
     else:
         raise CcrccError(f"unknown layout {layout!r}")
     _reconcile(cohort)
@@ -140,24 +142,25 @@ def slice_folder_rois(fdir: Path, pid: str, phase: str, root: Path, warnings: li
     return rois, sum(1 for p in images if p not in annotated)
 
 
-def read_boxes_csv(path: Path, root: Path) -> list[dict]:
+def read_boxes_csv(path: Path, root: Path, require_phase: bool = True) -> list[dict]:
     """boxes.csv rows: patient_id, phase, file, x_min, y_min, x_max, y_max (pixel col/row);
-    ``file`` is relative to ``root`` and must stay inside it."""
+    ``file`` is relative to ``root`` and must stay inside it. Without ``require_phase`` (phase
+    detection) the phase column may be empty or absent."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CcrccError(f"{path}: cannot read ({exc})") from None
     reader = csv.DictReader(text.splitlines())
     need = ["patient_id", "phase", "file", "x_min", "y_min", "x_max", "y_max"]
-    missing = [c for c in need if c not in (reader.fieldnames or [])]
+    missing = [c for c in need if c not in (reader.fieldnames or []) and (require_phase or c != "phase")]
     if missing:
         raise CcrccError(f"{path}: missing column(s) {', '.join(missing)}")
     rows = []
     for lineno, row in enumerate(reader, start=2):
         where = f"{path}:{lineno}"
-        phase = canonical_phase(row["phase"] or "")
-        if phase is None:
-            raise CcrccError(f"{where}: unknown phase {row['phase']!r}")
+        phase = canonical_phase(row.get("phase") or "")
+        if phase is None and (require_phase or (row.get("phase") or "").strip()):
+            raise CcrccError(f"{where}: unknown phase {row.get('phase')!r}")
         try:
             box = Box.from_corners(*(float(row[c]) for c in need[3:]))
         except (TypeError, ValueError):
@@ -195,7 +198,8 @@ def dicom_folder_rois(folder: Path, pid: str, phase: str, boxes: list[dict], roo
     for r in sorted(boxes, key=lambda r: (order[r["_resolved"]], r["box"].as_tuple())):
         f = r["_resolved"]
         source = str(f.relative_to(root)) if f.is_relative_to(root) else f.name
-        rois.append(Roi(pid, phase, source, r["box"], "dicom", f, spacing=series[f].pixel_spacing))
+        rois.append(Roi(pid, phase, source, r["box"], "dicom", f, spacing=series[f].pixel_spacing,
+                        flip=series[f].flip))
     return rois, len(series) - len(used)
 
 

@@ -24,14 +24,15 @@ class PreprocessConfig:
     window_level: float = 40.0     # HU, the study's abdominal window
     window_width: float = 290.0    # HU
     margin_mm: float = 0.0         # extra margin added around every box (mm; pixels if no spacing)
+    mask_margin_mm: float = 1.5    # boxes derived from tumour masks (NIfTI, KiTS): the study's 1-2 mm
 
     def validate(self) -> "PreprocessConfig":
         if not 8 <= self.size <= 1024:
             raise CcrccError(f"--size must be between 8 and 1024, got {self.size}")
         if self.window_width <= 0:
             raise CcrccError(f"window width must be positive, got {self.window_width}")
-        if self.margin_mm < 0:
-            raise CcrccError(f"--margin-mm must be >= 0, got {self.margin_mm}")
+        if self.margin_mm < 0 or self.mask_margin_mm < 0:
+            raise CcrccError(f"box margins must be >= 0, got {self.margin_mm} / {self.mask_margin_mm}")
         return self
 
 

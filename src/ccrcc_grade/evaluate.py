@@ -43,10 +43,13 @@ def predict_rows(ckpt_path: Path, rows: list[dict], cache: CropCache, device: st
     dev = resolve_device(device)
     model, ckpt = load_model(ckpt_path, dev, optimize=True)
     pre = ckpt["preprocess"]
-    if cache.preprocess.size != pre["size"] or cache.preprocess.window_level != pre["window_level"] \
-            or cache.preprocess.window_width != pre["window_width"] or cache.preprocess.margin_mm != pre["margin_mm"]:
+    from .config import to_dict
+
+    differ = {k: (v, pre.get(k)) for k, v in to_dict(cache.preprocess).items() if k in pre and pre[k] != v}
+    if differ:
         raise CcrccError(f"{cache.work}: ingested with other preprocessing than the model "
-                         f"({cache.preprocess} vs {pre}); re-ingest with the model's settings")
+                         f"({', '.join(f'{k} {a} vs {b}' for k, (a, b) in differ.items())}); "
+                         "re-ingest with the model's settings or give the raw cohort")
     data = CropSet(cache.crops, rows)
     probs = predict_probs(model, data.images, pre["image_size"], pre["normalize"], dev, amp_dtype(dev, "auto"),
                           channels_last=True)   # the same call as `predict`, so both give the same numbers
@@ -86,7 +89,13 @@ def external_cache(cohort: Path, ckpt: dict, out: Path | None) -> CropCache:
     if out is None:
         raise CcrccError("an output folder is needed to ingest a raw external cohort")
     work = Path(out) / "external_work"
-    ingest(cohort, work, from_dict(PreprocessConfig, ckpt["preprocess"]), overwrite=True)
+    cfg = from_dict(PreprocessConfig, ckpt["preprocess"])
+    if any(cohort.glob("kits*.json")) or any(cohort.glob("case_*/segmentation.nii.gz")):
+        from .io.kits import ingest_kits
+
+        ingest_kits(cohort, work, cfg, overwrite=True)
+    else:
+        ingest(cohort, work, cfg, overwrite=True)
     return CropCache.load(work)
 
 

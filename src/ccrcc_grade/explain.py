@@ -42,7 +42,8 @@ def gradcam(model: nn.Module, crops_u8: np.ndarray, image_size: int, normalize: 
 
 
 def save_overlays(out: Path, name: str, crop: np.ndarray, cam: np.ndarray, slice_u8: np.ndarray | None = None,
-                  box: tuple[float, float, float, float] | None = None, prob: float | None = None) -> Path:
+                  box: tuple[float, float, float, float] | None = None, prob: float | None = None,
+                  cam_on_slice: np.ndarray | None = None) -> Path:
     """PNG with the crop + heat map, and (when given) the whole slice with the heat map placed in
     the box. Returns the PNG path."""
     import matplotlib
@@ -61,7 +62,7 @@ def save_overlays(out: Path, name: str, crop: np.ndarray, cam: np.ndarray, slice
     axes[0].set_title("tumour crop + Grad-CAM" + (f"\nP(high) = {prob:.2f}" if prob is not None else ""), fontsize=9)
     if slice_u8 is not None and box is not None:
         x0, y0, x1, y1 = box
-        heat = box_heatmap(slice_u8.shape, box, cam)
+        heat = box_heatmap(slice_u8.shape, box, cam if cam_on_slice is None else cam_on_slice)
         axes[1].imshow(slice_u8, cmap="gray", vmin=0, vmax=255)
         axes[1].imshow(np.ma.masked_where(heat <= 0.05, heat), cmap="jet", alpha=0.45, vmin=0, vmax=1)
         axes[1].add_patch(matplotlib.patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1))

@@ -45,7 +45,8 @@ def load_predictor(model_path: Path, device: str = "cpu"):
     return fn, meta, model_path
 
 
-def find_rois(inp: Path, phase: str, boxes: Path | None, patient_id: str | None) -> tuple[list[Roi], str, list[str]]:
+def find_rois(inp: Path, phase: str, boxes: Path | None, patient_id: str | None,
+              mask_margin_mm: float = 1.5) -> tuple[list[Roi], str, list[str]]:
     """ROIs of the model's phase in a phase folder, a patient folder, or a NIfTI file."""
     warnings: list[str] = []
     inp = Path(inp)
@@ -68,7 +69,7 @@ def find_rois(inp: Path, phase: str, boxes: Path | None, patient_id: str | None)
     if nifti is not None:
         from .io.nifti import volume_rois
 
-        rois, _ = volume_rois(nifti[0], nifti[1], pid, phase, nifti[0].parent, margin_mm=0.0)
+        rois, _ = volume_rois(nifti[0], nifti[1], pid, phase, nifti[0].parent, margin_mm=mask_margin_mm)
         return rois, pid, warnings
     if not folder.is_dir():
         raise CcrccError(f"{inp}: expected a phase folder, a patient folder or a NIfTI volume")
@@ -110,8 +111,8 @@ def predict_patient(model_path: Path, inp: Path, boxes: Path | None = None, pati
     phase = meta["phase"]
     if phase == "combined":
         phase = "parenchymal" if not (Path(inp).is_dir() and canonical_phase(Path(inp).name)) else canonical_phase(Path(inp).name)
-    rois, pid, warnings = find_rois(Path(inp), phase, boxes, patient_id)
     pre = from_dict(PreprocessConfig, meta["preprocess"])
+    rois, pid, warnings = find_rois(Path(inp), phase, boxes, patient_id, pre.mask_margin_mm)
     crops = crop_rois(rois, pre, warnings, show_progress=False)
     probs = fn(crops)
     agg = (meta.get("config") or {}).get("patient_aggregate", "mean")
@@ -144,8 +145,10 @@ def predict_patient(model_path: Path, inp: Path, boxes: Path | None = None, pati
                 from .preprocess import window_to_uint8
 
                 image = window_to_uint8(image, pre.window_level, pre.window_width)
+            cam_stored = cam[::-1] if r.flip[0] else cam     # back to stored-pixel orientation,
+            cam_stored = cam_stored[:, ::-1] if r.flip[1] else cam_stored   # where the box lives
             name = f"{i:03d}_{Path(r.source).stem}"
-            path = save_overlays(Path(cam_dir), name, crops[i], cam, image, r.box.as_tuple(), float(p))
+            path = save_overlays(Path(cam_dir), name, crops[i], cam, image, r.box.as_tuple(), float(p), cam_stored)
             result["slices"][i]["cam"] = str(path)
     result["seconds"] = round(time.perf_counter() - t0, 3)
     return result

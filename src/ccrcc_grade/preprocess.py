@@ -53,13 +53,18 @@ def resize_uint8(crop: np.ndarray, size: int) -> np.ndarray:
 
 def make_crop(image: np.ndarray, box: Box, cfg: PreprocessConfig, *, is_hu: bool,
               spacing: tuple[float, float] | None = None, source: str = "",
-              warnings: list[str] | None = None) -> np.ndarray:
+              warnings: list[str] | None = None, flip: tuple[bool, bool] = (False, False)) -> np.ndarray:
     """Turn one slice and one tumour box into a ``cfg.size`` square uint8 crop.
 
     ``image`` is either HU (``is_hu=True``: DICOM/NIfTI, windowed here) or an exported 8-bit
-    gray slice (already windowed by the viewer).
+    gray slice (already windowed by the viewer). ``flip`` (rows, cols) turns a crop of a series
+    stored in another orientation to the radiological view.
     """
     region = crop_box(image, margin_box(box, cfg.margin_mm, spacing), source, warnings)
+    if flip[0]:
+        region = region[::-1]
+    if flip[1]:
+        region = region[:, ::-1]
     if is_hu:
         region = window_to_uint8(region, cfg.window_level, cfg.window_width)
     elif region.dtype != np.uint8:

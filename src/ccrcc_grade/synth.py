@@ -184,8 +184,8 @@ def _write_dicom(path: Path, hu: np.ndarray, p: _Patient, phase: str, k: int, ui
     ds.BodyPartExamined = "ABDOMEN"
     if agent:
         ds.ContrastBolusAgent = agent
-    t = 90000 + delay
-    ds.AcquisitionTime = f"{t // 10000:02d}{(t // 100) % 100:02d}{t % 100:02d}.000000"
+    t = 9 * 3600 + delay                     # seconds since midnight; the plain scan at 09:00:00
+    ds.AcquisitionTime = f"{t // 3600:02d}{(t // 60) % 60:02d}{t % 60:02d}.000000"
     ds.SeriesTime = ds.AcquisitionTime
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     n = hu.shape[0]

@@ -25,6 +25,22 @@ class DicomSlice:
     instance: int
     pixel_spacing: tuple[float, float]   # (row, col) mm
     header: pydicom.Dataset   # header only, pixels not loaded
+    flip: tuple[bool, bool] = (False, False)   # (rows, cols) to reach the radiological view
+
+
+def display_flips(ds: pydicom.Dataset) -> tuple[bool, bool]:
+    """Flips (rows, cols) that bring an axial slice to the radiological view (rows anterior ->
+    posterior, columns patient right -> left, i.e. ImageOrientationPatient [1,0,0,0,1,0]).
+    Boxes stay in stored-pixel coordinates; only the crop is flipped, so every series - e.g.
+    one stored upside-down with orientation [1,0,0,0,-1,0] - gives crops the same way round."""
+    try:
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+    except (AttributeError, TypeError, ValueError):
+        return (False, False)
+    row_dir, col_dir = iop[:3], iop[3:]
+    flip_cols = abs(row_dir[0]) > 0.9 and row_dir[0] < 0
+    flip_rows = abs(col_dir[1]) > 0.9 and col_dir[1] < 0
+    return (flip_rows, flip_cols)
 
 
 def read_header(path: Path) -> pydicom.Dataset:
@@ -60,7 +76,8 @@ def scan_series(folder: Path) -> list[DicomSlice]:
         spacing = tuple(float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0]))
         slices.append(DicomSlice(f, str(getattr(ds, "SOPInstanceUID", f.name)),
                                  str(getattr(ds, "SeriesInstanceUID", "")), slice_position(ds),
-                                 int(getattr(ds, "InstanceNumber", 0) or 0), (spacing[0], spacing[1]), ds))
+                                 int(getattr(ds, "InstanceNumber", 0) or 0), (spacing[0], spacing[1]), ds,
+                                 display_flips(ds)))
     uids = sorted({s.series_uid for s in slices})
     if len(uids) > 1:
         counts = ", ".join(f"{u} ({sum(s.series_uid == u for s in slices)} files)" for u in uids)

@@ -1,0 +1,125 @@
+"""NIfTI volumes (own cohorts, layout C, and KiTS): axial slices the radiological way round,
+and tumour boxes derived from masks.
+
+Volumes are reoriented to RAS+ with nibabel; an axial slice is then shown as radiologists view
+it: image rows run anterior -> posterior and columns patient right -> left (the same orientation
+as a DICOM slice with ImageOrientationPatient [1,0,0,0,1,0]). This holds whatever the file's own
+axis order is - KiTS stores (slice, row, col) with an anti-diagonal, flipped affine.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CcrccError
+from .boxes import Box
+
+_CACHE: OrderedDict[str, tuple[np.ndarray, tuple[float, float, float]]] = OrderedDict()
+_CACHE_SIZE = 2   # volumes kept decoded: ingest walks one case at a time
+
+
+def load_ras(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Volume as an array in RAS+ axis order (x, y, z) and its voxel sizes (mm)."""
+    import nibabel as nib
+
+    key = str(Path(path).resolve())
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    try:
+        img = nib.as_closest_canonical(nib.load(str(path)))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises several types for truncated / foreign files
+        raise CcrccError(f"{path}: not a readable NIfTI volume ({exc.__class__.__name__}: {exc})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise CcrccError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    _CACHE[key] = (data, zooms)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return data, zooms
+
+
+def axial(data: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice ``z`` of a RAS+ volume as (rows anterior->posterior, cols right->left)."""
+    return data[::-1, ::-1, z].T
+
+
+def read_axial_slice(path: Path, z: int) -> np.ndarray:
+    """One axial slice in HU (float32); NIfTI CT stores HU (scl_slope/inter applied by nibabel)."""
+    data, _ = load_ras(path)
+    if not 0 <= z < data.shape[2]:
+        raise CcrccError(f"{path}: slice {z} outside the volume ({data.shape[2]} slices)")
+    return np.ascontiguousarray(axial(data, z), dtype=np.float32)
+
+
+def mask_boxes(mask2d: np.ndarray, margin_px: tuple[float, float] = (0.0, 0.0)) -> list[Box]:
+    """One box per connected tumour component (8-connected) of a 2-D mask, grown by
+    ``margin_px`` (col, row) pixels; the box edges enclose every voxel of the component."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask2d > 0, structure=np.ones((3, 3), bool))
+    boxes = []
+    for sl in ndimage.find_objects(lab):
+        if sl is None:
+            continue
+        rows, cols = sl
+        boxes.append(Box(cols.start - margin_px[0], rows.start - margin_px[1],
+                         cols.stop + margin_px[0], rows.stop + margin_px[1]))
+    return boxes
+
+
+def volume_rois(volume: Path, mask: Path, pid: str, phase: str, root: Path, margin_mm: float = 1.5,
+                labels: tuple[int, ...] | None = None):
+    """ROIs of every axial slice holding tumour in ``mask`` (non-zero, or the given label values).
+    Returns (rois, slices without tumour)."""
+    from ..cohort import Roi
+
+    vol, vz = load_ras(volume)
+    seg, sz = load_ras(mask)
+    if vol.shape != seg.shape:
+        raise CcrccError(f"{mask}: mask shape {seg.shape} differs from the volume {volume.name} {vol.shape}")
+    if not np.allclose(vz, sz, rtol=1e-3):
+        raise CcrccError(f"{mask}: voxel size {sz} differs from the volume's {vz}")
+    tumour = np.isin(seg, labels) if labels else seg > 0
+    spacing = (vz[1], vz[0])                     # (row = y, col = x) mm
+    margin = (margin_mm / vz[0], margin_mm / vz[1])
+    rois = []
+    zs = np.nonzero(tumour.any(axis=(0, 1)))[0]
+    root = Path(root).resolve()
+    vp = Path(volume).resolve()
+    rel = str(vp.relative_to(root)) if vp.is_relative_to(root) else vp.name
+    for z in zs:
+        for box in mask_boxes(axial(tumour, int(z)), margin):
+            rois.append(Roi(pid, phase, f"{rel}#z{int(z):04d}", box, "nifti", vp, slice_index=int(z), spacing=spacing))
+    return rois, int(vol.shape[2] - len(zs))
+
+
+def load_nifti_layout(cohort, phases: tuple[str, ...], margin_mm: float = 1.5) -> None:
+    """Layout C: COHORT/<patient>/<phase>.nii.gz with <phase>_mask.nii.gz beside it."""
+    from ..cohort import _patient_dirs
+    from ..phases import canonical_phase
+
+    for pdir in _patient_dirs(cohort.root):
+        vols = sorted(p for p in pdir.iterdir() if p.name.endswith((".nii", ".nii.gz")) and "_mask" not in p.name)
+        for vol in vols:
+            stem = vol.name[:-7] if vol.name.endswith(".nii.gz") else vol.name[:-4]
+            phase = canonical_phase(stem)
+            if phase is None:
+                cohort.warnings.append(f"{vol}: file name is not a phase; ignored")
+                continue
+            if phase not in phases:
+                continue
+            mask = next((pdir / f"{stem}_mask{e}" for e in (".nii.gz", ".nii") if (pdir / f"{stem}_mask{e}").is_file()), None)
+            if mask is None:
+                raise CcrccError(f"{vol}: no tumour mask {stem}_mask.nii.gz beside it")
+            rois, skipped = volume_rois(vol, mask, pdir.name, phase, cohort.root, margin_mm)
+            if not rois:
+                cohort.warnings.append(f"{mask}: empty tumour mask; no crops")
+            cohort.rois += rois
+            cohort.skipped_slices += skipped
