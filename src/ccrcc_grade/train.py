@@ -101,6 +101,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
     order = order[: len(order) - len(order) % ddp.world][ddp.rank::ddp.world]   # equal share per rank
     per_rank = max(1, cfg.batch_size // ddp.world)
     n_batches = math.ceil(len(order) / per_rank)
+    if n_batches > 1 and len(order) % per_rank == 1:
+        n_batches -= 1     # a lone last image would break batch norm: it joins the previous batch
     images = data.images.to(device, non_blocking=True)
     labels = data.labels.to(device)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 7_368_787 + epoch * 31 + ddp.rank)
@@ -110,7 +112,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
                    enable=cfg.progress and ddp.main, leave=False)
     for b in bar:
         t0 = time.perf_counter()
-        idx = order[b * per_rank:(b + 1) * per_rank].to(device)
+        idx = order[b * per_rank:(b + 1) * per_rank if b < n_batches - 1 else len(order)].to(device)
         x = to_model_input(images[idx], cfg.image_size, normalize, cfg.channels_last,
                            transform=lambda t: augment(t, aug_gen, cfg.rotation, cfg.hflip, cfg.vflip))
         y = labels[idx]

@@ -1,0 +1,141 @@
+"""evaluate, compare, clinical table, and the study command end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ccrcc_grade.clinical import clinical_table
+
+from conftest import run_cli
+
+
+def _rows(p):
+    return list(csv.DictReader(open(p)))
+
+
+def test_evaluate_run_writes_everything(trained_run, capsys):
+    assert run_cli("evaluate", trained_run, "--bootstrap", "200") == 0
+    out = trained_run / "eval-test"
+    for f in ("predictions.csv", "predictions_patient.csv", "metrics.json", "roc.png", "confusion.png", "calibration.png"):
+        assert (out / f).is_file(), f
+    m = json.loads((out / "metrics.json").read_text())
+    ckpt_test = set(json.loads((trained_run / "config.json").read_text()) and
+                    __import__("torch").load(trained_run / "best.pt", weights_only=True)["splits"]["test"])
+    assert {r["patient_id"] for r in _rows(out / "predictions_patient.csv")} == ckpt_test
+    for lv in ("image", "patient"):
+        M = m[lv]
+        for k in ("accuracy", "balanced_accuracy", "brier"):
+            assert set(M[k]) >= {"value", "ci95"} and len(M[k]["ci95"]) == 2
+        for c in ("low", "high"):
+            for k in ("auc", "precision", "sensitivity", "specificity", "f1"):
+                assert "value" in M[c][k] and "ci95" in M[c][k]
+        assert np.array(M["confusion_matrix"]).sum() == M["n"] and M["threshold"] == 0.5
+    assert m["patient"]["n"] == len(ckpt_test) and m["image"]["n"] == len(_rows(out / "predictions.csv"))
+    assert 0 <= m["validation_threshold"]["threshold"] <= 1
+    pp = {r["patient_id"]: float(r["prob_high"]) for r in _rows(out / "predictions_patient.csv")}
+    img = _rows(out / "predictions.csv")
+    for pid, prob in pp.items():
+        assert prob == pytest.approx(np.mean([float(r["prob_high"]) for r in img if r["patient_id"] == pid]), abs=1e-5)
+    assert "AUC" in capsys.readouterr().out
+
+
+def test_evaluate_predictions_file_and_its_errors(tmp_path, capsys):
+    p = tmp_path / "fig2.csv"
+    rows = [("low", 0, 0.2)] * 74 + [("low", 0, 0.8)] * 3 + [("high", 1, 0.3)] * 7 + [("high", 1, 0.9)] * 14
+    with open(p, "w") as fh:
+        fh.write("patient_id,phase,source,label,prob_high\n")
+        for i, (_, y, pr) in enumerate(rows):
+            fh.write(f"P{i // 4 if y == 0 else 100 + i // 3},parenchymal,s{i}.png,{y},{pr}\n")
+    assert run_cli("evaluate", "--predictions", p, "--out", tmp_path / "ev", "--bootstrap", "100") == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["image"]["confusion_matrix"] == [[74, 3], [7, 14]]
+    assert round(m["image"]["accuracy"]["value"], 3) == 0.898
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient_id,label,prob_high\nA,0,1.7\n")
+    assert run_cli("evaluate", "--predictions", bad) == 2
+    assert "bad.csv:2: prob_high must lie in [0, 1]" in capsys.readouterr().err
+    bad.write_text("patient_id,prob\nA,0.3\n")
+    assert run_cli("evaluate", "--predictions", bad) == 2
+    assert "missing column(s) label, prob_high" in capsys.readouterr().err
+    assert run_cli("evaluate", tmp_path / "nothing-here") == 2
+    assert "not a training run folder" in capsys.readouterr().err
+
+
+def test_compare_two_runs(trained_run, work, tmp_path):
+    from ccrcc_grade.config import TrainConfig
+    from ccrcc_grade.train import fit
+
+    other = tmp_path / "se"
+    fit(TrainConfig(work=str(work), phase="parenchymal", model="se_resnet34", out=str(other), weights="none",
+                    epochs=2, image_size=48, batch_size=16, progress=False))
+    assert run_cli("compare", trained_run, other, "--json", tmp_path / "c.json") == 0
+    c = json.loads((tmp_path / "c.json").read_text())
+    for lv in ("patient", "image"):
+        assert set(c[lv]) >= {"n", "auc_a", "auc_b", "auc_diff_ci95", "delong_z", "delong_p", "mcnemar_p"}
+        assert 0 <= c[lv]["delong_p"] <= 1 and 0 <= c[lv]["mcnemar_p"] <= 1
+    assert c["image"]["n"] > c["patient"]["n"]
+
+
+def test_external_validation_on_a_raw_cohort(trained_run, dicom_cohort, tmp_path):
+    """A model trained on the exported-slice cohort, validated on the DICOM version of another
+    centre's data ingested on the fly with the model's own preprocessing."""
+    assert run_cli("evaluate", trained_run, "--cohort", dicom_cohort, "--out", tmp_path / "ext", "--bootstrap", "100") == 0
+    m = json.loads((tmp_path / "ext" / "metrics.json").read_text())
+    assert m["patient"]["n"] == 16 and m["split"].startswith("external:")
+    assert (tmp_path / "ext" / "external_work" / "manifest.csv").is_file()
+
+
+def test_clinical_table_tests_match_scipy(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 60
+    grade = rng.integers(1, 5, n)
+    age = rng.normal(58, 9, n).round(1)
+    size = rng.lognormal(0.5, 1.4, n).round(2)       # strongly skewed -> Mann-Whitney
+    sex = rng.choice(["M", "F"], n)
+    rare = np.where(np.arange(n) < 3, "yes", "no")    # small expected counts -> Fisher
+    with open(tmp_path / "clinical.csv", "w") as fh:
+        fh.write("patient_id,who_isup_grade,age,tumor_size_cm,sex,rare\n")
+        for i in range(n):
+            fh.write(f"P{i},{grade[i]},{age[i]},{size[i]},{sex[i]},{rare[i]}\n")
+    t = clinical_table(tmp_path / "clinical.csv")
+    hi = grade >= 3
+    rows = {r["variable"]: r for r in t["rows"]}
+    assert rows["age"]["test"] == "t-test"
+    assert rows["age"]["p"] == pytest.approx(stats.ttest_ind(age[~hi], age[hi]).pvalue)
+    assert rows["tumor_size_cm"]["test"] == "Mann-Whitney U"
+    assert rows["tumor_size_cm"]["p"] == pytest.approx(stats.mannwhitneyu(size[~hi], size[hi]).pvalue)
+    ct = np.array([[np.sum((sex == s) & ~hi), np.sum((sex == s) & hi)] for s in ("F", "M")])
+    assert rows["sex"]["test"] == "chi-square" and rows["sex"]["p"] == pytest.approx(stats.chi2_contingency(ct).pvalue)
+    assert rows["rare"]["test"] == "Fisher's exact"
+    assert t["n_low"] + t["n_high"] == n
+
+
+def test_study_quick_end_to_end_and_resumable(slices_cohort, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert run_cli("study", slices_cohort, "--out", out, "--preset", "quick", "--epochs", "1", "--image-size", "32",
+                   "--size", "32") == 0
+    res = json.loads((out / "results.json").read_text())
+    names = set(res["runs"])
+    assert {f"resnet34-{p}" for p in ("plain", "corticomedullary", "parenchymal", "excretory", "combined")} <= names
+    best = res["best_phase"]
+    assert f"se_resnet34-{best}" in names and len(names) == 6
+    assert res["val_auc_resnet34"][best] == max(res["val_auc_resnet34"].values())
+    assert set(res["comparison"]) >= {"patient", "image"}
+    html = (out / "report.html").read_text()
+    for needed in ("Table 2", "Table 3", "Table 4", "Figure 2", "Figure 3", "Figure 4", "Limitations",
+                   "data:image/png;base64", "Synthetic cohort"):
+        assert needed in html
+    assert "test set holds" in res["limitations"]
+    for r in res["runs"].values():
+        assert math.isfinite(r["test"]["patient"]["accuracy"]["value"])
+    mtime = (out / "runs" / f"resnet34-{best}" / "best.pt").stat().st_mtime
+    assert run_cli("study", slices_cohort, "--out", out, "--preset", "quick", "--epochs", "1", "--image-size", "32",
+                   "--size", "32") == 0
+    assert (out / "runs" / f"resnet34-{best}" / "best.pt").stat().st_mtime == mtime
+    assert "finished earlier; reused" in capsys.readouterr().out

@@ -1,0 +1,110 @@
+"""Metrics against references: pROC's aSAH DeLong values and the study's Figure 2 / Table 4."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ccrcc_grade.metrics import (bootstrap_metrics, delong, delong_ci, delong_paired_test, mcnemar, point_metrics,
+                                 youden_threshold)
+
+from conftest import survey
+
+
+@pytest.fixture(scope="module")
+def asah():
+    rows = list(csv.DictReader(open(survey("proc_aSAH/aSAH.csv"))))
+    ref = json.loads(survey("proc_aSAH/pROC_reference_values.json").read_text())
+    y = np.array([r["outcome"] == "Poor" for r in rows], dtype=int)
+    s = {k: np.array([float(r[k]) for r in rows]) for k in ("wfns", "ndka", "s100b")}
+    assert (y.sum(), len(y) - y.sum()) == (ref["n_cases_Poor"], ref["n_controls_Good"])
+    return y, s, ref
+
+
+def test_delong_auc_variance_covariance(asah):
+    y, s, ref = asah
+    names = ["wfns", "ndka", "s100b"]
+    aucs, cov = delong(y, np.vstack([s[n] for n in names]))
+    for i, n in enumerate(names):
+        assert aucs[i] == pytest.approx(ref["auc"][n], abs=1e-6)
+        assert cov[i, i] == pytest.approx(ref["delong_var_auc"][n], abs=1e-6)
+    idx = {n: i for i, n in enumerate(names)}
+    for pair, v in ref["delong_cov_auc"].items():
+        a, b = pair.split(",")
+        assert cov[idx[a], idx[b]] == pytest.approx(v, abs=1e-6)
+    lo, hi = delong_ci(y, s["ndka"])
+    assert (lo, hi) == pytest.approx((ref["ci_auc_delong_95_ndka"][0], ref["ci_auc_delong_95_ndka"][2]), abs=1e-6)
+
+
+@pytest.mark.parametrize("pair", ["wfns_vs_s100b", "wfns_vs_ndka", "ndka_vs_s100b"])
+def test_paired_delong_test(asah, pair):
+    y, s, ref = asah
+    a, b = pair.split("_vs_")
+    r = delong_paired_test(y, s[a], s[b])
+    exp = ref["roc_test_delong_paired"][pair]
+    assert r["z"] == pytest.approx(exp["Z"], abs=1e-6)
+    assert r["p"] == pytest.approx(exp["p"], abs=1e-6)
+    assert r["auc_diff_ci95"] == pytest.approx(exp["ci95_of_auc_difference"], abs=1e-6)
+
+
+def _figure2():
+    """The study's Figure 2 (ResNet34, parenchymal): 74 low->low, 3 low->high, 7 high->low,
+    14 high->high, as image-level predictions."""
+    y = np.array([0] * 77 + [1] * 21)
+    p = np.array([0.2] * 74 + [0.8] * 3 + [0.3] * 7 + [0.9] * 14)
+    return y, p
+
+
+def test_study_figure2_reproduces_table4():
+    y, p = _figure2()
+    m = point_metrics(y, p)
+    assert m["confusion_matrix"] == [[74, 3], [7, 14]]
+    assert m["accuracy"] == pytest.approx(88 / 98) and round(m["accuracy"], 3) == 0.898
+    assert round(m["low"]["precision"], 3) == 0.914 and round(m["high"]["precision"], 3) == 0.824
+    assert round(m["low"]["sensitivity"], 3) == 0.961 and round(m["high"]["sensitivity"], 3) == 0.667
+    assert round(m["low"]["specificity"], 3) == 0.667 and round(m["high"]["specificity"], 3) == 0.961
+
+
+def test_bootstrap_ci_structure_and_coverage():
+    y, p = _figure2()
+    groups = [f"P{i // 6}" for i in range(len(y))]          # ~6 slices per patient
+    m = bootstrap_metrics(y, p, groups, n_boot=300, seed=0)
+    for k in ("accuracy", "balanced_accuracy", "brier"):
+        lo, hi = m[k]["ci95"]
+        assert lo <= m[k]["value"] <= hi
+    for c in ("low", "high"):
+        assert set(m[c]) == {"auc", "precision", "sensitivity", "specificity", "f1"}
+        assert m[c]["auc"]["ci_method"] == "patient bootstrap"
+    assert m["n"] == 98 and m["n_patients"] == 17 and m["threshold"] == 0.5
+    again = bootstrap_metrics(y, p, groups, n_boot=300, seed=0)
+    assert again["accuracy"]["ci95"] == m["accuracy"]["ci95"]
+    one = bootstrap_metrics(y, p + np.linspace(0, 0.01, len(p)), None, n_boot=50)
+    assert one["high"]["auc"]["ci_method"] == "DeLong" and one["low"]["auc"]["ci95"] == one["high"]["auc"]["ci95"]
+
+
+def test_mcnemar_exact_and_youden():
+    a = np.array([1] * 10 + [1] * 7 + [0] * 2 + [0] * 5, bool)
+    b = np.array([1] * 10 + [0] * 7 + [1] * 2 + [0] * 5, bool)
+    r = mcnemar(a, b)
+    assert (r["a_only_correct"], r["b_only_correct"]) == (7, 2)
+    assert r["p"] == pytest.approx(stats.binomtest(7, 9, 0.5).pvalue)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    assert youden_threshold(y, np.array([0.1, 0.2, 0.35, 0.4, 0.8, 0.9])) == pytest.approx(0.4)
+
+
+def test_fast_bootstrap_metrics_equal_scikit_learn():
+    from ccrcc_grade.metrics import _flatten, fast_flat_metrics
+
+    rng = np.random.default_rng(3)
+    cases = [(rng.integers(0, 2, 50), rng.random(50).round(1)),          # ties
+             (np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])),    # everything predicted low
+             (np.array([1, 1, 1]), np.array([0.2, 0.7, 0.9]))]            # one class only
+    for y, p in cases:
+        a, b = _flatten(point_metrics(y, p)), fast_flat_metrics(y, p)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert (np.isnan(a[k]) and np.isnan(b[k])) or a[k] == pytest.approx(b[k]), k

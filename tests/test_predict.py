@@ -1,0 +1,120 @@
+"""predict on a patient never seen in training, Grad-CAM, ONNX export, and prediction errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ccrcc_grade.predict import predict_patient
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run):
+    if not (trained_run / "eval-test" / "predictions_patient.csv").is_file():
+        assert run_cli("evaluate", trained_run, "--bootstrap", "50") == 0
+    rows = list(csv.DictReader(open(trained_run / "eval-test" / "predictions_patient.csv")))
+    return {r["patient_id"]: float(r["prob_high"]) for r in rows}
+
+
+def test_predict_matches_evaluate_for_unseen_patients(trained_run, slices_cohort, evaluated, tmp_path, capsys):
+    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
+    for pid in ckpt["splits"]["test"]:
+        assert pid not in ckpt["splits"]["train"]
+        assert run_cli("predict", trained_run / "best.pt", slices_cohort / pid, "--json", tmp_path / f"{pid}.json") == 0
+        r = json.loads((tmp_path / f"{pid}.json").read_text())
+        assert r["patient_id"] == pid and r["phase"] == "parenchymal"
+        assert r["prob_high"] == pytest.approx(evaluated[pid], abs=1e-5)
+        assert r["grade"] == ("high" if r["prob_high"] >= r["threshold"] else "low")
+        assert r["threshold"] == pytest.approx(ckpt["threshold"])
+        assert len(r["slices"]) == len(list((slices_cohort / pid / "parenchymal").glob("*.json")))
+        assert r["model"]["architecture"] == "resnet34" and r["model"]["val_auc"] is not None
+    out = capsys.readouterr().out
+    assert "patient P(high grade)" in out and "grade" in out
+
+
+def test_predict_dicom_series_with_boxes(trained_run, dicom_cohort, slices_cohort, tmp_path):
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    boxes = tmp_path / "boxes.csv"
+    rows = [r for r in csv.DictReader(open(dicom_cohort / "boxes.csv")) if r["patient_id"] == pid]
+    with open(boxes, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = predict_patient(trained_run / "best.pt", dicom_cohort / pid / "parenchymal", boxes=boxes)
+    ref = predict_patient(trained_run / "best.pt", slices_cohort / pid / "parenchymal")
+    assert len(r["slices"]) == len(ref["slices"])
+    assert r["prob_high"] == pytest.approx(ref["prob_high"], abs=0.03)   # DICOM vs exported PNG of the same scan
+
+
+def test_gradcam_overlays_heat_inside_the_box(trained_run, slices_cohort, tmp_path):
+    from ccrcc_grade.explain import box_heatmap, gradcam
+    from ccrcc_grade.inference import load_model
+
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    r = predict_patient(trained_run / "best.pt", slices_cohort / pid, cam_dir=tmp_path / "cam")
+    pngs = sorted((tmp_path / "cam").glob("*.png"))
+    assert len(pngs) == len(r["slices"]) and all(s["cam"].endswith(".png") for s in r["slices"])
+    model, ckpt = load_model(trained_run / "best.pt")
+    crops = np.random.default_rng(0).integers(0, 256, (2, 48, 48)).astype(np.uint8)
+    cams = gradcam(model, crops, ckpt["preprocess"]["image_size"], ckpt["preprocess"]["normalize"])
+    assert cams.shape == (2, 48, 48) and cams.min() >= 0 and cams.max() <= 1
+    box = r["slices"][0]["box"]
+    heat = box_heatmap((128, 128), tuple(box), np.ones((48, 48)))
+    inside = np.zeros((128, 128), bool)
+    inside[int(np.floor(box[1])):int(np.ceil(box[3])), int(np.floor(box[0])):int(np.ceil(box[2]))] = True
+    assert heat[~inside].sum() == 0 and heat[inside].min() > 0.9
+
+
+def test_onnx_export_and_prediction(trained_run, slices_cohort, tmp_path, capsys):
+    onnx_path = tmp_path / "m.onnx"
+    assert run_cli("export", trained_run / "best.pt", "--onnx", onnx_path) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["max_abs_diff"] < 1e-4
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    a = predict_patient(onnx_path, slices_cohort / pid)
+    b = predict_patient(trained_run / "best.pt", slices_cohort / pid)
+    assert a["prob_high"] == pytest.approx(b["prob_high"], abs=0.02)   # fp32 ONNX vs bf16 PyTorch on this CPU
+    assert a["model"]["architecture"] == "resnet34" and a["threshold"] == b["threshold"]
+
+
+def _err(capsys, *args):
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    return err
+
+
+def test_prediction_errors(trained_run, slices_cohort, tmp_path, capsys):
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": torch.zeros(2)}, junk)
+    assert "not a ccrcc-grade model file" in _err(capsys, "predict", junk, slices_cohort / pid)
+    ck = torch.load(trained_run / "best.pt", weights_only=True)
+    ck["format_version"] = 99
+    torch.save(ck, tmp_path / "future.pt")
+    assert "incompatible ccrcc-grade version" in _err(capsys, "predict", tmp_path / "future.pt", slices_cohort / pid)
+    (tmp_path / "x.onnx").write_bytes(b"nope")
+    assert "not a readable ONNX model" in _err(capsys, "predict", tmp_path / "x.onnx", slices_cohort / pid)
+    assert "trained on the parenchymal phase" in _err(capsys, "predict", trained_run / "best.pt",
+                                                      slices_cohort / pid / "plain")
+    p = tmp_path / "pat"
+    shutil.copytree(slices_cohort / pid, p / pid)
+    for j in (p / pid / "parenchymal").glob("*.json"):
+        j.unlink()
+    assert "no tumour boxes" in _err(capsys, "predict", trained_run / "best.pt", p / pid / "parenchymal")
+    shutil.rmtree(p / pid / "parenchymal")
+    assert "no parenchymal folder" in _err(capsys, "predict", trained_run / "best.pt", p / pid)
+    q = tmp_path / "q"
+    shutil.copytree(slices_cohort / pid / "parenchymal", q)
+    img = sorted(q.glob("*.png")) or sorted(q.glob("*.bmp"))
+    for f in img:
+        f.write_bytes(b"\x89PNG broken")
+    assert "unreadable or truncated image" in _err(capsys, "predict", trained_run / "best.pt", q)
+    assert "input not found" in _err(capsys, "predict", trained_run / "best.pt", tmp_path / "missing")

@@ -1,0 +1,158 @@
+"""Training: the study's protocol learns on the phantom, is deterministic, resumes exactly,
+stops on NaN, checks its inputs, and runs under torchrun with 2 processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ccrcc_grade.config import TrainConfig
+from ccrcc_grade.errors import CcrccError
+from ccrcc_grade.inference import read_checkpoint
+from ccrcc_grade.train import LOG_COLUMNS, fit
+
+from conftest import CROP, REPO, run_cli
+
+
+def _cfg(work, out, **kw):
+    base = dict(work=str(work), phase="parenchymal", model="resnet34", out=str(out), weights="none", epochs=2,
+                image_size=32, batch_size=16, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _log(run):
+    with open(Path(run) / "log.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_folder_contents(trained_run):
+    for f in ("config.json", "log.csv", "curves.png", "best.pt", "last.pt", "train_summary.json"):
+        assert (trained_run / f).is_file(), f
+    rows = _log(trained_run)
+    assert list(rows[0]) == LOG_COLUMNS and len(rows) == 4
+    cfg = json.loads((trained_run / "config.json").read_text())
+    assert cfg["lr"] == 0.001 and cfg["repeats"] == 3 and cfg["rotation"] == 30.0 and cfg["momentum"] == 0.9
+    best = torch.load(trained_run / "best.pt", map_location="cpu", weights_only=True)
+    assert best["classes"] == ["low", "high"] and best["preprocess"]["size"] == CROP
+    assert best["config"]["phase"] == "parenchymal" and 0.0 <= best["threshold"] <= 1.0
+    vals = [float(r["val_auc"]) for r in rows]
+    assert best["epoch"] == 1 + max(range(len(vals)), key=lambda i: (vals[i], -i))   # best on validation
+    assert set(best["splits"]["test"]).isdisjoint(best["splits"]["train"])
+
+
+@pytest.mark.parametrize("model", ["resnet34", "se_resnet34"])
+@pytest.mark.parametrize("phase", ["corticomedullary", "parenchymal", "excretory"])
+def test_learns_contrast_phases(work, tmp_path, model, phase):
+    fit(_cfg(work, tmp_path / "r", model=model, phase=phase, epochs=4, image_size=CROP))
+    s = json.loads((tmp_path / "r" / "train_summary.json").read_text())
+    assert s["best_val"]["val_image_auc"] >= 0.75, s["best_val"]
+
+
+def test_plain_and_combined_train(work, tmp_path):
+    """The plain phase carries little grade signal by design; it must still train cleanly.
+    The combined set pools all four phases."""
+    for phase in ("plain", "combined"):
+        fit(_cfg(work, tmp_path / phase, phase=phase, epochs=1))
+        rows = _log(tmp_path / phase)
+        assert len(rows) == 1 and float(rows[0]["train_loss"]) > 0
+    best = read_checkpoint(tmp_path / "combined" / "best.pt")
+    assert best["phase"] == "combined"
+
+
+def test_same_seed_same_metrics(work, tmp_path):
+    fit(_cfg(work, tmp_path / "a"))
+    fit(_cfg(work, tmp_path / "b"))
+    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k and k != "img_per_s"} for r in rows]  # noqa: E731
+    assert strip(_log(tmp_path / "a")) == strip(_log(tmp_path / "b"))
+    fit(_cfg(work, tmp_path / "c", seed=1))
+    assert strip(_log(tmp_path / "a")) != strip(_log(tmp_path / "c"))
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(work, tmp_path):
+    epochs = 3
+    fit(_cfg(work, tmp_path / "full", epochs=epochs))
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "ccrcc_grade", "train", str(work), "--phase", "parenchymal", "--weights", "none",
+           "--epochs", str(epochs), "--image-size", "32", "--batch-size", "16", "--out", str(run), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (run / "log.csv").exists() and len(_log(run)) >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(_log(run))
+    assert 1 <= done < epochs, "the run finished before it could be interrupted"
+    assert read_checkpoint(run / "last.pt")["epoch"] == done
+    assert run_cli("train", "--resume", run, "--no-progress") == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k and k != "img_per_s"} for r in rows]  # noqa: E731
+    assert strip(_log(run)) == strip(_log(tmp_path / "full"))
+    a = torch.load(run / "best.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "full" / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_the_run(work, tmp_path):
+    with pytest.raises(CcrccError, match="training loss became (nan|inf)"):
+        fit(_cfg(work, tmp_path / "nan", lr=1e30, epochs=2))
+
+
+def test_bad_training_inputs(work, tmp_path, capsys):
+    w = tmp_path / "w"
+    shutil.copytree(work, w)
+    (w / "splits.json").unlink()
+    assert run_cli("train", w, "--weights", "none", "--epochs", "1") == 2
+    assert "no splits file" in capsys.readouterr().err
+    s = json.loads((work / "splits.json").read_text())
+    labels = {r["patient_id"]: r["label"] for r in __import__("ccrcc_grade.cache", fromlist=["x"]).CropCache.load(work).manifest}
+    (w / "splits.json").write_text(json.dumps({**s, "val": []}))
+    assert run_cli("train", w, "--weights", "none", "--epochs", "1") == 2
+    assert "the val split is empty" in capsys.readouterr().err
+    only_low = [p for p in s["train"] if labels[p] == 0]
+    (w / "splits.json").write_text(json.dumps({**s, "train": only_low}))
+    assert run_cli("train", w, "--weights", "none", "--epochs", "1") == 2
+    assert "no high-grade parenchymal crops in the training split" in capsys.readouterr().err
+    (w / "splits.json").write_text(json.dumps(s))
+    assert run_cli("train", w, "--phase", "arterial-ish", "--epochs", "1") == 2
+    assert "unknown phase" in capsys.readouterr().err
+    assert run_cli("train", w, "--epochs", "0") == 2
+    assert "--epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_phase_without_crops(work, tmp_path, capsys):
+    w = tmp_path / "w"
+    shutil.copytree(work, w)
+    rows = list(csv.DictReader(open(w / "manifest.csv")))
+    with open(w / "manifest.csv", "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(r for r in rows if r["phase"] != "excretory")
+    assert run_cli("train", w, "--phase", "EP", "--weights", "none", "--epochs", "1") == 2
+    assert "no crops of phase 'excretory'" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes(work, tmp_path):
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port", "29531", "-m", "ccrcc_grade", "train", str(work),
+           "--weights", "none", "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--out", str(run),
+           "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    s = json.loads((run / "train_summary.json").read_text())
+    assert s["world_size"] == 2 and len(s["rank_checksums"]) == 2
+    assert s["rank_checksums"][0] == s["rank_checksums"][1]
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["best.pt", "config.json", "curves.png", "last.pt", "log.csv", "train_summary.json"])
