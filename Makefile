@@ -22,7 +22,8 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 demo: setup
-	$(BIN)/ccrcc-grade synth $(DEMO_DIR)/cohort --patients 40 --seed 0
+	@if [ ! -f $(DEMO_DIR)/cohort/clinical.csv ]; then \
+	  $(BIN)/ccrcc-grade synth $(DEMO_DIR)/cohort --patients 60 --high-fraction 0.35 --matrix 256 --seed 0; fi
 	$(BIN)/ccrcc-grade study $(DEMO_DIR)/cohort --out $(DEMO_DIR)/study --preset quick
 
 bench: setup

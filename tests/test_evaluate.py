@@ -139,3 +139,20 @@ def test_study_quick_end_to_end_and_resumable(slices_cohort, tmp_path, capsys):
                    "--size", "32") == 0
     assert (out / "runs" / f"resnet34-{best}" / "best.pt").stat().st_mtime == mtime
     assert "finished earlier; reused" in capsys.readouterr().out
+
+
+def test_study_cross_validation(slices_cohort, tmp_path):
+    out = tmp_path / "cv"
+    assert run_cli("study", slices_cohort, "--out", out, "--preset", "quick", "--folds", "2", "--epochs", "1",
+                   "--image-size", "32", "--size", "32") == 0
+    res = json.loads((out / "results.json").read_text())
+    cv = res["cross_validation"]
+    assert f"se_resnet34-{res['best_phase']}" in cv and len(cv) == 6
+    for name, r in cv.items():
+        assert len(r["runs"]) == 2
+        s = r["cv"]["patient"]["auc"]
+        assert len(s["folds"]) == 2 and s["mean"] == pytest.approx(np.nanmean(s["folds"]))
+    tests = [set(__import__("torch").load(f"{r}/best.pt", weights_only=True)["splits"]["test"])
+             for r in cv["resnet34-plain"]["runs"]]
+    assert not (tests[0] & tests[1]) and len(tests[0] | tests[1]) == 16
+    assert "Cross-validation" in (out / "report.html").read_text()

@@ -46,8 +46,8 @@ def test_run_folder_contents(trained_run):
     best = torch.load(trained_run / "best.pt", map_location="cpu", weights_only=True)
     assert best["classes"] == ["low", "high"] and best["preprocess"]["size"] == CROP
     assert best["config"]["phase"] == "parenchymal" and 0.0 <= best["threshold"] <= 1.0
-    vals = [float(r["val_auc"]) for r in rows]
-    assert best["epoch"] == 1 + max(range(len(vals)), key=lambda i: (vals[i], -i))   # best on validation
+    key = [(float(r["val_auc"]), -float(r["val_loss"])) for r in rows]   # validation AUC, then loss
+    assert best["epoch"] == 1 + max(range(len(key)), key=lambda i: (key[i], -i))
     assert set(best["splits"]["test"]).isdisjoint(best["splits"]["train"])
 
 

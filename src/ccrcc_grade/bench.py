@@ -119,13 +119,59 @@ def bench_predict(device: str = "auto", steps: int = 30, image_size: int = 224) 
 
     fast = _latency(run_fast, steps)
     patient = _latency(lambda: run_fast(fifteen), max(5, steps // 3))
+    onnx = _onnx_latency(model, image_size, steps) if dev.type == "cpu" else {}
     return {"bench": "predict", "predict_ms_p50": round(float(np.median(fast)), 2),
             "predict_ms_p95": round(float(np.percentile(fast, 95)), 2),
             "predict_ms_p50_baseline": round(float(np.median(base)), 2),
             "predict_speedup": round(float(np.median(base) / np.median(fast)), 2),
             "patient_ms_p50": round(float(np.median(patient)), 2), "patient_slices": 15,
             "peak_rss_mb": round(peak_rss_mb(), 1), "backend": f"torch {dev.type} fused-BN channels_last {amp}",
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), **onnx}
+
+
+_ONNX_PROBE = """
+import json, resource, sys, time
+import numpy as np
+from ccrcc_grade.onnx_infer import onnx_probs, onnx_session
+path, size, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sess = onnx_session(path)
+rng = np.random.default_rng(0)
+one = rng.integers(0, 256, (1, size, size)).astype(np.uint8)
+fifteen = rng.integers(0, 256, (15, size, size)).astype(np.uint8)
+def lat(x, n):
+    for _ in range(3):
+        onnx_probs(path, x, sess)
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter(); onnx_probs(path, x, sess); ts.append((time.perf_counter() - t) * 1000)
+    return np.asarray(ts)
+a, b = lat(one, steps), lat(fifteen, max(5, steps // 3))
+print(json.dumps({"onnx_ms_p50": round(float(np.median(a)), 2), "onnx_ms_p95": round(float(np.percentile(a, 95)), 2),
+                  "onnx_patient_ms_p50": round(float(np.median(b)), 2),
+                  "onnx_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+"""
+
+
+def _onnx_latency(model: nn.Module, image_size: int, steps: int) -> dict:
+    """ONNX Runtime (fp32, CPU) latency and memory in a fresh process that never imports torch:
+    the deployment path of `predict model.onnx`."""
+    import warnings
+
+    from .export import ProbabilityModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(ProbabilityModel(model.cpu().eval(), image_size, True),
+                              (torch.zeros(1, image_size, image_size),), str(path), input_names=["crops"],
+                              output_names=["prob_high"], dynamic_axes={"crops": {0: "b"}, "prob_high": {0: "b"}},
+                              opset_version=18, dynamo=False)
+        out = subprocess.run([sys.executable, "-c", _ONNX_PROBE, str(path), str(image_size), str(steps)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            return {"onnx_error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+        return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def bench_ingest(n_slices: int = 200, matrix: int = 512) -> dict:

@@ -18,8 +18,8 @@ from torch import nn
 from .data import to_model_input
 from .errors import CcrccError
 from .fileio import atomic_write
+from .onnx_infer import ONNX_META_KEY, onnx_probs
 
-ONNX_META_KEY = "ccrcc_grade"
 
 
 class ProbabilityModel(nn.Module):
@@ -76,28 +76,3 @@ def export_onnx(model_path: Path, out: Path, check: bool = True) -> dict:
         if info["max_abs_diff"] > 1e-3:
             raise CcrccError(f"{out}: ONNX Runtime and PyTorch disagree (max |diff| {info['max_abs_diff']:.2e})")
     return info
-
-
-def onnx_session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def read_onnx_metadata(path: Path) -> dict:
-    """The checkpoint metadata stored in an exported model; CcrccError when it is not ours."""
-    try:
-        sess = onnx_session(path)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise CcrccError(f"{path}: not a readable ONNX model ({exc.__class__.__name__})") from None
-    raw = sess.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
-    if not raw:
-        raise CcrccError(f"{path}: not an ONNX model exported by ccrcc-grade (no {ONNX_META_KEY} metadata)")
-    return json.loads(raw)
-
-
-def onnx_probs(path: Path, crops_u8: np.ndarray, session=None) -> np.ndarray:
-    sess = session or onnx_session(path)
-    return sess.run(["prob_high"], {"crops": crops_u8.astype(np.float32)})[0].astype(np.float64)

@@ -26,7 +26,7 @@ def load_predictor(model_path: Path, device: str = "cpu"):
     """(predict_fn(crops_u8) -> probs, metadata, checkpoint path or None for ONNX) for a .pt or .onnx model."""
     model_path = Path(model_path)
     if model_path.suffix.lower() == ".onnx":
-        from .export import onnx_probs, onnx_session, read_onnx_metadata
+        from .onnx_infer import onnx_probs, onnx_session, read_onnx_metadata
 
         meta = read_onnx_metadata(model_path)
         sess = onnx_session(model_path)

@@ -53,8 +53,9 @@ def _comparison_md(c: dict) -> str:
     for lv in ("patient", "image"):
         if lv in c:
             x = c[lv]
-            lines.append(f"| {lv} | {x['n']} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {-x['auc_diff']:+.3f} "
-                         f"({-x['auc_diff_ci95'][1]:+.3f} to {-x['auc_diff_ci95'][0]:+.3f}) | {format_p(x['delong_p'])} | "
+            d, lo, hi = (0.0 - v for v in (x["auc_diff"], x["auc_diff_ci95"][1], x["auc_diff_ci95"][0]))
+            lines.append(f"| {lv} | {x['n']} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {d + 0.0:+.3f} "
+                         f"({lo + 0.0:+.3f} to {hi + 0.0:+.3f}) | {format_p(x['delong_p'])} | "
                          f"{x['acc_a']:.3f} | {x['acc_b']:.3f} | {format_p(x['mcnemar_p'])} |")
     return "\n".join(lines)
 

@@ -159,17 +159,20 @@ def evaluate(model: nn.Module, data: CropSet, cfg: TrainConfig, device: torch.de
             "val_acc": float(np.mean((probs >= 0.5) == y)), "val_threshold": youden_threshold(pat_y, pat_p)}
 
 
-def _selection_score(metrics: dict, how: str) -> float:
+def _selection_score(metrics: dict, how: str) -> tuple[float, float]:
+    """Higher is better. AUC first; ties (common with few validation patients, where the AUC
+    saturates at 1.0) are broken by the lower validation loss."""
     if how == "loss":
-        return -metrics["val_loss"]
+        return (-metrics["val_loss"], 0.0)
     v = metrics["val_auc" if how == "patient_auc" else "val_image_auc"]
-    return -math.inf if v is None or math.isnan(v) else v
+    return (-math.inf if v is None or math.isnan(v) else v, -metrics["val_loss"])
 
 
 def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
     """Train one model; only rank 0 writes. Returns the run summary (rank 0) or None."""
     cfg.validate()
     cfg.phase = check_phase(cfg.phase, allow_combined=True)
+    cfg.work = str(Path(cfg.work).resolve())   # the checkpoint must find its cohort from anywhere
     ddp = init_distributed(cfg.device)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and ddp.world > 1:
@@ -198,12 +201,12 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
     amp = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
-    start_epoch, best_score, best_epoch, log_rows = 1, -math.inf, 0, []
+    start_epoch, best_score, best_epoch, log_rows = 1, (-math.inf, -math.inf), 0, []
     if _resume_state is not None:
         model.load_state_dict(_resume_state["state_dict"])
         optimizer.load_state_dict(_resume_state["optimizer"])
         start_epoch = _resume_state["epoch"] + 1
-        best_score, best_epoch = _resume_state["best_score"], _resume_state["best_epoch"]
+        best_score, best_epoch = tuple(_resume_state["best_score"]), _resume_state["best_epoch"]
         log_rows = _resume_state["log"]
     net = model
     if ddp.world > 1:
@@ -243,7 +246,7 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
             if improved:
                 atomic_torch_save(make_checkpoint(model, meta), run / "best.pt")
             last = make_checkpoint(model, meta)
-            last.update(optimizer=optimizer.state_dict(), best_score=best_score, log=log_rows)
+            last.update(optimizer=optimizer.state_dict(), best_score=list(best_score), log=log_rows)
             atomic_torch_save(last, run / "last.pt")
             _write_log(run, log_rows)
             print(f"epoch {epoch}/{cfg.epochs} loss {stats['train_loss']:.4f} val AUC {_f(val['val_auc'])} "

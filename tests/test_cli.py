@@ -1,0 +1,39 @@
+"""The command line: `python -m ccrcc_grade`, help, argument errors, and the bench JSON lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, run_cli
+
+
+def test_module_entry_point_and_help():
+    out = subprocess.run([sys.executable, "-m", "ccrcc_grade", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0
+    for cmd in ("synth", "ingest", "split", "train", "evaluate", "compare", "clinical", "study", "predict",
+                "export", "bench"):
+        assert cmd in out.stdout
+
+
+def test_synth_cli_and_its_errors(tmp_path, capsys):
+    assert run_cli("synth", tmp_path / "c", "--patients", "3", "--matrix", "64", "--layout", "dicom") == 0
+    assert (tmp_path / "c" / "boxes.csv").is_file()
+    assert run_cli("synth", tmp_path / "d", "--high-fraction", "1.5") == 2
+    assert "--high-fraction" in capsys.readouterr().err
+    assert run_cli("ingest", tmp_path / "nowhere", "--out", tmp_path / "w") == 2
+    assert "cohort folder not found" in capsys.readouterr().err
+    assert run_cli("split", tmp_path / "c") == 2
+    assert "not an ingested cohort" in capsys.readouterr().err
+
+
+def test_bench_lines(capsys):
+    assert run_cli("bench", "--what", "train", "--image-size", "32", "--steps", "2", "--batch-size", "4") == 0
+    line = json.loads(capsys.readouterr().out)
+    assert {"train_img_s", "train_img_s_baseline", "train_speedup", "peak_rss_mb", "data_share", "device"} <= set(line)
+    assert line["train_img_s"] > 0 and 0 <= line["data_share"] < 1
+    assert run_cli("bench", "--what", "predict", "--image-size", "32", "--steps", "5") == 0
+    line = json.loads(capsys.readouterr().out)
+    assert {"predict_ms_p50", "predict_ms_p95", "predict_ms_p50_baseline", "predict_speedup", "patient_ms_p50",
+            "peak_rss_mb", "backend"} <= set(line)
