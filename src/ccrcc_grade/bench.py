@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,11 +20,8 @@ from torch import nn
 
 from .data import augment, class_weights, to_model_input
 from .inference import amp_dtype, autocast, optimize_for_inference, resolve_device
+from .bench_mem import peak_rss_mb
 from .models import create_model
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _train_speed(device: torch.device, amp: torch.dtype | None, channels_last: bool, steps: int, image_size: int,
@@ -130,8 +126,9 @@ def bench_predict(device: str = "auto", steps: int = 30, image_size: int = 224) 
 
 
 _ONNX_PROBE = """
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
+from ccrcc_grade.bench_mem import peak_rss_mb
 from ccrcc_grade.onnx_infer import onnx_probs, onnx_session
 path, size, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sess = onnx_session(path)
@@ -148,7 +145,7 @@ def lat(x, n):
 a, b = lat(one, steps), lat(fifteen, max(5, steps // 3))
 print(json.dumps({"onnx_ms_p50": round(float(np.median(a)), 2), "onnx_ms_p95": round(float(np.percentile(a, 95)), 2),
                   "onnx_patient_ms_p50": round(float(np.median(b)), 2),
-                  "onnx_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+                  "onnx_peak_rss_mb": round(peak_rss_mb(), 1)}))
 """
 
 
