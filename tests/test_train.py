@@ -52,20 +52,22 @@ def test_run_folder_contents(trained_run):
 
 
 @pytest.mark.parametrize("model", ["resnet34", "se_resnet34"])
-@pytest.mark.parametrize("phase", ["corticomedullary", "parenchymal", "excretory"])
-def test_learns_contrast_phases(work, tmp_path, model, phase):
-    fit(_cfg(work, tmp_path / "r", model=model, phase=phase, epochs=4, image_size=CROP))
+@pytest.mark.parametrize("phase", ["plain", "corticomedullary", "parenchymal", "excretory"])
+def test_learns_every_phase(work, tmp_path, model, phase):
+    # from scratch (no ImageNet weights offline) a network needs a larger step than the study's
+    # fine-tuning lr of 1e-3, as in the `quick` preset. The plain phase carries a weaker grade signal
+    # (by design of the phantom, as in patients) and gets more epochs.
+    fit(_cfg(work, tmp_path / "r", model=model, phase=phase, epochs=8 if phase == "plain" else 4, image_size=CROP,
+             lr=1e-2))
     s = json.loads((tmp_path / "r" / "train_summary.json").read_text())
     assert s["best_val"]["val_image_auc"] >= 0.75, s["best_val"]
 
 
-def test_plain_and_combined_train(work, tmp_path):
-    """The plain phase carries little grade signal by design; it must still train cleanly.
-    The combined set pools all four phases."""
-    for phase in ("plain", "combined"):
-        fit(_cfg(work, tmp_path / phase, phase=phase, epochs=1))
-        rows = _log(tmp_path / phase)
-        assert len(rows) == 1 and float(rows[0]["train_loss"]) > 0
+def test_learns_combined(work, tmp_path):
+    """The combined set pools all four phases (4x the crops of one phase)."""
+    fit(_cfg(work, tmp_path / "combined", phase="combined", epochs=2, image_size=CROP, lr=1e-2))
+    s = json.loads((tmp_path / "combined" / "train_summary.json").read_text())
+    assert s["best_val"]["val_image_auc"] >= 0.75, s["best_val"]
     best = read_checkpoint(tmp_path / "combined" / "best.pt")
     assert best["phase"] == "combined"
 

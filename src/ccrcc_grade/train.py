@@ -181,6 +181,9 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     cache, splits, train_set, val_set = load_data(cfg)
+    if device.type == "cuda":   # the whole uint8 training set lives on the GPU: one pinned copy, once
+        train_set.images = train_set.images.pin_memory().to(device, non_blocking=True)
+        val_set.images = val_set.images.pin_memory().to(device, non_blocking=True)
     run = Path(cfg.out or Path(cfg.work) / "runs" / f"{cfg.model}-{cfg.phase}")
     if ddp.main:
         if _resume_state is None and (run / "last.pt").exists():
