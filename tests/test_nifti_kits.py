@@ -38,7 +38,7 @@ def test_kits19_clinical_counts():
     assert len(kept) == 143 and [grades.count(g) for g in "1234"] == [18, 79, 36, 10]
 
 
-MASKS = ["case_00152", "case_00061", "case_00038", "case_00546", "case_00110"]
+MASKS = ["case_00152", "case_00061", "case_00038", "case_00546", "case_00285", "case_00110"]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,8 @@ def test_kits_ingest_boxes_cover_every_tumour_voxel(kits_dir, tmp_path):
                 covered[max(0, int(np.floor(y0))):int(np.ceil(y1)), max(0, int(np.floor(x0))):int(np.ceil(x1))] = True
             assert not (tum & ~covered).any(), f"{case} z={z}: tumour voxels outside every box"
     grades = {r["patient_id"]: r["grade"] for r in cache.manifest}
-    assert grades == {"case_00152": "1", "case_00061": "2", "case_00038": "2", "case_00546": "3", "case_00110": "4"}
+    assert grades == {"case_00152": "1", "case_00061": "2", "case_00038": "2", "case_00546": "3", "case_00285": "3",
+                      "case_00110": "4"}
     crops = cache.crops[[r["index"] for r in cache.manifest]].astype(float)
     assert crops[:, 12:20, 12:20].mean() > crops[:, :2, :].mean() - 1     # tumour (60 HU) centre vs edges
 
@@ -211,3 +212,15 @@ def test_kits_as_external_validation(kits_dir, work, tmp_path):
     assert run_cli("evaluate", run, "--cohort", kits_dir, "--out", tmp_path / "ext", "--bootstrap", "50") == 0
     m = json.loads((tmp_path / "ext" / "metrics.json").read_text())
     assert m["patient"]["n"] == len(MASKS) and m["patient"]["confusion_matrix"][0][0] + m["patient"]["confusion_matrix"][0][1] == 3
+
+
+def test_study_on_a_kits_folder(kits_dir, tmp_path):
+    """`study --format kits`: one contrast phase, so ResNet34 and SE-ResNet34 on it alone."""
+    out = tmp_path / "ks"
+    assert run_cli("study", kits_dir, "--format", "kits", "--out", out, "--preset", "quick", "--epochs", "1",
+                   "--image-size", "32", "--size", "32", "--ratios", "1:1:1") == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["best_phase"] == "corticomedullary"
+    assert set(res["runs"]) == {"resnet34-corticomedullary", "se_resnet34-corticomedullary"}
+    assert res["dataset"]["test"]["corticomedullary"]["high"]["patients"] == 1
+    assert (out / "report.html").is_file()

@@ -112,7 +112,7 @@ def cmd_study(a: argparse.Namespace) -> None:
 
     opts = StudyOptions(preset=a.preset, folds=a.folds, seed=a.seed, weights=a.weights, device=a.device,
                         epochs=a.epochs, image_size=a.image_size, size=a.size, format=a.format,
-                        external=a.external)
+                        external=a.external, ratios=a.ratios)
     report = run_study(Path(a.cohort), Path(a.out), opts)
     print(f"report: {report}")
 
@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=None, help="crop size of the cache")
     s.add_argument("--format", choices=["cohort", "kits"], default="cohort")
     s.add_argument("--external", help="external validation cohort (raw or ingested)")
+    s.add_argument("--ratios", default="8:1:1", help="train:val:test patient ratios")
     s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("predict", help="grade a new patient with a trained model")
