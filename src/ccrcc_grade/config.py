@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,5 +98,3 @@ def save_json(obj: Any, path: Path) -> None:
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
     atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
-
-_ = field  # re-exported for callers building configs

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -239,5 +238,3 @@ def evaluate_command(run: str | None, split: str = "test", cohort: str | None = 
             f"eval-{split}" if cohort is None else "eval-external")
     return summary_line(m) + f"\nwrote {dest / 'metrics.json'}"
 
-
-_ = json

@@ -5,9 +5,10 @@ Rules, in order:
      venous, delayed, excretory);
   2. otherwise: a series without ContrastBolusAgent acquired before every contrast series is
      plain; contrast series are ordered by AcquisitionTime and mapped to corticomedullary,
-     parenchymal, excretory only when exactly the three are present or their delays after the
-     first contrast series are unambiguous (< 60 s, 60-150 s, >= 150 s after the injection
-     estimate);
+     parenchymal, excretory when exactly those three are missing; otherwise by delay from the
+     first contrast series (the injection time is not in the tags): the first is
+     corticomedullary when another follows within 40-150 s, a series 40-150 s after it is
+     parenchymal, one >= 150 s after it excretory;
   3. anything else is ambiguous: reported, not guessed, and left out of the cache.
 The assignment table is written to ingest_report.json for the user to confirm.
 """
@@ -67,10 +68,8 @@ def detect_phases(series: list[dict]) -> list[dict]:
         for s, ph in zip(contrast, free):
             s["phase"], s["rule"] = ph, "contrast series in acquisition order"
     elif contrast:
-        plain_t = next((s["time"] for s in series if s["phase"] == "plain" and s["time"] is not None), None)
-        # injection estimate: the plain scan time + ~0 s is unknown, so delays are counted from the
-        # first contrast series, which is corticomedullary only when another contrast series follows
-        # it within 60-150 s.
+        # the injection time is unknown, so delays are counted from the first contrast series, which
+        # is corticomedullary only when another contrast series follows it within 40-150 s
         for s in contrast:
             delay = s["time"] - first_contrast
             ph = None
@@ -82,7 +81,6 @@ def detect_phases(series: list[dict]) -> list[dict]:
                 ph = "excretory"
             if ph and ph in free and not any(o["phase"] == ph for o in series):
                 s["phase"], s["rule"] = ph, f"contrast, {delay:.0f} s after the first contrast series"
-        _ = plain_t
     for s in series:
         if s["phase"] is None and not s["rule"]:
             s["rule"] = "ambiguous: no phase keyword and timing does not decide"

@@ -6,7 +6,6 @@ NIfTI volume + mask) or a whole patient folder, from which the model's phase is 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -177,5 +176,3 @@ def predict_command(model: str, inp: str, json_out: str | None = None, cam_dir: 
         atomic_write_json(Path(json_out), r)
     return format_result(r)
 
-
-_ = json

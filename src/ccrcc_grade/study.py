@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -165,11 +165,8 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
             results["runs"][name] = {"run": str(run), "val_auc": _val_auc(run), "test": m}
             if external:
                 results["runs"][name]["external"] = _eval(run, p, opts, cohort=external)
-        a = _eval(runs[f"resnet34-{best}"], p, opts)
-        b = _eval(runs[f"se_resnet34-{best}"], p, opts)
         results["comparison"] = _compare_evals(runs[f"resnet34-{best}"], runs[f"se_resnet34-{best}"])
         results["comparison"]["a"], results["comparison"]["b"] = f"resnet34-{best}", f"se_resnet34-{best}"
-        _ = (a, b)
     results["limitations"] = limitations(results)
     results["study"]["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "results.json", results)
@@ -264,5 +261,3 @@ def limitations(results: dict) -> str:
         parts.append("This cohort is SYNTHETIC (phantom images): the numbers demonstrate the software, not clinical performance.")
     return " ".join(parts)
 
-
-_ = asdict

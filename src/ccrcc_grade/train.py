@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .cache import CropCache
-from .config import PreprocessConfig, TrainConfig, from_dict, save_json, to_dict
+from .config import TrainConfig, from_dict, save_json, to_dict
 from .data import CropSet, augment, class_weights, epoch_order, to_model_input
 from .errors import CcrccError
 from .fileio import atomic_save_figure, atomic_torch_save, atomic_write_json, atomic_write_text
@@ -323,5 +323,3 @@ def _plot_curves(run: Path, rows: list[dict]) -> None:
 def _f(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
-
-_ = PreprocessConfig  # re-export for type references
