@@ -109,7 +109,8 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
                "the software working, not clinical performance.", ""]
     md += [f"Cohort: `{st['cohort']}` - preset `{st['preset']}` (crop {st['protocol']['size']} px, input "
            f"{st['protocol']['image_size']} px, {st['protocol']['epochs']} epochs, weights {st['protocol']['weights']}, "
-           f"x{st['protocol']['repeats']} augmentation) - seed {st['seed']} - finished in {st.get('seconds', 0):.0f} s.", "",
+           f"x{st['protocol']['repeats']} augmentation) - seed {st['seed']} - this invocation took {st.get('seconds', 0):.0f} s "
+           "(finished models are reused on re-runs).", "",
            "## Dataset", "", _dataset_md(results["dataset"]), "",
            "## Table 2. Clinical characteristics", "", table_markdown(results["clinical"]), ""]
     if "runs" in results:
