@@ -137,13 +137,18 @@ def format_summary(table: dict) -> str:
     return "\n".join(lines)
 
 
+def check_output(work: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty WORK folder unless asked (checked before any work starts)."""
+    if work.exists() and any(work.iterdir()) and not overwrite:
+        raise CcrccError(f"{work}: output folder exists and is not empty (use --overwrite to replace it)")
+
+
 def write_cache(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: Path,
                 overwrite: bool, extra_report: dict | None = None) -> dict:
     """Write the cache into a temporary sibling folder and rename it to ``work`` at the end,
     so an interrupted or failed ingest leaves ``work`` untouched."""
     work = Path(work)
-    if work.exists() and any(work.iterdir()) and not overwrite:
-        raise CcrccError(f"{work}: output folder exists and is not empty (use --overwrite to replace it)")
+    check_output(work, overwrite)
     work.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{work.name}.ingest-", dir=work.parent))
     try:
@@ -196,8 +201,7 @@ def ingest(cohort_dir: Path | str, work: Path | str, cfg: PreprocessConfig | Non
     """Validate a cohort folder and build its crop cache in ``work``; returns the ingest report."""
     cfg = (cfg or PreprocessConfig()).validate()
     work = Path(work)
-    if work.exists() and any(work.iterdir()) and not overwrite:
-        raise CcrccError(f"{work}: output folder exists and is not empty (use --overwrite to replace it)")
+    check_output(work, overwrite)
     t0 = time.perf_counter()
     cohort = load_cohort(cohort_dir, layout, mask_margin_mm=cfg.mask_margin_mm)
     crops = crop_rois(cohort.rois, cfg, cohort.warnings, show_progress)

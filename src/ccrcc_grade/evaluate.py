@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from .cache import CropCache
-from .data import CropSet
 from .errors import CcrccError
 from .fileio import atomic_write_json, atomic_write_text
 from .figures import calibration_figure, confusion_figure, roc_figure
@@ -36,22 +35,19 @@ def run_checkpoint(run: Path | str) -> Path:
 
 
 def predict_rows(ckpt_path: Path, rows: list[dict], cache: CropCache, device: str = "auto") -> list[dict]:
-    """Run a checkpoint over manifest rows of a cache; returns image-level prediction rows."""
-    from .inference import amp_dtype, load_model, resolve_device, predict_probs
-
-    dev = resolve_device(device)
-    model, ckpt = load_model(ckpt_path, dev, optimize=True)
-    pre = ckpt["preprocess"]
+    """Run a model over manifest rows of a cache; returns image-level prediction rows. The model
+    is loaded and called exactly as `predict` does, so both give the same numbers."""
     from .config import to_dict
+    from .predict import load_predictor
 
+    predict_fn, meta, _ = load_predictor(ckpt_path, device)
+    pre = meta["preprocess"]
     differ = {k: (v, pre.get(k)) for k, v in to_dict(cache.preprocess).items() if k in pre and pre[k] != v}
     if differ:
         raise CcrccError(f"{cache.work}: ingested with other preprocessing than the model "
                          f"({', '.join(f'{k} {a} vs {b}' for k, (a, b) in differ.items())}); "
                          "re-ingest with the model's settings or give the raw cohort")
-    data = CropSet(cache.crops, rows)
-    probs = predict_probs(model, data.images, pre["image_size"], pre["normalize"], dev, amp_dtype(dev, "auto"),
-                          channels_last=True)   # the same call as `predict`, so both give the same numbers
+    probs = predict_fn(np.asarray(cache.crops[[r["index"] for r in rows]]))
     return [{"patient_id": r["patient_id"], "phase": r["phase"], "source": r["source"], "label": int(r["label"]),
              "prob_high": float(p), **{k: r[k] for k in ("x_min", "y_min", "x_max", "y_max")}}
             for r, p in zip(rows, probs)]

@@ -108,8 +108,8 @@ def predict_patient(model_path: Path, inp: Path, boxes: Path | None = None, pati
     t0 = time.perf_counter()
     fn, meta, torch_model = load_predictor(model_path, device)
     phase = meta["phase"]
-    if phase == "combined":
-        phase = "parenchymal" if not (Path(inp).is_dir() and canonical_phase(Path(inp).name)) else canonical_phase(Path(inp).name)
+    if phase == "combined":   # trained on all phases: take the phase of the folder given, else parenchymal
+        phase = canonical_phase(Path(inp).name) or "parenchymal"
     pre = from_dict(PreprocessConfig, meta["preprocess"])
     rois, pid, warnings = find_rois(Path(inp), phase, boxes, patient_id, pre.mask_margin_mm)
     crops = crop_rois(rois, pre, warnings, show_progress=False)

@@ -115,9 +115,9 @@ def _val_key(run: Path) -> tuple[float, float]:
 
 def _eval(run: Path, p: dict, opts: StudyOptions, split: str = "test", cohort: str | None = None) -> dict:
     dest = run / ("eval-" + split if cohort is None else "eval-external")
-    if (dest / "metrics.json").is_file():
+    if (dest / "metrics.json").is_file():   # reuse an evaluation made with the same resampling
         m = json.loads((dest / "metrics.json").read_text())
-        if m.get("bootstrap_resamples") == p["n_boot"] or m.get("patient", {}).get("bootstrap", {}).get("resamples") == p["n_boot"]:
+        if m.get("patient", {}).get("bootstrap", {}).get("resamples") == p["n_boot"]:
             return m
     return evaluate_run(run, split, cohort, dest, n_boot=p["n_boot"], seed=opts.seed, device=opts.device)
 
