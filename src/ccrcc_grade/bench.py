@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .data import augment, class_weights, to_model_input
-from .inference import amp_dtype, autocast, optimize_for_inference, resolve_device
+from .inference import CpuBf16Model, amp_dtype, autocast, fast_inference_model, resolve_device
 from .bench_mem import peak_rss_mb
 from .models import create_model
 
@@ -105,12 +105,12 @@ def bench_predict(device: str = "auto", steps: int = 30, image_size: int = 224) 
         sync()
 
     base = _latency(run_base, max(10, steps // 2))
-    fast_model = optimize_for_inference(model)
-    amp = amp_dtype(dev, "auto")
+    fast_model, amp = fast_inference_model(model, dev)
+    cl = not isinstance(fast_model, CpuBf16Model)
 
     def run_fast(x=one):
         with autocast(dev, amp):
-            torch.softmax(fast_model(to_model_input(x, image_size, True, channels_last=True)).float(), 1)
+            torch.softmax(fast_model(to_model_input(x, image_size, True, channels_last=cl)).float(), 1)
         sync()
 
     fast = _latency(run_fast, steps)
@@ -121,7 +121,8 @@ def bench_predict(device: str = "auto", steps: int = 30, image_size: int = 224) 
             "predict_ms_p50_baseline": round(float(np.median(base)), 2),
             "predict_speedup": round(float(np.median(base) / np.median(fast)), 2),
             "patient_ms_p50": round(float(np.median(patient)), 2), "patient_slices": 15,
-            "peak_rss_mb": round(peak_rss_mb(), 1), "backend": f"torch {dev.type} fused-BN channels_last {amp}",
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "backend": f"torch {dev.type} " + getattr(fast_model, "mode", f"fused-BN channels_last autocast {amp}"),
             "threads": torch.get_num_threads(), **onnx}
 
 

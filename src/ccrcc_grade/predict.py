@@ -30,15 +30,16 @@ def load_predictor(model_path: Path, device: str = "cpu"):
         meta = read_onnx_metadata(model_path)
         sess = onnx_session(model_path)
         return (lambda crops: onnx_probs(model_path, crops, sess)), meta, None
-    from .inference import amp_dtype, load_model, predict_probs, resolve_device
+    from .inference import CpuBf16Model, fast_inference_model, load_model, predict_probs, resolve_device
 
     dev = resolve_device(device)
-    model, ckpt = load_model(model_path, dev, optimize=True)
+    model, ckpt = load_model(model_path, dev)
+    model, amp = fast_inference_model(model, dev)
     pre = ckpt["preprocess"]
-    amp = amp_dtype(dev, "auto")
 
     def fn(crops: np.ndarray) -> np.ndarray:
-        return predict_probs(model, crops, pre["image_size"], pre["normalize"], dev, amp, channels_last=True)
+        return predict_probs(model, crops, pre["image_size"], pre["normalize"], dev, amp,
+                             channels_last=not isinstance(model, CpuBf16Model))
 
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "log")}
     return fn, meta, model_path
