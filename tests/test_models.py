@@ -98,3 +98,28 @@ def test_imagenet_weights_through_torchvisions_cache(tmp_path, monkeypatch):
     m, rep = create_model("se_resnet34", weights="imagenet")
     assert torch.equal(m.state_dict()["layer4.2.conv2.weight"], sd["layer4.2.conv2.weight"])
     assert rep["weights"] == "imagenet"
+
+
+@pytest.mark.parametrize("name", ["resnet34", "se_resnet34"])
+def test_fast_cpu_inference_matches_fp32(name):
+    """The inference form used by evaluate and predict gives the fp32 network's probabilities
+    (bf16 rounding only), whichever backend it picks on this CPU."""
+    from ccrcc_grade.inference import fast_inference_model
+
+    torch.manual_seed(0)
+    m, _ = create_model(name)
+    m.eval()
+    with torch.no_grad():                       # trained-like BN statistics instead of the init's
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        ref = torch.softmax(m(x), 1)
+        fast, amp = fast_inference_model(m, torch.device("cpu"))
+        from ccrcc_grade.inference import autocast
+
+        with autocast(torch.device("cpu"), amp):
+            got = torch.softmax(fast(x).float(), 1)
+    assert torch.allclose(got, ref, atol=0.03), (got - ref).abs().max()
