@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CcrccError
-from .evaluate import is_image_level, patient_level, read_predictions, run_predictions
+from .evaluate import eval_dir, is_image_level, patient_level, read_predictions, run_predictions
 from .fileio import atomic_write_json
 from .metrics import delong_paired_test, mcnemar
 
@@ -17,7 +17,7 @@ def load_side(x: str | Path, split: str = "test") -> list[dict]:
     x = Path(x)
     if x.suffix.lower() == ".csv":
         return read_predictions(x)
-    eval_csv = (x if x.is_dir() else x.parent) / f"eval-{split}" / "predictions.csv"
+    eval_csv = eval_dir(x, split) / "predictions.csv"
     if eval_csv.is_file():
         return read_predictions(eval_csv)
     return run_predictions(x, split)

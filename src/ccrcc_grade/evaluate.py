@@ -34,13 +34,13 @@ def run_checkpoint(run: Path | str) -> Path:
     raise CcrccError(f"{run}: no best.pt or last.pt (not a training run folder)")
 
 
-def predict_rows(ckpt_path: Path, rows: list[dict], cache: CropCache, device: str = "auto") -> list[dict]:
-    """Run a model over manifest rows of a cache; returns image-level prediction rows. The model
-    is loaded and called exactly as `predict` does, so both give the same numbers."""
+def predict_rows(predictor: tuple, rows: list[dict], cache: CropCache) -> list[dict]:
+    """Run a model (``predict.load_predictor``'s result, so it is loaded and called exactly as
+    `predict` does and both give the same numbers) over manifest rows of a cache; returns
+    image-level prediction rows."""
     from .config import to_dict
-    from .predict import load_predictor
 
-    predict_fn, meta, _ = load_predictor(ckpt_path, device)
+    predict_fn, meta, _ = predictor
     pre = meta["preprocess"]
     differ = {k: (v, pre.get(k)) for k, v in to_dict(cache.preprocess).items() if k in pre and pre[k] != v}
     if differ:
@@ -54,12 +54,13 @@ def predict_rows(ckpt_path: Path, rows: list[dict], cache: CropCache, device: st
 
 
 def run_predictions(run: Path | str, split: str = "test", cohort: Path | str | None = None,
-                    out: Path | None = None, device: str = "auto") -> list[dict]:
-    """Image-level predictions of a run on its own split, or on an external cohort (all patients)."""
-    from .inference import read_checkpoint
+                    out: Path | None = None, device: str = "auto", predictor: tuple | None = None) -> list[dict]:
+    """Image-level predictions of a run on its own split, or on an external cohort (all patients).
+    Pass ``predictor`` to reuse a model already loaded for another split."""
+    from .predict import load_predictor
 
-    ckpt_path = run_checkpoint(run)
-    ckpt = read_checkpoint(ckpt_path)
+    predictor = predictor or load_predictor(run_checkpoint(run), device)
+    ckpt = predictor[1]
     phase = ckpt["phase"]
     if cohort is None:
         cache = CropCache.load(ckpt["config"]["work"])
@@ -70,7 +71,7 @@ def run_predictions(run: Path | str, split: str = "test", cohort: Path | str | N
     rows = cache.select(phase, patients)
     if not rows:
         raise CcrccError(f"no {phase} crops to evaluate ({'split ' + split if cohort is None else cohort})")
-    return predict_rows(ckpt_path, rows, cache, device)
+    return predict_rows(predictor, rows, cache)
 
 
 def external_cache(cohort: Path, ckpt: dict, out: Path | None) -> CropCache:
@@ -158,8 +159,9 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def evaluate_rows(rows: list[dict], out: Path, title: str, val_rows: list[dict] | None = None,
-                  aggregate: str = "mean", n_boot: int = 2000, seed: int = 0) -> dict:
-    """Predictions -> files + metrics.json in ``out``; returns the metrics dict."""
+                  aggregate: str = "mean", n_boot: int = 2000, seed: int = 0, extra: dict | None = None) -> dict:
+    """Predictions -> files + metrics.json in ``out`` (``extra`` keys added to it); returns the
+    metrics dict."""
     out.mkdir(parents=True, exist_ok=True)
     if is_image_level(rows):
         write_csv(out / "predictions.csv", rows, IMAGE_COLUMNS)
@@ -173,13 +175,14 @@ def evaluate_rows(rows: list[dict], out: Path, title: str, val_rows: list[dict] 
         at = compute_metrics(rows, thr, aggregate, n_boot, seed)
         metrics["validation_threshold"] = {"method": "Youden J on validation patients", "threshold": thr, **at}
     levels = [lv for lv in ("image", "patient") if lv in metrics]
+    curves = {}
     for lv in levels:
         src = rows if lv == "image" else prow
         y = np.array([r["label"] for r in src])
         p = np.array([r["prob_high"] for r in src])
         metrics[lv]["calibration"] = calibration(y, p) if len(np.unique(y)) == 2 else None
-    curves = {lv: (np.array([r["label"] for r in (rows if lv == "image" else prow)]),
-                   np.array([r["prob_high"] for r in (rows if lv == "image" else prow)]), metrics[lv]) for lv in levels}
+        curves[lv] = (y, p, metrics[lv])
+    metrics.update(extra or {})
     roc_figure(curves, out / "roc.png", f"{title}: ROC")
     confusion_figure(metrics[levels[0]]["confusion_matrix"], out / "confusion.png",
                      f"{title} ({levels[0]} level, threshold 0.5)")
@@ -189,23 +192,27 @@ def evaluate_rows(rows: list[dict], out: Path, title: str, val_rows: list[dict] 
     return metrics
 
 
+def eval_dir(run: Path | str, split: str = "test", cohort: Path | str | None = None) -> Path:
+    """Default output folder of `evaluate`: RUN/eval-<split> or RUN/eval-external."""
+    run = Path(run)
+    return (run if run.is_dir() else run.parent) / (f"eval-{split}" if cohort is None else "eval-external")
+
+
 def evaluate_run(run: Path | str, split: str = "test", cohort: Path | str | None = None, out: Path | None = None,
                  aggregate: str | None = None, n_boot: int = 2000, seed: int = 0, device: str = "auto") -> dict:
     """Evaluate a run on its test (or val) split or on an external cohort."""
-    from .inference import read_checkpoint
+    from .predict import load_predictor
 
     run = Path(run)
-    ckpt = read_checkpoint(run_checkpoint(run))
+    predictor = load_predictor(run_checkpoint(run), device)   # loaded once for both splits
+    ckpt = predictor[1]
     agg = aggregate or ckpt["config"].get("patient_aggregate", "mean")
-    run_dir = run if run.is_dir() else run.parent
-    out = Path(out) if out else run_dir / (f"eval-{split}" if cohort is None else "eval-external")
-    rows = run_predictions(run, split, cohort, out, device)
-    val_rows = run_predictions(run, "val", None, out, device) if (cohort is not None or split != "val") else rows
-    metrics = evaluate_rows(rows, out, f"{ckpt['model']} {ckpt['phase']}", val_rows, agg, n_boot, seed)
-    metrics["run"] = str(run_dir)
-    metrics["split"] = split if cohort is None else f"external:{cohort}"
-    atomic_write_json(out / "metrics.json", metrics)
-    return metrics
+    out = Path(out) if out else eval_dir(run, split, cohort)
+    rows = run_predictions(run, split, cohort, out, device, predictor)
+    val_rows = run_predictions(run, "val", None, out, device, predictor) if (cohort is not None or split != "val") else rows
+    return evaluate_rows(rows, out, f"{ckpt['model']} {ckpt['phase']}", val_rows, agg, n_boot, seed,
+                         extra={"run": str(run if run.is_dir() else run.parent),
+                                "split": split if cohort is None else f"external:{cohort}"})
 
 
 def summary_line(m: dict) -> str:
@@ -229,8 +236,7 @@ def evaluate_command(run: str | None, split: str = "test", cohort: str | None = 
     else:
         if not run:
             raise CcrccError("evaluate needs a RUN folder or --predictions CSV")
-        m = evaluate_run(run, split, cohort, Path(out) if out else None, aggregate, n_boot, seed)
-        dest = Path(out) if out else (Path(run) if Path(run).is_dir() else Path(run).parent) / (
-            f"eval-{split}" if cohort is None else "eval-external")
+        dest = Path(out) if out else eval_dir(run, split, cohort)
+        m = evaluate_run(run, split, cohort, dest, aggregate, n_boot, seed)
     return summary_line(m) + f"\nwrote {dest / 'metrics.json'}"
 

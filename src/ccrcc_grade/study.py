@@ -24,7 +24,7 @@ from .clinical import clinical_table
 from .compare import compare
 from .config import PreprocessConfig, TrainConfig
 from .errors import CcrccError
-from .evaluate import evaluate_run
+from .evaluate import eval_dir, evaluate_run
 from .fileio import atomic_write_json
 from .phases import COMBINED, PHASES
 from .splits import make_splits
@@ -114,7 +114,7 @@ def _val_key(run: Path) -> tuple[float, float]:
 
 
 def _eval(run: Path, p: dict, opts: StudyOptions, split: str = "test", cohort: str | None = None) -> dict:
-    dest = run / ("eval-" + split if cohort is None else "eval-external")
+    dest = eval_dir(run, split, cohort)
     if (dest / "metrics.json").is_file():   # reuse an evaluation made with the same resampling
         m = json.loads((dest / "metrics.json").read_text())
         if m.get("patient", {}).get("bootstrap", {}).get("resamples") == p["n_boot"]:
