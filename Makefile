@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fp32 demo bench clean
 
 # The venv is reused when it exists (torch is a ~5.5 GB install); the stamp re-runs pip
 # only when pyproject.toml changes.
@@ -20,6 +20,12 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The numeric path of CPUs without bf16 (AMD EPYC / AVX2-only hosts), forced on any x86 CPU:
+# PyTorch's kernels and oneDNN limited to AVX2, so bf16 autocast and the bf16 inference runner
+# are off exactly as they are there.
+test-fp32: setup
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q
 
 demo: setup
 	@if [ ! -f $(DEMO_DIR)/cohort/clinical.csv ]; then \

@@ -37,7 +37,10 @@ def test_evaluate_run_writes_everything(trained_run, capsys):
                 assert "value" in M[c][k] and "ci95" in M[c][k]
         assert np.array(M["confusion_matrix"]).sum() == M["n"] and M["threshold"] == 0.5
     assert m["patient"]["n"] == len(ckpt_test) and m["image"]["n"] == len(_rows(out / "predictions.csv"))
-    assert 0 <= m["validation_threshold"]["threshold"] <= 1
+    # 4 validation patients: no cut-point may be fitted; each operating point says why not
+    assert m["threshold_policy"]["method"] == "default" and m["threshold_policy"]["threshold"] == 0.5
+    assert [op["name"] for op in m["operating_points"]] == ["youden", "sens90", "spec90"]
+    assert all(not op["estimable"] and "needs >= 10 of each" in op["reason"] for op in m["operating_points"])
     pp = {r["patient_id"]: float(r["prob_high"]) for r in _rows(out / "predictions_patient.csv")}
     img = _rows(out / "predictions.csv")
     for pid, prob in pp.items():

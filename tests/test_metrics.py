@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ccrcc_grade.metrics import (bootstrap_metrics, delong, delong_ci, delong_paired_test, mcnemar, point_metrics,
-                                 youden_threshold)
+from ccrcc_grade.metrics import bootstrap_metrics, delong, delong_ci, delong_paired_test, mcnemar, point_metrics
+from ccrcc_grade.threshold import cut_point
 
 from conftest import survey
 
@@ -93,7 +93,7 @@ def test_mcnemar_exact_and_youden():
     assert (r["a_only_correct"], r["b_only_correct"]) == (7, 2)
     assert r["p"] == pytest.approx(stats.binomtest(7, 9, 0.5).pvalue)
     y = np.array([0, 0, 0, 1, 1, 1])
-    assert youden_threshold(y, np.array([0.1, 0.2, 0.35, 0.4, 0.8, 0.9])) == pytest.approx(0.4)
+    assert cut_point("youden", y, np.array([0.1, 0.2, 0.35, 0.4, 0.8, 0.9])) == pytest.approx(0.4)
 
 
 def test_fast_bootstrap_metrics_equal_scikit_learn():

@@ -32,11 +32,12 @@ def test_predict_matches_evaluate_for_unseen_patients(trained_run, slices_cohort
         assert r["patient_id"] == pid and r["phase"] == "parenchymal"
         assert r["prob_high"] == pytest.approx(evaluated[pid], abs=1e-5)
         assert r["grade"] == ("high" if r["prob_high"] >= r["threshold"] else "low")
-        assert r["threshold"] == pytest.approx(ckpt["threshold"])
+        assert r["threshold"] == pytest.approx(ckpt["threshold"]) == 0.5   # tiny validation: the study default
+        assert r["threshold_policy"]["method"] == "default" and "(study default)" in r["decision"]
         assert len(r["slices"]) == len(list((slices_cohort / pid / "parenchymal").glob("*.json")))
         assert r["model"]["architecture"] == "resnet34" and r["model"]["val_auc"] is not None
     out = capsys.readouterr().out
-    assert "patient P(high grade)" in out and "grade" in out
+    assert "P(high) = " in out and "(study default) -> " in out
 
 
 def test_predict_dicom_series_with_boxes(trained_run, dicom_cohort, slices_cohort, tmp_path):

@@ -80,7 +80,7 @@ def cmd_train(a: argparse.Namespace) -> None:
                           epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, image_size=a.image_size,
                           repeats=a.repeats, device=a.device, amp=a.amp, seed=a.seed, splits=a.splits or "",
                           fold=a.fold, select_metric=a.select_metric, num_threads=a.threads,
-                          progress=not a.no_progress, weight_decay=a.weight_decay)
+                          progress=not a.no_progress, weight_decay=a.weight_decay, threshold=a.threshold)
         result = fit(cfg)
     if result is not None:
         print(json.dumps(result))
@@ -112,7 +112,7 @@ def cmd_study(a: argparse.Namespace) -> None:
 
     opts = StudyOptions(preset=a.preset, folds=a.folds, seed=a.seed, weights=a.weights, device=a.device,
                         epochs=a.epochs, image_size=a.image_size, size=a.size, format=a.format,
-                        external=a.external, ratios=a.ratios)
+                        external=a.external, ratios=a.ratios, threshold=a.threshold)
     report = run_study(Path(a.cohort), Path(a.out), opts)
     print(f"report: {report}")
 
@@ -196,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fold", type=int, default=-1)
     s.add_argument("--select-metric", default="patient_auc", choices=["patient_auc", "image_auc", "loss"])
     s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--threshold", default="default",
+                   help="decision threshold policy stored in the model: default (the study's 0.5), youden, "
+                        "sensNN or specNN (fitted on validation patients; needs >= 10 of each grade) or a number "
+                        "(default: %(default)s)")
     s.add_argument("--resume", help="RUN folder to continue from last.pt")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_train)
@@ -239,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["cohort", "kits"], default="cohort")
     s.add_argument("--external", help="external validation cohort (raw or ingested)")
     s.add_argument("--ratios", default="8:1:1", help="train:val:test patient ratios")
+    s.add_argument("--threshold", default="default",
+                   help="decision threshold policy of every model (see train --threshold; default: %(default)s)")
     s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("predict", help="grade a new patient with a trained model")
@@ -248,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cam", help="folder for Grad-CAM overlays")
     s.add_argument("--boxes", help="boxes CSV for a DICOM series")
     s.add_argument("--patient-id")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help="export a model to ONNX")

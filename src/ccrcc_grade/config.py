@@ -66,6 +66,7 @@ class TrainConfig:
     fold: int = -1                  # >= 0: train on the K-fold assignment, fold = validation
     num_threads: int = 0            # 0 = torch default
     progress: bool = True
+    threshold: str = "default"      # default (0.5) | youden | sensNN | specNN | a number (threshold.py)
 
     def validate(self) -> "TrainConfig":
         for name in ("epochs", "batch_size", "image_size", "repeats"):
@@ -79,6 +80,9 @@ class TrainConfig:
             raise CcrccError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.amp not in ("auto", "on", "off"):
             raise CcrccError(f"--amp must be auto, on or off, got {self.amp!r}")
+        from .threshold import parse_spec
+
+        parse_spec(self.threshold)
         return self
 
 

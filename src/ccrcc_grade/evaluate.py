@@ -18,7 +18,9 @@ from .cache import CropCache
 from .errors import CcrccError
 from .fileio import atomic_write_json, atomic_write_text
 from .figures import calibration_figure, confusion_figure, roc_figure
-from .metrics import aggregate_patients, bootstrap_metrics, calibration, youden_threshold
+from .metrics import aggregate_patients, bootstrap_metrics, calibration
+from .threshold import (DEFAULT_POLICY, DEFAULT_THRESHOLD, FITTED_METHODS, ThresholdPolicy, fit_policy,
+                        policy_of)
 
 IMAGE_COLUMNS = ["patient_id", "phase", "source", "label", "prob_high", "x_min", "y_min", "x_max", "y_max"]
 
@@ -158,22 +160,45 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def operating_points(rows: list[dict], val_rows: list[dict] | None, policy: ThresholdPolicy | None,
+                     aggregate: str, n_boot: int, seed: int) -> list[dict]:
+    """Metrics at every threshold chosen on **validation** patients (Youden, 90% sensitivity, 90%
+    specificity) and at the model's own policy when it is not the default; each entry says how
+    its threshold was chosen, or why it could not be (too few validation patients). The test
+    rows never choose a threshold."""
+    points = []
+    if policy is not None and policy.method != "default":
+        points.append({"name": "model", **policy.to_dict(), "estimable": True,
+                       **compute_metrics(rows, policy.threshold, aggregate, n_boot, seed)})
+    if not val_rows:
+        return points
+    vp = patient_level(val_rows, aggregate)
+    y, p = np.array([r["label"] for r in vp]), np.array([r["prob_high"] for r in vp])
+    for method in FITTED_METHODS:
+        try:
+            fitted = fit_policy(method, y, p, seed=seed)
+        except CcrccError as exc:
+            points.append({"name": method, "method": method, "estimable": False, "reason": str(exc)})
+            continue
+        points.append({"name": method, **fitted.to_dict(), "estimable": True,
+                       **compute_metrics(rows, fitted.threshold, aggregate, n_boot, seed)})
+    return points
+
+
 def evaluate_rows(rows: list[dict], out: Path, title: str, val_rows: list[dict] | None = None,
-                  aggregate: str = "mean", n_boot: int = 2000, seed: int = 0, extra: dict | None = None) -> dict:
+                  aggregate: str = "mean", n_boot: int = 2000, seed: int = 0, extra: dict | None = None,
+                  policy: ThresholdPolicy | None = None) -> dict:
     """Predictions -> files + metrics.json in ``out`` (``extra`` keys added to it); returns the
-    metrics dict."""
+    metrics dict. The main metrics use the study's 0.5; ``operating_points`` add the others."""
     out.mkdir(parents=True, exist_ok=True)
     if is_image_level(rows):
         write_csv(out / "predictions.csv", rows, IMAGE_COLUMNS)
     prow = patient_level(rows, aggregate)
     write_csv(out / "predictions_patient.csv", prow, ["patient_id", "label", "prob_high"])
-    metrics = compute_metrics(rows, 0.5, aggregate, n_boot, seed)
+    metrics = compute_metrics(rows, DEFAULT_THRESHOLD, aggregate, n_boot, seed)
     metrics["aggregate"] = aggregate
-    if val_rows:
-        vp = patient_level(val_rows, aggregate)
-        thr = youden_threshold(np.array([r["label"] for r in vp]), np.array([r["prob_high"] for r in vp]))
-        at = compute_metrics(rows, thr, aggregate, n_boot, seed)
-        metrics["validation_threshold"] = {"method": "Youden J on validation patients", "threshold": thr, **at}
+    metrics["threshold_policy"] = (policy or DEFAULT_POLICY).to_dict()
+    metrics["operating_points"] = operating_points(rows, val_rows, policy, aggregate, n_boot, seed)
     levels = [lv for lv in ("image", "patient") if lv in metrics]
     curves = {}
     for lv in levels:
@@ -212,7 +237,8 @@ def evaluate_run(run: Path | str, split: str = "test", cohort: Path | str | None
     val_rows = run_predictions(run, "val", None, out, device, predictor) if (cohort is not None or split != "val") else rows
     return evaluate_rows(rows, out, f"{ckpt['model']} {ckpt['phase']}", val_rows, agg, n_boot, seed,
                          extra={"run": str(run if run.is_dir() else run.parent),
-                                "split": split if cohort is None else f"external:{cohort}"})
+                                "split": split if cohort is None else f"external:{cohort}"},
+                         policy=policy_of(ckpt)[0])
 
 
 def summary_line(m: dict) -> str:
@@ -221,8 +247,19 @@ def summary_line(m: dict) -> str:
         if lv in m:
             a, acc = m[lv]["high"]["auc"], m[lv]["accuracy"]
             parts.append(f"{lv}: n={m[lv]['n']} AUC {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] "
-                         f"ACC {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]")
-    return "; ".join(parts)
+                         f"ACC {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] at 0.5 (study default)")
+    lines = ["; ".join(parts)]
+    for op in m.get("operating_points", []):
+        if not op["estimable"]:
+            lines.append(f"  {op['name']}: not estimated - {op['reason']}")
+            continue
+        lv = "patient"
+        ci = op.get("ci95")
+        lines.append(f"  {op['name']}: threshold {op['threshold']:.3f}"
+                     + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "") + f", {op['source']}: patient "
+                     f"sensitivity {op[lv]['high']['sensitivity']['value']:.3f}, "
+                     f"specificity {op[lv]['high']['specificity']['value']:.3f}")
+    return "\n".join(lines)
 
 
 def evaluate_command(run: str | None, split: str = "test", cohort: str | None = None, predictions: str | None = None,

@@ -37,7 +37,7 @@ class ProbabilityModel(nn.Module):
 def onnx_metadata(ckpt: dict) -> dict:
     """What predict needs from the checkpoint, without the weights."""
     return {k: ckpt.get(k) for k in ("format", "format_version", "package_version", "created", "model", "classes",
-                                      "phase", "preprocess", "threshold", "threshold_source", "epoch", "best_epoch", "val")}
+                                      "phase", "preprocess", "threshold", "threshold_policy", "epoch", "best_epoch", "val")}
 
 
 def export_onnx(model_path: Path, out: Path, check: bool = True) -> dict:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
 
 
 def safe_auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -231,16 +231,6 @@ def bootstrap_metrics(y: np.ndarray, p: np.ndarray, groups: list[str] | None = N
     result["threshold"] = float(threshold)
     result["bootstrap"] = {"resamples": n_boot, "seed": seed, "unit": "patient"}
     return result
-
-
-def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """Threshold maximising sensitivity + specificity - 1 on (validation) data."""
-    if len(np.unique(y)) < 2:
-        return 0.5
-    fpr, tpr, thr = roc_curve(y, p)
-    j = int(np.argmax(tpr - fpr))
-    t = float(thr[j])
-    return min(max(t, 0.0), 1.0)
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:

@@ -19,9 +19,10 @@ from .fileio import atomic_write_json
 from .io.images import IMAGE_SUFFIXES
 from .metrics import aggregate_patients
 from .phases import canonical_phase
+from .threshold import decide, policy_of
 
 
-def load_predictor(model_path: Path, device: str = "cpu"):
+def load_predictor(model_path: Path, device: str = "auto"):
     """(predict_fn(crops_u8) -> probs, metadata, checkpoint path or None for ONNX) for a .pt or .onnx model."""
     model_path = Path(model_path)
     if model_path.suffix.lower() == ".onnx":
@@ -104,7 +105,7 @@ def _nifti_input(inp: Path, folder: Path, phase: str) -> tuple[Path, Path] | Non
 
 
 def predict_patient(model_path: Path, inp: Path, boxes: Path | None = None, patient_id: str | None = None,
-                    cam_dir: Path | None = None, device: str = "cpu") -> dict:
+                    cam_dir: Path | None = None, device: str = "auto") -> dict:
     """Predict one patient; returns the JSON-ready result."""
     t0 = time.perf_counter()
     fn, meta, torch_model = load_predictor(model_path, device)
@@ -117,16 +118,20 @@ def predict_patient(model_path: Path, inp: Path, boxes: Path | None = None, pati
     probs = fn(crops)
     agg = (meta.get("config") or {}).get("patient_aggregate", "mean")
     _, _, pp = aggregate_patients([pid] * len(probs), probs, np.zeros(len(probs), int), agg)
-    threshold = float(meta.get("threshold", 0.5))
+    policy, legacy = policy_of(meta)
+    if legacy:
+        warnings.append(legacy)
+    decision = decide(float(pp[0]), policy)
     result = {
         "patient_id": pid, "phase": phase, "prob_high": float(pp[0]),
-        "grade": "high" if pp[0] >= threshold else "low", "threshold": threshold,
+        "grade": decision.grade, "decision": decision.text, "threshold": policy.threshold,
+        "threshold_policy": policy.to_dict(),
         "slices": [{"source": r.source, "box": [round(v, 2) for v in r.box.as_tuple()], "prob_high": float(p)}
                    for r, p in zip(rois, probs)],
         "model": {"path": str(model_path), "architecture": meta["model"], "phase": meta["phase"],
                   "trained": meta.get("created"), "epoch": meta.get("epoch"),
                   "val_auc": (meta.get("val") or {}).get("val_auc"),
-                  "threshold_source": meta.get("threshold_source"), "package_version": meta.get("package_version")},
+                  "package_version": meta.get("package_version")},
         "warnings": warnings,
     }
     if cam_dir is not None:
@@ -160,8 +165,8 @@ def format_result(r: dict) -> str:
              f"{'slice':<50}{'P(high)':>9}"]
     for s in r["slices"]:
         lines.append(f"{s['source'][-50:]:<50}{s['prob_high']:>9.3f}")
-    lines.append(f"patient P(high grade) = {r['prob_high']:.3f} -> {r['grade'].upper()} grade "
-                 f"(threshold {r['threshold']:.3f}; {len(r['slices'])} slices, {r['seconds']:.2f} s)")
+    lines.append(f"patient {r['patient_id']}: {r['decision']}  ({len(r['slices'])} slices, {r['seconds']:.2f} s)")
+    lines += [f"warning: {w}" for w in r["warnings"]]
     return "\n".join(lines)
 
 
@@ -170,7 +175,7 @@ def _f(v) -> str:
 
 
 def predict_command(model: str, inp: str, json_out: str | None = None, cam_dir: str | None = None,
-                    boxes: str | None = None, patient_id: str | None = None, device: str = "cpu") -> str:
+                    boxes: str | None = None, patient_id: str | None = None, device: str = "auto") -> str:
     r = predict_patient(Path(model), Path(inp), Path(boxes) if boxes else None, patient_id,
                         Path(cam_dir) if cam_dir else None, device)
     if json_out:

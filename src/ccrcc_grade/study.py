@@ -51,10 +51,14 @@ class StudyOptions:
     format: str = "cohort"
     external: str | None = None
     ratios: str = "8:1:1"
+    threshold: str = "default"   # the decision-threshold policy of every model (threshold.py)
 
     def resolved(self) -> dict:
         if self.preset not in PRESETS:
             raise CcrccError(f"unknown preset {self.preset!r}; use paper or quick")
+        from .threshold import parse_spec
+
+        parse_spec(self.threshold)   # refuse a bad policy before hours of training
         p = dict(PRESETS[self.preset])
         for k in ("weights", "epochs", "image_size", "size"):
             if getattr(self, k) is not None:
@@ -93,8 +97,7 @@ def _train(work: Path, out: Path, model: str, phase: str, p: dict, opts: StudyOp
         return run
     cfg = TrainConfig(work=str(work), phase=phase, model=model, out=str(run), weights=p["weights"],
                       epochs=p["epochs"], image_size=p["image_size"], repeats=p["repeats"], lr=p["lr"],
-                      device=opts.device,
-                      seed=opts.seed, fold=fold)
+                      device=opts.device, seed=opts.seed, fold=fold, threshold=opts.threshold)
     print(f"[{name}] training")
     fit(cfg)
     return run

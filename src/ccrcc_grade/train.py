@@ -28,7 +28,8 @@ from .data import CropSet, augment, class_weights, epoch_order, to_model_input
 from .errors import CcrccError
 from .fileio import atomic_save_figure, atomic_torch_save, atomic_write_json, atomic_write_text
 from .inference import amp_dtype, autocast, make_checkpoint, predict_probs, read_checkpoint, resolve_device
-from .metrics import aggregate_patients, safe_auc, youden_threshold
+from .metrics import aggregate_patients, safe_auc
+from .threshold import class_counts, estimability, fit_policy, parse_spec
 from .models import create_model, uses_imagenet_norm
 from .phases import CLASSES, check_phase
 from .progress import progress
@@ -45,6 +46,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    cuda: bool = False     # nccl on one GPU per process; False: gloo, processes on the CPU
 
     @property
     def main(self) -> bool:
@@ -56,10 +58,12 @@ def init_distributed(device_name: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    # nccl needs a GPU of its own per process; with fewer GPUs than processes on a node, gloo on CPU
+    use_cuda = (torch.cuda.is_available() and device_name != "cpu" and local_world <= torch.cuda.device_count())
     if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device_name != "cpu"
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), use_cuda)
 
 
 def load_data(cfg: TrainConfig) -> tuple[CropCache, dict, CropSet, CropSet]:
@@ -88,6 +92,12 @@ def load_data(cfg: TrainConfig) -> tuple[CropCache, dict, CropSet, CropSet]:
     for k, cls in enumerate(CLASSES):
         if k not in train_labels:
             raise CcrccError(f"no {cls}-grade {phase} crops in the training split; cannot learn two classes")
+    if parse_spec(cfg.threshold) != "default" and isinstance(parse_spec(cfg.threshold), str):
+        labels = cache.patient_labels()   # refuse a fitted threshold before training, not after it
+        why = estimability(*class_counts([labels[p] for p in {r["patient_id"] for r in rows_val}]))
+        if why:
+            raise CcrccError(f"threshold {cfg.threshold!r} refused: {why}; use the study default 0.5 "
+                             "(threshold default) or a fixed number")
     return cache, splits, CropSet(cache.crops, rows_train), CropSet(cache.crops, rows_val)
 
 
@@ -155,8 +165,9 @@ def evaluate(model: nn.Module, data: CropSet, cfg: TrainConfig, device: torch.de
     w = weights.cpu().numpy() if weights is not None else np.ones(2)
     loss = float(np.sum(-w[y] * np.where(y == 1, np.log(p), np.log(1 - p))) / np.sum(w[y]))
     pat_ids, pat_y, pat_p = aggregate_patients(data.patients, probs, y, cfg.patient_aggregate)
-    return {"val_loss": loss, "val_auc": safe_auc(pat_y, pat_p), "val_image_auc": safe_auc(y, probs),
-            "val_acc": float(np.mean((probs >= 0.5) == y)), "val_threshold": youden_threshold(pat_y, pat_p)}
+    metrics = {"val_loss": loss, "val_auc": safe_auc(pat_y, pat_p), "val_image_auc": safe_auc(y, probs),
+               "val_acc": float(np.mean((probs >= 0.5) == y))}
+    return metrics, (pat_y, pat_p)
 
 
 def _selection_score(metrics: dict, how: str) -> tuple[float, float]:
@@ -175,9 +186,15 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
     cfg.work = str(Path(cfg.work).resolve())   # the checkpoint must find its cohort from anywhere
     ddp = init_distributed(cfg.device)
     device = resolve_device(cfg.device)
-    if device.type == "cuda" and ddp.world > 1:
-        device = torch.device("cuda", ddp.local_rank)
-        torch.cuda.set_device(device)
+    if ddp.world > 1 and device.type == "cuda":
+        if ddp.cuda:
+            device = torch.device("cuda", ddp.local_rank)
+            torch.cuda.set_device(device)
+        else:
+            if ddp.main:
+                print(f"{ddp.world} processes but {torch.cuda.device_count()} GPU(s) on this node: "
+                      "training on the CPU with gloo", flush=True)
+            device = torch.device("cpu")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     cache, splits, train_set, val_set = load_data(cfg)
@@ -232,7 +249,7 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
         if ddp.world > 1:   # BN running stats drift per rank after the last forward: take rank 0's
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
-        val = evaluate(model, val_set, cfg, device, amp, normalize, weights)
+        val, (val_y, val_p) = evaluate(model, val_set, cfg, device, amp, normalize, weights)
         secs = time.perf_counter() - t0
         row = {"epoch": epoch, **{k: stats[k] for k in ("train_loss", "train_acc", "data_seconds", "step_seconds")},
                **val, "lr": optimizer.param_groups[0]["lr"], "seconds": secs,
@@ -243,11 +260,11 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
         if improved:
             best_score, best_epoch = score, epoch
         if ddp.main:
-            meta = {**meta_base, "epoch": epoch, "val": val, "best_epoch": best_epoch,
-                    "threshold": val["val_threshold"],
-                    "threshold_source": f"Youden J on validation patients (epoch {epoch})"}
-            if improved:
-                atomic_torch_save(make_checkpoint(model, meta), run / "best.pt")
+            meta = {**meta_base, "epoch": epoch, "val": val, "best_epoch": best_epoch}
+            if improved:   # the threshold policy on this epoch's validation patients (see threshold.py)
+                policy = fit_policy(cfg.threshold, val_y, val_p, seed=cfg.seed)
+                best_meta = {**meta, "threshold": policy.threshold, "threshold_policy": policy.to_dict()}
+                atomic_torch_save(make_checkpoint(model, best_meta), run / "best.pt")
             last = make_checkpoint(model, meta)
             last.update(optimizer=optimizer.state_dict(), best_score=list(best_score), log=log_rows)
             atomic_torch_save(last, run / "last.pt")
