@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: setup test test-fp32 demo bench clean
+.PHONY: setup system-deps test test-fp32 demo bench clean
 
 # The venv is reused when it exists (torch is a ~5.5 GB install); the stamp re-runs pip
 # only when pyproject.toml changes.
@@ -18,13 +18,22 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-test: setup
+# What the tests start for real: Orthanc with its DICOMweb plugin (the PACS) and Chromium (the
+# browser tests, driven by Playwright with executable_path=/usr/bin/chromium).
+system-deps:
+	@if ! command -v Orthanc >/dev/null || ! command -v chromium >/dev/null \
+	    || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb chromium; \
+	  else echo "needs: apt-get install orthanc orthanc-dicomweb chromium (as root)"; exit 1; fi; fi
+
+test: setup system-deps
 	$(BIN)/python -m pytest -q
 
 # The numeric path of CPUs without bf16 (AMD EPYC / AVX2-only hosts), forced on any x86 CPU:
 # PyTorch's kernels and oneDNN limited to AVX2, so bf16 autocast and the bf16 inference runner
 # are off exactly as they are there.
-test-fp32: setup
+test-fp32: setup system-deps
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q
 
 demo: setup

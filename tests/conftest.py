@@ -82,3 +82,64 @@ def copy_tree(tmp_path):
         shutil.copytree(src, dst)
         return dst
     return _copy
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0, proc=None) -> None:
+    """Poll ``url`` until it answers (any HTTP status), the process dies, or time runs out."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc PACS (Debian's orthanc + orthanc-dicomweb, installed by `make test`) on a free
+    loopback port with a temporary storage folder; yields its DICOMweb base URL."""
+    import json
+    import subprocess
+
+    exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+    if not Path(exe).is_file() or not plugin.is_file():
+        pytest.fail("Orthanc with its DICOMweb plugin is not installed: run `make system-deps` (apt-get install "
+                    "orthanc orthanc-dicomweb)")
+    root = tmp_path_factory.mktemp("orthanc")
+    port = free_port()
+    config = {"Name": "ccrcc-test", "HttpPort": port, "DicomPort": free_port(), "StorageDirectory": str(root / "db"),
+              "IndexDirectory": str(root / "db"), "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+              "DicomServerEnabled": False, "Plugins": [str(plugin)],
+              "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    (root / "orthanc.json").write_text(json.dumps(config))
+    log = open(root / "orthanc.log", "w")
+    proc = subprocess.Popen([exe, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/system", 30, proc)
+        yield f"http://127.0.0.1:{port}/dicom-web"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

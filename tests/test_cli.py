@@ -13,7 +13,7 @@ def test_module_entry_point_and_help():
     out = subprocess.run([sys.executable, "-m", "ccrcc_grade", "--help"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0
     for cmd in ("synth", "ingest", "split", "train", "evaluate", "compare", "clinical", "study", "predict",
-                "export", "bench"):
+                "export", "serve", "bench"):
         assert cmd in out.stdout
 
 
@@ -37,3 +37,36 @@ def test_bench_lines(capsys):
     line = json.loads(capsys.readouterr().out)
     assert {"predict_ms_p50", "predict_ms_p95", "predict_ms_p50_baseline", "predict_speedup", "patient_ms_p50",
             "peak_rss_mb", "backend"} <= set(line)
+
+
+def _subcommands():
+    import argparse
+
+    from ccrcc_grade.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, action.choices
+
+
+def test_every_option_of_every_command_has_help():
+    """Issue #16: --json, --device, --patient-id, run, --split, --bootstrap had no help text."""
+    parser, commands = _subcommands()
+    assert "workflow:" in parser.description and "ingest COHORT --out WORK" in parser.description
+    missing = [f"{name} {a.option_strings[0] if a.option_strings else a.dest}"
+               for name, sp in commands.items() for a in sp._actions
+               if a.dest != "help" and not (a.help and a.help.strip())]
+    assert missing == []
+    assert len(commands) == 12
+
+
+def test_readme_and_help_describe_the_presets_from_one_place():
+    """Issue #16: the README said the quick preset ran 6 epochs while it ran 8."""
+    from ccrcc_grade.config import PRESETS, preset_text
+
+    readme = (REPO / "README.md").read_text()
+    _, commands = _subcommands()
+    study_help = commands["study"].format_help().replace("\n", " ")
+    for name, p in PRESETS.items():
+        assert f"`{name}`: {preset_text(p)}" in readme, name
+        assert " ".join(f"{name}: {preset_text(p)}".split()) in " ".join(study_help.split())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import math
 
 import numpy as np
@@ -19,7 +20,8 @@ def _rows(p):
     return list(csv.DictReader(open(p)))
 
 
-def test_evaluate_run_writes_everything(trained_run, capsys):
+def test_evaluate_run_writes_everything(trained_run, copy_tree, capsys):
+    trained_run = copy_tree(trained_run, "run")   # a fresh run folder: the default output folder is free
     assert run_cli("evaluate", trained_run, "--bootstrap", "200") == 0
     out = trained_run / "eval-test"
     for f in ("predictions.csv", "predictions_patient.csv", "metrics.json", "roc.png", "confusion.png", "calibration.png"):
@@ -119,10 +121,22 @@ def test_clinical_table_tests_match_scipy(tmp_path):
     assert t["n_low"] + t["n_high"] == n
 
 
-def test_study_quick_end_to_end_and_resumable(slices_cohort, tmp_path, capsys):
-    out = tmp_path / "study"
-    assert run_cli("study", slices_cohort, "--out", out, "--preset", "quick", "--epochs", "1", "--image-size", "32",
-                   "--size", "32") == 0
+@pytest.fixture(scope="module")
+def study_out(slices_cohort, tmp_path_factory):
+    """A quick study of the phantom (1 epoch, 32 px) and what it printed."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("study") / "study"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert run_cli("study", slices_cohort, "--out", out, "--preset", "quick", "--epochs", "1",
+                       "--image-size", "32", "--size", "32") == 0
+    return out, buf.getvalue()
+
+
+def test_study_quick_end_to_end_and_resumable(study_out, slices_cohort, capsys):
+    out = study_out[0]
     res = json.loads((out / "results.json").read_text())
     names = set(res["runs"])
     assert {f"resnet34-{p}" for p in ("plain", "corticomedullary", "parenchymal", "excretory", "combined")} <= names
@@ -141,7 +155,54 @@ def test_study_quick_end_to_end_and_resumable(slices_cohort, tmp_path, capsys):
     assert run_cli("study", slices_cohort, "--out", out, "--preset", "quick", "--epochs", "1", "--image-size", "32",
                    "--size", "32") == 0
     assert (out / "runs" / f"resnet34-{best}" / "best.pt").stat().st_mtime == mtime
-    assert "finished earlier; reused" in capsys.readouterr().out
+    second = capsys.readouterr().out
+    assert "[study] model 6 of 6: se_resnet34-" in second and "finished earlier, reused" in second
+
+
+def test_study_report_reads_correctly(study_out):
+    """Issue #16: summary and contents first, the tie said, one sign convention, n beside intervals,
+    files readable by others."""
+    out, first_output = study_out
+    res = json.loads((out / "results.json").read_text())
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    assert html.index("Summary") < html.index("Dataset") and "<a href='#table-3'>" in html
+    assert "[study] model 1 of 6: resnet34-plain" in first_output and "min left)" in first_output
+    assert res["comparison"]["a"].startswith("se_resnet34-") and res["comparison"]["b"].startswith("resnet34-")
+    d = res["comparison"]["patient"]["auc_diff"]
+    assert f"patient AUC difference {d + 0.0:+.3f}" in res["limitations"] and "-0.000" not in md
+    assert f"| {d + 0.0:+.3f} (" in md                              # Table 4 prints the same number
+    tie = res["best_phase_tie"]
+    if len(tie["tied"]) > 1:
+        assert f"{len(tie['tied'])} phases tie at validation patient AUC" in md and tie["text"] in md
+    assert "Decision thresholds" in md and "study default" in md
+    table3 = md.split("## Table 3")[1].split("## Decision")[0]
+    rows = [ln for ln in table3.splitlines() if ln.startswith("| resnet34 |") or ln.startswith("| se_resnet34 |")]
+    assert len(rows) == 12                                          # 6 models x (patient, image): once each
+    assert all("n=" in cell for ln in rows for cell in ln.strip("|").split("|")[2:] if cell.strip() != "n/a")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for f in (out / "report.html", out / "results.json", out / "work" / "manifest.csv",
+              out / "runs" / "resnet34-plain" / "best.pt"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
+    assert (out / "work").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert not list((out / "runs").glob("*/last.pt"))              # finished runs keep best.pt only
+
+
+@pytest.mark.parametrize("keys, best, tied, text", [
+    ({"plain": (0.8, 0.7), "parenchymal": (0.9, 0.6)}, "parenchymal", ["parenchymal"], ""),
+    ({"plain": (1.0, 0.7), "corticomedullary": (1.0, 0.9), "parenchymal": (0.9, 1.0)}, "corticomedullary",
+     ["plain", "corticomedullary"], "2 phases tie at validation patient AUC 1.000 (plain, corticomedullary); the tie "
+     "was broken by validation image AUC (plain 0.700, corticomedullary 0.900): corticomedullary."),
+    ({"plain": (1.0, 0.9), "excretory": (1.0, 0.9)}, "plain", ["plain", "excretory"],
+     "by the phase order (first listed): plain."),
+])
+def test_best_phase_ties_are_said(keys, best, tied, text):
+    from ccrcc_grade.study import choose_best_phase
+
+    got, record = choose_best_phase(keys)
+    assert got == best and record["tied"] == tied
+    assert (text in record["text"]) if text else record["text"] == ""
 
 
 def test_study_cross_validation(slices_cohort, tmp_path):
@@ -159,3 +220,18 @@ def test_study_cross_validation(slices_cohort, tmp_path):
              for r in cv["resnet34-plain"]["runs"]]
     assert not (tests[0] & tests[1]) and len(tests[0] | tests[1]) == 16
     assert "Cross-validation" in (out / "report.html").read_text()
+
+
+def test_evaluate_never_replaces_an_earlier_evaluation(trained_run, copy_tree, capsys):
+    """Issue #16: `evaluate RUN` silently overwrote the study's eval-test/metrics.json."""
+    run = copy_tree(trained_run, "run")
+    assert run_cli("evaluate", run, "--bootstrap", "100") == 0
+    first = (run / "eval-test" / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert run_cli("evaluate", run, "--bootstrap", "50") == 0
+    out = capsys.readouterr().out
+    assert (run / "eval-test" / "metrics.json").read_bytes() == first
+    assert f"{run / 'eval-test'} holds an earlier evaluation (kept as it is); this one goes to {run / 'eval-test-2'}" in out
+    assert json.loads((run / "eval-test-2" / "metrics.json").read_text())["patient"]["bootstrap"]["resamples"] == 50
+    assert run_cli("evaluate", run, "--bootstrap", "50", "--out", run / "eval-test") == 0   # named: replaced, said
+    assert "replaced the earlier evaluation in" in capsys.readouterr().out

@@ -86,6 +86,25 @@ def test_bootstrap_ci_structure_and_coverage():
     assert one["high"]["auc"]["ci_method"] == "DeLong" and one["low"]["auc"]["ci95"] == one["high"]["auc"]["ci95"]
 
 
+def test_small_n_intervals_are_exact_and_say_their_n():
+    """Issue #16: '1.000 (1.000-1.000)' on 6 test patients read as certainty."""
+    y = np.array([0, 0, 0, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9])          # perfect separation, 2 high-grade patients
+    m = bootstrap_metrics(y, p, None, n_boot=200)
+    sens = m["high"]["sensitivity"]
+    assert sens["value"] == 1.0 and sens["n"] == 2 and sens["ci_method"] == "Clopper-Pearson"
+    assert sens["ci95"] == pytest.approx([0.025 ** 0.5, 1.0])   # exact: 2/2 -> (0.158, 1)
+    assert m["high"]["specificity"]["n"] == 4 and m["accuracy"]["n"] == 6
+    assert m["high"]["specificity"]["ci95"] == pytest.approx([0.025 ** 0.25, 1.0])
+    auc = m["high"]["auc"]
+    assert auc["value"] == 1.0 and auc["degenerate"] and (auc["n_positive"], auc["n_negative"]) == (2, 4)
+    ref = stats.binomtest(7, 10).proportion_ci(method="exact")   # 7 of 10 patients right
+    m2 = bootstrap_metrics(np.array([1] * 10), np.array([0.9] * 7 + [0.1] * 3), None, n_boot=50)
+    assert m2["accuracy"]["ci95"] == pytest.approx([ref.low, ref.high]) and m2["accuracy"]["n"] == 10
+    clustered = bootstrap_metrics(y, p, ["a", "a", "b", "b", "c", "c"], n_boot=100)
+    assert clustered["accuracy"]["ci_method"] == "patient bootstrap"   # slices are not independent
+
+
 def test_mcnemar_exact_and_youden():
     a = np.array([1] * 10 + [1] * 7 + [0] * 2 + [0] * 5, bool)
     b = np.array([1] * 10 + [0] * 7 + [1] * 2 + [0] * 5, bool)

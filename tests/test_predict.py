@@ -119,3 +119,12 @@ def test_prediction_errors(trained_run, slices_cohort, tmp_path, capsys):
         f.write_bytes(b"\x89PNG broken")
     assert "unreadable or truncated image" in _err(capsys, "predict", trained_run / "best.pt", q)
     assert "input not found" in _err(capsys, "predict", trained_run / "best.pt", tmp_path / "missing")
+    assert "a folder without best.pt" in _err(capsys, "predict", tmp_path, slices_cohort / pid)
+
+
+def test_predict_accepts_a_run_folder(trained_run, slices_cohort):
+    """Issue #16: `predict RUN_FOLDER` said 'model file not found'."""
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    a = predict_patient(trained_run, slices_cohort / pid)
+    b = predict_patient(trained_run / "best.pt", slices_cohort / pid)
+    assert a["prob_high"] == b["prob_high"] and a["decision"] == b["decision"]

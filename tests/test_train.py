@@ -38,8 +38,9 @@ def _log(run):
 
 
 def test_run_folder_contents(trained_run):
-    for f in ("config.json", "log.csv", "curves.png", "best.pt", "last.pt", "train_summary.json"):
+    for f in ("config.json", "log.csv", "curves.png", "best.pt", "train_summary.json"):
         assert (trained_run / f).is_file(), f
+    assert not (trained_run / "last.pt").exists()   # the resume state goes once the run is finished
     rows = _log(trained_run)
     assert list(rows[0]) == LOG_COLUMNS and len(rows) == 4
     cfg = json.loads((trained_run / "config.json").read_text())
@@ -192,4 +193,4 @@ def test_torchrun_two_processes(work, tmp_path):
     assert s["world_size"] == 2 and len(s["rank_checksums"]) == 2
     assert s["rank_checksums"][0] == s["rank_checksums"][1]
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["best.pt", "config.json", "curves.png", "last.pt", "log.csv", "train_summary.json"])
+        ["best.pt", "config.json", "curves.png", "log.csv", "train_summary.json"])

@@ -29,7 +29,7 @@ import numpy as np
 from .cohort import Cohort, Roi, load_cohort
 from .config import PreprocessConfig, from_dict, to_dict
 from .errors import CcrccError
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_json, atomic_write_text, normal_mode
 from .phases import CLASSES, PHASES
 from .preprocess import make_crop
 from .progress import progress
@@ -80,7 +80,7 @@ class CropCache:
         return [p for p in PHASES if p in present]
 
 
-def _decode(roi: Roi, warnings: list[str]) -> tuple[np.ndarray, bool]:
+def decode_roi(roi: Roi, warnings: list[str]) -> tuple[np.ndarray, bool]:
     """Decode the slice behind an ROI: (array, is_hu)."""
     if roi.kind == "image":
         from .io.images import read_gray
@@ -106,7 +106,7 @@ def crop_rois(rois: list[Roi], cfg: PreprocessConfig, warnings: list[str], show_
         by_slice[(str(r.path), r.slice_index, r.source)].append(i)
     for idxs in progress(by_slice.values(), total=len(by_slice), desc=desc, unit="slice",
                          enable=show_progress):
-        image, is_hu = _decode(rois[idxs[0]], warnings)
+        image, is_hu = decode_roi(rois[idxs[0]], warnings)
         for i in idxs:
             r = rois[i]
             out[i] = make_crop(image, r.box, cfg, is_hu=is_hu, spacing=r.spacing, source=r.source,
@@ -151,6 +151,7 @@ def write_cache(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: 
     check_output(work, overwrite)
     work.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{work.name}.ingest-", dir=work.parent))
+    normal_mode(tmp, directory=True)   # WORK gets an ordinary folder's mode, not mkdtemp's 0700
     try:
         manifest = []
         for i, r in enumerate(cohort.rois):

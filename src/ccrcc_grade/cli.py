@@ -80,7 +80,8 @@ def cmd_train(a: argparse.Namespace) -> None:
                           epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, image_size=a.image_size,
                           repeats=a.repeats, device=a.device, amp=a.amp, seed=a.seed, splits=a.splits or "",
                           fold=a.fold, select_metric=a.select_metric, num_threads=a.threads,
-                          progress=not a.no_progress, weight_decay=a.weight_decay, threshold=a.threshold)
+                          progress=not a.no_progress, weight_decay=a.weight_decay, threshold=a.threshold,
+                          keep_last=a.keep_last)
         result = fit(cfg)
     if result is not None:
         print(json.dumps(result))
@@ -131,6 +132,12 @@ def cmd_export(a: argparse.Namespace) -> None:
     print(json.dumps(info))
 
 
+def cmd_serve(a: argparse.Namespace) -> None:
+    from .serve.server import serve
+
+    serve(a.models, a.host, a.port, a.data, a.pacs, a.token_file, a.max_upload_mb, a.max_files, a.device)
+
+
 def cmd_bench(a: argparse.Namespace) -> None:
     from .bench import bench
 
@@ -138,136 +145,180 @@ def cmd_bench(a: argparse.Namespace) -> None:
         print(json.dumps(line), flush=True)
 
 
+WORKFLOW = """Preoperative WHO/ISUP grade (low I-II / high III-IV) of clear cell RCC from multi-phase CT.
+
+workflow:
+  ccrcc-grade ingest COHORT --out WORK     validate the cohort, crop every tumour box once
+  ccrcc-grade split WORK                   patient-level 8:1:1 split, stratified by grade
+  ccrcc-grade train WORK --phase parenchymal    (or `study COHORT --out DIR` for all of it + a report)
+  ccrcc-grade predict RUN PATIENT_FOLDER --cam cams/   grade a new patient
+
+Research software, not a medical device. `ccrcc-grade COMMAND --help` lists each command's options."""
+
+
+def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ccrcc-grade", description=__doc__.split("\n")[0] if __doc__ else None)
+    """The argument parser; option defaults come from the config dataclasses (one source)."""
     from . import __version__
+    from .config import PRESETS, PreprocessConfig, TrainConfig, preset_text
 
+    pre, tc = PreprocessConfig(), TrainConfig()
+    p = argparse.ArgumentParser(prog="ccrcc-grade", description=WORKFLOW,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"ccrcc-grade {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("synth", help="write a synthetic (phantom) four-phase cohort")
-    s.add_argument("out")
-    s.add_argument("--patients", type=int, default=40)
-    s.add_argument("--high-fraction", type=float, default=0.25)
-    s.add_argument("--layout", choices=["slices", "dicom"], default="slices")
-    s.add_argument("--seed", type=int, default=0)
+    s = _sub(sub, "synth", "write a synthetic (phantom) four-phase cohort")
+    s.add_argument("out", help="cohort folder to create")
+    s.add_argument("--patients", type=int, default=40, help="number of patients")
+    s.add_argument("--high-fraction", type=float, default=0.25, help="fraction of high-grade patients (0-1)")
+    s.add_argument("--layout", choices=["slices", "dicom"], default="slices",
+                   help="exported slices + labelme JSON, or DICOM series + boxes.csv")
+    s.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same cohort)")
     s.add_argument("--matrix", type=int, default=512, help="image matrix (pixels, square)")
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("ingest", help="validate a cohort and build the crop cache")
-    s.add_argument("cohort")
+    s = _sub(sub, "ingest", "validate a cohort and build the crop cache")
+    s.add_argument("cohort", help="cohort folder (clinical.csv + one folder per patient), or a KiTS folder")
     s.add_argument("--out", required=True, help="WORK folder to create")
-    s.add_argument("--size", type=int, default=224)
-    s.add_argument("--window", type=_window, default=(40.0, 290.0), help="LEVEL,WIDTH in HU (DICOM/NIfTI)")
-    s.add_argument("--margin-mm", type=float, default=0.0, help="extra margin around every box")
-    s.add_argument("--layout", choices=["auto", "slices", "dicom", "nifti"], default="auto")
-    s.add_argument("--format", choices=["cohort", "kits"], default="cohort")
-    s.add_argument("--clinical", help="KiTS clinical JSON (kits.json / kits23.json)")
+    s.add_argument("--size", type=int, default=pre.size, help="crop edge in the cache (pixels)")
+    s.add_argument("--window", type=_window, default=(pre.window_level, pre.window_width),
+                   help="LEVEL,WIDTH in HU for DICOM/NIfTI (the study's abdominal window)")
+    s.add_argument("--margin-mm", type=float, default=pre.margin_mm, help="extra margin around every box (mm)")
+    s.add_argument("--layout", choices=["auto", "slices", "dicom", "nifti"], default="auto",
+                   help="input layout (auto: boxes.csv -> dicom, .nii.gz -> nifti, else slices)")
+    s.add_argument("--format", choices=["cohort", "kits"], default="cohort", help="a cohort folder or a KiTS folder")
+    s.add_argument("--clinical", help="KiTS clinical JSON (kits.json / kits23.json; default: found in the folder)")
     s.add_argument("--phase", default="corticomedullary", help="phase of KiTS scans")
-    s.add_argument("--mask-margin-mm", type=float, default=1.5,
+    s.add_argument("--mask-margin-mm", type=float, default=pre.mask_margin_mm,
                    help="margin of boxes derived from tumour masks (NIfTI layout, KiTS)")
     s.add_argument("--detect-phases", action="store_true", help="assign DICOM series to phases from their tags")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing WORK folder")
     s.set_defaults(func=cmd_ingest)
 
-    s = sub.add_parser("split", help="patient-level stratified train/val/test split")
-    s.add_argument("work")
-    s.add_argument("--ratios", default="8:1:1")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--folds", type=int, default=0)
+    s = _sub(sub, "split", "patient-level stratified train/val/test split")
+    s.add_argument("work", help="ingested WORK folder")
+    s.add_argument("--ratios", default="8:1:1", help="train:val:test patient ratios")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--folds", type=int, default=0, help="also assign K cross-validation folds (0: none)")
     s.set_defaults(func=cmd_split)
 
-    s = sub.add_parser("train", help="train a per-phase classifier (study defaults)")
-    s.add_argument("work", nargs="?")
-    s.add_argument("--phase", default="parenchymal")
-    s.add_argument("--model", default="resnet34")
-    s.add_argument("--out")
-    s.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a ResNet34 state dict")
-    s.add_argument("--epochs", type=int, default=50)
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--weight-decay", type=float, default=0.0)
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--image-size", type=int, default=224)
-    s.add_argument("--repeats", type=int, default=3, help="augmented copies per crop per epoch (study: 3)")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--amp", default="auto", choices=["auto", "on", "off"])
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--splits")
-    s.add_argument("--fold", type=int, default=-1)
-    s.add_argument("--select-metric", default="patient_auc", choices=["patient_auc", "image_auc", "loss"])
-    s.add_argument("--threads", type=int, default=0)
-    s.add_argument("--threshold", default="default",
+    s = _sub(sub, "train", "train a per-phase classifier (study defaults)")
+    s.add_argument("work", nargs="?", help="ingested and split WORK folder")
+    s.add_argument("--phase", default=tc.phase, help="plain, corticomedullary, parenchymal, excretory (or an alias) "
+                                                     "or combined")
+    s.add_argument("--model", default=tc.model, help="resnet34 or se_resnet34")
+    s.add_argument("--out", help="run folder (default: WORK/runs/<model>-<phase>)")
+    s.add_argument("--weights", default=tc.weights, help="imagenet | none | PATH to a ResNet34 state dict")
+    s.add_argument("--epochs", type=int, default=tc.epochs, help="training epochs")
+    s.add_argument("--lr", type=float, default=tc.lr, help="SGD learning rate (momentum 0.9)")
+    s.add_argument("--weight-decay", type=float, default=tc.weight_decay, help="SGD weight decay")
+    s.add_argument("--batch-size", type=int, default=tc.batch_size, help="global batch size")
+    s.add_argument("--image-size", type=int, default=tc.image_size, help="network input size (pixels)")
+    s.add_argument("--repeats", type=int, default=tc.repeats, help="augmented copies per crop per epoch")
+    s.add_argument("--device", default=tc.device, help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--amp", default=tc.amp, choices=["auto", "on", "off"],
+                   help="bf16 autocast: auto = on CUDA and on CPUs with AVX-512/AMX, off elsewhere")
+    s.add_argument("--seed", type=int, default=tc.seed, help="random seed (same seed, same run)")
+    s.add_argument("--splits", help="splits file (default: WORK/splits.json)")
+    s.add_argument("--fold", type=int, default=tc.fold, help="validate on cross-validation fold K (-1: no folds)")
+    s.add_argument("--select-metric", default=tc.select_metric, choices=["patient_auc", "image_auc", "loss"],
+                   help="validation metric that picks the best epoch")
+    s.add_argument("--threads", type=int, default=tc.num_threads, help="CPU threads (0: PyTorch's default)")
+    s.add_argument("--threshold", default=tc.threshold,
                    help="decision threshold policy stored in the model: default (the study's 0.5), youden, "
-                        "sensNN or specNN (fitted on validation patients; needs >= 10 of each grade) or a number "
-                        "(default: %(default)s)")
+                        "sensNN or specNN (fitted on validation patients; needs >= 10 of each grade) or a number")
+    s.add_argument("--keep-last", action="store_true",
+                   help="keep last.pt (weights + optimizer state, ~2x best.pt) after the run finishes; by default it "
+                        "exists only while the run is unfinished")
     s.add_argument("--resume", help="RUN folder to continue from last.pt")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="metrics with 95%% CIs at image and patient level")
-    s.add_argument("run", nargs="?")
-    s.add_argument("--split", default="test", choices=["test", "val"])
+    s = _sub(sub, "evaluate", "metrics with 95%% CIs at image and patient level")
+    s.add_argument("run", nargs="?", help="run folder (or its best.pt)")
+    s.add_argument("--split", default="test", choices=["test", "val"], help="which of the run's splits")
     s.add_argument("--cohort", help="external cohort: ingested WORK or raw cohort folder")
     s.add_argument("--predictions", help="evaluate a predictions CSV instead of a run")
-    s.add_argument("--val-predictions", help="with --predictions: validation predictions for the Youden threshold")
-    s.add_argument("--out", help="output folder (default RUN/eval-<split>)")
-    s.add_argument("--aggregate", default=None, choices=["mean", "median", "max"])
-    s.add_argument("--bootstrap", type=int, default=2000)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-predictions", help="with --predictions: validation predictions for the operating points")
+    s.add_argument("--out", help="output folder (default: RUN/eval-<split>, or the next free RUN/eval-<split>-N "
+                                 "when that holds an earlier evaluation)")
+    s.add_argument("--aggregate", default=None, choices=["mean", "median", "max"],
+                   help="slice probabilities -> patient probability (default: the run's, mean)")
+    s.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (over patients) for the CIs")
+    s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("compare", help="paired DeLong and McNemar tests of two runs / predictions")
-    s.add_argument("a")
-    s.add_argument("b")
-    s.add_argument("--json")
-    s.add_argument("--split", default="test", choices=["test", "val"])
+    s = _sub(sub, "compare", "paired DeLong and McNemar tests of two runs / predictions")
+    s.add_argument("a", help="run folder or predictions CSV")
+    s.add_argument("b", help="run folder or predictions CSV (same patients)")
+    s.add_argument("--json", help="write the comparison to this JSON file")
+    s.add_argument("--split", default="test", choices=["test", "val"], help="which split of runs to compare")
     s.set_defaults(func=cmd_compare)
 
-    s = sub.add_parser("clinical", help="Table 2: clinical characteristics low vs high grade")
+    s = _sub(sub, "clinical", "Table 2: clinical characteristics low vs high grade")
     s.add_argument("cohort", help="cohort folder, WORK folder or clinical.csv")
     s.add_argument("--out", help="folder for clinical_table.{json,md}")
-    s.add_argument("--normality", choices=["ks", "shapiro"], default="ks")
+    s.add_argument("--normality", choices=["ks", "shapiro"], default="ks",
+                   help="normality test per group (Lilliefors-corrected Kolmogorov-Smirnov or Shapiro-Wilk)")
     s.set_defaults(func=cmd_clinical)
 
-    s = sub.add_parser("study", help="the whole study: ingest, split, train all phases, evaluate, report")
-    s.add_argument("cohort")
-    s.add_argument("--out", required=True)
-    s.add_argument("--preset", choices=["paper", "quick"], default="paper")
-    s.add_argument("--folds", type=int, default=0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--weights", default=None)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--epochs", type=int, default=None)
-    s.add_argument("--image-size", type=int, default=None)
-    s.add_argument("--size", type=int, default=None, help="crop size of the cache")
-    s.add_argument("--format", choices=["cohort", "kits"], default="cohort")
+    s = _sub(sub, "study", "the whole study: ingest, split, train all phases, evaluate, report")
+    s.add_argument("cohort", help="cohort folder (or KiTS folder with --format kits)")
+    s.add_argument("--out", required=True, help="study folder (work/, runs/, report.html, results.json)")
+    s.add_argument("--preset", choices=list(PRESETS), default="paper",
+                   help="; ".join(f"{k}: {preset_text(v)}" for k, v in PRESETS.items()))
+    s.add_argument("--folds", type=int, default=0, help="K-fold cross-validation instead of one split (0: off)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the split and of every training")
+    s.add_argument("--weights", default=None, help="override the preset's weights (imagenet | none | PATH)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    s.add_argument("--image-size", type=int, default=None, help="override the preset's network input size")
+    s.add_argument("--size", type=int, default=None, help="override the preset's crop size of the cache")
+    s.add_argument("--format", choices=["cohort", "kits"], default="cohort", help="a cohort folder or a KiTS folder")
     s.add_argument("--external", help="external validation cohort (raw or ingested)")
     s.add_argument("--ratios", default="8:1:1", help="train:val:test patient ratios")
-    s.add_argument("--threshold", default="default",
-                   help="decision threshold policy of every model (see train --threshold; default: %(default)s)")
+    s.add_argument("--threshold", default=tc.threshold,
+                   help="decision threshold policy of every model (see train --threshold)")
     s.set_defaults(func=cmd_study)
 
-    s = sub.add_parser("predict", help="grade a new patient with a trained model")
-    s.add_argument("model", help="best.pt of a run, or an exported .onnx")
-    s.add_argument("input", help="phase folder or patient folder")
-    s.add_argument("--json")
+    s = _sub(sub, "predict", "grade a new patient with a trained model")
+    s.add_argument("model", help="a run folder, its best.pt, or an exported .onnx")
+    s.add_argument("input", help="phase folder, patient folder or NIfTI volume")
+    s.add_argument("--json", help="also write the result to this JSON file")
     s.add_argument("--cam", help="folder for Grad-CAM overlays")
-    s.add_argument("--boxes", help="boxes CSV for a DICOM series")
-    s.add_argument("--patient-id")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--boxes", help="boxes CSV for a DICOM series (the cohort's boxes.csv format)")
+    s.add_argument("--patient-id", help="patient id to report and to pick rows of --boxes (default: folder name)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (evaluate uses the same)")
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("export", help="export a model to ONNX")
-    s.add_argument("model")
-    s.add_argument("--onnx", required=True)
+    s = _sub(sub, "export", "export a model to ONNX")
+    s.add_argument("model", help="a run's best.pt")
+    s.add_argument("--onnx", required=True, help="ONNX file to write")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("bench", help="speed and memory benchmarks (JSON lines)")
-    s.add_argument("--what", choices=["train", "predict", "ingest", "all"], default="all")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--steps", type=int, default=6)
-    s.add_argument("--image-size", type=int, default=224)
-    s.add_argument("--batch-size", type=int, default=32)
+    s = _sub(sub, "serve", "the clinician workstation: web page + REST API")
+    s.add_argument("--models", nargs="+", required=True, help="run folders, best.pt or .onnx files to serve")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback needs --token-file)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port")
+    s.add_argument("--data", default="ccrcc-data", help="folder for studies, boxes, predictions and SRs")
+    s.add_argument("--pacs", help="DICOMweb base URL of the PACS (e.g. http://pacs:8042/dicom-web)")
+    s.add_argument("--token-file", help="file holding the bearer token every API call must carry")
+    s.add_argument("--max-upload-mb", type=int, default=2048, help="largest upload (MB)")
+    s.add_argument("--max-files", type=int, default=5000, help="most DICOM files in one upload")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.set_defaults(func=cmd_serve)
+
+    s = _sub(sub, "bench", "speed and memory benchmarks (JSON lines)")
+    s.add_argument("--what", choices=["train", "predict", "ingest", "all"], default="all", help="which benchmark")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--steps", type=int, default=6, help="timed training steps")
+    s.add_argument("--image-size", type=int, default=224, help="network input size (pixels)")
+    s.add_argument("--batch-size", type=int, default=32, help="training batch size")
     s.set_defaults(func=cmd_bench)
     return p
 

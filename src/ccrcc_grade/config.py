@@ -67,6 +67,7 @@ class TrainConfig:
     num_threads: int = 0            # 0 = torch default
     progress: bool = True
     threshold: str = "default"      # default (0.5) | youden | sensNN | specNN | a number (threshold.py)
+    keep_last: bool = False         # keep last.pt (the resume state) after the run has finished
 
     def validate(self) -> "TrainConfig":
         for name in ("epochs", "batch_size", "image_size", "repeats"):
@@ -84,6 +85,22 @@ class TrainConfig:
 
         parse_spec(self.threshold)
         return self
+
+
+# Study presets (`study --preset`); --help and the README describe them from here.
+PRESETS = {
+    # the study's protocol
+    "paper": dict(size=224, image_size=224, epochs=50, weights="imagenet", repeats=3, lr=1e-3, n_boot=2000),
+    # a CPU-sized version for demos and smoke tests: small crops, few epochs, no download; a
+    # network trained from scratch needs a larger step than the study's fine-tuning lr
+    "quick": dict(size=64, image_size=64, epochs=8, weights="none", repeats=1, lr=1e-2, n_boot=500),
+}
+
+
+def preset_text(p: dict) -> str:
+    """One line describing a study preset (used by --help and the README, so both say the same)."""
+    return (f"crops {p['size']} px, input {p['image_size']} px, {p['epochs']} epochs, lr {p['lr']:g}, "
+            f"weights {p['weights']}, x{p['repeats']} augmentation, {p['n_boot']} bootstrap resamples")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -265,15 +265,25 @@ def summary_line(m: dict) -> str:
 def evaluate_command(run: str | None, split: str = "test", cohort: str | None = None, predictions: str | None = None,
                      out: str | None = None, val_predictions: str | None = None, aggregate: str | None = None,
                      n_boot: int = 2000, seed: int = 0) -> str:
+    note = ""
     if predictions:
         rows = read_predictions(predictions)
         dest = Path(out) if out else Path(predictions).with_suffix("").with_name(Path(predictions).stem + "-eval")
         val = read_predictions(val_predictions) if val_predictions else None
-        m = evaluate_rows(rows, dest, Path(predictions).stem, val, aggregate or "mean", n_boot, seed)
     else:
         if not run:
             raise CcrccError("evaluate needs a RUN folder or --predictions CSV")
         dest = Path(out) if out else eval_dir(run, split, cohort)
+    if not out and (dest / "metrics.json").is_file():   # never replace an earlier evaluation (e.g. the study's)
+        taken = dest
+        dest = next(dest.with_name(f"{dest.name}-{k}") for k in range(2, 10_000)
+                    if not dest.with_name(f"{dest.name}-{k}").exists())
+        note = f"\n{taken} holds an earlier evaluation (kept as it is); this one goes to {dest}"
+    elif out and (dest / "metrics.json").is_file():
+        note = f"\nreplaced the earlier evaluation in {dest} (--out names it)"
+    if predictions:
+        m = evaluate_rows(rows, dest, Path(predictions).stem, val, aggregate or "mean", n_boot, seed)
+    else:
         m = evaluate_run(run, split, cohort, dest, aggregate, n_boot, seed)
-    return summary_line(m) + f"\nwrote {dest / 'metrics.json'}"
+    return summary_line(m) + note + f"\nwrote {dest / 'metrics.json'}"
 

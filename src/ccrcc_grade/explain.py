@@ -7,6 +7,7 @@ tumour the network looked.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,18 @@ def box_heatmap(shape: tuple[int, int], box: tuple[float, float, float, float], 
         im = Image.fromarray((cam * 255).astype(np.uint8)).resize((x1 - x0, y1 - y0), Image.BILINEAR)
         heat[y0:y1, x0:x1] = np.asarray(im, dtype=np.float32) / 255.0
     return heat
+
+
+def save_heat_layer(path: Path, heat: np.ndarray) -> None:
+    """The heat map alone as a slice-sized RGBA PNG (jet colours, transparent where cold), for a
+    viewer to draw over the slice it belongs to."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    from .fileio import atomic_write
+
+    rgba = (colormaps["jet"](heat) * 255).astype(np.uint8)
+    rgba[..., 3] = np.where(heat > 0.05, 115, 0).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))

@@ -13,12 +13,26 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)   # the only way to read it is to set it; restored at once
+    os.umask(mask)
+    return mask
+
+
+def normal_mode(path: Path, directory: bool = False) -> None:
+    """Give a file or folder made by ``tempfile`` (private 0600/0700) the mode an ordinary
+    ``open``/``mkdir`` would give it under the user's umask, so colleagues and a web server can
+    read the outputs as they read any other file of the user's."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call ``write(fh)`` on a temporary binary file beside ``path`` and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        normal_mode(Path(tmp))
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

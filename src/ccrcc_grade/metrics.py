@@ -177,6 +177,13 @@ def fast_flat_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> d
     return out
 
 
+def exact_proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) interval of k successes in n: never narrower than the
+    data allow, so 2/2 reads 0.16-1.00, not 1.00-1.00."""
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def bootstrap_metrics(y: np.ndarray, p: np.ndarray, groups: list[str] | None = None, threshold: float = 0.5,
                       n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Point metrics with percentile bootstrap CIs, resampling patients (``groups``) with
@@ -211,19 +218,43 @@ def bootstrap_metrics(y: np.ndarray, p: np.ndarray, groups: list[str] | None = N
         return [float(np.percentile(a, lo_q)), float(np.percentile(a, hi_q))] if len(a) else [float("nan")] * 2
 
     one_per_patient = len(uniq) == len(y)
+    pred = p >= threshold
+    # denominators: every interval is reported with the number of cases it rests on
+    counts = {"accuracy": (np.sum(pred == y.astype(bool)), len(y))}
+    for c, pos in (("low", y == 0), ("high", y == 1)):
+        called = ~pred if c == "low" else pred
+        counts[f"{c}.sensitivity"] = (np.sum(called & pos), np.sum(pos))
+        counts[f"{c}.specificity"] = (np.sum(~called & ~pos), np.sum(~pos))
+        counts[f"{c}.precision"] = (np.sum(called & pos), np.sum(called))
+    boot_method = "patient bootstrap"   # patients resampled, their slices together
     result: dict = {}
+
+    def entry_for(key: str) -> dict:
+        e = {"value": flat[key], "ci95": ci(samples[key]), "ci_method": boot_method, "n": int(len(y))}
+        if key in counts:
+            k, n = (int(v) for v in counts[key])
+            e["n"] = n
+            if one_per_patient and n:   # independent patients: the exact binomial interval, sound at small n
+                e["ci95"] = list(exact_proportion_ci(k, n, level))
+                e["ci_method"] = "Clopper-Pearson"
+        return e
+
     for k in ("accuracy", "balanced_accuracy", "brier"):
-        result[k] = {"value": flat[k], "ci95": ci(samples[k])}
+        result[k] = entry_for(k)
     for c in ("low", "high"):
         result[c] = {}
         for k in point[c]:
-            entry = {"value": flat[f"{c}.{k}"], "ci95": ci(samples[f"{c}.{k}"])}
+            entry = entry_for(f"{c}.{k}")
+            if k == "auc":
+                entry["n_positive"], entry["n_negative"] = (int(np.sum(y == (c == "high"))),
+                                                            int(np.sum(y != (c == "high"))))
             if k == "auc" and one_per_patient and len(np.unique(y)) == 2:
                 yc, pc = (y, p) if c == "high" else (1 - y, 1 - p)
                 entry["ci95"] = list(delong_ci(yc, pc, level))
                 entry["ci_method"] = "DeLong"
-            elif k == "auc":
-                entry["ci_method"] = "patient bootstrap"
+            lo, hi = entry["ci95"]
+            if np.isfinite(lo) and np.isfinite(hi) and lo == hi:
+                entry["degenerate"] = True   # e.g. AUC 1.0 on a few patients: zero variance, not certainty
             result[c][k] = entry
     result["confusion_matrix"] = point["confusion_matrix"]
     result["n"] = int(len(y))

@@ -95,6 +95,14 @@ def detect_phases(series: list[dict]) -> list[dict]:
     return series
 
 
+def series_tags(ds) -> dict:
+    """The tags phase detection reads from one instance of a series."""
+    return {"description": str(getattr(ds, "SeriesDescription", "")),
+            "protocol": str(getattr(ds, "ProtocolName", "")),
+            "contrast": bool(str(getattr(ds, "ContrastBolusAgent", "")).strip()),
+            "time": _seconds(str(getattr(ds, "AcquisitionTime", "") or getattr(ds, "SeriesTime", "")))}
+
+
 def scan_patient(pdir: Path) -> dict[str, dict]:
     """Every DICOM file under a patient folder grouped by series with the tags used above."""
     from .io.dicom import display_flips, read_header, slice_position
@@ -103,11 +111,7 @@ def scan_patient(pdir: Path) -> dict[str, dict]:
     for f in sorted(p for p in pdir.rglob("*") if p.is_file() and not p.name.startswith(".")):
         ds = read_header(f)
         uid = str(getattr(ds, "SeriesInstanceUID", ""))
-        g = groups.setdefault(uid, {"uid": uid, "description": str(getattr(ds, "SeriesDescription", "")),
-                                    "protocol": str(getattr(ds, "ProtocolName", "")),
-                                    "contrast": bool(str(getattr(ds, "ContrastBolusAgent", "")).strip()),
-                                    "time": _seconds(str(getattr(ds, "AcquisitionTime", "") or getattr(ds, "SeriesTime", ""))),
-                                    "files": {}})
+        g = groups.setdefault(uid, {"uid": uid, **series_tags(ds), "files": {}})
         spacing = tuple(float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0]))
         g["files"][f.resolve()] = (slice_position(ds), spacing, display_flips(ds))
     return groups

@@ -25,10 +25,14 @@ from .threshold import decide, policy_of
 def load_predictor(model_path: Path, device: str = "auto"):
     """(predict_fn(crops_u8) -> probs, metadata, checkpoint path or None for ONNX) for a .pt or .onnx model."""
     model_path = Path(model_path)
+    if model_path.is_dir():   # a run folder: its best checkpoint
+        if not (model_path / "best.pt").is_file():
+            raise CcrccError(f"{model_path}: a folder without best.pt; give a run folder, its best.pt or an .onnx file")
+        model_path = model_path / "best.pt"
     if model_path.suffix.lower() == ".onnx":
         from .onnx_infer import onnx_probs, onnx_session, read_onnx_metadata
 
-        meta = read_onnx_metadata(model_path)
+        meta = {**read_onnx_metadata(model_path), "path": str(model_path)}
         sess = onnx_session(model_path)
         return (lambda crops: onnx_probs(model_path, crops, sess)), meta, None
     from .inference import CpuBf16Model, fast_inference_model, load_model, predict_probs, resolve_device
@@ -43,6 +47,7 @@ def load_predictor(model_path: Path, device: str = "auto"):
                              channels_last=not isinstance(model, CpuBf16Model))
 
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "log")}
+    meta["path"] = str(model_path)
     return fn, meta, model_path
 
 
@@ -105,15 +110,26 @@ def _nifti_input(inp: Path, folder: Path, phase: str) -> tuple[Path, Path] | Non
 
 
 def predict_patient(model_path: Path, inp: Path, boxes: Path | None = None, patient_id: str | None = None,
-                    cam_dir: Path | None = None, device: str = "auto") -> dict:
-    """Predict one patient; returns the JSON-ready result."""
+                    cam_dir: Path | None = None, device: str = "auto", predictor: tuple | None = None) -> dict:
+    """Predict one patient from a folder or file; returns the JSON-ready result."""
     t0 = time.perf_counter()
-    fn, meta, torch_model = load_predictor(model_path, device)
-    phase = meta["phase"]
+    predictor = predictor or load_predictor(model_path, device)
+    phase = predictor[1]["phase"]
     if phase == "combined":   # trained on all phases: take the phase of the folder given, else parenchymal
         phase = canonical_phase(Path(inp).name) or "parenchymal"
-    pre = from_dict(PreprocessConfig, meta["preprocess"])
+    pre = from_dict(PreprocessConfig, predictor[1]["preprocess"])
     rois, pid, warnings = find_rois(Path(inp), phase, boxes, patient_id, pre.mask_margin_mm)
+    return grade_rois(predictor, rois, pid, phase, warnings, cam_dir, t0)
+
+
+def grade_rois(predictor: tuple, rois: list[Roi], pid: str, phase: str, warnings: list[str] | None = None,
+               cam_dir: Path | None = None, t0: float | None = None) -> dict:
+    """Crop (the ingest code), predict, aggregate and decide for one patient's ROIs: the one path
+    that `predict` and the web workstation share. ``cam_dir``: also write Grad-CAM overlays."""
+    t0 = time.perf_counter() if t0 is None else t0
+    fn, meta, torch_model = predictor
+    warnings = list(warnings or [])
+    pre = from_dict(PreprocessConfig, meta["preprocess"])
     crops = crop_rois(rois, pre, warnings, show_progress=False)
     probs = fn(crops)
     agg = (meta.get("config") or {}).get("patient_aggregate", "mean")
@@ -128,8 +144,8 @@ def predict_patient(model_path: Path, inp: Path, boxes: Path | None = None, pati
         "threshold_policy": policy.to_dict(),
         "slices": [{"source": r.source, "box": [round(v, 2) for v in r.box.as_tuple()], "prob_high": float(p)}
                    for r, p in zip(rois, probs)],
-        "model": {"path": str(model_path), "architecture": meta["model"], "phase": meta["phase"],
-                  "trained": meta.get("created"), "epoch": meta.get("epoch"),
+        "model": {"path": meta["path"], "architecture": meta["model"],
+                  "phase": meta["phase"], "trained": meta.get("created"), "epoch": meta.get("epoch"),
                   "val_auc": (meta.get("val") or {}).get("val_auc"),
                   "package_version": meta.get("package_version")},
         "warnings": warnings,
@@ -137,26 +153,33 @@ def predict_patient(model_path: Path, inp: Path, boxes: Path | None = None, pati
     if cam_dir is not None:
         if torch_model is None:
             raise CcrccError("--cam needs the PyTorch model (best.pt), not an ONNX file")
-        from .cache import _decode
-        from .explain import gradcam, save_overlays
-
-        from .inference import load_model
-
-        plain, _ = load_model(torch_model, "cpu")   # unfused: Grad-CAM needs the layer4 module
-        cams = gradcam(plain, crops, meta["preprocess"]["image_size"], meta["preprocess"]["normalize"])
-        for i, (r, cam, p) in enumerate(zip(rois, cams, probs)):
-            image, is_hu = _decode(r, [])
-            if is_hu:
-                from .preprocess import window_to_uint8
-
-                image = window_to_uint8(image, pre.window_level, pre.window_width)
-            cam_stored = cam[::-1] if r.flip[0] else cam     # back to stored-pixel orientation,
-            cam_stored = cam_stored[:, ::-1] if r.flip[1] else cam_stored   # where the box lives
-            name = f"{i:03d}_{Path(r.source).stem}"
-            path = save_overlays(Path(cam_dir), name, crops[i], cam, image, r.box.as_tuple(), float(p), cam_stored)
+        for i, path in enumerate(write_cams(torch_model, rois, crops, probs, pre, Path(cam_dir))):
             result["slices"][i]["cam"] = str(path)
     result["seconds"] = round(time.perf_counter() - t0, 3)
     return result
+
+
+def write_cams(model_path: Path, rois: list[Roi], crops: np.ndarray, probs: np.ndarray, pre: PreprocessConfig,
+               cam_dir: Path) -> list[Path]:
+    """Grad-CAM overlays (crop and slice) for every ROI; returns the slice overlay paths."""
+    from .cache import decode_roi
+    from .explain import box_heatmap, gradcam, save_heat_layer, save_overlays
+    from .inference import load_model
+    from .preprocess import window_to_uint8
+
+    plain, ckpt = load_model(model_path, "cpu")   # unfused: Grad-CAM needs the layer4 module
+    cams = gradcam(plain, crops, ckpt["preprocess"]["image_size"], ckpt["preprocess"]["normalize"])
+    paths = []
+    for i, (r, cam, p) in enumerate(zip(rois, cams, probs)):
+        image, is_hu = decode_roi(r, [])
+        if is_hu:
+            image = window_to_uint8(image, pre.window_level, pre.window_width)
+        cam_stored = cam[::-1] if r.flip[0] else cam     # back to stored-pixel orientation,
+        cam_stored = cam_stored[:, ::-1] if r.flip[1] else cam_stored   # where the box lives
+        name = f"{i:03d}_{Path(r.source).stem}"
+        paths.append(save_overlays(cam_dir, name, crops[i], cam, image, r.box.as_tuple(), float(p), cam_stored))
+        save_heat_layer(cam_dir / f"{name}_heat.png", box_heatmap(image.shape, r.box.as_tuple(), cam_stored))
+    return paths
 
 
 def format_result(r: dict) -> str:

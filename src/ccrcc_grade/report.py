@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,31 @@ METRIC_COLS = [("auc", "AUC"), ("precision", "Precision"), ("sensitivity", "Sens
                ("specificity", "Specificity"), ("f1", "F1")]
 
 
+def _num(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def _n_text(e: dict) -> str:
+    if "n_positive" in e:
+        return f"n={e['n_positive'] + e['n_negative']}, {e['n_positive']} positive"
+    return f"n={e['n']}" if "n" in e else ""
+
+
 def _ci(e: dict) -> str:
+    """'0.812 (0.640-0.930, n=16)'; a zero-width interval is called what it is."""
     v, (lo, hi) = e["value"], e["ci95"]
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if not _num(v):
         return "n/a"
-    if any(x is None or (isinstance(x, float) and math.isnan(x)) for x in (lo, hi)):
-        return f"{v:.3f}"
-    return f"{v:.3f} ({lo:.3f}-{hi:.3f})"
+    n = _n_text(e)
+    if e.get("degenerate"):
+        return f"{v:.3f} (CI degenerate: zero variance, {n})"
+    if not (_num(lo) and _num(hi)):
+        return f"{v:.3f} ({n})"
+    return f"{v:.3f} ({lo:.3f}-{hi:.3f}, {n})"
+
+
+def _signed(v: float) -> str:
+    return f"{v + 0.0:+.3f}"   # + 0.0: never '-0.000'
 
 
 def _dataset_md(ds: dict) -> str:
@@ -36,27 +55,55 @@ def _dataset_md(ds: dict) -> str:
 
 
 def _metrics_md(runs: dict, level: str) -> str:
-    lines = ["| Model | Phase | Grade | " + " | ".join(n for _, n in METRIC_COLS) + " | ACC | n |",
-             "|---|---|---|" + "---|" * (len(METRIC_COLS) + 2)]
+    """One row per model: a two-class problem has one AUC; per-class precision and the
+    sensitivity of each grade (high-grade specificity = low-grade sensitivity) at 0.5."""
+    lines = ["| Model | Phase | AUC | ACC | Sensitivity (high) | Specificity (high) | Precision (high) | "
+             "Precision (low) |", "|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         model, phase = name.split("-", 1)
         m = r["test"][level]
-        for cls in ("low", "high"):
-            lines.append(f"| {model} | {phase} | {cls} | " + " | ".join(_ci(m[cls][k]) for k, _ in METRIC_COLS)
-                         + f" | {_ci(m['accuracy'])} | {m['n']} |")
+        lines.append(f"| {model} | {phase} | {_ci(m['high']['auc'])} | {_ci(m['accuracy'])} | "
+                     f"{_ci(m['high']['sensitivity'])} | {_ci(m['high']['specificity'])} | "
+                     f"{_ci(m['high']['precision'])} | {_ci(m['low']['precision'])} |")
     return "\n".join(lines)
 
 
+def _operating_points_md(runs: dict) -> str:
+    """Patient-level sensitivity/specificity at the study default and at every threshold chosen
+    on validation patients, each labelled with how it was chosen (the test set chooses none)."""
+    lines = ["| Model | Threshold | How it was chosen | Sensitivity (high) | Specificity (high) |",
+             "|---|---|---|---|---|"]
+    notes = set()
+    for name, r in runs.items():
+        m = r["test"]
+        lines.append(f"| {name} | 0.500 | study default | {_ci(m['patient']['high']['sensitivity'])} | "
+                     f"{_ci(m['patient']['high']['specificity'])} |")
+        for op in m.get("operating_points", []):
+            if not op["estimable"]:
+                notes.add(op["reason"].split("refused: ")[-1])
+                continue
+            ci = op.get("ci95")
+            t = f"{op['threshold']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+            lines.append(f"| {name} | {t} | {op['source']} | {_ci(op['patient']['high']['sensitivity'])} | "
+                         f"{_ci(op['patient']['high']['specificity'])} |")
+    text = "\n".join(lines)
+    if notes:
+        text += ("\n\nYouden, 90% sensitivity and 90% specificity thresholds were not estimated: "
+                 + "; ".join(sorted(notes)) + ". The study default 0.5 is used.")
+    return text
+
+
 def _comparison_md(c: dict) -> str:
-    lines = ["| Level | n | AUC ResNet34 | AUC SE-ResNet34 | Difference (95% CI) | DeLong P | ACC ResNet34 | "
-             "ACC SE-ResNet34 | McNemar P |", "|---|---|---|---|---|---|---|---|---|"]
+    """Table 4: A = SE-ResNet34, B = ResNet34; the difference is A minus B as computed."""
+    lines = ["| Level | n | AUC SE-ResNet34 | AUC ResNet34 | Difference SE-ResNet34 minus ResNet34 (95% CI) | "
+             "DeLong P | ACC SE-ResNet34 | ACC ResNet34 | McNemar P |", "|---|---|---|---|---|---|---|---|---|"]
     for lv in ("patient", "image"):
         if lv in c:
             x = c[lv]
-            d, lo, hi = (0.0 - v for v in (x["auc_diff"], x["auc_diff_ci95"][1], x["auc_diff_ci95"][0]))
-            lines.append(f"| {lv} | {x['n']} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {d + 0.0:+.3f} "
-                         f"({lo + 0.0:+.3f} to {hi + 0.0:+.3f}) | {format_p(x['delong_p'])} | "
-                         f"{x['acc_a']:.3f} | {x['acc_b']:.3f} | {format_p(x['mcnemar_p'])} |")
+            lines.append(f"| {lv} | {x['n']} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {_signed(x['auc_diff'])} "
+                         f"({_signed(x['auc_diff_ci95'][0])} to {_signed(x['auc_diff_ci95'][1])}) | "
+                         f"{format_p(x['delong_p'])} | {x['acc_a']:.3f} | {x['acc_b']:.3f} | "
+                         f"{format_p(x['mcnemar_p'])} |")
     return "\n".join(lines)
 
 
@@ -95,36 +142,83 @@ def _roc_all(results: dict, out: Path) -> list[tuple[str, Path]]:
     roc_figure(curves([f"resnet34-{best}", f"se_resnet34-{best}"]), f4, f"{best}: ResNet34 vs SE-ResNet34 (test, patient level)")
     figs.append((f"Figure 4. ROC curves of ResNet34 and SE-ResNet34 on the {best} phase", f4))
     for n in (f"resnet34-{best}", f"se_resnet34-{best}"):
-        figs.append((f"Figure 2. Confusion matrix of {n} (test, image level, threshold 0.5)",
+        figs.append((f"Figure 2. Confusion matrix of {n} (test, image level, threshold 0.5, the study default)",
                      Path(runs[n]["run"]) / "eval-test" / "confusion.png"))
         figs.append((f"Calibration of {n} (test)", Path(runs[n]["run"]) / "eval-test" / "calibration.png"))
     return figs
 
 
+def _summary_md(results: dict) -> list[str]:
+    """The few lines a reader needs first: cohort, best model and its AUC, the key comparison."""
+    st, ds = results["study"], results["dataset"]
+    allp = ds.get("all", {}).get("combined") or next(iter(ds.get("all", {}).values()), None)
+    lines = []
+    if allp:
+        lines.append(f"- **Cohort:** {allp['low']['patients'] + allp['high']['patients']} patients "
+                     f"({allp['high']['patients']} high grade), preset `{st['preset']}`.")
+    if "runs" in results:
+        best = results["best_phase"]
+        r = results["runs"][f"resnet34-{best}"]["test"]["patient"]
+        lines.append(f"- **Best phase (chosen on validation):** {best}. {_tie_sentence(results)}")
+        lines.append(f"- **ResNet34 on {best}, test patients:** AUC {_ci(r['high']['auc'])}, "
+                     f"accuracy {_ci(r['accuracy'])} at the study's threshold 0.5.")
+        c = results.get("comparison", {}).get("patient")
+        if c:
+            lines.append(f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} "
+                         f"({_signed(c['auc_diff_ci95'][0])} to {_signed(c['auc_diff_ci95'][1])}), "
+                         f"DeLong P = {format_p(c['delong_p'])} on {c['n']} patients.")
+    if "cross_validation" in results:
+        lines.append(f"- **Cross-validation:** {st['folds']} folds; best phase by mean validation AUC: "
+                     f"{results['best_phase']}.")
+    return lines
+
+
+def _tie_sentence(results: dict) -> str:
+    tie = results.get("best_phase_tie")
+    return tie["text"] if tie else ""
+
+
+SECTIONS = [("summary", "Summary"), ("dataset", "Dataset"), ("table-2", "Table 2. Clinical characteristics"),
+            ("table-3", "Table 3. Test results of every model"), ("thresholds", "Decision thresholds"),
+            ("table-4", "Table 4. ResNet34 vs SE-ResNet34"), ("cv", "Cross-validation"), ("figures", "Figures"),
+            ("limitations", "Limitations")]
+
+
 def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> str:
     st = results["study"]
+    has_runs, has_cv = "runs" in results, "cross_validation" in results
+    shown = {"table-3": has_runs, "thresholds": has_runs, "table-4": has_runs, "cv": has_cv}
     md = ["# ccRCC WHO/ISUP grade from multi-phase CT: study report", ""]
     if st.get("synthetic"):
         md += ["> **Synthetic cohort.** These images are phantoms made by `ccrcc-grade synth`; the numbers show "
                "the software working, not clinical performance.", ""]
+    md += ["Contents: " + " · ".join(f"[{t}](#{a})" for a, t in SECTIONS if shown.get(a, True)), ""]
+    md += ["## Summary", ""] + _summary_md(results) + [""]
     md += [f"Cohort: `{st['cohort']}` - preset `{st['preset']}` (crop {st['protocol']['size']} px, input "
            f"{st['protocol']['image_size']} px, {st['protocol']['epochs']} epochs, weights {st['protocol']['weights']}, "
            f"x{st['protocol']['repeats']} augmentation) - seed {st['seed']} - this invocation took {st.get('seconds', 0):.0f} s "
            "(finished models are reused on re-runs).", "",
            "## Dataset", "", _dataset_md(results["dataset"]), "",
            "## Table 2. Clinical characteristics", "", table_markdown(results["clinical"]), ""]
-    if "runs" in results:
-        md += ["## Table 3. Test results of every model (95% CI)", "",
-               "Patient level (probability = mean of the patient's slices; DeLong CI for AUC, patient bootstrap "
-               "for the rest):", "", _metrics_md(results["runs"], "patient"), "",
-               "Image level (patient-cluster bootstrap CIs):", "", _metrics_md(results["runs"], "image"), "",
-               f"Best phase by validation AUC: **{results['best_phase']}** ({results['best_phase_rule']}). "
+    if has_runs:
+        md += ["## Table 3. Test results of every model", "",
+               "Patient level (probability = mean of the patient's slices; threshold 0.5). 95% CIs: DeLong for the "
+               "AUC, exact Clopper-Pearson for proportions; n = the patients each number rests on (for the AUC: "
+               "patients, of them high grade):", "", _metrics_md(results["runs"], "patient"), "",
+               "Image level (slices of one patient are not independent: CIs by bootstrap over patients; n = "
+               "slices):", "", _metrics_md(results["runs"], "image"), "",
+               f"Best phase: **{results['best_phase']}** ({results['best_phase_rule']}). {_tie_sentence(results)} "
                "Validation AUC of ResNet34 per phase: "
                + ", ".join(f"{k} {v:.3f}" for k, v in results["val_auc_resnet34"].items()) + ".", "",
+               "## Decision thresholds", "",
+               "The grade is read at the study's threshold 0.5 unless a model stores another policy; thresholds "
+               "fitted on validation patients are shown with their bootstrap CI. The test set never chooses a "
+               "threshold.", "", _operating_points_md(results["runs"]), "",
                f"## Table 4. ResNet34 vs SE-ResNet34 on the {results['best_phase']} phase", "",
                _comparison_md(results["comparison"]), "",
-               "Difference = SE-ResNet34 minus ResNet34 (paired DeLong); McNemar exact test on correctness at 0.5.", ""]
-    if "cross_validation" in results:
+               "Difference = SE-ResNet34 minus ResNet34 everywhere in this report (paired DeLong); McNemar exact "
+               "test on correctness at 0.5.", ""]
+    if has_cv:
         md += [f"## Cross-validation ({st['folds']} folds, test folds, mean ± SD)", "", _cv_md(results["cross_validation"]), "",
                f"Best phase by mean validation AUC: **{results['best_phase']}**.", ""]
     md += ["## Figures", ""]
@@ -157,7 +251,10 @@ def markdown_to_html(md: str, out: Path) -> str:
         if line.startswith("# "):
             parts.append(f"<h1>{html.escape(line[2:])}</h1>")
         elif line.startswith("## "):
-            parts.append(f"<h2>{html.escape(line[3:])}</h2>")
+            anchor = next((a for a, t in SECTIONS if line[3:].startswith(t.split(".")[0])), "")
+            parts.append(f"<h2 id='{anchor}'>{html.escape(line[3:])}</h2>")
+        elif line.startswith("- "):
+            parts.append(f"<li>{_inline(line[2:])}</li>")
         elif line.startswith("> "):
             parts.append(f"<p class='warn'>{_inline(line[2:])}</p>")
         elif line.startswith("!["):
@@ -175,16 +272,16 @@ def markdown_to_html(md: str, out: Path) -> str:
            "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}"
            "th{background:#f0f3f7}img{max-width:100%}.warn{background:#fff4d6;padding:.6em;border-left:4px solid #e0a000}"
            ".cap{font-style:italic;color:#555;margin-top:0}")
+    body = re.sub(r"((?:<li>.*?</li>)+)", r"<ul>\1</ul>", "".join(parts))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ccrcc-grade study report</title>"
-            f"<style>{css}</style></head><body>{''.join(parts)}</body></html>\n")
+            f"<style>{css}</style></head><body>{body}</body></html>\n")
 
 
 def _inline(text: str) -> str:
-    import re
-
     t = html.escape(text)
     t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
     t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+    t = re.sub(r"\[(.+?)\]\(#([\w-]+)\)", r"<a href='#\2'>\1</a>", t)
     return t
 
 

@@ -22,21 +22,12 @@ import numpy as np
 from .cache import CropCache, ingest, summarize
 from .clinical import clinical_table
 from .compare import compare
-from .config import PreprocessConfig, TrainConfig
+from .config import PRESETS, PreprocessConfig, TrainConfig
 from .errors import CcrccError
 from .evaluate import eval_dir, evaluate_run
 from .fileio import atomic_write_json
 from .phases import COMBINED, PHASES
 from .splits import make_splits
-
-PRESETS = {
-    # the study's protocol
-    "paper": dict(size=224, image_size=224, epochs=50, weights="imagenet", repeats=3, lr=1e-3, n_boot=2000),
-    # a CPU-sized version for demos and smoke tests: small crops, few epochs, no download; a
-    # network trained from scratch needs a larger step than the study's fine-tuning lr
-    "quick": dict(size=64, image_size=64, epochs=8, weights="none", repeats=1, lr=1e-2, n_boot=500),
-}
-
 
 @dataclass
 class StudyOptions:
@@ -83,23 +74,48 @@ def _ensure_work(cohort: Path, out: Path, opts: StudyOptions, p: dict) -> Path:
     return work
 
 
-def _train(work: Path, out: Path, model: str, phase: str, p: dict, opts: StudyOptions, fold: int = -1) -> Path:
+class StudyProgress:
+    """One line per model of the study: 'model 3 of 6: resnet34-parenchymal (~4 min left)', the
+    estimate from the models trained so far in this invocation (reused ones cost nothing)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.trained, self.seconds = total, 0, 0, 0.0
+
+    def start(self, name: str, reused: bool = False) -> float:
+        self.done += 1
+        left = self.total - self.done + 1
+        eta = (f" (~{max(1, round(left * self.seconds / self.trained / 60))} min left)"
+               if self.trained and not reused else "")
+        print(f"[study] model {self.done} of {self.total}: {name}" + (" - finished earlier, reused" if reused else eta),
+              flush=True)
+        return time.time()
+
+    def finish(self, t0: float) -> None:
+        self.trained += 1
+        self.seconds += time.time() - t0
+
+
+def _train(work: Path, out: Path, model: str, phase: str, p: dict, opts: StudyOptions, fold: int = -1,
+           progress: StudyProgress | None = None) -> Path:
     from .train import fit, resume
 
+    progress = progress or StudyProgress(1)
     name = f"{model}-{phase}" + (f"-fold{fold}" if fold >= 0 else "")
     run = out / "runs" / name
     if (run / "train_summary.json").is_file() and (run / "best.pt").is_file():
-        print(f"[{name}] finished earlier; reused")
+        progress.start(name, reused=True)
         return run
+    t0 = progress.start(name)
     if (run / "last.pt").is_file():
         print(f"[{name}] resuming")
         resume(run)
+        progress.finish(t0)
         return run
     cfg = TrainConfig(work=str(work), phase=phase, model=model, out=str(run), weights=p["weights"],
                       epochs=p["epochs"], image_size=p["image_size"], repeats=p["repeats"], lr=p["lr"],
                       device=opts.device, seed=opts.seed, fold=fold, threshold=opts.threshold)
-    print(f"[{name}] training")
     fit(cfg)
+    progress.finish(t0)
     return run
 
 
@@ -107,6 +123,25 @@ def _val_auc(run: Path) -> float:
     s = json.loads((run / "train_summary.json").read_text())
     v = s.get("best_val", {}).get("val_auc")
     return -math.inf if v is None else float(v)
+
+
+def choose_best_phase(keys: dict[str, tuple[float, float]]) -> tuple[str, dict]:
+    """The phase with the highest validation patient AUC; ties broken by validation image AUC,
+    then by the order of ``keys`` (the study's phase order). Returns the phase and a record of
+    the tie (``text`` says it in a sentence for the report; empty when there was none)."""
+    best = max(keys, key=lambda ph: keys[ph])   # max keeps the first of equal keys
+    top = keys[best][0]
+    tied = [ph for ph in keys if keys[ph][0] == top]
+    record = {"tied": tied, "broken_by": None, "text": ""}
+    if len(tied) > 1:
+        still = [ph for ph in tied if keys[ph] == keys[best]]
+        record["broken_by"] = "validation image AUC" + (", then phase order" if len(still) > 1 else "")
+        record["text"] = (f"{len(tied)} phases tie at validation patient AUC {top:.3f} ({', '.join(tied)}); the tie "
+                          f"was broken by validation image AUC ("
+                          + ", ".join(f"{ph} {keys[ph][1]:.3f}" for ph in tied) + ")"
+                          + (f" and, as {', '.join(still)} tie on that too, by the phase order (first listed)"
+                             if len(still) > 1 else "") + f": {best}.")
+    return best, record
 
 
 def _val_key(run: Path) -> tuple[float, float]:
@@ -153,14 +188,16 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
         results.update(_cross_validation(work, out, phases, p, opts))
     else:
         runs = {}
+        progress = StudyProgress(len(phases) + 1)
         for ph in phases:
-            runs[f"resnet34-{ph}"] = _train(work, out, "resnet34", ph, p, opts)
+            runs[f"resnet34-{ph}"] = _train(work, out, "resnet34", ph, p, opts, progress=progress)
         val_aucs = {ph: _val_auc(runs[f"resnet34-{ph}"]) for ph in phases}
-        best = max(phases, key=lambda ph: _val_key(runs[f"resnet34-{ph}"]))
+        best, tie = choose_best_phase({ph: _val_key(runs[f"resnet34-{ph}"]) for ph in phases})
         results["val_auc_resnet34"] = val_aucs
         results["best_phase"] = best
+        results["best_phase_tie"] = tie
         results["best_phase_rule"] = "highest validation patient-level AUC of ResNet34 (test set never used)"
-        runs[f"se_resnet34-{best}"] = _train(work, out, "se_resnet34", best, p, opts)
+        runs[f"se_resnet34-{best}"] = _train(work, out, "se_resnet34", best, p, opts, progress=progress)
         results["runs"] = {}
         external = _external_work(out, runs[f"resnet34-{best}"], opts) if opts.external else None
         for name, run in runs.items():
@@ -168,8 +205,9 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
             results["runs"][name] = {"run": str(run), "val_auc": _val_auc(run), "test": m}
             if external:
                 results["runs"][name]["external"] = _eval(run, p, opts, cohort=external)
-        results["comparison"] = _compare_evals(runs[f"resnet34-{best}"], runs[f"se_resnet34-{best}"])
-        results["comparison"]["a"], results["comparison"]["b"] = f"resnet34-{best}", f"se_resnet34-{best}"
+        # computed once, in the order the report shows it: SE-ResNet34 (a) minus ResNet34 (b)
+        results["comparison"] = _compare_evals(runs[f"se_resnet34-{best}"], runs[f"resnet34-{best}"])
+        results["comparison"]["a"], results["comparison"]["b"] = f"se_resnet34-{best}", f"resnet34-{best}"
     results["limitations"] = limitations(results)
     results["study"]["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "results.json", results)
@@ -211,11 +249,14 @@ def _cross_validation(work: Path, out: Path, phases: list[str], p: dict, opts: S
     """K-fold: ResNet34 on every phase in every fold, SE-ResNet34 on the phase with the best mean
     validation AUC; test metrics per fold and their mean +- SD."""
     runs: dict[str, list[Path]] = {}
+    progress = StudyProgress((len(phases) + 1) * opts.folds)
     for ph in phases:
-        runs[f"resnet34-{ph}"] = [_train(work, out, "resnet34", ph, p, opts, fold=f) for f in range(opts.folds)]
+        runs[f"resnet34-{ph}"] = [_train(work, out, "resnet34", ph, p, opts, fold=f, progress=progress)
+                                  for f in range(opts.folds)]
     mean_val = {ph: float(np.mean([_val_auc(r) for r in runs[f"resnet34-{ph}"]])) for ph in phases}
-    best = max(phases, key=lambda ph: (mean_val[ph], ph != COMBINED))
-    runs[f"se_resnet34-{best}"] = [_train(work, out, "se_resnet34", best, p, opts, fold=f) for f in range(opts.folds)]
+    best, tie = choose_best_phase({ph: (mean_val[ph], float(ph != COMBINED)) for ph in phases})
+    runs[f"se_resnet34-{best}"] = [_train(work, out, "se_resnet34", best, p, opts, fold=f, progress=progress)
+                                   for f in range(opts.folds)]
     cv: dict = {}
     for name, rs in runs.items():
         folds = [_eval(r, p, opts) for r in rs]
@@ -228,7 +269,7 @@ def _cross_validation(work: Path, out: Path, phases: list[str], p: dict, opts: S
             summary[lv] = {k: {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0,
                                "folds": v} for k, v in vals.items()}
         cv[name] = {"runs": [str(r) for r in rs], "cv": summary, "val_auc_mean": float(np.mean([_val_auc(r) for r in rs]))}
-    return {"best_phase": best, "val_auc_resnet34": mean_val, "cross_validation": cv,
+    return {"best_phase": best, "val_auc_resnet34": mean_val, "cross_validation": cv, "best_phase_tie": tie,
             "best_phase_rule": "highest mean validation patient-level AUC of ResNet34 across folds"}
 
 
@@ -249,13 +290,16 @@ def limitations(results: dict) -> str:
             if all(np.isfinite(auc["ci95"])):
                 widths.append(auc["ci95"][1] - auc["ci95"][0])
         if widths:
-            parts.append(f"Patient-level AUC 95% CIs are {min(widths):.2f} to {max(widths):.2f} wide; differences "
-                         f"between phases smaller than that are not evidence of a better phase.")
+            parts.append(f"The width of the patient-level AUC 95% CIs (upper minus lower bound) ranges from "
+                         f"{min(widths):.2f} to {max(widths):.2f} across the models"
+                         + (" (a width of 0.00 is a degenerate interval: zero variance on few patients, not "
+                            "certainty)" if min(widths) == 0 else "")
+                         + "; differences between phases smaller than that are not evidence of a better phase.")
         c = results.get("comparison", {}).get("patient")
         if c:
             verdict = "significant" if c["delong_p"] < 0.05 else "not significant"
-            parts.append(f"SE-ResNet34 vs ResNet34 on the {results['best_phase']} phase: patient AUC difference "
-                         f"{c['auc_diff'] * -1:+.3f} (DeLong P = {c['delong_p']:.3f}, {verdict}).")
+            parts.append(f"SE-ResNet34 minus ResNet34 on the {results['best_phase']} phase: patient AUC difference "
+                         f"{c['auc_diff'] + 0.0:+.3f} (DeLong P = {c['delong_p']:.3f}, {verdict}).")
     parts.append("Image-level metrics treat slices of one patient as independent and overstate precision; the "
                  "patient-level results are the clinically meaningful ones. Results come from one cohort"
                  + (" with external validation" if any("external" in r for r in results.get("runs", {}).values())

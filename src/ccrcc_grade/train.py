@@ -205,6 +205,8 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
     if ddp.main:
         if _resume_state is None and (run / "last.pt").exists():
             raise CcrccError(f"{run}: already holds a run (use --resume {run} to continue, or another --out)")
+        if _resume_state is None and ((run / "best.pt").exists() or (run / "train_summary.json").exists()):
+            raise CcrccError(f"{run}: already holds a finished run (give another --out; nothing was replaced)")
         run.mkdir(parents=True, exist_ok=True)
         cfg.out = str(run)
         save_json(cfg, run / "config.json")
@@ -288,6 +290,8 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
                    "data_share": total_data / max(total_data + total_step, 1e-9),
                    "weights_load": load_report, "device": str(device), "amp": str(amp)}
         atomic_write_json(run / "train_summary.json", summary)
+        if not cfg.keep_last:   # the resume state (weights + optimizer, 2x best.pt) is only needed
+            (run / "last.pt").unlink(missing_ok=True)   # while the run is unfinished
     if ddp.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -297,6 +301,9 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
 def resume(run: Path, progress: bool = True) -> dict | None:
     """Continue an interrupted run from RUN/last.pt with its saved config."""
     run = Path(run)
+    if not (run / "last.pt").is_file() and (run / "train_summary.json").is_file():
+        print(f"{run}: already finished")
+        return json.loads((run / "train_summary.json").read_text())
     state = read_checkpoint(run / "last.pt")
     if "optimizer" not in state:
         raise CcrccError(f"{run / 'last.pt'}: not a resumable checkpoint")
