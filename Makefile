@@ -40,6 +40,10 @@ demo: setup
 	@if [ ! -f $(DEMO_DIR)/cohort/clinical.csv ]; then \
 	  $(BIN)/ccrcc-grade synth $(DEMO_DIR)/cohort --patients 60 --high-fraction 0.35 --matrix 256 --seed 0; fi
 	$(BIN)/ccrcc-grade study $(DEMO_DIR)/cohort --out $(DEMO_DIR)/study --preset quick
+	@if [ ! -f $(DEMO_DIR)/dicom/boxes.csv ]; then \
+	  $(BIN)/ccrcc-grade synth $(DEMO_DIR)/dicom --layout dicom --patients 4 --high-fraction 0.5 --matrix 256 --seed 1; fi
+	@echo "workstation: $(BIN)/ccrcc-grade serve --models $(DEMO_DIR)/study/runs/resnet34-parenchymal, then open"
+	@echo "http://127.0.0.1:8000/ and drop the files of a patient folder of $(DEMO_DIR)/dicom/ on the page"
 
 bench: setup
 	$(BIN)/ccrcc-grade bench --what all

@@ -93,7 +93,8 @@ def test_several_rectangles_clipping_and_other_shapes(slices_cohort, tmp_path, c
     j = sorted((c / "SYN001" / "parenchymal").glob("*.json"))[0]
     data = json.loads(j.read_text())
     w = data["imageWidth"]
-    data["shapes"].append({"label": "t2", "points": [[w - 10, 5], [w + 20, 25]], "shape_type": "rectangle"})
+    # 80% of this box lies on the image: clipped with a warning (mostly outside would be refused)
+    data["shapes"].append({"label": "t2", "points": [[w - 20, 5], [w + 5, 25]], "shape_type": "rectangle"})
     data["shapes"].append({"label": "k", "points": [[1, 1], [5, 5], [1, 9]], "shape_type": "polygon"})
     j.write_text(json.dumps(data))
     before = len(CropCache.load(_ingest(slices_cohort, tmp_path / "w0")).manifest)
@@ -103,6 +104,8 @@ def test_several_rectangles_clipping_and_other_shapes(slices_cohort, tmp_path, c
     warns = json.loads((tmp_path / "w" / "ingest_report.json").read_text())["warnings"]
     assert any("extends outside" in x and "clipped" in x for x in warns)
     assert any("ignored non-rectangle shapes (polygon x1)" in x for x in warns)
+    clipped = [r for r in m.manifest if float(r["x_min"]) == w - 20]
+    assert len(clipped) == 1 and float(clipped[0]["x_max"]) == w   # the manifest records the box cropped
 
 
 def _ingest(cohort, out):
@@ -121,16 +124,18 @@ def _expect_error(capsys, args, *fragments):
 
 @pytest.fixture
 def bad(slices_cohort, copy_tree, tmp_path):
-    """A copy of the cohort to break, and a WORK folder that already holds a file."""
+    """A copy of the cohort to break, and an earlier WORK cache (which --overwrite may replace)."""
     c = copy_tree(slices_cohort, "bad")
     w = tmp_path / "work"
     w.mkdir()
-    (w / "keep.txt").write_text("mine")
+    for name in ("manifest.csv", "preprocess.json"):
+        (w / name).write_text("the earlier cache")
     return c, w
 
 
 def _untouched(w):
-    assert sorted(p.name for p in w.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in w.iterdir()) == ["manifest.csv", "preprocess.json"]
+    assert all((w / n).read_text() == "the earlier cache" for n in ("manifest.csv", "preprocess.json"))
     assert not [p for p in w.parent.iterdir() if ".ingest-" in p.name]
 
 
@@ -201,7 +206,7 @@ def test_image_path_escapes(bad, capsys):
     d = json.loads(j.read_text())
     d["imagePath"] = "../../../../outside.png"
     j.write_text(json.dumps(d))
-    _ingest_bad(capsys, c, w, j.name, "outside the cohort folder")
+    _ingest_bad(capsys, c, w, j.name, "points outside the folder of patient SYN002")
 
 
 def test_existing_work_needs_overwrite(bad, capsys):
@@ -227,7 +232,8 @@ def test_dicom_bad_inputs(dicom_cohort, copy_tree, tmp_path, capsys):
     c = copy_tree(dicom_cohort, "dbad")
     w = tmp_path / "work"
     w.mkdir()
-    (w / "keep.txt").write_text("mine")
+    for name in ("manifest.csv", "preprocess.json"):
+        (w / name).write_text("the earlier cache")
     boxes = _read_csv(c / "boxes.csv")
     # zero-area box
     b2 = [dict(r) for r in boxes]

@@ -78,6 +78,8 @@ def test_onnx_export_and_prediction(trained_run, slices_cohort, tmp_path, capsys
     assert run_cli("export", trained_run / "best.pt", "--onnx", onnx_path) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["max_abs_diff"] < 1e-4
+    card = json.loads((tmp_path / "m.card.json").read_text())     # the workstation's model card beside it
+    assert card["architecture"] == "resnet34" and card["disclaimer"] == "research software, not a medical device"
     pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
     a = predict_patient(onnx_path, slices_cohort / pid)
     b = predict_patient(trained_run / "best.pt", slices_cohort / pid)

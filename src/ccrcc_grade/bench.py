@@ -6,6 +6,7 @@ PyTorch, the way a straightforward implementation of the study would run.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -72,6 +73,19 @@ def bench_train(device: str = "auto", steps: int = 6, image_size: int = 224, bat
             "train_speedup": round(fast / base, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
             "data_share": round(share, 4), "device": str(dev), "amp": str(amp_dtype(dev, "auto")),
             "image_size": image_size, "batch_size": batch_size, "threads": torch.get_num_threads()}
+
+
+def cpu_name() -> str:
+    """The CPU model and the vector path PyTorch uses on it (benchmarks say where they ran)."""
+    name = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores)"
 
 
 def _latency(fn, n: int) -> np.ndarray:
@@ -197,10 +211,54 @@ def bench_ingest(n_slices: int = 200, matrix: int = 512) -> dict:
             "matrix": matrix, "format": "DICOM explicit VR little endian, uint16", "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
+def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512) -> dict:
+    """The workstation's predict endpoint for a 15-slice boxed phase (model warm) and a windowed
+    512 x 512 slice PNG, through the real app (in-process HTTP client)."""
+    from fastapi.testclient import TestClient
+
+    from .config import PreprocessConfig, to_dict
+    from .inference import make_checkpoint
+    from .serve import create_app
+    from .synth import _make_patient, _write_dicom
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        p = _make_patient(rng, "BENCH", 1, matrix)
+        uids = {"study": "1.2.3", "frame": "1.2.4", "parenchymal": "1.2.5"}
+        files = []
+        for k in range(15):
+            f = Path(tmp) / f"{k:04d}.dcm"
+            _write_dicom(f, rng.normal(40, 60, (matrix, matrix)).astype(np.float32), p, "parenchymal", k, uids)
+            files.append(("files", (f.name, f.read_bytes(), "application/dicom")))
+        torch.manual_seed(0)
+        model, _ = create_model("resnet34", "none")
+        run = Path(tmp) / "resnet34-parenchymal"
+        run.mkdir()
+        torch.save(make_checkpoint(model, {"model": "resnet34", "classes": ["low", "high"], "config": {},
+                                           "preprocess": {**to_dict(PreprocessConfig()), "image_size": 224,
+                                                          "normalize": True},
+                                           "phase": "parenchymal", "splits": {}, "epoch": 0}), run / "best.pt")
+        with TestClient(create_app([run], Path(tmp) / "data", device=device)) as c:
+            study = c.post("/api/studies", files=files).json()
+            sid, series = study["study_id"], study["series"][0]
+            sops = c.get(f"/api/studies/{sid}").json()["series"][0]["sop_instance_uids"]
+            c.put(f"/api/studies/{sid}/boxes", json=[{"sop_instance_uid": u, "x_min": 200, "y_min": 220, "x_max": 290,
+                                                      "y_max": 300} for u in sops])
+            c.post(f"/api/studies/{sid}/predict", json={})   # warm
+            pred = _latency(lambda: c.post(f"/api/studies/{sid}/predict", json={}), steps)
+            ks = itertools.cycle(range(15))   # a different slice each time: no cached PNG
+            png = _latency(lambda: c.get(f"/api/studies/{sid}/series/{series['series_uid']}/slices/{next(ks)}.png"), 30)
+    return {"bench": "serve", "predict_endpoint_ms_p50": round(float(np.median(pred)), 1),
+            "predict_endpoint_ms_p95": round(float(np.percentile(pred, 95)), 1), "slices": 15,
+            "slice_png_ms_p50": round(float(np.median(png)), 1), "slice_png_ms_p95": round(float(np.percentile(png, 95)), 1),
+            "matrix": matrix, "model": "resnet34 (random weights)", "device": str(resolve_device(device)),
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
 def bench(what: str, device: str = "auto", steps: int = 6, image_size: int = 224, batch_size: int = 32):
     """Yield result lines; 'all' runs each benchmark in a fresh process so peak memory is its own."""
     if what == "all":
-        for w in ("ingest", "predict", "train"):
+        for w in ("ingest", "predict", "serve", "train"):
             out = subprocess.run([sys.executable, "-m", "ccrcc_grade", "bench", "--what", w, "--device", device,
                                   "--steps", str(steps), "--image-size", str(image_size), "--batch-size", str(batch_size)],
                                  capture_output=True, text=True, env={**os.environ, "CCRCC_NO_PROGRESS": "1"})
@@ -211,8 +269,11 @@ def bench(what: str, device: str = "auto", steps: int = 6, image_size: int = 224
                     yield json.loads(line)
         return
     if what == "train":
-        yield bench_train(device, steps, image_size, batch_size)
+        line = bench_train(device, steps, image_size, batch_size)
     elif what == "predict":
-        yield bench_predict(device, max(steps, 20), image_size)
+        line = bench_predict(device, max(steps, 20), image_size)
     elif what == "ingest":
-        yield bench_ingest()
+        line = bench_ingest()
+    else:
+        line = bench_serve(device)
+    yield {**line, "cpu": cpu_name()}

@@ -13,6 +13,7 @@ Training reads the crops once into memory and never decodes an image again.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -56,14 +57,21 @@ class CropCache:
             crops = np.load(work / "crops.npy", mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise CcrccError(f"{work / 'crops.npy'}: unreadable crop cache ({exc})") from None
-        with open(work / "manifest.csv", newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        for r in rows:
-            r["index"] = int(r["index"])
-            r["label"] = int(r["label"])
+        try:
+            with open(work / "manifest.csv", newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            for r in rows:
+                r["index"] = int(r["index"])
+                r["label"] = int(r["label"])
+        except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CcrccError(f"{work / 'manifest.csv'}: damaged manifest ({exc.__class__.__name__}: {exc})") from None
         if rows and max(r["index"] for r in rows) >= len(crops):
             raise CcrccError(f"{work}: manifest.csv refers to crops beyond crops.npy ({len(crops)} rows)")
-        pre = from_dict(PreprocessConfig, json.loads((work / "preprocess.json").read_text()))
+        try:
+            pre = from_dict(PreprocessConfig, json.loads((work / "preprocess.json").read_text())).validate()
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+            raise CcrccError(f"{work / 'preprocess.json'}: missing or damaged ({exc.__class__.__name__}); "
+                             "re-ingest the cohort") from None
         return cls(work, crops, rows, pre)
 
     def select(self, phase: str, patients: set[str] | None = None) -> list[dict]:
@@ -111,6 +119,8 @@ def crop_rois(rois: list[Roi], cfg: PreprocessConfig, warnings: list[str], show_
             r = rois[i]
             out[i] = make_crop(image, r.box, cfg, is_hu=is_hu, spacing=r.spacing, source=r.source,
                                warnings=warnings, flip=r.flip)
+            if not r.box.inside(image.shape[1], image.shape[0]):   # the manifest records the box cropped
+                r.box = r.box.clip(image.shape[1], image.shape[0])
     return out
 
 
@@ -137,10 +147,72 @@ def format_summary(table: dict) -> str:
     return "\n".join(lines)
 
 
-def check_output(work: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty WORK folder unless asked (checked before any work starts)."""
-    if work.exists() and any(work.iterdir()) and not overwrite:
+def cohort_fingerprint(root: Path) -> str:
+    """A fingerprint of a cohort folder's content: every file's relative path and size, and the
+    bytes of its tables (clinical.csv, boxes.csv). Two different cohorts - or one edited since -
+    give different fingerprints; recorded by ingest, checked by `study` before it reuses WORK."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(root)
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(root)}\0{p.stat().st_size}\n".encode())
+        if p.name in ("clinical.csv", "boxes.csv") or p.suffix == ".json" and p.parent == root:
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+WORK_FILES = ("crops.npy", "manifest.csv", "preprocess.json", "clinical.csv", "ingest_report.json")
+
+
+def check_output(work: Path, overwrite: bool, source: Path | None = None) -> None:
+    """Refuse to write WORK where it could destroy anything ingest did not create (checked before
+    any work starts, and again under the lock): never the input cohort or a folder holding it,
+    never a file, and with --overwrite only a folder that is recognisably a crop cache holding
+    nothing but the cache's own files (trained runs/ and splits.json would be orphaned: refused)."""
+    work = Path(work)
+    if work.exists() and not work.is_dir():
+        raise CcrccError(f"{work}: --out is a file, not a folder")
+    if source is not None:
+        src, dst = Path(source).resolve(), work.resolve()
+        if src == dst or src.is_relative_to(dst):
+            raise CcrccError(f"{work}: --out is (or contains) the input cohort {source}; give a new folder")
+        if dst.is_relative_to(src):
+            raise CcrccError(f"{work}: --out lies inside the input cohort {source}; give a folder outside it")
+    if not work.exists() or not any(work.iterdir()):
+        return
+    if not overwrite:
         raise CcrccError(f"{work}: output folder exists and is not empty (use --overwrite to replace it)")
+    names = {p.name for p in work.iterdir()}
+    if not {"manifest.csv", "preprocess.json"} <= names:
+        raise CcrccError(f"{work}: --overwrite only replaces an ingested WORK folder (manifest.csv, preprocess.json); "
+                         "this folder is not one, and nothing in it was touched")
+    other = sorted(names - set(WORK_FILES))
+    if other:
+        raise CcrccError(f"{work}: holds {', '.join(other)} besides the crop cache (trained runs or splits made from "
+                         "it); re-ingesting would orphan them, so nothing was replaced: ingest into a new folder")
+
+
+@contextlib.contextmanager
+def work_lock(work: Path):
+    """An exclusive lock on WORK for one ingest at a time (a second one is refused, not queued),
+    and the clean-up of temporary folders that a killed ingest left behind."""
+    import fcntl
+
+    work = Path(work)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = work.parent / f".{work.name}.lock"
+    fh = open(lock_path, "w")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CcrccError(f"{work}: another ingest is writing this folder right now") from None
+        for stale in work.parent.glob(f".{work.name}.ingest-*"):   # nobody else can be writing: stale
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+    finally:
+        fh.close()
 
 
 def write_cache(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: Path,
@@ -148,8 +220,13 @@ def write_cache(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: 
     """Write the cache into a temporary sibling folder and rename it to ``work`` at the end,
     so an interrupted or failed ingest leaves ``work`` untouched."""
     work = Path(work)
-    check_output(work, overwrite)
-    work.parent.mkdir(parents=True, exist_ok=True)
+    with work_lock(work):
+        check_output(work, overwrite, cohort.root)
+        return _write_cache_locked(cohort, crops, cfg, work, extra_report)
+
+
+def _write_cache_locked(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: Path,
+                        extra_report: dict | None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".{work.name}.ingest-", dir=work.parent))
     normal_mode(tmp, directory=True)   # WORK gets an ordinary folder's mode, not mkdtemp's 0700
     try:
@@ -175,7 +252,8 @@ def write_cache(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: 
         w.writerows(clin.rows[p] for p in clin.rows if p in included)
         atomic_write_text(tmp / "clinical.csv", buf.getvalue())
         report = {
-            "cohort": str(cohort.root.resolve()), "layout": cohort.layout,
+            "cohort": str(cohort.root.resolve()), "cohort_fingerprint": cohort_fingerprint(cohort.root),
+            "layout": cohort.layout,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preprocess": to_dict(cfg),
             "n_crops": len(manifest), "n_patients": len(included),
             "n_slices_without_annotation": cohort.skipped_slices,
@@ -202,7 +280,7 @@ def ingest(cohort_dir: Path | str, work: Path | str, cfg: PreprocessConfig | Non
     """Validate a cohort folder and build its crop cache in ``work``; returns the ingest report."""
     cfg = (cfg or PreprocessConfig()).validate()
     work = Path(work)
-    check_output(work, overwrite)
+    check_output(work, overwrite, Path(cohort_dir))
     t0 = time.perf_counter()
     cohort = load_cohort(cohort_dir, layout, mask_margin_mm=cfg.mask_margin_mm)
     crops = crop_rois(cohort.rois, cfg, cohort.warnings, show_progress)

@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     s = _sub(sub, "bench", "speed and memory benchmarks (JSON lines)")
-    s.add_argument("--what", choices=["train", "predict", "ingest", "all"], default="all", help="which benchmark")
+    s.add_argument("--what", choices=["train", "predict", "ingest", "serve", "all"], default="all",
+                   help="which benchmark")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--steps", type=int, default=6, help="timed training steps")
     s.add_argument("--image-size", type=int, default=224, help="network input size (pixels)")

@@ -52,6 +52,9 @@ def read_clinical(path: Path) -> ClinicalTable:
     reader = csv.DictReader(text.splitlines(), dialect=dialect)
     columns = [c.strip() for c in (reader.fieldnames or [])]
     lower = {c.lower(): c for c in columns}
+    twice = sorted({c for c in columns if [x.lower() for x in columns].count(c.lower()) > 1})
+    if twice:
+        raise CcrccError(f"{path}: column {', '.join(repr(c) for c in twice)} appears twice; which one holds the data?")
     if "patient_id" not in lower:
         raise CcrccError(f"{path}: missing required column 'patient_id' (found: {', '.join(columns) or 'none'})")
     grade_col = lower.get("who_isup_grade") or lower.get("grade")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .clinical_csv import ClinicalTable, read_clinical
-from .errors import CcrccError
+from .errors import CcrccError, check_number
 from .io.boxes import Box
 from .io.images import IMAGE_SUFFIXES
 from .io.labelme import read_labelme
@@ -120,8 +120,8 @@ def slice_folder_rois(fdir: Path, pid: str, phase: str, root: Path, warnings: li
     images = {p.resolve(): p for p in fdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     annotated: set[Path] = set()
     rois: list[Roi] = []
-    for jpath in sorted(fdir.glob("*.json")):
-        lm = read_labelme(jpath, root)
+    for jpath in sorted(fdir.glob("*.json")):   # a JSON may only name an image of its own patient
+        lm = read_labelme(jpath, fdir.parent, f"the folder of patient {pid} ({fdir.parent})")
         if lm.ignored:
             kinds = ", ".join(f"{k} x{n}" for k, n in sorted(Counter(lm.ignored).items()))
             warnings.append(f"{jpath}: ignored non-rectangle shapes ({kinds})")
@@ -161,10 +161,7 @@ def read_boxes_csv(path: Path, root: Path, require_phase: bool = True) -> list[d
         phase = canonical_phase(row.get("phase") or "")
         if phase is None and (require_phase or (row.get("phase") or "").strip()):
             raise CcrccError(f"{where}: unknown phase {row.get('phase')!r}")
-        try:
-            box = Box.from_corners(*(float(row[c]) for c in need[3:]))
-        except (TypeError, ValueError):
-            raise CcrccError(f"{where}: box coordinates must be numbers") from None
+        box = Box.from_corners(*(check_number(row[c], f"{where}: {c}", -1e5, 1e5) for c in need[3:]))
         if box.width < 1 or box.height < 1:
             raise CcrccError(f"{where}: box has zero area ({box.width:g} x {box.height:g} px)")
         f = (Path(root) / row["file"]).resolve()

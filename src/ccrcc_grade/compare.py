@@ -28,13 +28,20 @@ def _image_key(r: dict) -> tuple:
             *(str(r.get(k, "")) for k in ("x_min", "y_min", "x_max", "y_max")))
 
 
+MIN_SHARED = 0.5   # below half of the cases shared, two prediction sets are not the same patients
+
+
 def compare_level(a: list[dict], b: list[dict], key) -> dict:
     """Paired tests on the rows both sides share (matched by ``key``); labels must agree."""
     da = {key(r): r for r in a}
     db = {key(r): r for r in b}
+    if len(da) != len(a) or len(db) != len(b):
+        raise CcrccError("a prediction set lists the same case twice; each case must appear once")
     common = sorted(set(da) & set(db))
-    if len(common) < 2:
-        raise CcrccError(f"the two prediction sets share only {len(common)} cases; compare needs the same patients")
+    union = len(set(da) | set(db))
+    if len(common) < 2 or len(common) < MIN_SHARED * union:
+        raise CcrccError(f"the two prediction sets share only {len(common)} of {union} cases; compare needs (nearly) "
+                         f"the same patients (at least {MIN_SHARED:.0%} shared)")
     y = np.array([da[k]["label"] for k in common])
     if np.any(y != np.array([db[k]["label"] for k in common])):
         raise CcrccError("the two prediction sets disagree on the true labels of shared cases")
@@ -46,6 +53,7 @@ def compare_level(a: list[dict], b: list[dict], key) -> dict:
     mc = mcnemar((pa >= 0.5) == y, (pb >= 0.5) == y)
     return {"n": len(common), "auc_a": d["auc_a"], "auc_b": d["auc_b"], "auc_diff": d["auc_diff"],
             "auc_diff_ci95": d["auc_diff_ci95"], "delong_z": d["z"], "delong_p": d["p"],
+            "delong_estimable": d["estimable"], "delong_note": d.get("reason", ""),
             "acc_a": float(np.mean((pa >= 0.5) == y)), "acc_b": float(np.mean((pb >= 0.5) == y)),
             "mcnemar_p": mc["p"], "mcnemar_discordant": [mc["a_only_correct"], mc["b_only_correct"]],
             "only_in_a": len(set(da) - set(db)), "only_in_b": len(set(db) - set(da))}
@@ -67,10 +75,14 @@ def format_comparison(c: dict, name_a: str, name_b: str) -> str:
     for lv in ("patient", "image"):
         if lv in c:
             x = c[lv]
+            delong = (f"[{x['auc_diff_ci95'][0]:+.3f}, {x['auc_diff_ci95'][1]:+.3f}] DeLong Z {x['delong_z']:.3f} "
+                      f"p {x['delong_p']:.4f}" if x.get("delong_estimable", True) else f"DeLong {x['delong_note']}")
             lines.append(f"{lv:<8} n={x['n']:<5} AUC A {x['auc_a']:.3f} B {x['auc_b']:.3f} "
-                         f"diff {x['auc_diff']:+.3f} [{x['auc_diff_ci95'][0]:+.3f}, {x['auc_diff_ci95'][1]:+.3f}] "
-                         f"DeLong Z {x['delong_z']:.3f} p {x['delong_p']:.4f}; ACC A {x['acc_a']:.3f} "
+                         f"diff {x['auc_diff']:+.3f} {delong}; ACC A {x['acc_a']:.3f} "
                          f"B {x['acc_b']:.3f} McNemar p {x['mcnemar_p']:.4f}")
+            if x["only_in_a"] or x["only_in_b"]:
+                lines.append(f"{'':<8} note: only the {x['n']} shared cases are compared ({x['only_in_a']} only in A, "
+                             f"{x['only_in_b']} only in B)")
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CcrccError
+from .errors import CcrccError, check_number
 
 
 @dataclass
@@ -27,12 +27,11 @@ class PreprocessConfig:
     mask_margin_mm: float = 1.5    # boxes derived from tumour masks (NIfTI, KiTS): the study's 1-2 mm
 
     def validate(self) -> "PreprocessConfig":
-        if not 8 <= self.size <= 1024:
-            raise CcrccError(f"--size must be between 8 and 1024, got {self.size}")
-        if self.window_width <= 0:
-            raise CcrccError(f"window width must be positive, got {self.window_width}")
-        if self.margin_mm < 0 or self.mask_margin_mm < 0:
-            raise CcrccError(f"box margins must be >= 0, got {self.margin_mm} / {self.mask_margin_mm}")
+        check_number(self.size, "size (--size)", 8, 1024, integer=True)
+        check_number(self.window_level, "window level (--window)", -5000, 5000)
+        check_number(self.window_width, "window width (--window)", 0, 10000, lo_open=True)
+        check_number(self.margin_mm, "box margin (--margin-mm)", 0, 100)
+        check_number(self.mask_margin_mm, "mask box margin (--mask-margin-mm)", 0, 100)
         return self
 
 
@@ -73,8 +72,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size", "repeats"):
             if getattr(self, name) < 1:
                 raise CcrccError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise CcrccError(f"--lr must be positive, got {self.lr}")
+        check_number(self.lr, "learning rate (--lr)", 0, 10, lo_open=True)
+        check_number(self.weight_decay, "weight decay (--weight-decay)", 0, 1)
+        check_number(self.momentum, "momentum", 0, 1)
+        check_number(self.rotation, "rotation", 0, 180)
         if self.select_metric not in ("patient_auc", "image_auc", "loss"):
             raise CcrccError(f"--select-metric must be patient_auc, image_auc or loss, got {self.select_metric!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

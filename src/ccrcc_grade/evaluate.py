@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import CropCache
-from .errors import CcrccError
+from .errors import CcrccError, check_number
 from .fileio import atomic_write_json, atomic_write_text
 from .figures import calibration_figure, confusion_figure, roc_figure
 from .metrics import aggregate_patients, bootstrap_metrics, calibration
@@ -111,19 +111,31 @@ def read_predictions(path: Path | str) -> list[dict]:
             raise CcrccError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
         rows = []
         for lineno, r in enumerate(reader, start=2):
-            try:
-                r["label"] = int(float(r["label"]))
-                r["prob_high"] = float(r["prob_high"])
-            except ValueError:
-                raise CcrccError(f"{path}:{lineno}: label and prob_high must be numbers") from None
-            if r["label"] not in (0, 1):
-                raise CcrccError(f"{path}:{lineno}: label must be 0 (low) or 1 (high), got {r['label']}")
-            if not 0.0 <= r["prob_high"] <= 1.0:
-                raise CcrccError(f"{path}:{lineno}: prob_high must lie in [0, 1], got {r['prob_high']}")
+            r["label"] = int(check_number(r["label"], f"{path}:{lineno}: label (0 low, 1 high)", 0, 1, integer=True))
+            r["prob_high"] = check_number(r["prob_high"], f"{path}:{lineno}: prob_high", 0, 1)
             rows.append(r)
     if not rows:
         raise CcrccError(f"{path}: no predictions")
+    check_prediction_rows(rows, str(path))
     return rows
+
+
+def check_prediction_rows(rows: list[dict], where: str) -> None:
+    """One label per patient, each case once: a patient whose rows disagree on the grade, or a
+    row listed twice (which would count a patient twice), is refused."""
+    labels: dict[str, int] = {}
+    seen: set[tuple] = set()
+    image = is_image_level(rows)
+    for r in rows:
+        pid = r["patient_id"]
+        if labels.setdefault(pid, r["label"]) != r["label"]:
+            raise CcrccError(f"{where}: patient {pid!r} has rows with label 0 and label 1; one patient has one grade")
+        key = ((pid, r.get("phase", ""), r.get("source", ""), *(str(r.get(k, "")) for k in
+                                                               ("x_min", "y_min", "x_max", "y_max"))) if image else pid)
+        if key in seen:
+            raise CcrccError(f"{where}: " + (f"patient {pid!r} is listed twice" if not image else
+                                              f"the row of {pid!r} {r.get('source', '')} is listed twice"))
+        seen.add(key)
 
 
 def is_image_level(rows: list[dict]) -> bool:

@@ -17,7 +17,8 @@ from torch import nn
 
 from .data import to_model_input
 from .errors import CcrccError
-from .fileio import atomic_write
+from .fileio import atomic_write, atomic_write_json
+from .modelcard import model_card
 from .onnx_infer import ONNX_META_KEY, onnx_probs
 
 
@@ -66,7 +67,9 @@ def export_onnx(model_path: Path, out: Path, check: bool = True) -> dict:
     meta.key, meta.value = ONNX_META_KEY, json.dumps(onnx_metadata(ckpt))
     onnx.checker.check_model(proto)
     atomic_write(Path(out), lambda fh: fh.write(proto.SerializeToString()))
-    info = {"onnx": str(out), "model": ckpt["model"], "phase": ckpt["phase"]}
+    card = Path(out).with_suffix(".card.json")   # the workstation's model card, beside the file
+    atomic_write_json(card, model_card(Path(model_path), ckpt))
+    info = {"onnx": str(out), "card": str(card), "model": ckpt["model"], "phase": ckpt["phase"]}
     if check:
         crops = np.random.default_rng(1).integers(0, 256, (8, size, size)).astype(np.uint8)
         with torch.no_grad():

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import CcrccError
+
 
 def _umask() -> int:
     mask = os.umask(0o022)   # the only way to read it is to set it; restored at once
@@ -29,8 +31,13 @@ def normal_mode(path: Path, directory: bool = False) -> None:
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call ``write(fh)`` on a temporary binary file beside ``path`` and rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise CcrccError(f"{path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:   # read-only disk, no permission, a file where a folder should be
+        raise CcrccError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     try:
         normal_mode(Path(tmp))
         with os.fdopen(fd, "wb") as fh:
@@ -38,6 +45,10 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:   # a full disk: the old file (if any) stays as it was
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise CcrccError(f"{path}: cannot write ({exc.strerror or exc}); nothing was replaced") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -73,21 +73,31 @@ def delong_ci(y: np.ndarray, p: np.ndarray, level: float = 0.95) -> tuple[float,
     return max(0.0, auc[0] - z * se), min(1.0, auc[0] + z * se)
 
 
+MIN_DELONG_PER_CLASS = 3   # fewer cases of a grade give no usable variance estimate
+
+
 def delong_paired_test(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> dict:
     """Paired DeLong test of AUC(a) = AUC(b) on the same cases (two-sided)."""
     aucs, cov = delong(y, np.vstack([p_a, p_b]))
     diff = aucs[0] - aucs[1]
     var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
-    if var <= 0:
-        z, pval = (0.0, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
-        ci = (diff, diff)
+    n_pos, n_neg = int(np.sum(np.asarray(y) == 1)), int(np.sum(np.asarray(y) == 0))
+    if n_pos < MIN_DELONG_PER_CLASS or n_neg < MIN_DELONG_PER_CLASS or var <= 1e-15:
+        # zero variance (e.g. both models separate 2-3 patients perfectly) would give Z = inf and
+        # P = 0: a test that cannot be computed must not read as a significant difference
+        why = (f"{n_pos} high- and {n_neg} low-grade cases; DeLong's test needs >= {MIN_DELONG_PER_CLASS} of each"
+               if min(n_pos, n_neg) < MIN_DELONG_PER_CLASS else
+               "zero variance of the AUC difference (the cases are separated identically by both models)")
+        return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "auc_diff": float(diff),
+                "auc_diff_ci95": [math.nan, math.nan], "z": math.nan, "p": math.nan, "estimable": False,
+                "reason": f"not estimable: {why}"}
     else:
         z = diff / math.sqrt(var)
         pval = 2 * stats.norm.sf(abs(z))
         h = stats.norm.ppf(0.975) * math.sqrt(var)
         ci = (diff - h, diff + h)
     return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "auc_diff": float(diff),
-            "auc_diff_ci95": [float(ci[0]), float(ci[1])], "z": float(z), "p": float(pval)}
+            "auc_diff_ci95": [float(ci[0]), float(ci[1])], "z": float(z), "p": float(pval), "estimable": True}
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:

@@ -105,14 +105,14 @@ def series_tags(ds) -> dict:
 
 def scan_patient(pdir: Path) -> dict[str, dict]:
     """Every DICOM file under a patient folder grouped by series with the tags used above."""
-    from .io.dicom import display_flips, read_header, slice_position
+    from .io.dicom import display_flips, pixel_spacing, read_header, slice_position
 
     groups: dict[str, dict] = {}
     for f in sorted(p for p in pdir.rglob("*") if p.is_file() and not p.name.startswith(".")):
         ds = read_header(f)
         uid = str(getattr(ds, "SeriesInstanceUID", ""))
         g = groups.setdefault(uid, {"uid": uid, **series_tags(ds), "files": {}})
-        spacing = tuple(float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0]))
+        spacing = pixel_spacing(ds, f)
         g["files"][f.resolve()] = (slice_position(ds), spacing, display_flips(ds))
     return groups
 

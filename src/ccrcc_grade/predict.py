@@ -83,12 +83,15 @@ def find_rois(inp: Path, phase: str, boxes: Path | None, patient_id: str | None,
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files) or any(p.suffix == ".json" for p in files):
         rois, _ = slice_folder_rois(folder, pid, phase, folder, warnings)
     else:
+        if not files:
+            raise CcrccError(f"{folder}: empty folder (no images, labelme JSON or DICOM files)")
         if boxes is None:
             raise CcrccError(f"{folder}: a DICOM series needs --boxes CSV (patient_id, phase, file, x_min, y_min, x_max, y_max)")
-        rows = [r for r in read_boxes_csv(boxes, Path(boxes).parent) if r["phase"] == phase
-                and (patient_id is None or r["patient_id"] == patient_id)]
+        # only this patient's rows: a file name may recur in other patients' series
+        rows = [r for r in read_boxes_csv(boxes, Path(boxes).parent) if r["phase"] == phase and r["patient_id"] == pid]
         if not rows:
-            raise CcrccError(f"{boxes}: no {phase} boxes" + (f" for patient {patient_id!r}" if patient_id else ""))
+            raise CcrccError(f"{boxes}: no {phase} boxes for patient {pid!r} (give --patient-id when the folder "
+                             "name is not the patient id)")
         rois, _ = dicom_folder_rois(folder, pid, phase, rows, folder, by_name=True)
     if not rois:
         raise CcrccError(f"{folder}: no tumour boxes (labelme rectangles or boxes CSV rows) for the {phase} phase")

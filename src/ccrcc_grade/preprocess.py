@@ -31,6 +31,9 @@ def margin_box(box: Box, margin_mm: float, spacing: tuple[float, float] | None) 
     return box.expand(margin_mm / col_mm, margin_mm / row_mm)
 
 
+MIN_INSIDE = 0.5   # a box with less than half its area on the image is refused, not clipped
+
+
 def crop_box(image: np.ndarray, box: Box, source: str = "", warnings: list[str] | None = None) -> np.ndarray:
     """Cut ``box`` out of a 2-D image, clipping (with a warning) where it leaves the image."""
     h, w = image.shape[:2]
@@ -38,6 +41,10 @@ def crop_box(image: np.ndarray, box: Box, source: str = "", warnings: list[str] 
         clipped = box.clip(w, h)
         if clipped.width < 1 or clipped.height < 1:
             raise CcrccError(f"{source}: box {_fmt(box)} lies outside the {w}x{h} image")
+        inside = clipped.width * clipped.height / (box.width * box.height)
+        if inside < MIN_INSIDE:   # mostly off the image: a wrong coordinate, not a box to trim
+            raise CcrccError(f"{source}: box {_fmt(box)} lies mostly outside the {w}x{h} image ({inside:.0%} "
+                             "inside): an annotation error, not clipped")
         if warnings is not None:
             warnings.append(f"{source}: box {_fmt(box)} extends outside the {w}x{h} image; clipped")
         box = clipped

@@ -100,10 +100,11 @@ def _comparison_md(c: dict) -> str:
     for lv in ("patient", "image"):
         if lv in c:
             x = c[lv]
-            lines.append(f"| {lv} | {x['n']} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {_signed(x['auc_diff'])} "
-                         f"({_signed(x['auc_diff_ci95'][0])} to {_signed(x['auc_diff_ci95'][1])}) | "
-                         f"{format_p(x['delong_p'])} | {x['acc_a']:.3f} | {x['acc_b']:.3f} | "
-                         f"{format_p(x['mcnemar_p'])} |")
+            ci = (f"({_signed(x['auc_diff_ci95'][0])} to {_signed(x['auc_diff_ci95'][1])})"
+                  if x.get("delong_estimable", True) else "(CI not estimable)")
+            p = format_p(x["delong_p"]) if x.get("delong_estimable", True) else x["delong_note"]
+            lines.append(f"| {lv} | {x['n']} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {_signed(x['auc_diff'])} {ci} | "
+                         f"{p} | {x['acc_a']:.3f} | {x['acc_b']:.3f} | {format_p(x['mcnemar_p'])} |")
     return "\n".join(lines)
 
 
@@ -163,10 +164,13 @@ def _summary_md(results: dict) -> list[str]:
         lines.append(f"- **ResNet34 on {best}, test patients:** AUC {_ci(r['high']['auc'])}, "
                      f"accuracy {_ci(r['accuracy'])} at the study's threshold 0.5.")
         c = results.get("comparison", {}).get("patient")
-        if c:
+        if c and c.get("delong_estimable", True):
             lines.append(f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} "
                          f"({_signed(c['auc_diff_ci95'][0])} to {_signed(c['auc_diff_ci95'][1])}), "
                          f"DeLong P = {format_p(c['delong_p'])} on {c['n']} patients.")
+        elif c:
+            lines.append(f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} on "
+                         f"{c['n']} patients; DeLong's test {c['delong_note']}.")
     if "cross_validation" in results:
         lines.append(f"- **Cross-validation:** {st['folds']} folds; best phase by mean validation AUC: "
                      f"{results['best_phase']}.")

@@ -6,6 +6,8 @@ scored in testing (the leak that image-level splitting causes).
 
 from __future__ import annotations
 
+import math
+
 import json
 from pathlib import Path
 
@@ -22,7 +24,7 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         parts = [float(p) for p in text.replace("/", ":").split(":")]
     except ValueError:
         raise CcrccError(f"--ratios must look like 8:1:1, got {text!r}") from None
-    if len(parts) != 3 or any(p < 0 for p in parts) or parts[0] <= 0 or sum(parts) <= 0:
+    if len(parts) != 3 or not all(math.isfinite(p) for p in parts) or any(p < 0 for p in parts) or parts[0] <= 0:
         raise CcrccError(f"--ratios must be three non-negative numbers with train > 0, got {text!r}")
     s = sum(parts)
     return parts[0] / s, parts[1] / s, parts[2] / s
@@ -118,16 +120,27 @@ def make_splits(work: Path, ratios: str = "8:1:1", seed: int = 0, folds: int = 0
     return out
 
 
-def load_splits(path: Path) -> dict:
+def load_splits(path: Path, patients: set[str] | None = None) -> dict:
+    """Read and check a splits file; with ``patients`` (the cache's), every listed patient must
+    exist there (a split naming unknown patients belongs to another cohort)."""
     path = Path(path)
     if not path.is_file():
         raise CcrccError(f"{path}: no splits file; run `ccrcc-grade split WORK` first")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CcrccError(f"{path}: not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise CcrccError(f"{path}: not a readable JSON file ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise CcrccError(f"{path}: must be a JSON object with train, val and test lists, got a {type(data).__name__}")
     for part in ("train", "val", "test"):
-        if not isinstance(data.get(part), list):
-            raise CcrccError(f"{path}: missing the {part!r} list")
+        if not isinstance(data.get(part), list) or not all(isinstance(p, str) for p in data[part]):
+            raise CcrccError(f"{path}: missing the {part!r} list of patient ids")
+        if len(set(data[part])) != len(data[part]):
+            raise CcrccError(f"{path}: the {part} list names a patient twice")
     check_disjoint(data)
+    if patients is not None:
+        unknown = sorted({p for part in ("train", "val", "test") for p in data[part]} - set(patients))
+        if unknown:
+            raise CcrccError(f"{path}: names {len(unknown)} patient(s) not in the ingested cohort "
+                             f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}); a split of another cohort?")
     return data

@@ -60,6 +60,7 @@ class StudyOptions:
 def _ensure_work(cohort: Path, out: Path, opts: StudyOptions, p: dict) -> Path:
     work = out / "work"
     if (work / "manifest.csv").is_file():
+        check_same_cohort(cohort, work)
         print(f"reusing ingested cohort {work}")
         return work
     cfg = PreprocessConfig(size=p["size"])
@@ -93,6 +94,21 @@ class StudyProgress:
     def finish(self, t0: float) -> None:
         self.trained += 1
         self.seconds += time.time() - t0
+
+
+def check_same_cohort(cohort: Path, work: Path) -> None:
+    """A study folder belongs to one cohort: reusing its cache and models for another (or for
+    the same folder edited since) would report one cohort's numbers under the other's name."""
+    from .cache import cohort_fingerprint
+
+    rep = json.loads((work / "ingest_report.json").read_text()) if (work / "ingest_report.json").is_file() else {}
+    here = str(Path(cohort).resolve())
+    if rep.get("cohort") != here:
+        raise CcrccError(f"{work.parent}: holds the study of cohort {rep.get('cohort', '(unknown)')}, not {here}; "
+                         "give another --out")
+    if rep.get("cohort_fingerprint") and rep["cohort_fingerprint"] != cohort_fingerprint(Path(cohort)):
+        raise CcrccError(f"{work.parent}: cohort {here} has changed since this study ingested it (files or tables "
+                         "differ); give another --out to study it as it is now")
 
 
 def _train(work: Path, out: Path, model: str, phase: str, p: dict, opts: StudyOptions, fold: int = -1,
@@ -297,9 +313,10 @@ def limitations(results: dict) -> str:
                          + "; differences between phases smaller than that are not evidence of a better phase.")
         c = results.get("comparison", {}).get("patient")
         if c:
-            verdict = "significant" if c["delong_p"] < 0.05 else "not significant"
+            verdict = (f"DeLong P = {c['delong_p']:.3f}, {'significant' if c['delong_p'] < 0.05 else 'not significant'}"
+                       if c.get("delong_estimable", True) else f"DeLong's test {c['delong_note']}")
             parts.append(f"SE-ResNet34 minus ResNet34 on the {results['best_phase']} phase: patient AUC difference "
-                         f"{c['auc_diff'] + 0.0:+.3f} (DeLong P = {c['delong_p']:.3f}, {verdict}).")
+                         f"{c['auc_diff'] + 0.0:+.3f} ({verdict}).")
     parts.append("Image-level metrics treat slices of one patient as independent and overstate precision; the "
                  "patient-level results are the clinically meaningful ones. Results come from one cohort"
                  + (" with external validation" if any("external" in r for r in results.get("runs", {}).values())

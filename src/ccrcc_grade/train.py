@@ -70,7 +70,8 @@ def load_data(cfg: TrainConfig) -> tuple[CropCache, dict, CropSet, CropSet]:
     """Cache + splits -> train and validation sets, with every pre-training check."""
     cache = CropCache.load(cfg.work)
     phase = check_phase(cfg.phase, allow_combined=True)
-    splits = load_splits(Path(cfg.splits) if cfg.splits else Path(cfg.work) / "splits.json")
+    splits = load_splits(Path(cfg.splits) if cfg.splits else Path(cfg.work) / "splits.json",
+                         set(cache.patient_labels()))
     if cfg.fold >= 0:
         if "folds" not in splits:
             raise CcrccError(f"--fold {cfg.fold} given but the splits file has no fold assignment (split --folds K)")

@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..errors import CcrccError
+from ..errors import CcrccError, check_number
 
 
 @dataclass
@@ -73,10 +73,12 @@ def scan_series(folder: Path) -> list[DicomSlice]:
         ds = read_header(f)
         if "PixelData" not in ds and not hasattr(ds, "Rows"):
             raise CcrccError(f"{f}: DICOM file has no image")
-        spacing = tuple(float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0]))
+        if str(getattr(ds, "Modality", "CT") or "CT") != "CT":
+            raise CcrccError(f"{f}: Modality is {ds.Modality}, not CT; the grade model reads CT only")
+        spacing = pixel_spacing(ds, f)
         slices.append(DicomSlice(f, str(getattr(ds, "SOPInstanceUID", f.name)),
                                  str(getattr(ds, "SeriesInstanceUID", "")), slice_position(ds),
-                                 int(getattr(ds, "InstanceNumber", 0) or 0), (spacing[0], spacing[1]), ds,
+                                 int(getattr(ds, "InstanceNumber", 0) or 0), spacing, ds,
                                  display_flips(ds)))
     uids = sorted({s.series_uid for s in slices})
     if len(uids) > 1:
@@ -112,6 +114,22 @@ def read_hu(path: Path, warnings: list[str] | None = None) -> tuple[np.ndarray, 
         if warnings is not None:
             warnings.append(f"{path}: RescaleSlope/RescaleIntercept missing; assumed slope {float(slope):g}, "
                             f"intercept {float(intercept):g}")
-    hu = arr.astype(np.float32) * float(slope) + float(intercept)
-    spacing = tuple(float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0]))
-    return hu, (spacing[0], spacing[1])
+    slope = check_number(slope, f"{path}: RescaleSlope", -1e4, 1e4)
+    intercept = check_number(intercept, f"{path}: RescaleIntercept", -1e5, 1e5)
+    hu = arr.astype(np.float32) * slope + intercept
+    return hu, pixel_spacing(ds, path)
+
+
+def pixel_spacing(ds: pydicom.Dataset, path: Path) -> tuple[float, float]:
+    """PixelSpacing (row, col) in mm: two positive finite numbers (1 mm each when absent)."""
+    raw = getattr(ds, "PixelSpacing", None)
+    if raw is None:
+        return (1.0, 1.0)
+    try:
+        values = [float(v) for v in raw] if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) \
+            else [float(raw)]
+    except (TypeError, ValueError):
+        raise CcrccError(f"{path}: PixelSpacing must be two numbers, got {raw!r}") from None
+    if len(values) != 2:
+        raise CcrccError(f"{path}: PixelSpacing must hold two values (row, column), got {raw!r}")
+    return tuple(check_number(v, f"{path}: PixelSpacing", 0, 100, lo_open=True) for v in values)

@@ -30,5 +30,8 @@ def read_gray(source: Path | bytes, name: str | Path = "") -> np.ndarray:
             return np.asarray(im.convert("L"), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise CcrccError(f"{label}: image file not found") from None
+    except Image.DecompressionBombError:
+        raise CcrccError(f"{label}: image header claims an implausibly large image (decompression bomb); "
+                         "refused") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CcrccError(f"{label}: unreadable or truncated image ({exc})") from None

@@ -12,7 +12,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CcrccError
+from ..errors import CcrccError, check_number
+
+MAX_COORD = 100_000.0   # pixels: no CT slice or export is larger
 from .boxes import Box
 
 
@@ -27,7 +29,7 @@ class LabelmeFile:
     ignored: list[str] = field(default_factory=list)   # shape types ignored
 
 
-def read_labelme(json_path: Path, root: Path | None = None) -> LabelmeFile:
+def read_labelme(json_path: Path, root: Path | None = None, root_name: str = "the cohort folder") -> LabelmeFile:
     """Parse and validate one labelme JSON file.
 
     Raises :class:`CcrccError` naming the file when it is not labelme JSON, when a rectangle has
@@ -48,7 +50,7 @@ def read_labelme(json_path: Path, root: Path | None = None) -> LabelmeFile:
         rel = str(data["imagePath"]).replace("\\", "/")   # labelme on Windows writes backslashes
         image_path = (json_path.parent / rel).resolve()
         if root is not None and not image_path.is_relative_to(Path(root).resolve()):
-            raise CcrccError(f"{json_path}: imagePath {data['imagePath']!r} points outside the cohort folder")
+            raise CcrccError(f"{json_path}: imagePath {data['imagePath']!r} points outside {root_name}")
     image_data = None
     if data.get("imageData"):
         try:
@@ -72,6 +74,8 @@ def read_labelme(json_path: Path, root: Path | None = None) -> LabelmeFile:
             (x0, y0), (x1, y1) = [(float(p[0]), float(p[1])) for p in pts]
         except (TypeError, ValueError, IndexError):
             raise CcrccError(f"{json_path}: rectangle {i} must have exactly two [x, y] points, got {pts!r}") from None
+        for v in (x0, y0, x1, y1):   # NaN, infinity and absurd coordinates are annotation errors
+            check_number(v, f"{json_path}: rectangle {i} coordinate", -MAX_COORD, MAX_COORD)
         box = Box.from_corners(x0, y0, x1, y1)
         if box.width < 1 or box.height < 1:
             raise CcrccError(
@@ -80,6 +84,8 @@ def read_labelme(json_path: Path, root: Path | None = None) -> LabelmeFile:
 
     def _dim(key: str) -> int | None:
         v = data.get(key)
-        return int(v) if isinstance(v, (int, float)) and v > 0 else None
+        if v is None:
+            return None
+        return int(check_number(v, f"{json_path}: {key}", 0, MAX_COORD, lo_open=True, integer=True))
 
     return LabelmeFile(json_path, image_path, image_data, _dim("imageWidth"), _dim("imageHeight"), boxes, ignored)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -23,9 +24,10 @@ from ..cohort import Roi
 from ..errors import CcrccError
 from ..fileio import atomic_write_json
 from ..io.boxes import Box
+from ..modelcard import DISCLAIMER
 from ..predict import grade_rois
 from ..preprocess import window_to_uint8
-from .models import DISCLAIMER, ModelRegistry
+from .models import ModelRegistry
 from .pacs import Pacs, PacsError
 from .store import NotFound, StudyStore, TooLarge, UploadLimits
 
@@ -84,6 +86,12 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
                   413 if isinstance(exc, TooLarge) else 502 if isinstance(exc, PacsError) else
                   422 if isinstance(exc, Unprocessable) else 400)
         return JSONResponse({"detail": str(exc).splitlines()[0]}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"detail": f"{where}: {first['msg']}" if where else first["msg"]}, status_code=422)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -27,6 +27,20 @@ def _code(value: str, meaning: str):
     return hd.sr.CodedConcept(value=value, scheme_designator=PRIVATE, meaning=meaning)
 
 
+TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+         "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _with_type2(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy of a source header with the Type 2 patient/study attributes the SR copies present
+    (empty when the source lacks them, as DICOM allows for Type 2)."""
+    ds = ds.copy()
+    for kw in TYPE2:
+        if kw not in ds:
+            setattr(ds, kw, "")
+    return ds
+
+
 def build_sr(result: dict, sources: dict[str, pydicom.Dataset], model_name: str) -> pydicom.Dataset:
     """``result``: a `predict --json` object whose slices carry ``sop_instance_uid``; ``sources``:
     the header of every referenced image by SOP Instance UID (the evidence)."""
@@ -70,7 +84,7 @@ def build_sr(result: dict, sources: dict[str, pydicom.Dataset], model_name: str)
     report = hd.sr.MeasurementReport(observation_context=context,
                                      procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
                                      imaging_measurements=[patient_level, *rois])
-    evidence = list(sources.values())
+    evidence = [_with_type2(ds) for ds in sources.values()]
     return hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report[0], series_instance_uid=hd.UID(), series_number=900,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="ccrcc-grade",

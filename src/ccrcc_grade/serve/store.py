@@ -149,6 +149,8 @@ class StudyStore:
                                "flip": list(display_flips(first))})
             for s in detect_phases(series):
                 s["phase_reason"] = s.pop("rule")
+            order = {p: i for i, p in enumerate(PHASES)}   # shown in phase order, unassigned last
+            series.sort(key=lambda s: (order.get(s["phase"], len(PHASES)), s["description"], s["series_uid"]))
             first = datasets[0]
             summary = {"study_id": study_id, "study_uid": str(getattr(first, "StudyInstanceUID", "")),
                        "patient_id": str(getattr(first, "PatientID", "") or study_id),
