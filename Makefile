@@ -28,13 +28,13 @@ system-deps:
 	  else echo "needs: apt-get install orthanc orthanc-dicomweb chromium (as root)"; exit 1; fi; fi
 
 test: setup system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -v --durations=15
 
 # The numeric path of CPUs without bf16 (AMD EPYC / AVX2-only hosts), forced on any x86 CPU:
 # PyTorch's kernels and oneDNN limited to AVX2, so bf16 autocast and the bf16 inference runner
 # are off exactly as they are there.
 test-fp32: setup system-deps
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -v --durations=15
 
 demo: setup
 	@if [ ! -f $(DEMO_DIR)/cohort/clinical.csv ]; then \

@@ -83,7 +83,12 @@ def test_compare_two_runs(trained_run, work, tmp_path):
     c = json.loads((tmp_path / "c.json").read_text())
     for lv in ("patient", "image"):
         assert set(c[lv]) >= {"n", "auc_a", "auc_b", "auc_diff_ci95", "delong_z", "delong_p", "mcnemar_p"}
-        assert 0 <= c[lv]["delong_p"] <= 1 and 0 <= c[lv]["mcnemar_p"] <= 1
+        assert 0 <= c[lv]["mcnemar_p"] <= 1
+        if c[lv]["delong_estimable"]:
+            assert 0 <= c[lv]["delong_p"] <= 1
+        else:   # e.g. 4 test patients, 2 of a grade: DeLong's variance is not estimable, never P = 0
+            assert math.isnan(c[lv]["delong_p"]) and c[lv]["delong_note"].startswith("not estimable")
+    assert c["image"]["delong_estimable"]
     assert c["image"]["n"] > c["patient"]["n"]
 
 

@@ -60,8 +60,9 @@ def test_gradcam_overlays_heat_inside_the_box(trained_run, slices_cohort, tmp_pa
 
     pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
     r = predict_patient(trained_run / "best.pt", slices_cohort / pid, cam_dir=tmp_path / "cam")
-    pngs = sorted((tmp_path / "cam").glob("*.png"))
+    pngs = sorted(p for p in (tmp_path / "cam").glob("*.png") if not p.name.endswith("_heat.png"))
     assert len(pngs) == len(r["slices"]) and all(s["cam"].endswith(".png") for s in r["slices"])
+    assert len(list((tmp_path / "cam").glob("*_heat.png"))) == len(r["slices"])   # the viewer's heat layers
     model, ckpt = load_model(trained_run / "best.pt")
     crops = np.random.default_rng(0).integers(0, 256, (2, 48, 48)).astype(np.uint8)
     cams = gradcam(model, crops, ckpt["preprocess"]["image_size"], ckpt["preprocess"]["normalize"])

@@ -330,3 +330,32 @@ def test_outputs_that_are_folders_or_unwritable(trained_run, slices_cohort, work
     refused(capsys, ["train", w, "--weights", "none", "--epochs", "1"], "preprocess.json: missing or damaged")
     (tmp_path / "empty").mkdir()
     refused(capsys, ["predict", trained_run, tmp_path / "empty"], "empty folder")
+
+
+def test_truncated_embedded_image_names_the_json(slices_cohort, tmp_path, capsys):
+    import base64
+
+    c = tmp_path / "c"
+    shutil.copytree(slices_cohort, c)
+    j = sorted((c / "SYN002" / "plain").glob("*.json"))[0]
+    d = json.loads(j.read_text())
+    img = j.parent / d["imagePath"]
+    d["imageData"] = base64.b64encode(img.read_bytes()[:300]).decode()   # cut short
+    d["imagePath"] = "exported-elsewhere.png"                             # not beside the JSON
+    j.write_text(json.dumps(d))
+    err = refused(capsys, ["ingest", c, "--out", tmp_path / "w"], j.name, "unreadable or truncated image")
+    assert "exported-elsewhere" not in err
+
+
+def test_a_run_of_another_cohort_is_not_reused(slices_cohort, tmp_path, capsys):
+    out = tmp_path / "study"
+    (out / "work").mkdir(parents=True)
+    assert run_cli("ingest", slices_cohort, "--out", out / "work", "--size", "32") == 0
+    run = out / "runs" / "resnet34-plain"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"a model of another cohort")
+    (run / "train_summary.json").write_text(json.dumps({"cohort": {"path": "/elsewhere", "fingerprint": "0123abcd"}}))
+    capsys.readouterr()
+    refused(capsys, ["study", slices_cohort, "--out", out, "--preset", "quick"], str(run),
+            "was trained on another cohort (/elsewhere)")
+    assert (run / "best.pt").read_bytes() == b"a model of another cohort"

@@ -200,9 +200,11 @@ def work_lock(work: Path):
     import fcntl
 
     work = Path(work)
-    work.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = work.parent / f".{work.name}.lock"
-    fh = open(lock_path, "w")
+    try:
+        work.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(work.parent / f".{work.name}.lock", "w")
+    except OSError as exc:
+        raise CcrccError(f"{work}: cannot write here ({exc.strerror or exc})") from None
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -222,7 +224,10 @@ def write_cache(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: 
     work = Path(work)
     with work_lock(work):
         check_output(work, overwrite, cohort.root)
-        return _write_cache_locked(cohort, crops, cfg, work, extra_report)
+        try:
+            return _write_cache_locked(cohort, crops, cfg, work, extra_report)
+        except OSError as exc:   # a full or read-only disk: the temporary folder is gone, WORK untouched
+            raise CcrccError(f"{work}: cannot write the cache ({exc.strerror or exc}); nothing was replaced") from None
 
 
 def _write_cache_locked(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: Path,

@@ -134,7 +134,7 @@ def slice_folder_rois(fdir: Path, pid: str, phase: str, root: Path, warnings: li
             if lm.image_data is None:
                 raise CcrccError(f"{jpath}: image {lm.image_path} not found and no imageData embedded")
             data = lm.image_data
-            path = path or jpath
+            path = jpath   # the pixels come from the JSON: errors and the manifest name it
         annotated.add(path)
         source = str(path.relative_to(root)) if path.is_relative_to(root) else str(jpath.relative_to(root))
         for _, box in lm.boxes:

@@ -72,7 +72,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size", "repeats"):
             if getattr(self, name) < 1:
                 raise CcrccError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        check_number(self.lr, "learning rate (--lr)", 0, 10, lo_open=True)
+        check_number(self.lr, "learning rate (--lr)", 0, None, lo_open=True)
         check_number(self.weight_decay, "weight decay (--weight-decay)", 0, 1)
         check_number(self.momentum, "momentum", 0, 1)
         check_number(self.rotation, "rotation", 0, 180)

@@ -23,7 +23,7 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, dict]], path: Pat
     its mirror and adds nothing). Each curve gets its own line style and marker and a small
     offset, so curves with the same ROC stay visible; the legend names every curve and says
     which ones coincide."""
-    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    fig, ax = plt.subplots(figsize=(5.6, 5.6))
     drawn: dict[tuple, str] = {}
     for k, (name, (y, p, m)) in enumerate(curves.items()):
         y = np.asarray(y).astype(int)
@@ -43,10 +43,10 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, dict]], path: Pat
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set_xlabel("1 - specificity (high grade)"), ax.set_ylabel("sensitivity (high grade)")
     ax.set_xlim(-0.03, 1.03), ax.set_ylim(-0.03, 1.03), ax.set_aspect("equal")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, frameon=False)   # below: hides nothing
     ax.set_title(_wrap(title, 60), fontsize=9)
     fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")   # keeps the legend below the axes
     plt.close(fig)
 
 

@@ -24,7 +24,7 @@ def _num(v) -> bool:
 
 def _n_text(e: dict) -> str:
     if "n_positive" in e:
-        return f"n={e['n_positive'] + e['n_negative']}, {e['n_positive']} positive"
+        return f"n={e['n_positive'] + e['n_negative']}, {e['n_positive']} high"
     return f"n={e['n']}" if "n" in e else ""
 
 
@@ -35,7 +35,7 @@ def _ci(e: dict) -> str:
         return "n/a"
     n = _n_text(e)
     if e.get("degenerate"):
-        return f"{v:.3f} (CI degenerate: zero variance, {n})"
+        return f"{v:.3f} (no CI: zero variance, {n})"
     if not (_num(lo) and _num(hi)):
         return f"{v:.3f} ({n})"
     return f"{v:.3f} ({lo:.3f}-{hi:.3f}, {n})"

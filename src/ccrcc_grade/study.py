@@ -119,6 +119,12 @@ def _train(work: Path, out: Path, model: str, phase: str, p: dict, opts: StudyOp
     name = f"{model}-{phase}" + (f"-fold{fold}" if fold >= 0 else "")
     run = out / "runs" / name
     if (run / "train_summary.json").is_file() and (run / "best.pt").is_file():
+        from .train import cohort_identity
+
+        made_from = json.loads((run / "train_summary.json").read_text()).get("cohort") or {}
+        if made_from.get("fingerprint") and made_from["fingerprint"] != cohort_identity(work)["fingerprint"]:
+            raise CcrccError(f"{run}: was trained on another cohort ({made_from.get('path')}) than {work} holds; "
+                             "give the study another --out")
         progress.start(name, reused=True)
         return run
     t0 = progress.start(name)

@@ -236,7 +236,8 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     pre = cache.preprocess
-    meta_base = {"model": cfg.model, "classes": list(CLASSES), "config": to_dict(cfg),
+    cohort = cohort_identity(Path(cfg.work))
+    meta_base = {"model": cfg.model, "classes": list(CLASSES), "config": to_dict(cfg), "cohort": cohort,
                  "preprocess": {**to_dict(pre), "image_size": cfg.image_size, "normalize": normalize},
                  "phase": cfg.phase,
                  "splits": {k: splits[k] for k in ("train", "val", "test")}}
@@ -289,7 +290,7 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
                    "best_val": next((r for r in log_rows if r["epoch"] == best_epoch), {}),
                    "epochs": cfg.epochs, "world_size": ddp.world, "rank_checksums": checksums,
                    "data_share": total_data / max(total_data + total_step, 1e-9),
-                   "weights_load": load_report, "device": str(device), "amp": str(amp)}
+                   "weights_load": load_report, "device": str(device), "amp": str(amp), "cohort": cohort}
         atomic_write_json(run / "train_summary.json", summary)
         if not cfg.keep_last:   # the resume state (weights + optimizer, 2x best.pt) is only needed
             (run / "last.pt").unlink(missing_ok=True)   # while the run is unfinished
@@ -314,6 +315,17 @@ def resume(run: Path, progress: bool = True) -> dict | None:
         print(f"{run}: already finished ({cfg.epochs} epochs)")
         return json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").exists() else None
     return fit(cfg, _resume_state=state)
+
+
+def cohort_identity(work: Path) -> dict:
+    """The cohort a WORK cache was made from (path and content fingerprint, from its ingest
+    report), recorded in every run so a run is never reused for another cohort."""
+    f = Path(work) / "ingest_report.json"
+    try:
+        rep = json.loads(f.read_text()) if f.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        rep = {}
+    return {"path": rep.get("cohort"), "fingerprint": rep.get("cohort_fingerprint")}
 
 
 def _write_log(run: Path, rows: list[dict]) -> None:

@@ -20,9 +20,16 @@ def read_gray(source: Path | bytes, name: str | Path = "") -> np.ndarray:
     8 bit. Truncated or unreadable files raise :class:`CcrccError` naming the file.
     """
     label = name or source
+
+    def open_():
+        return Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
-            im.load()   # forces a full decode, so truncated files fail here
+        with open_() as im:   # chunk structure and checksums up to the end marker: a PNG cut short
+            if im.format == "PNG":   # between its chunks decodes without complaint, black-filled
+                im.verify()
+        with open_() as im:
+            im.load()   # forces a full decode, so files truncated inside the pixel data fail here
             if im.mode in ("I;16", "I;16B", "I"):
                 arr = np.asarray(im, dtype=np.float64)
                 hi = arr.max() or 1.0
