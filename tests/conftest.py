@@ -27,6 +27,23 @@ def survey(rel: str) -> Path:
     return p
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a CSV file as dicts (clinical.csv, boxes.csv, manifest.csv)."""
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def run_cli(*args: str) -> int:
     """Run the CLI in-process and return its exit code (errors print one line to stderr)."""
     from ccrcc_grade.cli import main

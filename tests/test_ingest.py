@@ -3,7 +3,6 @@ WORK untouched)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 
@@ -15,19 +14,7 @@ from PIL import Image
 from ccrcc_grade.cache import CropCache, ingest
 from ccrcc_grade.config import PreprocessConfig
 
-from conftest import CROP, run_cli, survey
-
-
-def _read_csv(p):
-    with open(p, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write_csv(p, rows):
-    with open(p, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+from conftest import CROP, read_rows, run_cli, survey, write_rows
 
 
 def test_end_to_end_both_layouts_give_the_same_crops(slices_cohort, dicom_cohort, tmp_path, capsys):
@@ -36,7 +23,7 @@ def test_end_to_end_both_layouts_give_the_same_crops(slices_cohort, dicom_cohort
     assert "parenchymal" in table and "combined" in table and "slices layout" in table
     assert run_cli("ingest", dicom_cohort, "--out", tmp_path / "wd", "--size", CROP) == 0
     a, b = CropCache.load(tmp_path / "ws"), CropCache.load(tmp_path / "wd")
-    clinical = _read_csv(slices_cohort / "clinical.csv")
+    clinical = read_rows(slices_cohort / "clinical.csv")
     assert {r["patient_id"] for r in a.manifest} == {r["patient_id"] for r in clinical}
     assert len(a.manifest) == len(b.manifest) > 0
     for col in ("patient_id", "phase", "source", "x_min", "y_min", "x_max", "y_max", "grade", "label", "index"):
@@ -146,33 +133,33 @@ def _ingest_bad(capsys, c, w, *fragments):
 
 def test_bad_grade(bad, capsys):
     c, w = bad
-    rows = _read_csv(c / "clinical.csv")
+    rows = read_rows(c / "clinical.csv")
     rows[2]["who_isup_grade"] = "5"
-    _write_csv(c / "clinical.csv", rows)
+    write_rows(c / "clinical.csv", rows)
     _ingest_bad(capsys, c, w, "clinical.csv:4", "outside 1-4")
 
 
 def test_duplicate_patient(bad, capsys):
     c, w = bad
-    rows = _read_csv(c / "clinical.csv")
+    rows = read_rows(c / "clinical.csv")
     rows[3]["patient_id"] = rows[2]["patient_id"]
-    _write_csv(c / "clinical.csv", rows)
+    write_rows(c / "clinical.csv", rows)
     _ingest_bad(capsys, c, w, "duplicate patient_id")
 
 
 def test_missing_grade_column(bad, capsys):
     c, w = bad
-    rows = [{k: v for k, v in r.items() if k != "who_isup_grade"} for r in _read_csv(c / "clinical.csv")]
-    _write_csv(c / "clinical.csv", rows)
+    rows = [{k: v for k, v in r.items() if k != "who_isup_grade"} for r in read_rows(c / "clinical.csv")]
+    write_rows(c / "clinical.csv", rows)
     _ingest_bad(capsys, c, w, "missing required column 'who_isup_grade'")
 
 
 def test_grade_column_low_high_is_accepted(bad, tmp_path):
     c, _ = bad
-    rows = _read_csv(c / "clinical.csv")
+    rows = read_rows(c / "clinical.csv")
     for r in rows:
         r["grade"] = "high" if int(r.pop("who_isup_grade")) >= 3 else "low"
-    _write_csv(c / "clinical.csv", rows)
+    write_rows(c / "clinical.csv", rows)
     m = CropCache.load(_ingest(c, tmp_path / "w2"))
     assert {r["grade"] for r in m.manifest} == {"low", "high"}
 
@@ -217,10 +204,10 @@ def test_existing_work_needs_overwrite(bad, capsys):
 
 def test_patients_without_images_and_images_without_rows_are_reported(bad, tmp_path):
     c, _ = bad
-    rows = _read_csv(c / "clinical.csv")
+    rows = read_rows(c / "clinical.csv")
     dropped = rows.pop(0)["patient_id"]
     rows.append({**rows[0], "patient_id": "GHOST"})
-    _write_csv(c / "clinical.csv", rows)
+    write_rows(c / "clinical.csv", rows)
     w = _ingest(c, tmp_path / "w3")
     rep = json.loads((w / "ingest_report.json").read_text())
     assert rep["excluded_patients"] == {dropped: "images but no row in clinical.csv",
@@ -234,18 +221,18 @@ def test_dicom_bad_inputs(dicom_cohort, copy_tree, tmp_path, capsys):
     w.mkdir()
     for name in ("manifest.csv", "preprocess.json"):
         (w / name).write_text("the earlier cache")
-    boxes = _read_csv(c / "boxes.csv")
+    boxes = read_rows(c / "boxes.csv")
     # zero-area box
     b2 = [dict(r) for r in boxes]
     b2[0]["x_max"] = b2[0]["x_min"]
-    _write_csv(c / "boxes.csv", b2)
+    write_rows(c / "boxes.csv", b2)
     _ingest_bad(capsys, c, w, "boxes.csv:2", "zero area")
     # file outside the cohort
     b2 = [dict(r) for r in boxes]
     b2[0]["file"] = "../elsewhere.dcm"
-    _write_csv(c / "boxes.csv", b2)
+    write_rows(c / "boxes.csv", b2)
     _ingest_bad(capsys, c, w, "outside the cohort folder")
-    _write_csv(c / "boxes.csv", boxes)
+    write_rows(c / "boxes.csv", boxes)
     # two series mixed in one phase folder
     other = sorted((c / "SYN002" / "plain").glob("*.dcm"))[0]
     shutil.copy(other, c / "SYN001" / "plain" / "intruder.dcm")
@@ -259,7 +246,7 @@ def test_dicom_bad_inputs(dicom_cohort, copy_tree, tmp_path, capsys):
 
 def test_dicom_missing_rescale_is_a_warning(dicom_cohort, copy_tree, tmp_path):
     c = copy_tree(dicom_cohort, "dresc")
-    f = c / _read_csv(c / "boxes.csv")[0]["file"]
+    f = c / read_rows(c / "boxes.csv")[0]["file"]
     ds = pydicom.dcmread(f)
     del ds.RescaleIntercept
     del ds.RescaleSlope

@@ -4,7 +4,6 @@ deleted."""
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import json
 import shutil
@@ -16,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import run_cli
+from conftest import read_rows, run_cli, write_rows
 
 
 def snapshot(folder: Path) -> dict[str, int]:
@@ -30,18 +29,6 @@ def refused(capsys, args, *needles) -> str:
     for n in needles:
         assert str(n) in err, (n, err)
     return err
-
-
-def _rows(p):
-    with open(p, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write_rows(p, rows):
-    with open(p, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 # --- 1. data loss: ingest --out / --overwrite ----------------------------------------------------
@@ -112,12 +99,12 @@ def test_predict_uses_only_the_patients_own_boxes(trained_run, dicom_cohort, tmp
     from ccrcc_grade.predict import predict_patient
 
     pid, other = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][:2]
-    rows = _rows(dicom_cohort / "boxes.csv")
-    _write_rows(tmp_path / "mixed.csv", [r for r in rows if r["patient_id"] in (pid, other)])
+    rows = read_rows(dicom_cohort / "boxes.csv")
+    write_rows(tmp_path / "mixed.csv", [r for r in rows if r["patient_id"] in (pid, other)])
     r = predict_patient(trained_run, dicom_cohort / pid / "parenchymal", boxes=tmp_path / "mixed.csv")
     own = [x for x in rows if x["patient_id"] == pid and x["phase"] == "parenchymal"]
     assert len(r["slices"]) == len(own)            # not the other patient's boxes matched by file name
-    _write_rows(tmp_path / "other.csv", [x for x in rows if x["patient_id"] == other])
+    write_rows(tmp_path / "other.csv", [x for x in rows if x["patient_id"] == other])
     refused(capsys, ["predict", trained_run, dicom_cohort / pid / "parenchymal", "--boxes", tmp_path / "other.csv"],
             "other.csv", f"no parenchymal boxes for patient '{pid}'")
 
@@ -133,9 +120,9 @@ def test_a_study_folder_belongs_to_one_cohort(slices_cohort, tmp_path, capsys):
     before = snapshot(out)
     refused(capsys, ["study", b, "--out", out, "--preset", "quick"], f"holds the study of cohort {a.resolve()}",
             "give another --out")
-    rows = _rows(a / "clinical.csv")
+    rows = read_rows(a / "clinical.csv")
     rows[0]["who_isup_grade"] = "4" if rows[0]["who_isup_grade"] != "4" else "1"
-    _write_rows(a / "clinical.csv", rows)
+    write_rows(a / "clinical.csv", rows)
     refused(capsys, ["study", a, "--out", out, "--preset", "quick"], "has changed since this study ingested it")
     assert snapshot(out) == before
 
@@ -198,14 +185,14 @@ def test_non_finite_numbers_in_labelme(slices_cohort, tmp_path, capsys, case, ne
 def test_bad_numbers_and_claims_in_dicom_cohorts(dicom_cohort, tmp_path, capsys, case, needle):
     c = tmp_path / "c"
     shutil.copytree(dicom_cohort, c)
-    rows = _rows(c / "boxes.csv")
+    rows = read_rows(c / "boxes.csv")
     f = c / rows[0]["file"]
     if case.startswith("boxes.csv"):
         rows[0]["x_min" if "nan" in case else "y_max"] = "nan" if "nan" in case else "inf"
-        _write_rows(c / "boxes.csv", rows)
+        write_rows(c / "boxes.csv", rows)
     elif case == "box far outside":
         rows[0]["x_max"] = "4096"
-        _write_rows(c / "boxes.csv", rows)
+        write_rows(c / "boxes.csv", rows)
     else:
         ds = pydicom.dcmread(f)
         if case == "RescaleSlope NaN":

@@ -30,6 +30,7 @@ class Pacs:
         session = requests.Session()
         session.request = functools.partial(session.request, timeout=timeout)   # never hang on a dead PACS
         self.client = DICOMwebClient(url=self.url, session=session)
+        self.client.set_http_retry_params(retry=False)   # a dead PACS answers at once, not after 30 s of back-off
 
     def _call(self, what: str, fn, *args, **kwargs):
         import requests
