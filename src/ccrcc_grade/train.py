@@ -29,11 +29,11 @@ from .errors import CcrccError
 from .fileio import atomic_save_figure, atomic_torch_save, atomic_write_json, atomic_write_text
 from .inference import amp_dtype, autocast, make_checkpoint, predict_probs, read_checkpoint, resolve_device
 from .metrics import aggregate_patients, safe_auc
-from .threshold import class_counts, estimability, fit_policy, parse_spec
 from .models import create_model, uses_imagenet_norm
 from .phases import CLASSES, check_phase
 from .progress import progress
 from .splits import fold_split, load_splits
+from .threshold import class_counts, estimability, fit_policy, parse_spec
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_auc", "val_image_auc", "val_acc", "lr",
                "seconds", "data_seconds", "step_seconds", "img_per_s"]
@@ -93,7 +93,8 @@ def load_data(cfg: TrainConfig) -> tuple[CropCache, dict, CropSet, CropSet]:
     for k, cls in enumerate(CLASSES):
         if k not in train_labels:
             raise CcrccError(f"no {cls}-grade {phase} crops in the training split; cannot learn two classes")
-    if parse_spec(cfg.threshold) != "default" and isinstance(parse_spec(cfg.threshold), str):
+    spec = parse_spec(cfg.threshold)
+    if isinstance(spec, str) and spec != "default":   # a cut-point fitted on validation patients
         labels = cache.patient_labels()   # refuse a fitted threshold before training, not after it
         why = estimability(*class_counts([labels[p] for p in {r["patient_id"] for r in rows_val}]))
         if why:
