@@ -363,3 +363,48 @@ def test_bad_lookups(client, graded, url, status, message):
 def test_no_pacs_configured(client):
     r = client.post("/api/pacs/search", json={"patient_id": "X"})
     assert r.status_code == 422 and "no PACS configured" in r.json()["detail"]
+
+
+def test_a_real_ct_series_uploaded_as_a_zip(client, trained_run, tmp_path):
+    """The real 20-slice JPEG 2000 series of ../shared (stored in a flipped orientation): phase
+    shown as ambiguous with its reason (its tags name no phase), corrected by the user, boxed,
+    graded equal to `predict`, slices decoded and windowed as ingest does."""
+    from ccrcc_grade.io.dicom import display_flips
+
+    from conftest import survey
+
+    folder = survey("ct/totalsegmentator/example_ct_dicom")
+    files = sorted(folder.iterdir())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in files:
+            zf.write(f, f"export/{f.name}")
+    r = client.post("/api/studies", files=[("files", ("study.zip", buf.getvalue(), "application/zip"))])
+    assert r.status_code == 200, r.text
+    sid, (s,) = r.json()["study_id"], r.json()["series"]
+    assert s["slices"] == len(files) and (s["phase"] is None) == s["phase_reason"].startswith("ambiguous")
+    notes = " ".join(r.json()["notes"])   # this anonymised export blanked its UIDs: said, and filled in
+    assert "without a SOPInstanceUID in the dataset: the file meta's is used" in notes
+    full = client.get(f"/api/studies/{sid}").json()["series"][0]
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert full["flip"] == list(display_flips(first))
+    k = 10
+    sop = full["sop_instance_uids"][k]
+    def sop_of(f):   # this export keeps the SOP Instance UID in the file meta only
+        d = pydicom.dcmread(f, stop_before_pixels=True)
+        return str(d.SOPInstanceUID or d.file_meta.MediaStorageSOPInstanceUID)
+
+    src = next(f for f in files if sop_of(f) == sop)
+    png = np.asarray(Image.open(io.BytesIO(client.get(f"/api/studies/{sid}/series/{s['series_uid']}/slices/{k}.png")
+                                           .content)))
+    assert np.array_equal(png, window_to_uint8(read_hu(src)[0], 40, 290))
+    assert client.put(f"/api/studies/{sid}/phases", json={s["series_uid"]: "parenchymal"}).status_code == 200
+    box = {"sop_instance_uid": sop, "x_min": 200.0, "y_min": 220.0, "x_max": 290.0, "y_max": 300.0}
+    assert client.put(f"/api/studies/{sid}/boxes", json=[box]).status_code == 200
+    res = client.post(f"/api/studies/{sid}/predict", json={}).json()
+    (tmp_path / "boxes.csv").write_text("patient_id,phase,file,x_min,y_min,x_max,y_max\n"
+                                        f"P,parenchymal,{src.name},200,220,290,300\n")
+    ref = predict_patient(trained_run, folder, boxes=tmp_path / "boxes.csv", patient_id="P")
+    assert res["prob_high"] == pytest.approx(ref["prob_high"], abs=1e-5) and 0 <= res["prob_high"] <= 1
+    sr = pydicom.dcmread(io.BytesIO(client.get(f"/api/studies/{sid}/sr").content))
+    check_sr(sr, res, [box])

@@ -69,8 +69,11 @@ def _datasets_from_upload(files: list[tuple[str, bytes]], limits: UploadLimits) 
             ds = pydicom.dcmread(io.BytesIO(data))
         except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, OSError) as exc:
             raise CcrccError(f"{name}: not a DICOM file ({exc.__class__.__name__})") from None
-        if "PixelData" not in ds or "SeriesInstanceUID" not in ds or "SOPInstanceUID" not in ds:
-            raise CcrccError(f"{name}: DICOM file without an image, a SeriesInstanceUID or a SOPInstanceUID")
+        if "PixelData" not in ds:
+            raise CcrccError(f"{name}: DICOM file without an image")
+        if not _uid(ds, "SOPInstanceUID") and not _uid(getattr(ds, "file_meta", pydicom.Dataset()),
+                                                         "MediaStorageSOPInstanceUID"):
+            raise CcrccError(f"{name}: DICOM file without a SOPInstanceUID (in the dataset or its file meta)")
         out.append(ds)
 
     for name, data in files:
@@ -117,7 +120,8 @@ class StudyStore:
     def add_datasets(self, datasets: list[pydicom.Dataset]) -> dict:
         """A new study from DICOM datasets (one study; several series): written in a temporary
         folder and renamed into place, so a failure leaves nothing behind."""
-        studies = {str(ds.StudyInstanceUID) for ds in datasets if "StudyInstanceUID" in ds}
+        notes = complete_uids(datasets)
+        studies = {str(ds.StudyInstanceUID) for ds in datasets}
         if len(studies) > 1:
             raise CcrccError(f"the upload mixes {len(studies)} studies; upload one patient's study at a time")
         modalities = {str(getattr(ds, "Modality", "")) for ds in datasets}
@@ -154,7 +158,7 @@ class StudyStore:
             first = datasets[0]
             summary = {"study_id": study_id, "study_uid": str(getattr(first, "StudyInstanceUID", "")),
                        "patient_id": str(getattr(first, "PatientID", "") or study_id),
-                       "series": series}
+                       "series": series, "notes": notes}
             atomic_write_json(tmp / "study.json", summary)
             atomic_write_json(tmp / "boxes.json", [])
             tmp.rename(self.root / study_id)
@@ -171,7 +175,8 @@ class StudyStore:
         """The public summary (no file layout): study id and its series with their phases."""
         s = self.raw(study_id)
         keys = ("series_uid", "description", "phase", "phase_reason", "slices", "rows", "columns", "pixel_spacing")
-        return {"study_id": s["study_id"], "series": [{k: x.get(k) for k in keys} for x in s["series"]]}
+        return {"study_id": s["study_id"], "series": [{k: x.get(k) for k in keys} for x in s["series"]],
+                "notes": s.get("notes", [])}
 
     def series(self, study_id: str, series_uid: str) -> dict:
         for s in self.raw(study_id)["series"]:
@@ -271,6 +276,42 @@ class StudyStore:
 
     def prediction_dir(self, study_id: str, model_id: str) -> Path:
         return self.folder(study_id) / "predictions" / model_id
+
+
+def _uid(ds, keyword: str) -> str:
+    return str(getattr(ds, keyword, "") or "").strip()
+
+
+def complete_uids(datasets: list[pydicom.Dataset]) -> list[str]:
+    """Anonymised exports often blank the UIDs. The SOP Instance UID falls back to the file
+    meta's; a missing Study/Series Instance UID is generated (deterministically from what the
+    files share: study, series number and description) so the series can be told apart and the
+    SR can reference them. Returns notes for the study summary."""
+    from pydicom.uid import generate_uid
+
+    notes = []
+    for ds in datasets:   # the SOP class likewise (the SR names the class of every image it references)
+        if not _uid(ds, "SOPClassUID"):
+            ds.SOPClassUID = _uid(ds.file_meta, "MediaStorageSOPClassUID") or CT_IMAGE_STORAGE
+    blank = [ds for ds in datasets if not _uid(ds, "SOPInstanceUID")]
+    for ds in blank:
+        ds.SOPInstanceUID = _uid(ds.file_meta, "MediaStorageSOPInstanceUID")
+    if blank:
+        notes.append(f"{len(blank)} file(s) without a SOPInstanceUID in the dataset: the file meta's is used")
+    no_study = [ds for ds in datasets if not _uid(ds, "StudyInstanceUID")]
+    if no_study:
+        study = generate_uid(entropy_srcs=sorted(_uid(ds, "SOPInstanceUID") for ds in no_study))
+        for ds in no_study:
+            ds.StudyInstanceUID = study
+        notes.append(f"{len(no_study)} file(s) without a StudyInstanceUID: one was generated for this upload")
+    no_series = [ds for ds in datasets if not _uid(ds, "SeriesInstanceUID")]
+    for ds in no_series:
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[_uid(ds, "StudyInstanceUID"), str(getattr(ds, "SeriesNumber", "")),
+                                                          str(getattr(ds, "SeriesDescription", ""))])
+    if no_series:
+        notes.append(f"{len(no_series)} file(s) without a SeriesInstanceUID: grouped into series by SeriesNumber "
+                     "and SeriesDescription, with generated UIDs")
+    return notes
 
 
 def _csv_id(text: str) -> str:

@@ -70,7 +70,8 @@ async function loadStudy(id) {
   state.boxes = await api("GET", `/api/studies/${id}/boxes`);
   state.result = null;
   location.hash = "study=" + id;
-  $("study-line").textContent = `Study ${id}: ${state.study.series.length} series`;
+  $("study-line").textContent = `Study ${id}: ${state.study.series.length} series` +
+    (state.study.notes && state.study.notes.length ? ` (${state.study.notes.join("; ")})` : "");
   renderSeries();
   const phase = currentModel().phase;
   const idx = state.study.series.findIndex((s) => s.phase === phase);
