@@ -147,7 +147,8 @@ def _val_auc(run: Path) -> float:
     return -math.inf if v is None else float(v)
 
 
-def choose_best_phase(keys: dict[str, tuple[float, float]]) -> tuple[str, dict]:
+def choose_best_phase(keys: dict[str, tuple[float, float]], second: str = "validation image AUC",
+                      show_second: bool = True) -> tuple[str, dict]:
     """The phase with the highest validation patient AUC; ties broken by validation image AUC,
     then by the order of ``keys`` (the study's phase order). Returns the phase and a record of
     the tie (``text`` says it in a sentence for the report; empty when there was none)."""
@@ -157,10 +158,10 @@ def choose_best_phase(keys: dict[str, tuple[float, float]]) -> tuple[str, dict]:
     record = {"tied": tied, "broken_by": None, "text": ""}
     if len(tied) > 1:
         still = [ph for ph in tied if keys[ph] == keys[best]]
-        record["broken_by"] = "validation image AUC" + (", then phase order" if len(still) > 1 else "")
+        record["broken_by"] = second + (", then phase order" if len(still) > 1 else "")
         record["text"] = (f"{len(tied)} phases tie at validation patient AUC {top:.3f} ({', '.join(tied)}); the tie "
-                          f"was broken by validation image AUC ("
-                          + ", ".join(f"{ph} {keys[ph][1]:.3f}" for ph in tied) + ")"
+                          f"was broken by {second}"
+                          + (" (" + ", ".join(f"{ph} {keys[ph][1]:.3f}" for ph in tied) + ")" if show_second else "")
                           + (f" and, as {', '.join(still)} tie on that too, by the phase order (first listed)"
                              if len(still) > 1 else "") + f": {best}.")
     return best, record
@@ -276,7 +277,8 @@ def _cross_validation(work: Path, out: Path, phases: list[str], p: dict, opts: S
         runs[f"resnet34-{ph}"] = [_train(work, out, "resnet34", ph, p, opts, fold=f, progress=progress)
                                   for f in range(opts.folds)]
     mean_val = {ph: float(np.mean([_val_auc(r) for r in runs[f"resnet34-{ph}"]])) for ph in phases}
-    best, tie = choose_best_phase({ph: (mean_val[ph], float(ph != COMBINED)) for ph in phases})
+    best, tie = choose_best_phase({ph: (mean_val[ph], float(ph != COMBINED)) for ph in phases},
+                                  "preferring a single phase over the combined set", show_second=False)
     runs[f"se_resnet34-{best}"] = [_train(work, out, "se_resnet34", best, p, opts, fold=f, progress=progress)
                                    for f in range(opts.folds)]
     cv: dict = {}

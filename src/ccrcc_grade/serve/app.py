@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from ..cohort import Roi
 from ..errors import CcrccError
@@ -116,7 +117,7 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
             if total > store.limits.max_bytes:
                 raise TooLarge(f"upload exceeds the limit of {store.limits.max_bytes / 1e6:.0f} MB")
             blobs.append((f.filename or "upload", data))
-        summary = store.add_upload(blobs)
+        summary = await run_in_threadpool(store.add_upload, blobs)   # parsing and writing off the event loop
         log.info("study %s uploaded: %d series", summary["study_id"], len(summary["series"]))
         return summary
 
