@@ -54,6 +54,8 @@ class StudyOptions:
         for k in ("weights", "epochs", "image_size", "size"):
             if getattr(self, k) is not None:
                 p[k] = getattr(self, k)
+        if self.epochs is not None:   # --epochs applies to every model, the combined one included
+            p.pop("combined_epochs", None)
         return p
 
 
@@ -134,7 +136,8 @@ def _train(work: Path, out: Path, model: str, phase: str, p: dict, opts: StudyOp
         progress.finish(t0)
         return run
     cfg = TrainConfig(work=str(work), phase=phase, model=model, out=str(run), weights=p["weights"],
-                      epochs=p["epochs"], image_size=p["image_size"], repeats=p["repeats"], lr=p["lr"],
+                      epochs=p.get("combined_epochs") or p["epochs"] if phase == COMBINED else p["epochs"],
+                      image_size=p["image_size"], repeats=p["repeats"], lr=p["lr"],
                       device=opts.device, seed=opts.seed, fold=fold, threshold=opts.threshold)
     fit(cfg)
     progress.finish(t0)
