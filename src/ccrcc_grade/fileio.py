@@ -21,11 +21,14 @@ def _umask() -> int:
     return mask
 
 
+UMASK = _umask()   # read once at import: setting the umask per write would race between threads
+
+
 def normal_mode(path: Path, directory: bool = False) -> None:
     """Give a file or folder made by ``tempfile`` (private 0600/0700) the mode an ordinary
     ``open``/``mkdir`` would give it under the user's umask, so colleagues and a web server can
     read the outputs as they read any other file of the user's."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:

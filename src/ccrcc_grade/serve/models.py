@@ -18,11 +18,9 @@ class ModelRegistry:
         self.models: dict[str, dict] = {}
         self.lock = threading.Lock()
         for p in paths:
-            path = Path(p)
-            if path.is_dir():
-                path = path / "best.pt"
-            predictor = load_predictor(path, device)
+            predictor = load_predictor(Path(p), device)   # a run folder resolves to its best.pt there
             meta = predictor[1]
+            path = Path(meta["path"])
             base = re.sub(r"[^A-Za-z0-9._-]", "_", path.parent.name if path.suffix == ".pt" else path.stem)
             mid, k = base, 2
             while mid in self.models:
