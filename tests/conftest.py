@@ -56,7 +56,7 @@ def slices_cohort(tmp_path_factory) -> Path:
     from ccrcc_grade.synth import make_cohort
 
     return make_cohort(tmp_path_factory.mktemp("coh") / "slices", patients=16, high_fraction=0.4, seed=3,
-                       matrix=MATRIX)
+                       matrix=MATRIX, difficulty="easy")
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +64,7 @@ def dicom_cohort(tmp_path_factory) -> Path:
     from ccrcc_grade.synth import make_cohort
 
     return make_cohort(tmp_path_factory.mktemp("coh") / "dicom", patients=16, high_fraction=0.4, seed=3,
-                       matrix=MATRIX, layout="dicom")
+                       matrix=MATRIX, layout="dicom", difficulty="easy")
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ from conftest import REPO, run_cli
 def test_module_entry_point_and_help():
     out = subprocess.run([sys.executable, "-m", "ccrcc_grade", "--help"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0
-    for cmd in ("synth", "ingest", "split", "train", "evaluate", "compare", "clinical", "study", "predict",
-                "export", "serve", "bench"):
+    for cmd in ("synth", "ingest", "split", "train", "evaluate", "compare", "clinical", "study", "radiomics",
+                "predict", "export", "serve", "bench"):
         assert cmd in out.stdout
 
 
@@ -57,7 +57,7 @@ def test_every_option_of_every_command_has_help():
                for name, sp in commands.items() for a in sp._actions
                if a.dest != "help" and not (a.help and a.help.strip())]
     assert missing == []
-    assert len(commands) == 12
+    assert len(commands) == 13
 
 
 def test_readme_and_help_describe_the_presets_from_one_place():

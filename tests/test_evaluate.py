@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from ccrcc_grade.clinical import clinical_table
+from ccrcc_grade.errors import CcrccError
 
 from conftest import run_cli
 
@@ -154,6 +155,21 @@ def test_study_quick_end_to_end_and_resumable(study_out, slices_cohort, capsys):
                    "data:image/png;base64", "Synthetic cohort"):
         assert needed in html
     assert "test set holds" in res["limitations"]
+    # issue 13's contract: every model (the six networks included) in one list, same test patients
+    models = {m["name"]: m for m in res["models"]}
+    assert set(res["runs"]) <= set(models) and {"fusion-mean", "multiphase-resnet34", "clinical"} <= set(models)
+    kinds = {m["kind"] for m in res["models"]}
+    assert kinds <= {"phase", "fusion", "radiomics", "clinical", "combined"} and {"phase", "fusion"} <= kinds
+    for m in res["models"]:
+        pt = m["patient"]
+        assert {"auc", "brier", "ece", "calibration_slope", "calibration_intercept"} <= set(pt)
+        assert {"value", "ci95"} <= set(pt["auc"]) and {"value", "ci95"} <= set(pt["brier"])
+        assert "delong_p_vs_best_phase" in m and "delong_p_holm" in m and m["n"] == models[f"resnet34-{best}"]["n"]
+    assert models[f"resnet34-{best}"]["delong_p_vs_best_phase"] is None
+    for name, why in res["evidence"]["skipped"].items():          # too few validation patients: said why
+        assert name not in models and why
+    for needed in ("Model comparison", "TRIPOD+AI summary", "Decision curves", "Reliability diagrams"):
+        assert needed in html
     for r in res["runs"].values():
         assert math.isfinite(r["test"]["patient"]["accuracy"]["value"])
     mtime = (out / "runs" / f"resnet34-{best}" / "best.pt").stat().st_mtime
@@ -192,6 +208,42 @@ def test_study_report_reads_correctly(study_out):
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
     assert (out / "work").stat().st_mode & 0o777 == 0o777 & ~umask
     assert not list((out / "runs").glob("*/last.pt"))              # finished runs keep best.pt only
+
+
+def test_study_jobs_give_the_same_numbers_as_sequential(study_out, slices_cohort, tmp_path, capsys):
+    """Issue 12: trainings run concurrently (2 processes on this CPU) give the results of the
+    sequential study: same config, seed and data order per run."""
+    seq = json.loads((study_out[0] / "results.json").read_text())
+    out = tmp_path / "parallel"
+    assert run_cli("study", slices_cohort, "--out", out, "--preset", "quick", "--epochs", "1", "--image-size", "32",
+                   "--size", "32", "--jobs", "2", "--no-evidence") == 0
+    printed = capsys.readouterr().out
+    assert "5 trainings, 2 at a time" in printed and "5 of 5 trainings done" in printed
+    par = json.loads((out / "results.json").read_text())
+    assert par["best_phase"] == seq["best_phase"] and set(par["runs"]) == set(seq["runs"])
+    for name, r in seq["runs"].items():
+        assert par["runs"][name]["val_auc"] == pytest.approx(r["val_auc"], abs=1e-6), name
+        for lv in ("image", "patient"):
+            a, b = par["runs"][name]["test"][lv], r["test"][lv]
+            assert a["high"]["auc"]["value"] == pytest.approx(b["high"]["auc"]["value"], abs=1e-6), name
+            assert a["accuracy"]["value"] == b["accuracy"]["value"], name
+    assert (out / "runs" / "resnet34-plain" / "train.log").read_text().count("epoch 1/1") == 1
+    assert "models" not in par                                     # --no-evidence
+
+
+@pytest.mark.parametrize("jobs, message", [("0", "--jobs must be auto or a whole number >= 1"),
+                                           ("many", "--jobs must be auto or a whole number >= 1")])
+def test_study_refuses_bad_jobs(jobs, message):
+    from ccrcc_grade.study import resolve_jobs
+
+    with pytest.raises(CcrccError, match=message):
+        resolve_jobs(jobs, "cpu")
+
+
+def test_study_jobs_auto_is_one_on_a_cpu():
+    from ccrcc_grade.study import resolve_jobs
+
+    assert resolve_jobs("auto", "cpu") == 1 and resolve_jobs("3", "cpu") == 3
 
 
 @pytest.mark.parametrize("keys, best, tied, text", [

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from ccrcc_grade.errors import CcrccError
 from ccrcc_grade.predict import predict_patient
 
 from conftest import run_cli
@@ -131,3 +132,72 @@ def test_predict_accepts_a_run_folder(trained_run, slices_cohort):
     a = predict_patient(trained_run, slices_cohort / pid)
     b = predict_patient(trained_run / "best.pt", slices_cohort / pid)
     assert a["prob_high"] == b["prob_high"] and a["decision"] == b["decision"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_both_cpu_backends_give_the_fp32_probabilities(trained_run, work, backend):
+    """Issue 12: predict/evaluate run a checkpoint on PyTorch or on ONNX Runtime (the choice for
+    CPUs without bf16); both agree with the plain fp32 network and say which ran."""
+    import numpy as np
+
+    from ccrcc_grade.cache import CropCache
+    from ccrcc_grade.inference import cpu_has_fast_bf16, load_model, predict_probs
+    from ccrcc_grade.predict import load_predictor
+
+    cache = CropCache.load(work)
+    crops = np.asarray(cache.crops[[r["index"] for r in cache.select("parenchymal")][:24]])
+    model, ck = load_model(trained_run / "best.pt", "cpu")
+    ref = predict_probs(model, crops, ck["preprocess"]["image_size"], ck["preprocess"]["normalize"],
+                        torch.device("cpu"))
+    fn, meta, _ = load_predictor(trained_run, "cpu", backend=backend)
+    got = fn(crops)
+    bf16 = backend == "torch" and cpu_has_fast_bf16()
+    assert np.max(np.abs(got - ref)) < (0.03 if bf16 else 1e-4)
+    assert meta["backend"].startswith(backend if backend == "onnxruntime" else "torch cpu")
+
+
+@pytest.mark.parametrize("env, expected", [("torch", "torch"), ("onnxruntime", "onnxruntime"), ("", None)])
+def test_cpu_backend_choice(monkeypatch, env, expected):
+    from ccrcc_grade.inference import cpu_backend, cpu_has_fast_bf16
+
+    monkeypatch.setenv("CCRCC_CPU_BACKEND", env)
+    assert cpu_backend() == (expected or ("torch" if cpu_has_fast_bf16() else "onnxruntime"))
+
+
+def test_cpu_backend_refuses_an_unknown_override(monkeypatch):
+    from ccrcc_grade.inference import cpu_backend
+
+    monkeypatch.setenv("CCRCC_CPU_BACKEND", "tensorrt")
+    with pytest.raises(CcrccError, match="CCRCC_CPU_BACKEND must be torch or onnxruntime"):
+        cpu_backend()
+
+
+def test_int8_export_is_checked_on_validation_and_recorded(trained_run, slices_cohort, tmp_path, capsys):
+    onnx_path = tmp_path / "m8.onnx"
+    code = run_cli("export", trained_run, "--onnx", onnx_path, "--int8")
+    out, err = capsys.readouterr()
+    if code == 2:   # refused: the int8 model lost more than 0.01 validation AUC - then nothing is written
+        assert "is more than 0.01 below fp32" in err and not onnx_path.exists()
+        return
+    info = json.loads(out)["int8"]
+    assert info["val_image_auc_fp32"] - info["val_image_auc_int8"] <= 0.01 and info["calibration_crops"] > 0
+    from ccrcc_grade.onnx_infer import read_onnx_metadata
+
+    assert read_onnx_metadata(onnx_path)["int8"] == info                     # travels with the model
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    r = predict_patient(onnx_path, slices_cohort / pid)
+    assert r["model"]["backend"] == "onnxruntime int8 (exported model)" and 0 <= r["prob_high"] <= 1
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_int8_export_needs_the_training_cohort(trained_run, tmp_path, capsys):
+    ck = torch.load(trained_run / "best.pt", weights_only=True)
+    ck["config"]["work"] = str(tmp_path / "gone")
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(ck, run / "best.pt")
+    assert run_cli("export", run, "--onnx", tmp_path / "m8.onnx", "--int8") == 2
+    assert "is not there" in capsys.readouterr().err and not (tmp_path / "m8.onnx").exists()

@@ -26,13 +26,20 @@ from .models import create_model
 
 
 def _train_speed(device: torch.device, amp: torch.dtype | None, channels_last: bool, steps: int, image_size: int,
-                 batch_size: int, crops: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Images/s of train steps (augmentation included) and the share of time spent on data."""
+                 batch_size: int, crops: torch.Tensor, labels: torch.Tensor,
+                 compiled: bool = False) -> tuple[float, float]:
+    """Images/s of train steps (augmentation included) and the share of time spent on data;
+    ``compiled``: the training step `train` uses on CUDA (torch.compile reduce-overhead)."""
+    from .train import StepModel
+
     torch.manual_seed(0)
     model, _ = create_model("resnet34", "none")
     model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    net = StepModel(model, device, "on" if compiled else "off", batch_size, 1)
+    if compiled:   # compilation and CUDA-graph capture happen in the first steps: warm up outside the timing
+        steps += 3
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(labels).to(device))
     gen = torch.Generator().manual_seed(0)
@@ -48,14 +55,14 @@ def _train_speed(device: torch.device, amp: torch.dtype | None, channels_last: b
             torch.cuda.synchronize()
         t1 = time.perf_counter()
         with autocast(device, amp):
-            loss = loss_fn(model(x).float(), y)
+            loss = loss_fn(net(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        if step:
+        if step > (3 if compiled else 0):
             t_data += t1 - t0
             t_step += t2 - t1
             n_img += batch_size
@@ -69,8 +76,13 @@ def bench_train(device: str = "auto", steps: int = 6, image_size: int = 224, bat
     labels = torch.from_numpy(rng.integers(0, 2, 128)).long()
     base, _ = _train_speed(dev, None, False, max(2, steps // 2), image_size, batch_size, crops, labels)
     fast, share = _train_speed(dev, amp_dtype(dev, "auto"), True, steps, image_size, batch_size, crops, labels)
+    extra = {}
+    if dev.type == "cuda":   # the batch-32 compiled step (CUDA graphs) against eager, same run
+        comp, _ = _train_speed(dev, amp_dtype(dev, "auto"), True, max(steps, 20), image_size, batch_size, crops,
+                               labels, compiled=True)
+        extra = {"train_img_s_compiled": round(comp, 2), "compiled_vs_eager": round(comp / fast, 2)}
     return {"bench": "train", "train_img_s": round(fast, 2), "train_img_s_baseline": round(base, 2),
-            "train_speedup": round(fast / base, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "train_speedup": round(fast / base, 2), **extra, "peak_rss_mb": round(peak_rss_mb(), 1),
             "data_share": round(share, 4), "device": str(dev), "amp": str(amp_dtype(dev, "auto")),
             "image_size": image_size, "batch_size": batch_size, "threads": torch.get_num_threads()}
 
@@ -192,17 +204,17 @@ def bench_ingest(n_slices: int = 200, matrix: int = 512) -> dict:
     from .cohort import Roi
     from .config import PreprocessConfig
     from .io.boxes import Box
-    from .synth import _make_patient, _write_dicom
+    from .synth import synthetic_patient, write_dicom_slice
 
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
-        p = _make_patient(rng, "BENCH", 1, matrix)
+        p = synthetic_patient(rng, "BENCH", 1, matrix)
         hu = (rng.normal(40, 60, (matrix, matrix))).astype(np.float32)
         uids = {"study": "1.2.3", "frame": "1.2.4", "parenchymal": "1.2.5"}
         rois = []
         for k in range(n_slices):
             f = Path(tmp) / f"{k:04d}.dcm"
-            _write_dicom(f, hu, p, "parenchymal", k, uids)
+            write_dicom_slice(f, hu, p, "parenchymal", k, uids)
             rois.append(Roi("BENCH", "parenchymal", f.name, Box(200, 220, 290, 300), "dicom", f, spacing=(0.7, 0.7)))
         t = time.perf_counter()
         crop_rois(rois, PreprocessConfig(), [], show_progress=False)
@@ -219,16 +231,16 @@ def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512) -> dic
     from .config import PreprocessConfig, to_dict
     from .inference import make_checkpoint
     from .serve import create_app
-    from .synth import _make_patient, _write_dicom
+    from .synth import synthetic_patient, write_dicom_slice
 
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
-        p = _make_patient(rng, "BENCH", 1, matrix)
+        p = synthetic_patient(rng, "BENCH", 1, matrix)
         uids = {"study": "1.2.3", "frame": "1.2.4", "parenchymal": "1.2.5"}
         files = []
         for k in range(15):
             f = Path(tmp) / f"{k:04d}.dcm"
-            _write_dicom(f, rng.normal(40, 60, (matrix, matrix)).astype(np.float32), p, "parenchymal", k, uids)
+            write_dicom_slice(f, rng.normal(40, 60, (matrix, matrix)).astype(np.float32), p, "parenchymal", k, uids)
             files.append(("files", (f.name, f.read_bytes(), "application/dicom")))
         torch.manual_seed(0)
         model, _ = create_model("resnet34", "none")
@@ -255,7 +267,60 @@ def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512) -> dic
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def bench(what: str, device: str = "auto", steps: int = 6, image_size: int = 224, batch_size: int = 32):
+STUDY_COHORT = dict(patients=158, high=34, matrix=512)   # the study's size: 124 low / 34 high grade
+
+
+def bench_study(device: str = "auto", preset: str | None = None) -> dict:
+    """The whole study on a phantom of the study's size (created once, in parallel, and cached in
+    $CCRCC_BENCH_DIR or ~/.cache/ccrcc-grade): `--preset paper` on CUDA (weights none: a
+    benchmark downloads nothing), `quick` on a CPU; concurrent trainings (--jobs auto)."""
+    import shutil
+
+    from .study import StudyOptions, resolve_jobs, run_study
+    from .synth import make_cohort
+
+    dev = resolve_device(device)
+    preset = preset or ("paper" if dev.type == "cuda" else "quick")
+    root = Path(os.environ.get("CCRCC_BENCH_DIR") or Path.home() / ".cache" / "ccrcc-grade")
+    c = STUDY_COHORT
+    cohort = root / f"study-cohort-{c['patients']}-{c['high']}-{c['matrix']}"
+    if not (cohort / "clinical.csv").is_file():
+        if cohort.exists():   # an interrupted earlier creation: ours, made by this function
+            shutil.rmtree(cohort)
+        tmp = cohort.with_name(cohort.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        make_cohort(tmp, patients=c["patients"], high_fraction=c["high"] / c["patients"], matrix=c["matrix"], seed=158,
+                    workers=min(os.cpu_count() or 1, 16))
+        tmp.rename(cohort)
+    jobs = resolve_jobs("auto", str(dev))
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        out = Path(tmp) / "study"
+        t0 = time.perf_counter()
+        run_study(cohort, out, StudyOptions(preset=preset, weights="none", device=str(dev), evidence=False))
+        secs = time.perf_counter() - t0
+        res = json.loads((out / "results.json").read_text())
+        from .cache import CropCache
+
+        cache = CropCache.load(out / "work")
+        train_ids = set(json.loads((out / "work" / "splits.json").read_text())["train"])
+        train_s, images = 0.0, 0
+        for r in res["runs"].values():
+            run = Path(r["run"])
+            cfg = json.loads((run / "config.json").read_text())
+            with open(run / "log.csv", newline="") as fh:
+                import csv
+
+                train_s += sum(float(row["seconds"]) for row in csv.DictReader(fh))
+            images += len(cache.select(cfg["phase"], train_ids)) * cfg["repeats"] * cfg["epochs"]
+    return {"bench": "study", "study_seconds": round(secs, 1), "train_seconds": round(train_s, 1),
+            "images": images, "img_s": round(images / max(train_s, 1e-9), 1), "jobs": jobs, "preset": preset,
+            "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "torch": torch.__version__, "patients": c["patients"], "runs": len(res["runs"])}
+
+
+def bench(what: str, device: str = "auto", steps: int = 6, image_size: int = 224, batch_size: int = 32,
+          preset: str | None = None):
     """Yield result lines; 'all' runs each benchmark in a fresh process so peak memory is its own."""
     if what == "all":
         for w in ("ingest", "predict", "serve", "train"):
@@ -274,6 +339,8 @@ def bench(what: str, device: str = "auto", steps: int = 6, image_size: int = 224
         line = bench_predict(device, max(steps, 20), image_size)
     elif what == "ingest":
         line = bench_ingest()
+    elif what == "study":
+        line = bench_study(device, preset)
     else:
         line = bench_serve(device)
     yield {**line, "cpu": cpu_name()}

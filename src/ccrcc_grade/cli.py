@@ -22,7 +22,7 @@ def cmd_synth(a: argparse.Namespace) -> None:
     from .synth import make_cohort
 
     out = make_cohort(a.out, patients=a.patients, high_fraction=a.high_fraction, layout=a.layout,
-                      seed=a.seed, matrix=a.matrix)
+                      seed=a.seed, matrix=a.matrix, difficulty=a.difficulty, workers=a.workers)
     print(f"synthetic cohort (phantom, not patient data): {out}")
 
 
@@ -78,7 +78,7 @@ def cmd_train(a: argparse.Namespace) -> None:
             raise CcrccError("train needs WORK (or --resume RUN)")
         cfg = TrainConfig(work=a.work, phase=a.phase, model=a.model, out=a.out or "", weights=a.weights,
                           epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, image_size=a.image_size,
-                          repeats=a.repeats, device=a.device, amp=a.amp, seed=a.seed, splits=a.splits or "",
+                          repeats=a.repeats, device=a.device, amp=a.amp, compile=a.compile, seed=a.seed, splits=a.splits or "",
                           fold=a.fold, select_metric=a.select_metric, num_threads=a.threads,
                           progress=not a.no_progress, weight_decay=a.weight_decay, threshold=a.threshold,
                           keep_last=a.keep_last)
@@ -113,9 +113,19 @@ def cmd_study(a: argparse.Namespace) -> None:
 
     opts = StudyOptions(preset=a.preset, folds=a.folds, seed=a.seed, weights=a.weights, device=a.device,
                         epochs=a.epochs, image_size=a.image_size, size=a.size, format=a.format,
-                        external=a.external, ratios=a.ratios, threshold=a.threshold)
+                        external=a.external, ratios=a.ratios, threshold=a.threshold,
+                        evidence=not a.no_evidence, jobs=a.jobs)
     report = run_study(Path(a.cohort), Path(a.out), opts)
     print(f"report: {report}")
+
+
+def cmd_radiomics(a: argparse.Namespace) -> None:
+    from .cache import CropCache
+    from .evidence.radiomics import radiomics_study, summary
+
+    res = radiomics_study(Path(a.work), seed=a.seed)
+    print(summary(res["result"], CropCache.load(a.work).patient_labels()))
+    print(f"wrote {Path(a.work) / 'radiomics'} (features.csv, results.json)")
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
@@ -128,7 +138,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 def cmd_export(a: argparse.Namespace) -> None:
     from .export import export_onnx
 
-    info = export_onnx(Path(a.model), Path(a.onnx))
+    info = export_onnx(Path(a.model), Path(a.onnx), int8=a.int8)
     print(json.dumps(info))
 
 
@@ -141,7 +151,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
 def cmd_bench(a: argparse.Namespace) -> None:
     from .bench import bench
 
-    for line in bench(a.what, device=a.device, steps=a.steps, image_size=a.image_size, batch_size=a.batch_size):
+    for line in bench(a.what, device=a.device, steps=a.steps, image_size=a.image_size, batch_size=a.batch_size,
+                      preset=a.preset):
         print(json.dumps(line), flush=True)
 
 
@@ -180,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exported slices + labelme JSON, or DICOM series + boxes.csv")
     s.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same cohort)")
     s.add_argument("--matrix", type=int, default=512, help="image matrix (pixels, square)")
+    s.add_argument("--difficulty", choices=["realistic", "easy"], default="realistic",
+                   help="realistic: grades overlap as in published series, with timing, dose, scanner, partial "
+                        "volume and label-noise effects (synth.py lists the sources); easy: nearly separable "
+                        "grades, for fast tests")
+    s.add_argument("--workers", type=int, default=1,
+                   help="processes rendering patients at once (the cohort is the same for any number)")
     s.set_defaults(func=cmd_synth)
 
     s = _sub(sub, "ingest", "validate a cohort and build the crop cache")
@@ -223,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=tc.device, help="auto, cpu, cuda or cuda:N")
     s.add_argument("--amp", default=tc.amp, choices=["auto", "on", "off"],
                    help="bf16 autocast: auto = on CUDA and on CPUs with AVX-512/AMX, off elsewhere")
+    s.add_argument("--compile", default=tc.compile, choices=["auto", "on", "off"],
+                   help="compiled training step: auto = torch.compile reduce-overhead (CUDA graphs) on CUDA, eager on "
+                        "a CPU; on = compile on a CPU too (inductor, needs a C++ compiler; ~1 min to build); the log "
+                        "says which path ran, and a failed compilation falls back to eager")
     s.add_argument("--seed", type=int, default=tc.seed, help="random seed (same seed, same run)")
     s.add_argument("--splits", help="splits file (default: WORK/splits.json)")
     s.add_argument("--fold", type=int, default=tc.fold, help="validate on cross-validation fold K (-1: no folds)")
@@ -284,7 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ratios", default="8:1:1", help="train:val:test patient ratios")
     s.add_argument("--threshold", default=tc.threshold,
                    help="decision threshold policy of every model (see train --threshold)")
+    s.add_argument("--jobs", default="auto",
+                   help="trainings at once (the phase models; every fold with --folds): auto = as many per GPU as "
+                        "its free memory holds (<= 5) on every visible GPU, 1 on a CPU; or a number")
+    s.add_argument("--no-evidence", action="store_true",
+                   help="only the study's networks: no late fusion, multi-phase network, radiomics, clinical or "
+                        "combined models (and no model comparison table, calibration or decision curves)")
     s.set_defaults(func=cmd_study)
+
+    s = _sub(sub, "radiomics", "the radiomics baseline alone: IBSI features, LASSO, logistic and SVM")
+    s.add_argument("work", help="ingested and split WORK folder (ingest + split, or a study's DIR/work)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the inner cross-validation")
+    s.set_defaults(func=cmd_radiomics)
 
     s = _sub(sub, "predict", "grade a new patient with a trained model")
     s.add_argument("model", help="a run folder, its best.pt, or an exported .onnx")
@@ -297,8 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_predict)
 
     s = _sub(sub, "export", "export a model to ONNX")
-    s.add_argument("model", help="a run's best.pt")
+    s.add_argument("model", help="a run folder or its best.pt")
     s.add_argument("--onnx", required=True, help="ONNX file to write")
+    s.add_argument("--int8", action="store_true",
+                   help="static int8 quantization (ONNX Runtime QDQ) calibrated on the model's training crops; "
+                        "written only when its validation AUC is within 0.01 of fp32 (recorded in its metadata)")
     s.set_defaults(func=cmd_export)
 
     s = _sub(sub, "serve", "the clinician workstation: web page + REST API")
@@ -314,12 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     s = _sub(sub, "bench", "speed and memory benchmarks (JSON lines)")
-    s.add_argument("--what", choices=["train", "predict", "ingest", "serve", "all"], default="all",
-                   help="which benchmark")
+    s.add_argument("--what", choices=["train", "predict", "ingest", "serve", "study", "all"], default="all",
+                   help="which benchmark (all = every one but study, which trains a whole study)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--steps", type=int, default=6, help="timed training steps")
     s.add_argument("--image-size", type=int, default=224, help="network input size (pixels)")
     s.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    s.add_argument("--preset", default=None,
+                   help="study benchmark: the study preset (default: paper on CUDA, quick on a CPU)")
     s.set_defaults(func=cmd_bench)
     return p
 

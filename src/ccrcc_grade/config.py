@@ -67,6 +67,7 @@ class TrainConfig:
     progress: bool = True
     threshold: str = "default"      # default (0.5) | youden | sensNN | specNN | a number (threshold.py)
     keep_last: bool = False         # keep last.pt (the resume state) after the run has finished
+    compile: str = "auto"           # auto (CUDA: torch.compile reduce-overhead = CUDA graphs) | on | off
 
     def validate(self) -> "TrainConfig":
         for name in ("epochs", "batch_size", "image_size", "repeats"):
@@ -82,6 +83,8 @@ class TrainConfig:
             raise CcrccError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.amp not in ("auto", "on", "off"):
             raise CcrccError(f"--amp must be auto, on or off, got {self.amp!r}")
+        if self.compile not in ("auto", "on", "off"):
+            raise CcrccError(f"--compile must be auto, on or off, got {self.compile!r}")
         from .threshold import parse_spec
 
         parse_spec(self.threshold)

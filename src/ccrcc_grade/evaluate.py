@@ -249,7 +249,8 @@ def evaluate_run(run: Path | str, split: str = "test", cohort: Path | str | None
     val_rows = run_predictions(run, "val", None, out, device, predictor) if (cohort is not None or split != "val") else rows
     return evaluate_rows(rows, out, f"{ckpt['model']} {ckpt['phase']}", val_rows, agg, n_boot, seed,
                          extra={"run": str(run if run.is_dir() else run.parent),
-                                "split": split if cohort is None else f"external:{cohort}"},
+                                "split": split if cohort is None else f"external:{cohort}",
+                                "backend": ckpt.get("backend")},
                          policy=policy_of(ckpt)[0])
 
 
@@ -260,7 +261,7 @@ def summary_line(m: dict) -> str:
             a, acc = m[lv]["high"]["auc"], m[lv]["accuracy"]
             parts.append(f"{lv}: n={m[lv]['n']} AUC {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] "
                          f"ACC {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] at 0.5 (study default)")
-    lines = ["; ".join(parts)]
+    lines = ["; ".join(parts) + (f" [{m['backend']}]" if m.get("backend") else "")]
     for op in m.get("operating_points", []):
         if not op["estimable"]:
             lines.append(f"  {op['name']}: not estimated - {op['reason']}")

@@ -81,3 +81,102 @@ def calibration_figure(curves: dict[str, tuple[list, list]], path: Path, title: 
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
+
+
+def decision_curve_figure(panels: dict[str, dict[str, np.ndarray]], thresholds: np.ndarray, treat_all: np.ndarray,
+                          path: Path, title: str) -> None:
+    """Net benefit over threshold probabilities against treat-all and treat-none; one panel per
+    group of models (``panels``: title -> {model: net benefit}), so a dozen curves stay legible."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.6), squeeze=False, sharey=True)
+    allv = [float(np.nanmax(v)) for curves in panels.values() for v in curves.values()]
+    top = max(allv + [float(np.max(treat_all)), 0.05])
+    for ax, (ptitle, curves) in zip(axes[0], panels.items()):
+        ax.plot(thresholds, treat_all, c="grey", lw=1.2, label="treat all as high grade")
+        ax.axhline(0, c="black", lw=1.0, label="treat none")
+        for k, (name, nb) in enumerate(curves.items()):
+            ls, _ = STYLES[k % len(STYLES)]
+            ax.plot(thresholds, nb, ls=ls, lw=1.6, label=name, color=plt.cm.tab10(k % 10))
+        ax.set_ylim(-0.05, top * 1.1 + 0.01), ax.set_xlim(thresholds[0], thresholds[-1])
+        ax.set_xlabel("threshold probability of high grade"), ax.set_title(ptitle, fontsize=9)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7, frameon=False, ncol=2)
+    axes[0][0].set_ylabel("net benefit")
+    fig.suptitle(_wrap(title, 90), fontsize=9)
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def reliability_figure(panels: dict[str, tuple[np.ndarray, np.ndarray, str]], path: Path, bins: int = 5) -> None:
+    """One small reliability diagram per model: observed fraction of high grade per bin of
+    predicted probability (marker area ~ patients in the bin), the diagonal, and the model's
+    calibration numbers (``text``) in the corner."""
+    n = len(panels)
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    for ax, (name, (y, p, text)) in zip(axes.flat, panels.items()):
+        y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+        which = np.minimum((p * bins).astype(int), bins - 1)
+        xs, ys, ns = [], [], []
+        for b in range(bins):
+            sel = which == b
+            if sel.any():
+                xs.append(p[sel].mean()), ys.append(y[sel].mean()), ns.append(int(sel.sum()))
+        ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+        ax.plot(xs, ys, c="tab:blue", lw=1.2)
+        ax.scatter(xs, ys, s=[12 + 10 * k for k in ns], c="tab:blue", zorder=3)
+        ax.plot(p, np.where(y == 1, 1.02, -0.02), "|", c="k", ms=5, alpha=0.5)   # the patients themselves
+        ax.set_xlim(-0.03, 1.03), ax.set_ylim(-0.05, 1.05), ax.set_aspect("equal")
+        ax.set_title(_wrap(name, 28), fontsize=8)
+        ax.text(0.03, 0.97, text, transform=ax.transAxes, fontsize=6, va="top")
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.supxlabel("predicted probability of high grade", fontsize=8)
+    fig.supylabel("observed fraction high grade", fontsize=8)
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def nomogram_figure(names: list[str], ranges: list[tuple[float, float]], points_per_unit: list[float],
+                    intercept: float, path: Path, title: str) -> None:
+    """A points nomogram of a logistic model: each predictor's range on a 0-100 points scale
+    (the predictor with the widest effect gets 100), total points, and P(high) against total."""
+    spans = [abs(k) * (hi - lo) for k, (lo, hi) in zip(points_per_unit, ranges)]
+    scale = 100 / max(max(spans), 1e-12)
+    fig, ax = plt.subplots(figsize=(8.5, 0.75 * (len(names) + 3)))
+    ax.axis("off")
+    rows = len(names) + 2
+    ax.set_xlim(-42, 106), ax.set_ylim(-0.8, rows)
+    y = rows - 0.5
+    ax.plot([0, 100], [y, y], c="k", lw=0.8)
+    for t in range(0, 101, 10):
+        ax.plot([t, t], [y, y + 0.12], c="k", lw=0.8), ax.text(t, y + 0.2, str(t), ha="center", fontsize=6)
+    ax.text(-2, y, "points", ha="right", va="center", fontsize=8)
+    total_max = 0.0
+    lowest = 0.0
+    for i, (name, (lo, hi), k) in enumerate(zip(names, ranges, points_per_unit)):
+        y = rows - 1.5 - i
+        a, b = (lo, hi) if k >= 0 else (hi, lo)
+        length = abs(k) * (hi - lo) * scale
+        ax.plot([0, length], [y, y], c="tab:blue", lw=1.2)
+        for v in np.linspace(a, b, int(np.clip(length // 18 + 1, 2, 5))):   # labels never overlap
+            x = abs(k) * abs(v - a) * scale
+            ax.plot([x, x], [y, y + 0.1], c="tab:blue", lw=0.8)
+            ax.text(x, y - 0.3, f"{v:.3g}", ha="center", fontsize=6)
+        ax.text(-2, y, name, ha="right", va="center", fontsize=8)
+        total_max += abs(k) * (hi - lo) * scale
+        lowest += k * a
+    y = 0.3
+    ax.plot([0, 100], [y, y], c="tab:red", lw=1.2)
+    for frac in np.linspace(0, 1, 6):
+        total = frac * total_max
+        lp = intercept + lowest + total / scale
+        ax.plot([frac * 100, frac * 100], [y, y + 0.1], c="tab:red", lw=0.8)
+        ax.text(frac * 100, y - 0.45, f"{total:.0f} pts\nP={1 / (1 + np.exp(-lp)):.2f}", ha="center", fontsize=6)
+    ax.text(-2, y, "total points\n-> P(high)", ha="right", va="center", fontsize=8)
+    ax.set_title(_wrap(title, 90), fontsize=9)
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=110)
+    plt.close(fig)

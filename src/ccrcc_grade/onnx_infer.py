@@ -13,12 +13,14 @@ from .errors import CcrccError
 ONNX_META_KEY = "ccrcc_grade"
 
 
-def onnx_session(path: Path):
+def onnx_session(path: Path | bytes):
+    """An ONNX Runtime CPU session of a file or of a serialized model (bytes)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 def read_onnx_metadata(path: Path) -> dict:

@@ -22,8 +22,12 @@ from .phases import canonical_phase
 from .threshold import decide, policy_of
 
 
-def load_predictor(model_path: Path, device: str = "auto"):
-    """(predict_fn(crops_u8) -> probs, metadata, checkpoint path or None for ONNX) for a .pt or .onnx model."""
+def load_predictor(model_path: Path, device: str = "auto", backend: str = "auto"):
+    """(predict_fn(crops_u8) -> probs, metadata, checkpoint path or None for ONNX) for a .pt or .onnx model.
+
+    On a CPU a checkpoint runs on the fastest correct backend for it (``inference.cpu_backend``:
+    PyTorch bf16 where AVX-512 BF16/AMX exist, else ONNX Runtime fp32 on the same graph as
+    `export`); ``metadata["backend"]`` says which, and predict and evaluate print it."""
     model_path = Path(model_path)
     if model_path.is_dir():   # a run folder: its best checkpoint
         if not (model_path / "best.pt").is_file():
@@ -34,11 +38,24 @@ def load_predictor(model_path: Path, device: str = "auto"):
 
         meta = {**read_onnx_metadata(model_path), "path": str(model_path)}
         sess = onnx_session(model_path)
+        meta["backend"] = "onnxruntime " + ("int8" if meta.get("int8") else "fp32") + " (exported model)"
         return (lambda crops: onnx_probs(model_path, crops, sess)), meta, None
-    from .inference import CpuBf16Model, fast_inference_model, load_model, predict_probs, resolve_device
+    from .inference import CpuBf16Model, cpu_backend, fast_inference_model, load_model, predict_probs, resolve_device
 
     dev = resolve_device(device)
     model, ckpt = load_model(model_path, dev)
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "log")}
+    meta["path"] = str(model_path)
+    if backend not in ("auto", "torch", "onnxruntime"):
+        raise CcrccError(f"backend must be auto, torch or onnxruntime, got {backend!r}")
+    chosen = (cpu_backend() if backend == "auto" else backend) if dev.type == "cpu" else "torch"
+    if chosen == "onnxruntime":
+        from .export import onnx_graph
+        from .onnx_infer import onnx_probs, onnx_session
+
+        sess = onnx_session(onnx_graph(model, ckpt).SerializeToString())
+        meta["backend"] = "onnxruntime fp32 (CPU without bf16)" if backend == "auto" else "onnxruntime fp32"
+        return (lambda crops: onnx_probs(model_path, crops, sess)), meta, model_path
     model, amp = fast_inference_model(model, dev)
     pre = ckpt["preprocess"]
 
@@ -46,8 +63,8 @@ def load_predictor(model_path: Path, device: str = "auto"):
         return predict_probs(model, crops, pre["image_size"], pre["normalize"], dev, amp,
                              channels_last=not isinstance(model, CpuBf16Model))
 
-    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "log")}
-    meta["path"] = str(model_path)
+    meta["backend"] = (f"torch {dev.type} " + ("bf16 (AVX-512 BF16/AMX)" if isinstance(model, CpuBf16Model)
+                                                else f"{str(amp).replace('torch.', '') if amp else 'fp32'}"))
     return fn, meta, model_path
 
 
@@ -150,7 +167,7 @@ def grade_rois(predictor: tuple, rois: list[Roi], pid: str, phase: str, warnings
         "model": {"path": meta["path"], "architecture": meta["model"],
                   "phase": meta["phase"], "trained": meta.get("created"), "epoch": meta.get("epoch"),
                   "val_auc": (meta.get("val") or {}).get("val_auc"),
-                  "package_version": meta.get("package_version")},
+                  "package_version": meta.get("package_version"), "backend": meta.get("backend")},
         "warnings": warnings,
     }
     if cam_dir is not None:
@@ -191,7 +208,8 @@ def format_result(r: dict) -> str:
              f"{'slice':<50}{'P(high)':>9}"]
     for s in r["slices"]:
         lines.append(f"{s['source'][-50:]:<50}{s['prob_high']:>9.3f}")
-    lines.append(f"patient {r['patient_id']}: {r['decision']}  ({len(r['slices'])} slices, {r['seconds']:.2f} s)")
+    lines.append(f"patient {r['patient_id']}: {r['decision']}  ({len(r['slices'])} slices, {r['seconds']:.2f} s, "
+                 f"{r['model'].get('backend') or 'backend n/a'})")
     lines += [f"warning: {w}" for w in r["warnings"]]
     return "\n".join(lines)
 

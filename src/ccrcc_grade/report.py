@@ -142,6 +142,14 @@ def _roc_all(results: dict, out: Path) -> list[tuple[str, Path]]:
     f4 = out / "figures" / "fig4_roc_resnet_vs_se.png"
     roc_figure(curves([f"resnet34-{best}", f"se_resnet34-{best}"]), f4, f"{best}: ResNet34 vs SE-ResNet34 (test, patient level)")
     figs.append((f"Figure 4. ROC curves of ResNet34 and SE-ResNet34 on the {best} phase", f4))
+    ev = results.get("evidence", {}).get("figures", {})
+    if "decision_curves" in ev:
+        figs.append(("Decision curves: net benefit of every model over threshold probabilities 0.05-0.60 "
+                     "(test patients), against treating all or none as high grade", Path(ev["decision_curves"])))
+        figs.append(("Reliability diagrams of every model (test patients; marker area ~ patients per bin, "
+                     "ticks = the patients)", Path(ev["reliability"])))
+    if (out / "figures" / "nomogram.png").is_file() and results.get("evidence", {}).get("details", {}).get("combined"):
+        figs.append(("Nomogram of the combined model (DL score + clinical predictors)", out / "figures" / "nomogram.png"))
     for n in (f"resnet34-{best}", f"se_resnet34-{best}"):
         figs.append((f"Figure 2. Confusion matrix of {n} (test, image level, threshold 0.5, the study default)",
                      Path(runs[n]["run"]) / "eval-test" / "confusion.png"))
@@ -171,6 +179,14 @@ def _summary_md(results: dict) -> list[str]:
         elif c:
             lines.append(f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} on "
                          f"{c['n']} patients; DeLong's test {c['delong_note']}.")
+    if results.get("models"):
+        ms = results["models"]
+        top = max(ms, key=lambda m: m["patient"]["auc"]["value"] if _num(m["patient"]["auc"]["value"]) else -1)
+        sig = [m["name"] for m in ms if m.get("delong_p_holm") is not None and m["delong_p_holm"] < 0.05]
+        lines.append(f"- **Model comparison:** {len(ms)} models on the same test patients; highest test AUC: "
+                     f"{top['name']} ({_ci(top['patient']['auc'])}) - a description, not a selection (models are "
+                     "chosen on validation). Different from the best phase after Holm's correction: "
+                     + (", ".join(sig) if sig else "none") + ".")
     if "cross_validation" in results:
         lines.append(f"- **Cross-validation:** {st['folds']} folds; best phase by mean validation AUC: "
                      f"{results['best_phase']}.")
@@ -183,15 +199,118 @@ def _tie_sentence(results: dict) -> str:
 
 
 SECTIONS = [("summary", "Summary"), ("dataset", "Dataset"), ("table-2", "Table 2. Clinical characteristics"),
-            ("table-3", "Table 3. Test results of every model"), ("thresholds", "Decision thresholds"),
+            ("models", "Model comparison"), ("table-3", "Table 3. Test results of every model"), ("thresholds", "Decision thresholds"),
             ("table-4", "Table 4. ResNet34 vs SE-ResNet34"), ("cv", "Cross-validation"), ("figures", "Figures"),
-            ("limitations", "Limitations")]
+            ("tripod", "TRIPOD+AI summary"), ("limitations", "Limitations")]
+
+
+def _p(v) -> str:
+    return "-" if v is None or not _num(v) else format_p(v)
+
+
+def _opt(v, fmt: str = "{:.2f}") -> str:
+    return "n/e" if v is None or not _num(v) else fmt.format(v)
+
+
+def models_md(models: list[dict]) -> str:
+    """The model comparison table: every model on the same test patients."""
+    lines = ["| Model | Kind | Patient AUC (95% CI) | ACC | Sensitivity | Specificity | Threshold | Brier (95% CI) | "
+             "ECE | Slope | Intercept | AUC minus best phase (95% CI) | DeLong P | Holm P |",
+             "|" + "---|" * 14]
+    for m in models:
+        pt = m["patient"]
+        d = m.get("auc_diff_vs_best_phase")
+        diff = ("reference" if d is None else
+                (f"{_signed(d['value'])} ({_signed(d['ci95'][0])} to {_signed(d['ci95'][1])})"
+                 if _num(d["ci95"][0]) else f"{_signed(d['value'])} (n/e)") if _num(d["value"]) else "n/e")
+        b = pt["brier"]
+        lines.append(f"| {m['name']} | {m['kind']} | {_ci(pt['auc'])} | {_ci(pt['accuracy'])} | "
+                     f"{_ci(pt['sensitivity'])} | {_ci(pt['specificity'])} | {m['threshold']:.2f} | "
+                     f"{b['value']:.3f} ({b['ci95'][0]:.3f}-{b['ci95'][1]:.3f}) | {pt['ece']:.3f} | "
+                     f"{_opt(pt['calibration_slope'])} | {_opt(pt['calibration_intercept'])} | {diff} | "
+                     f"{_p(m.get('delong_p_vs_best_phase'))} | {_p(m.get('delong_p_holm'))} |")
+    return "\n".join(lines)
+
+
+def _models_text(results: dict) -> list[str]:
+    ev = results.get("evidence", {})
+    lines = [f"Every model on the same {results['models'][0]['n']} test patients. Reference: **{ev.get('reference')}** "
+             "(the best single phase, chosen on validation). AUC CIs by DeLong; accuracy, sensitivity and "
+             "specificity (high grade) at each model's threshold with exact CIs; Brier score with a patient "
+             "bootstrap CI; ECE over 10 bins; calibration slope and intercept (ideal 1 and 0; n/e = not "
+             "estimable, e.g. perfect separation); paired DeLong test against the reference with Holm's "
+             "correction over all comparisons. Fitted combinations (fusion-logistic, nomogram) were fitted on "
+             "validation patients, radiomics and clinical models on training patients: no test patient was "
+             "used to fit or tune anything.", "", models_md(results["models"]), ""]
+    for name, why in ev.get("skipped", {}).items():
+        lines.append(f"- **{name}** not fitted: {why}")
+    det = ev.get("details", {})
+    for name, d in det.get("radiomics", {}).items():
+        lines.append(f"- **{name}**: {len(d['selected_features'])} of {d['n_features']} features kept by LASSO "
+                     f"({', '.join(d['selected_features'][:6])}{', ...' if len(d['selected_features']) > 6 else ''}); "
+                     f"inner-CV AUC on training patients {d['inner_cv_auc']:.3f}.")
+    if "clinical" in det:
+        c = det["clinical"]
+        lines.append(f"- **clinical**: predictors {', '.join(c['predictors'])} (tumour size always; others when "
+                     "P < 0.05 between grades on training patients; univariable P: "
+                     + ", ".join(f"{k} {format_p(v)}" for k, v in c["univariable_p_train"].items()) + ").")
+    if "combined" in det:
+        c = det["combined"]
+        lines.append("- **nomogram (DL + clinical)**: log-odds per SD: "
+                     + ", ".join(f"{k} {v:+.2f}" for k, v in c["coefficients_per_sd"].items()) + ".")
+    return lines + [""]
+
+
+def tripod_md(results: dict) -> list[str]:
+    """A TRIPOD+AI-style summary (Collins et al., BMJ 2024) filled from the run."""
+    st, ds = results["study"], results["dataset"]
+    allp = ds.get("all", {})
+    n_low = max((t["low"]["patients"] for t in allp.values()), default=0)
+    n_high = max((t["high"]["patients"] for t in allp.values()), default=0)
+    parts = {k: ds.get(k, {}) for k in ("train", "val", "test")}
+
+    def count(part: str) -> str:
+        t = parts[part]
+        if not t:
+            return "0"
+        lo = max(v["low"]["patients"] for v in t.values())
+        hi = max(v["high"]["patients"] for v in t.values())
+        return f"{lo + hi} ({hi} high)"
+
+    missing = [f"{ph}: {n_low + n_high - t['low']['patients'] - t['high']['patients']}"
+               for ph, t in allp.items() if ph != "combined"]
+    ext = any("external" in r for r in results.get("runs", {}).values())
+    det = results.get("evidence", {}).get("details", {})
+    rows = [
+        ("Source of data", f"`{st['cohort']}`" + (" - SYNTHETIC phantom cohort" if st.get("synthetic") else "")
+         + f"; study run started {st.get('started', '?')}"),
+        ("Participants", f"{n_low + n_high} patients with a boxed ccRCC on CT and a WHO/ISUP grade"),
+        ("Outcome", "WHO/ISUP grade from pathology, dichotomised low (I-II) vs high (III-IV); "
+                    f"{n_high} high grade ({100 * n_high / max(n_low + n_high, 1):.0f}%)"),
+        ("Predictors", "box crops of the CT phases (networks, radiomics: "
+         + (f"{det['radiomics'][next(iter(det['radiomics']))]['n_features']} IBSI features" if det.get("radiomics") else "n/a")
+         + "); clinical: " + (", ".join(det["clinical"]["predictors"]) if "clinical" in det else "n/a")),
+        ("Sample size", f"training {count('train')}, validation {count('val')}, test {count('test')} patients; "
+                        "no formal sample size calculation (the cohort at hand)"),
+        ("Missing data", "patients without a phase - " + ", ".join(missing) + "; fusion imputes a missing phase "
+                         "(mean validation logit), the multi-phase network masks it; clinical values: median "
+                         "imputation"),
+        ("Model development", f"{len(results.get('models', []))} models (networks, fusions, radiomics, clinical, "
+                              "combined); networks selected per epoch on validation patient AUC"),
+        ("Validation", "internal, random patient-level split stratified by grade ("
+                       + st.get("ratios", "8:1:1") + " train:validation:test)"
+                       + ("; external cohort" if ext else "; no external validation")),
+        ("Performance measures", "discrimination (AUC, DeLong CI), classification (exact CIs), calibration "
+                                 "(Brier, ECE, slope, intercept, reliability), clinical usefulness (decision curves)"),
+    ]
+    return ["| Item | This study |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
 
 
 def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> str:
     st = results["study"]
     has_runs, has_cv = "runs" in results, "cross_validation" in results
-    shown = {"table-3": has_runs, "thresholds": has_runs, "table-4": has_runs, "cv": has_cv}
+    has_models = bool(results.get("models"))
+    shown = {"table-3": has_runs, "thresholds": has_runs, "table-4": has_runs, "cv": has_cv, "models": has_models}
     md = ["# ccRCC WHO/ISUP grade from multi-phase CT: study report", ""]
     if st.get("synthetic"):
         md += ["> **Synthetic cohort.** These images are phantoms made by `ccrcc-grade synth`; the numbers show "
@@ -204,6 +323,8 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
            "(finished models are reused on re-runs).", "",
            "## Dataset", "", _dataset_md(results["dataset"]), "",
            "## Table 2. Clinical characteristics", "", table_markdown(results["clinical"]), ""]
+    if has_models:
+        md += ["## Model comparison", ""] + _models_text(results)
     if has_runs:
         md += ["## Table 3. Test results of every model", "",
                "Patient level (probability = mean of the patient's slices; threshold 0.5). 95% CIs: DeLong for the "
@@ -229,6 +350,7 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
     for caption, path in figs:
         if path.is_file():
             md += [f"![{caption}]({path.relative_to(out) if path.is_relative_to(out) else path})", f"*{caption}*", ""]
+    md += ["## TRIPOD+AI summary", ""] + tripod_md(results) + [""]
     md += ["## Limitations", "", results["limitations"], ""]
     return "\n".join(md)
 

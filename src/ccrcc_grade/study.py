@@ -2,7 +2,11 @@
 
 ingest -> split -> ResNet34 on plain, corticomedullary, parenchymal, excretory and combined ->
 best phase by VALIDATION patient AUC -> SE-ResNet34 on that phase -> evaluate all on test ->
-paired ResNet34 vs SE-ResNet34 tests -> report.html / report.md / results.json.
+paired ResNet34 vs SE-ResNet34 tests -> beyond the study (evidence/: late fusion, a multi-phase
+network, radiomics, clinical and combined models, all compared on the same test patients with
+calibration and decision curves) -> report.html / report.md / results.json.
+
+Independent trainings (the phase models, every fold) run ``--jobs`` at a time (train_all).
 
 Layout: DIR/work (ingested cohort + splits), DIR/runs/<model>-<phase>[-fold<k>] (normal RUN
 folders), DIR/results.json, DIR/report.{html,md}. Finished runs are reused, interrupted ones
@@ -43,6 +47,8 @@ class StudyOptions:
     external: str | None = None
     ratios: str = "8:1:1"
     threshold: str = "default"   # the decision-threshold policy of every model (threshold.py)
+    evidence: bool = True        # fusion, multi-phase network, radiomics, clinical models (evidence/)
+    jobs: str = "auto"           # trainings at once: auto (GPUs x what fits; 1 on a CPU) or a number
 
     def resolved(self) -> dict:
         if self.preset not in PRESETS:
@@ -144,6 +150,86 @@ def _train(work: Path, out: Path, model: str, phase: str, p: dict, opts: StudyOp
     return run
 
 
+JOBS_PER_GPU_MAX = 5         # measured: 5 ResNet34 trainings share one H100 at ~4,500 img/s together
+GPU_GB_PER_JOB = 4.0         # batch 32 at 224 px, bf16: ~3 GB of activations + weights, with headroom
+
+
+def resolve_jobs(jobs: str | int, device: str) -> int:
+    """How many trainings run at once: a number as given; ``auto``: on CUDA as many per GPU as its
+    free memory holds (at most 5 per GPU) times the visible GPUs, on a CPU one (a training
+    already uses every core)."""
+    if str(jobs) != "auto":
+        try:
+            n = int(jobs)
+        except ValueError:
+            raise CcrccError(f"--jobs must be auto or a whole number >= 1, got {jobs!r}") from None
+        if n < 1:
+            raise CcrccError(f"--jobs must be auto or a whole number >= 1, got {jobs!r}")
+        return n
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return 1
+    per_gpu = []
+    for i in range(torch.cuda.device_count()):
+        free, _ = torch.cuda.mem_get_info(i)
+        per_gpu.append(max(1, min(JOBS_PER_GPU_MAX, int(free / 2**30 // GPU_GB_PER_JOB))))
+    return sum(per_gpu)
+
+
+def _train_job(args: tuple) -> str:
+    """One training of a concurrent study, in its own process: stdout to RUN/train.log, the CPU
+    threads of a sequential run (so a CPU run is bit for bit the one it would be alone; the
+    cores are shared), its GPU by round robin."""
+    import contextlib
+    import os
+
+    import torch
+
+    work, out, model, phase, p, opts, fold, slot, threads = args
+    name = f"{model}-{phase}" + (f"-fold{fold}" if fold >= 0 else "")
+    run = out / "runs" / name
+    run.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads)   # the sequential study's threads: CPU kernels reduce in the same order
+    if opts.device != "cpu" and torch.cuda.is_available():
+        opts = StudyOptions(**{**opts.__dict__, "device": f"cuda:{slot % torch.cuda.device_count()}"})
+    os.environ["CCRCC_NO_PROGRESS"] = "1"
+    with open(run / "train.log", "a", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
+        _train(work, out, model, phase, p, opts, fold, StudyProgress(1))
+    return name
+
+
+def train_all(work: Path, out: Path, todo: list[tuple[str, str, int]], p: dict, opts: StudyOptions,
+              progress: StudyProgress) -> dict[tuple[str, str, int], Path]:
+    """Train every (model, phase, fold) of ``todo`` (fold -1: the single split): one after another,
+    or ``--jobs`` at a time in separate processes (same config, seed and data order, so each run
+    is the one it would be alone). Finished runs are reused and interrupted ones resumed either way."""
+    jobs = min(resolve_jobs(opts.jobs, opts.device), len(todo))
+    if jobs <= 1:
+        return {(m, ph, f): _train(work, out, m, ph, p, opts, f, progress) for (m, ph, f) in todo}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    print(f"[study] {len(todo)} trainings, {jobs} at a time (each run's output in RUN/train.log)", flush=True)
+    t0 = time.time()
+    runs = {}
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        threads = torch_threads()
+        futures = {pool.submit(_train_job, (work, out, m, ph, p, opts, f, k, threads)): (m, ph, f)
+                   for k, (m, ph, f) in enumerate(todo)}
+        for done, fut in enumerate(as_completed(futures), start=1):
+            name = fut.result()
+            runs[futures[fut]] = out / "runs" / name
+            print(f"[study] {done} of {len(todo)} trainings done: {name} ({time.time() - t0:.0f} s)", flush=True)
+    return runs
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _val_auc(run: Path) -> float:
     s = json.loads((run / "train_summary.json").read_text())
     v = s.get("best_val", {}).get("val_auc")
@@ -203,6 +289,7 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
     phases = [ph for ph in PHASES if ph in cache.phases()] + ([COMBINED] if len(cache.phases()) > 1 else [])
     results: dict = {"study": {"cohort": str(Path(cohort).resolve()), "out": str(out.resolve()),
                                "preset": opts.preset, "protocol": p, "seed": opts.seed, "folds": opts.folds,
+                               "ratios": opts.ratios,
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                "synthetic": _is_synthetic(Path(cohort))}}
     results["dataset"] = dataset_counts(cache, splits)
@@ -213,10 +300,9 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
     if opts.folds:
         results.update(_cross_validation(work, out, phases, p, opts))
     else:
-        runs = {}
         progress = StudyProgress(len(phases) + 1)
-        for ph in phases:
-            runs[f"resnet34-{ph}"] = _train(work, out, "resnet34", ph, p, opts, progress=progress)
+        runs = {f"{m}-{ph}": r for (m, ph, _), r in
+                train_all(work, out, [("resnet34", ph, -1) for ph in phases], p, opts, progress).items()}
         val_aucs = {ph: _val_auc(runs[f"resnet34-{ph}"]) for ph in phases}
         best, tie = choose_best_phase({ph: _val_key(runs[f"resnet34-{ph}"]) for ph in phases})
         results["val_auc_resnet34"] = val_aucs
@@ -234,6 +320,10 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
         # computed once, in the order the report shows it: SE-ResNet34 (a) minus ResNet34 (b)
         results["comparison"] = _compare_evals(runs[f"se_resnet34-{best}"], runs[f"resnet34-{best}"])
         results["comparison"]["a"], results["comparison"]["b"] = f"se_resnet34-{best}", f"resnet34-{best}"
+        if opts.evidence:
+            from .evidence.run import evaluate_models
+
+            results.update(evaluate_models(work, out, runs, best, p, splits, opts.threshold, opts.device, opts.seed))
     results["limitations"] = limitations(results)
     results["study"]["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "results.json", results)
@@ -274,16 +364,15 @@ def dataset_counts(cache: CropCache, splits: dict) -> dict:
 def _cross_validation(work: Path, out: Path, phases: list[str], p: dict, opts: StudyOptions) -> dict:
     """K-fold: ResNet34 on every phase in every fold, SE-ResNet34 on the phase with the best mean
     validation AUC; test metrics per fold and their mean +- SD."""
-    runs: dict[str, list[Path]] = {}
     progress = StudyProgress((len(phases) + 1) * opts.folds)
-    for ph in phases:
-        runs[f"resnet34-{ph}"] = [_train(work, out, "resnet34", ph, p, opts, fold=f, progress=progress)
-                                  for f in range(opts.folds)]
+    done = train_all(work, out, [("resnet34", ph, f) for ph in phases for f in range(opts.folds)], p, opts,
+                     progress)
+    runs = {f"resnet34-{ph}": [done[("resnet34", ph, f)] for f in range(opts.folds)] for ph in phases}
     mean_val = {ph: float(np.mean([_val_auc(r) for r in runs[f"resnet34-{ph}"]])) for ph in phases}
     best, tie = choose_best_phase({ph: (mean_val[ph], float(ph != COMBINED)) for ph in phases},
                                   "preferring a single phase over the combined set", show_second=False)
-    runs[f"se_resnet34-{best}"] = [_train(work, out, "se_resnet34", best, p, opts, fold=f, progress=progress)
-                                   for f in range(opts.folds)]
+    se = train_all(work, out, [("se_resnet34", best, f) for f in range(opts.folds)], p, opts, progress)
+    runs[f"se_resnet34-{best}"] = [se[("se_resnet34", best, f)] for f in range(opts.folds)]
     cv: dict = {}
     for name, rs in runs.items():
         folds = [_eval(r, p, opts) for r in rs]

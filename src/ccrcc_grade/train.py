@@ -103,6 +103,46 @@ def load_data(cfg: TrainConfig) -> tuple[CropCache, dict, CropSet, CropSet]:
     return cache, splits, CropSet(cache.crops, rows_train), CropSet(cache.crops, rows_val)
 
 
+class StepModel:
+    """The network as the training step calls it: a compiled graph for full batches (CUDA graphs
+    on CUDA via ``torch.compile(mode="reduce-overhead")``: static shapes, launch overhead gone),
+    the eager module for the last partial batch (same parameters, so nothing is recompiled for
+    it), and the eager module for good if compilation fails - said once in the log."""
+
+    def __init__(self, model: nn.Module, device: torch.device, mode: str, batch_size: int, world: int):
+        self.model, self.batch_size, self.compiled = model, batch_size, None
+        want = mode == "on" or (mode == "auto" and device.type == "cuda")
+        if want and world > 1:
+            self.path = "eager (torch.compile is not combined with DDP here)"
+        elif want and not hasattr(torch, "compile"):
+            self.path = "eager (this PyTorch has no torch.compile)"
+        elif want:
+            backend = os.environ.get("CCRCC_COMPILE_BACKEND") or "inductor"   # tests: aot_eager (no C++ build)
+            cuda_graphs = device.type == "cuda" and backend == "inductor"
+            try:
+                self.compiled = torch.compile(model, backend=backend, dynamic=False,
+                                              mode="reduce-overhead" if cuda_graphs else None)
+                self.path = ("torch.compile reduce-overhead (CUDA graphs)" if cuda_graphs
+                             else f"torch.compile {backend}")
+            except Exception as exc:   # noqa: BLE001 - e.g. an unknown backend: train eagerly and say so
+                self.path = f"eager (compilation failed: {exc.__class__.__name__})"
+        else:
+            self.path = "eager"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None and x.shape[0] == self.batch_size:
+            try:
+                return self.compiled(x)
+            except Exception as exc:   # noqa: BLE001 - any compiler failure: train on, eagerly, and say so
+                self.compiled = None
+                self.path = f"eager (compilation failed: {exc.__class__.__name__})"
+                print(f"step: {self.path}", flush=True)
+        return self.model(x)
+
+    def train(self) -> None:
+        self.model.train()
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, data: CropSet,
                     cfg: TrainConfig, epoch: int, device: torch.device, amp: torch.dtype | None,
                     normalize: bool, ddp: Dist, scaler=None) -> dict:
@@ -119,7 +159,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
     labels = data.labels.to(device)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 7_368_787 + epoch * 31 + ddp.rank)
     tot_loss = tot_correct = tot_n = 0.0
-    t_data = t_step = 0.0
+    t_data = t_step = t2 = 0.0
+    on_gpu = device.type == "cuda"
     bar = progress(range(n_batches), total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
                    enable=cfg.progress and ddp.main, leave=False)
     for b in bar:
@@ -128,13 +169,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
         x = to_model_input(images[idx], cfg.image_size, normalize, cfg.channels_last,
                            transform=lambda t: augment(t, aug_gen, cfg.rotation, cfg.hflip, cfg.vflip))
         y = labels[idx]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         t1 = time.perf_counter()
         with autocast(device, amp):
             logits = model(x)
             loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
+        if not on_gpu and not torch.isfinite(loss):   # on a GPU checked once per epoch: no sync per step
             raise CcrccError(f"training loss became {loss.item()} at epoch {epoch}, batch {b + 1}; "
                              f"the run is stopped (try a lower --lr, now {cfg.lr:g})")
         optimizer.zero_grad(set_to_none=True)
@@ -146,12 +185,19 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
             loss.backward()
             optimizer.step()
         n = len(y)
-        tot_loss += loss.item() * n
-        tot_correct += (logits.argmax(1) == y).sum().item()
+        tot_loss = tot_loss + loss.detach() * n          # device tensors: no host sync per step
+        tot_correct = tot_correct + (logits.argmax(1) == y).sum()
         tot_n += n
         t2 = time.perf_counter()
         t_data += t1 - t0
         t_step += t2 - t1
+    if on_gpu:
+        torch.cuda.synchronize(device)
+        t_step += time.perf_counter() - t2 if n_batches else 0.0
+    tot_loss, tot_correct = float(tot_loss), float(tot_correct)
+    if not math.isfinite(tot_loss):
+        raise CcrccError(f"training loss became {tot_loss} at epoch {epoch}; the run is stopped "
+                         f"(try a lower --lr, now {cfg.lr:g})")
     return {"train_loss": tot_loss / max(tot_n, 1), "train_acc": tot_correct / max(tot_n, 1),
             "data_seconds": t_data, "step_seconds": t_step, "images": tot_n * ddp.world}
 
@@ -161,7 +207,8 @@ def evaluate(model: nn.Module, data: CropSet, cfg: TrainConfig, device: torch.de
              normalize: bool, weights: torch.Tensor | None = None) -> dict:
     """Validation metrics: patient-level AUC (mean of slice probabilities), image AUC, ACC, loss."""
     probs = predict_probs(model, data.images, cfg.image_size, normalize, device, amp,
-                          batch_size=max(cfg.batch_size, 64), channels_last=cfg.channels_last)
+                          batch_size=max(cfg.batch_size, 256 if device.type == "cuda" else 64),
+                          channels_last=cfg.channels_last)
     y = data.labels.numpy()
     p = np.clip(probs, 1e-7, 1 - 1e-7)
     w = weights.cpu().numpy() if weights is not None else np.ones(2)
@@ -219,7 +266,12 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
     model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    try:   # fused SGD kernels on CUDA (one launch for all parameters); foreach elsewhere
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+    except (TypeError, RuntimeError):
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
     weights = class_weights(train_set.labels).to(device) if cfg.class_weighted else None
     loss_fn = nn.CrossEntropyLoss(weight=weights)
     amp = amp_dtype(device, cfg.amp)
@@ -235,6 +287,7 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
     net = model
     if ddp.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = StepModel(net, device, cfg.compile, max(1, cfg.batch_size // ddp.world), ddp.world)
 
     pre = cache.preprocess
     cohort = cohort_identity(Path(cfg.work))
@@ -245,12 +298,13 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
     if ddp.main:
         print(f"training {cfg.model} on {cfg.phase}: {len(train_set)} train crops "
               f"({int(train_set.labels.sum())} high), {len(val_set)} val crops; device {device}, "
-              f"amp {amp}, world {ddp.world}; weights {cfg.weights}"
+              f"amp {amp}, world {ddp.world}; step {step_model.path}; weights {cfg.weights}"
               + (f" (missing {len(load_report.get('missing', []))}, unexpected "
                  f"{len(load_report.get('unexpected', []))} keys)" if cfg.weights != "none" else ""), flush=True)
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        stats = train_one_epoch(net, optimizer, loss_fn, train_set, cfg, epoch, device, amp, normalize, ddp, scaler)
+        stats = train_one_epoch(step_model, optimizer, loss_fn, train_set, cfg, epoch, device, amp, normalize, ddp,
+                                scaler)
         if ddp.world > 1:   # BN running stats drift per rank after the last forward: take rank 0's
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
@@ -291,7 +345,8 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
                    "best_val": next((r for r in log_rows if r["epoch"] == best_epoch), {}),
                    "epochs": cfg.epochs, "world_size": ddp.world, "rank_checksums": checksums,
                    "data_share": total_data / max(total_data + total_step, 1e-9),
-                   "weights_load": load_report, "device": str(device), "amp": str(amp), "cohort": cohort}
+                   "weights_load": load_report, "device": str(device), "amp": str(amp), "cohort": cohort,
+                   "step": step_model.path}
         atomic_write_json(run / "train_summary.json", summary)
         if not cfg.keep_last:   # the resume state (weights + optimizer, 2x best.pt) is only needed
             (run / "last.pt").unlink(missing_ok=True)   # while the run is unfinished

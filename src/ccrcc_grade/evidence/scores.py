@@ -1,0 +1,55 @@
+"""Patient-level scores of any model (a phase network, a fusion, radiomics, clinical), the one
+currency in which the study's models are compared."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CcrccError, check_number
+from ..fileio import atomic_write_text
+
+KINDS = ("phase", "fusion", "radiomics", "clinical", "combined")
+
+
+@dataclass
+class ModelScores:
+    """P(high) per patient on the validation and test patients of one model."""
+
+    name: str
+    kind: str
+    test: dict[str, float]
+    val: dict[str, float] = field(default_factory=dict)
+    description: str = ""
+    threshold: float = 0.5
+    threshold_source: str = "study default"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise CcrccError(f"model {self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        for part in (self.test, self.val):
+            for pid, p in part.items():
+                part[pid] = check_number(p, f"model {self.name}: P(high) of patient {pid}", 0, 1)
+
+    def arrays(self, labels: dict[str, int], part: str = "test") -> tuple[list[str], np.ndarray, np.ndarray]:
+        scores = self.test if part == "test" else self.val
+        ids = sorted(scores)
+        missing = [i for i in ids if i not in labels]
+        if missing:
+            raise CcrccError(f"model {self.name}: patients without a grade: {', '.join(missing[:5])}")
+        return ids, np.array([labels[i] for i in ids]), np.array([scores[i] for i in ids])
+
+
+def read_patient_csv(path: Path) -> dict[str, float]:
+    """patient_id -> prob_high from a predictions_patient.csv."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {r["patient_id"]: check_number(r["prob_high"], f"{path}: prob_high of {r['patient_id']}", 0, 1)
+                for r in csv.DictReader(fh)}
+
+
+def write_patient_csv(path: Path, scores: dict[str, float], labels: dict[str, int]) -> None:
+    lines = ["patient_id,label,prob_high"] + [f"{pid},{labels[pid]},{p:.6f}" for pid, p in sorted(scores.items())]
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
