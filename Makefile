@@ -13,11 +13,12 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --upgrade pip
 
 # pyradiomics (the radiomics baseline) is an sdist whose build needs numpy, versioneer and
-# scikit-build already installed, so it is built without build isolation after them.
+# scikit-build already installed, so it is built without build isolation after them. 3.0.1: the
+# 3.1.0 sdist reports version 3.0.1a1 in its metadata, which pip rejects.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev]'
 	$(BIN)/python -m pip install versioneer scikit-build
-	$(BIN)/python -m pip install --no-build-isolation pyradiomics
+	$(BIN)/python -m pip install --no-build-isolation pyradiomics==3.0.1
 	touch $@
 
 setup: $(VENV)/.installed

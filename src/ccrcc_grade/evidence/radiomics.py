@@ -47,7 +47,7 @@ def _extractor():
     except ImportError:
         raise CcrccError("radiomics needs pyradiomics: run `make setup` (it builds pyradiomics with "
                          "--no-build-isolation), or pip install versioneer scikit-build numpy && "
-                         "pip install --no-build-isolation pyradiomics") from None
+                         "pip install --no-build-isolation pyradiomics==3.0.1") from None
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     ext = featureextractor.RadiomicsFeatureExtractor(**SETTINGS)
     ext.disableAllFeatures()
