@@ -201,3 +201,38 @@ def test_int8_export_needs_the_training_cohort(trained_run, tmp_path, capsys):
     torch.save(ck, run / "best.pt")
     assert run_cli("export", run, "--onnx", tmp_path / "m8.onnx", "--int8") == 2
     assert "is not there" in capsys.readouterr().err and not (tmp_path / "m8.onnx").exists()
+
+
+def test_onnx_backend_falls_back_for_a_model_it_cannot_run(work, tmp_path, monkeypatch):
+    """A crop size other than the network's input size needs an antialiased resize that the ONNX
+    exporter cannot write: on a CPU without bf16 such a model runs on PyTorch fp32 and says so;
+    asking for ONNX Runtime explicitly is refused with the reason."""
+    import numpy as np
+
+    from ccrcc_grade.cache import CropCache
+    from ccrcc_grade.config import TrainConfig
+    from ccrcc_grade.predict import load_predictor
+    from ccrcc_grade.train import fit
+
+    run = tmp_path / "r"
+    fit(TrainConfig(work=str(work), phase="parenchymal", model="resnet34", out=str(run), weights="none", epochs=1,
+                    image_size=40, batch_size=16, progress=False))       # crops are 48 px: resized to 40
+    monkeypatch.setenv("CCRCC_CPU_BACKEND", "onnxruntime")
+    fn, meta, _ = load_predictor(run, "cpu")
+    assert meta["backend"].startswith("torch cpu") and "(ONNX Runtime not possible for this model" in meta["backend"]
+    cache = CropCache.load(work)
+    probs = fn(np.asarray(cache.crops[[r["index"] for r in cache.select("parenchymal")][:4]]))
+    assert np.all((probs >= 0) & (probs <= 1))
+    with pytest.raises(CcrccError, match="cannot run on ONNX Runtime"):
+        load_predictor(run, "cpu", backend="onnxruntime")
+
+
+def test_export_refuses_a_model_the_exporter_cannot_write(work, tmp_path, capsys):
+    from ccrcc_grade.config import TrainConfig
+    from ccrcc_grade.train import fit
+
+    run = tmp_path / "r"
+    fit(TrainConfig(work=str(work), phase="parenchymal", model="resnet34", out=str(run), weights="none", epochs=1,
+                    image_size=40, batch_size=16, progress=False))
+    assert run_cli("export", run, "--onnx", tmp_path / "m.onnx") == 2
+    assert "cannot export to ONNX" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()

@@ -83,7 +83,12 @@ def export_onnx(model_path: Path, out: Path, check: bool = True, int8: bool = Fa
     pre = ckpt["preprocess"]
     wrapper = ProbabilityModel(model, pre["image_size"], pre["normalize"]).eval()
     size = pre["size"]
-    proto = onnx_graph(model, ckpt)
+    try:
+        proto = onnx_graph(model, ckpt)
+    except Exception as exc:   # noqa: BLE001 - the exporter's own error types
+        raise CcrccError(f"{model_path}: cannot export to ONNX ({exc.__class__.__name__}); a crop size other than the "
+                         f"network's input size ({size} vs {pre['image_size']} px) needs an antialiased resize the "
+                         "ONNX exporter cannot write - train with --image-size equal to the crop size") from None
     onnx.checker.check_model(proto)
     atomic_write(Path(out), lambda fh: fh.write(proto.SerializeToString()))
     card = Path(out).with_suffix(".card.json")   # the workstation's model card, beside the file

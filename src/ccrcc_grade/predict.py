@@ -49,13 +49,22 @@ def load_predictor(model_path: Path, device: str = "auto", backend: str = "auto"
     if backend not in ("auto", "torch", "onnxruntime"):
         raise CcrccError(f"backend must be auto, torch or onnxruntime, got {backend!r}")
     chosen = (cpu_backend() if backend == "auto" else backend) if dev.type == "cpu" else "torch"
+    fallback = ""
     if chosen == "onnxruntime":
         from .export import onnx_graph
         from .onnx_infer import onnx_probs, onnx_session
 
-        sess = onnx_session(onnx_graph(model, ckpt).SerializeToString())
-        meta["backend"] = "onnxruntime fp32 (CPU without bf16)" if backend == "auto" else "onnxruntime fp32"
-        return (lambda crops: onnx_probs(model_path, crops, sess)), meta, model_path
+        try:
+            graph = onnx_graph(model, ckpt)
+        except Exception as exc:   # noqa: BLE001 - e.g. an antialiased resize (crop size != input size)
+            if backend == "onnxruntime":
+                raise CcrccError(f"{model_path}: cannot run on ONNX Runtime ({exc.__class__.__name__}: "
+                                 f"{str(exc).splitlines()[0][:120]})") from None
+            fallback = f" (ONNX Runtime not possible for this model: {exc.__class__.__name__})"
+        else:
+            sess = onnx_session(graph.SerializeToString())
+            meta["backend"] = "onnxruntime fp32 (CPU without bf16)" if backend == "auto" else "onnxruntime fp32"
+            return (lambda crops: onnx_probs(model_path, crops, sess)), meta, model_path
     model, amp = fast_inference_model(model, dev)
     pre = ckpt["preprocess"]
 
@@ -64,7 +73,7 @@ def load_predictor(model_path: Path, device: str = "auto", backend: str = "auto"
                              channels_last=not isinstance(model, CpuBf16Model))
 
     meta["backend"] = (f"torch {dev.type} " + ("bf16 (AVX-512 BF16/AMX)" if isinstance(model, CpuBf16Model)
-                                                else f"{str(amp).replace('torch.', '') if amp else 'fp32'}"))
+                                                else f"{str(amp).replace('torch.', '') if amp else 'fp32'}")) + fallback
     return fn, meta, model_path
 
 
