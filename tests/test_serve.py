@@ -81,6 +81,9 @@ def test_models_and_their_cards(client, trained_run):
     ck = torch.load(trained_run / "best.pt", weights_only=True)
     assert card["data"]["train_patients"] == len(ck["splits"]["train"]) and card["trained"] == ck["created"]
     assert m["threshold"] == 0.5 and "intended_use" in card
+    from ccrcc_grade.predict import load_predictor
+
+    assert m["backend"] == load_predictor(trained_run, "auto")[1]["backend"]   # the backend predict runs and says
 
 
 def test_upload_assigns_phases_from_the_tags(graded, client):

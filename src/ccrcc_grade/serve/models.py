@@ -40,4 +40,5 @@ class ModelRegistry:
 
     def listing(self) -> list[dict]:
         return [{"id": m["id"], "model": m["card"]["architecture"], "phase": m["card"]["phase"],
-                 "threshold": m["card"]["threshold"]["threshold"], "card": m["card"]} for m in self.models.values()]
+                 "threshold": m["card"]["threshold"]["threshold"], "card": m["card"],
+                 "backend": m["predictor"][1].get("backend")} for m in self.models.values()]

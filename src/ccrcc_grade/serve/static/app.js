@@ -287,7 +287,8 @@ function showCard() {
   $("card").innerHTML = `<b>${m.id}</b>: ${c.architecture} on the ${c.phase} phase, trained ${c.trained};
     ${c.data.train_patients}/${c.data.validation_patients}/${c.data.test_patients} train/validation/test patients;
     test patient AUC ${t && t.auc != null ? `${t.auc.toFixed(3)} (95% CI ${t.ci95[0].toFixed(2)}-${t.ci95[1].toFixed(2)}, n=${t.n})` : "n/a"};
-    threshold ${c.threshold.threshold.toFixed(2)} (${c.threshold.source}). <i>${c.disclaimer}.</i>`;
+    threshold ${c.threshold.threshold.toFixed(2)} (${c.threshold.source}); runs on ${m.backend || "n/a"}.
+    <i>${c.disclaimer}.</i>`;
 }
 
 async function grade() {
