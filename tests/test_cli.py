@@ -39,6 +39,21 @@ def test_bench_lines(capsys):
             "peak_rss_mb", "backend"} <= set(line)
 
 
+def test_bench_study_never_takes_or_removes_a_folder_it_did_not_make(tmp_path, monkeypatch, capsys):
+    """The cached benchmark cohort appears only complete (made elsewhere, renamed); a folder of
+    that name without clinical.csv is someone else's: refused, left as it is."""
+    from ccrcc_grade.bench import STUDY_COHORT
+
+    c = STUDY_COHORT
+    theirs = tmp_path / f"study-cohort-{c['patients']}-{c['high']}-{c['matrix']}"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    monkeypatch.setenv("CCRCC_BENCH_DIR", str(tmp_path))
+    assert run_cli("bench", "--what", "study", "--device", "cpu") == 2
+    assert "is not a finished benchmark cohort; move it away" in capsys.readouterr().err
+    assert (theirs / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [theirs.name]
+
+
 def _subcommands():
     import argparse
 

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import read_rows, run_cli, survey, write_rows
 from ccrcc_grade.errors import CcrccError
-from ccrcc_grade.evidence.calibration import (brier, calibration_intercept_slope, expected_calibration_error,
-                                              net_benefit, treat_all)
+from ccrcc_grade.evidence.calibration import (calibration_intercept_slope, expected_calibration_error, net_benefit,
+                                              treat_all)
 from ccrcc_grade.evidence.comparison import compare_models, holm
 from ccrcc_grade.evidence.fusion import fuse_logistic, fuse_mean
 from ccrcc_grade.evidence.scores import ModelScores
@@ -39,8 +39,10 @@ def test_net_benefit_matches_hand_computation():
 
 
 def test_brier_and_ece_match_hand_computation():
+    from ccrcc_grade.metrics import point_metrics   # the Brier score every model's table entry reports
+
     # Brier: ((.1)^2 + (.6)^2 + (.3)^2 + (.6)^2 + (.2)^2) / 5 = (0.01+0.36+0.09+0.36+0.04)/5
-    assert brier(Y, P) == pytest.approx(0.86 / 5)
+    assert point_metrics(Y, P)["brier"] == pytest.approx(0.86 / 5)
     # 10 equal-width bins: 0.3 -> bin 3 (y 0), 0.4 -> 4 (y 1), 0.6 -> 6 (y 0), 0.8 -> 8 (y 1), 0.9 -> 9 (y 1)
     # ECE = (|.3-0| + |.4-1| + |.6-0| + |.8-1| + |.9-1|) / 5
     assert expected_calibration_error(Y, P) == pytest.approx((0.3 + 0.6 + 0.6 + 0.2 + 0.1) / 5)

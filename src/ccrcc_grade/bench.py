@@ -6,6 +6,7 @@ PyTorch, the way a straightforward implementation of the study would run.
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import os
@@ -274,8 +275,7 @@ def bench_study(device: str = "auto", preset: str | None = None) -> dict:
     """The whole study on a phantom of the study's size (created once, in parallel, and cached in
     $CCRCC_BENCH_DIR or ~/.cache/ccrcc-grade): `--preset paper` on CUDA (weights none: a
     benchmark downloads nothing), `quick` on a CPU; concurrent trainings (--jobs auto)."""
-    import shutil
-
+    from .errors import CcrccError
     from .study import StudyOptions, resolve_jobs, run_study
     from .synth import make_cohort
 
@@ -285,14 +285,16 @@ def bench_study(device: str = "auto", preset: str | None = None) -> dict:
     c = STUDY_COHORT
     cohort = root / f"study-cohort-{c['patients']}-{c['high']}-{c['matrix']}"
     if not (cohort / "clinical.csv").is_file():
-        if cohort.exists():   # an interrupted earlier creation: ours, made by this function
-            shutil.rmtree(cohort)
-        tmp = cohort.with_name(cohort.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if cohort.exists():   # never ours: the cohort appears only by the rename below, complete
+            raise CcrccError(f"{cohort}: exists but is not a finished benchmark cohort; move it away")
+        root.mkdir(parents=True, exist_ok=True)
+        # made in a fresh folder of its own and renamed when complete: an interrupted creation
+        # leaves a .study-cohort-* folder behind and is never taken for the cohort
+        tmp = Path(tempfile.mkdtemp(prefix=".study-cohort-", dir=root)) / "cohort"
         make_cohort(tmp, patients=c["patients"], high_fraction=c["high"] / c["patients"], matrix=c["matrix"], seed=158,
                     workers=min(os.cpu_count() or 1, 16))
         tmp.rename(cohort)
+        tmp.parent.rmdir()
     jobs = resolve_jobs("auto", str(dev))
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         out = Path(tmp) / "study"
@@ -309,8 +311,6 @@ def bench_study(device: str = "auto", preset: str | None = None) -> dict:
             run = Path(r["run"])
             cfg = json.loads((run / "config.json").read_text())
             with open(run / "log.csv", newline="") as fh:
-                import csv
-
                 train_s += sum(float(row["seconds"]) for row in csv.DictReader(fh))
             images += len(cache.select(cfg["phase"], train_ids)) * cfg["repeats"] * cfg["epochs"]
     return {"bench": "study", "study_seconds": round(secs, 1), "train_seconds": round(train_s, 1),

@@ -23,6 +23,7 @@ from .threshold import (DEFAULT_POLICY, DEFAULT_THRESHOLD, FITTED_METHODS, Thres
                         policy_of)
 
 IMAGE_COLUMNS = ["patient_id", "phase", "source", "label", "prob_high", "x_min", "y_min", "x_max", "y_max"]
+PATIENT_COLUMNS = ["patient_id", "label", "prob_high"]
 
 
 def run_checkpoint(run: Path | str) -> Path:
@@ -206,7 +207,7 @@ def evaluate_rows(rows: list[dict], out: Path, title: str, val_rows: list[dict] 
     if is_image_level(rows):
         write_csv(out / "predictions.csv", rows, IMAGE_COLUMNS)
     prow = patient_level(rows, aggregate)
-    write_csv(out / "predictions_patient.csv", prow, ["patient_id", "label", "prob_high"])
+    write_csv(out / "predictions_patient.csv", prow, PATIENT_COLUMNS)
     metrics = compute_metrics(rows, DEFAULT_THRESHOLD, aggregate, n_boot, seed)
     metrics["aggregate"] = aggregate
     metrics["threshold_policy"] = (policy or DEFAULT_POLICY).to_dict()

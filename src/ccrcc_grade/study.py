@@ -15,6 +15,7 @@ resumed, so re-running the command continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -192,7 +193,7 @@ def _train_job(args: tuple) -> str:
     run.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)   # the sequential study's threads: CPU kernels reduce in the same order
     if opts.device != "cpu" and torch.cuda.is_available():
-        opts = StudyOptions(**{**opts.__dict__, "device": f"cuda:{slot % torch.cuda.device_count()}"})
+        opts = dataclasses.replace(opts, device=f"cuda:{slot % torch.cuda.device_count()}")
     os.environ["CCRCC_NO_PROGRESS"] = "1"
     with open(run / "train.log", "a", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
         _train(work, out, model, phase, p, opts, fold, StudyProgress(1))
@@ -214,7 +215,9 @@ def train_all(work: Path, out: Path, todo: list[tuple[str, str, int]], p: dict, 
     t0 = time.time()
     runs = {}
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        threads = torch_threads()
+        import torch
+
+        threads = torch.get_num_threads()
         futures = {pool.submit(_train_job, (work, out, m, ph, p, opts, f, k, threads)): (m, ph, f)
                    for k, (m, ph, f) in enumerate(todo)}
         for done, fut in enumerate(as_completed(futures), start=1):
@@ -222,12 +225,6 @@ def train_all(work: Path, out: Path, todo: list[tuple[str, str, int]], p: dict, 
             runs[futures[fut]] = out / "runs" / name
             print(f"[study] {done} of {len(todo)} trainings done: {name} ({time.time() - t0:.0f} s)", flush=True)
     return runs
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _val_auc(run: Path) -> float:

@@ -7,7 +7,8 @@
   dependency for 20 lines; an estimate that does not converge (perfect separation, common on a
   few patients) is reported as not estimable, never as a huge number;
 * expected calibration error over 10 equal-width bins (Naeini et al., AAAI 2015);
-* Brier score with a percentile bootstrap CI over patients;
+* the Brier score (its patient-bootstrap CI comes with the other metrics from
+  ``metrics.bootstrap_metrics``);
 * decision-curve net benefit (Vickers & Elkin, Med Decis Making 2006):
   NB(pt) = TP/n - FP/n * pt / (1 - pt), against treat-all and treat-none.
 """
@@ -19,7 +20,7 @@ import numpy as np
 DCA_THRESHOLDS = np.round(np.arange(0.05, 0.6001, 0.01), 2)   # the issue's 0.05-0.60
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
 
@@ -50,7 +51,7 @@ def calibration_intercept_slope(y: np.ndarray, p: np.ndarray) -> tuple[float | N
     y = np.asarray(y, dtype=float)
     if len(np.unique(y)) < 2:
         return None, None
-    lp = _logit(p)
+    lp = logit(p)
     a = _newton(np.ones((len(y), 1)), y, lp)
     ab = _newton(np.column_stack([np.ones(len(y)), lp]), y, np.zeros(len(y)))
     return (None if a is None else float(a[0])), (None if ab is None else float(ab[1]))
@@ -61,20 +62,6 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     which = np.minimum((p * bins).astype(int), bins - 1)
     return float(sum(np.sum(which == b) / len(p) * abs(p[which == b].mean() - y[which == b].mean())
                      for b in range(bins) if np.any(which == b)))
-
-
-def brier(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.mean((np.asarray(p, dtype=float) - np.asarray(y, dtype=float)) ** 2))
-
-
-def brier_with_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Brier score and its 95% percentile bootstrap CI (patients resampled)."""
-    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), (n_boot, len(y)))
-    boots = np.mean((p[idx] - y[idx]) ** 2, axis=1)
-    return {"value": brier(y, p), "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
-            "ci_method": "patient bootstrap", "n": int(len(y))}
 
 
 def net_benefit(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray = DCA_THRESHOLDS) -> np.ndarray:
@@ -93,8 +80,8 @@ def treat_all(y: np.ndarray, thresholds: np.ndarray = DCA_THRESHOLDS) -> np.ndar
     return prev - (1 - prev) * thresholds / (1 - thresholds)
 
 
-def calibration_summary(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Every calibration number of one model's patient-level probabilities."""
+def calibration_summary(y: np.ndarray, p: np.ndarray) -> dict:
+    """The calibration numbers of one model's patient-level probabilities beside the Brier score
+    (which, with its patient-bootstrap CI, comes from ``metrics.bootstrap_metrics``)."""
     a, b = calibration_intercept_slope(y, p)
-    return {"brier": brier_with_ci(y, p, n_boot, seed), "ece": expected_calibration_error(y, p),
-            "calibration_intercept": a, "calibration_slope": b}
+    return {"ece": expected_calibration_error(y, p), "calibration_intercept": a, "calibration_slope": b}

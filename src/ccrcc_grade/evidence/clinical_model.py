@@ -19,7 +19,7 @@ from scipy import stats
 
 from ..clinical_csv import ClinicalTable
 from ..errors import CcrccError
-from .calibration import _logit
+from .calibration import logit
 from .fusion import MIN_FIT_PER_CLASS
 from .scores import ModelScores
 
@@ -137,7 +137,7 @@ def combined_model(table: ClinicalTable, dl: ModelScores, clinical_info: dict, s
 
     def design(ids: list[str], scores: dict[str, float], med=None):
         xc, med = _matrix(table, ids, preds, med)
-        return np.column_stack([_logit(np.array([scores[i] for i in ids])), xc]), med
+        return np.column_stack([logit(np.array([scores[i] for i in ids])), xc]), med
 
     xv, med = design(val, dl.val)
     model = _fit(xv, np.array([table.labels[i] for i in val]), "combined model")

@@ -34,7 +34,7 @@ def model_entry(m: ModelScores, labels: dict[str, int], n_boot: int, seed: int) 
          "threshold": m.threshold, "threshold_source": m.threshold_source,
          "patient": {"auc": met["high"]["auc"], "accuracy": met["accuracy"],
                      "sensitivity": met["high"]["sensitivity"], "specificity": met["high"]["specificity"],
-                     **calibration_summary(y, p, n_boot, seed)}}
+                     "brier": met["brier"], **calibration_summary(y, p)}}
     return e
 
 

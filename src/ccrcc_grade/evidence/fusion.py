@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CcrccError
-from .calibration import _logit
+from .calibration import logit
 from .scores import ModelScores
 
 MIN_FIT_PER_CLASS = 2   # a logistic model needs both grades among its fitting patients
@@ -32,7 +32,7 @@ def _design(phase_scores: dict[str, ModelScores], ids: list[str], part: str, fil
     cols = []
     for ph, m in phase_scores.items():
         scores = getattr(m, part)
-        cols.append([_logit(np.array([scores[i]]))[0] if i in scores else fill[ph] for i in ids])
+        cols.append([logit(np.array([scores[i]]))[0] if i in scores else fill[ph] for i in ids])
     return np.array(cols, dtype=float).T
 
 
@@ -48,7 +48,7 @@ def fuse_logistic(phase_scores: dict[str, ModelScores], labels: dict[str, int],
     if min(np.sum(y == 0), np.sum(y == 1)) < MIN_FIT_PER_CLASS:
         raise CcrccError(f"{name}: the validation patients hold {int(np.sum(y == 0))} low- and "
                          f"{int(np.sum(y == 1))} high-grade cases; fitting needs >= {MIN_FIT_PER_CLASS} of each")
-    fill = {ph: float(np.mean(_logit(np.array(list(m.val.values()))))) if m.val else 0.0
+    fill = {ph: float(np.mean(logit(np.array(list(m.val.values()))))) if m.val else 0.0
             for ph, m in phase_scores.items()}
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
     model.fit(_design(phase_scores, val_ids, "val", fill), y)

@@ -17,7 +17,6 @@ eval-val/ and eval-test/ predictions_patient.csv.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -30,13 +29,14 @@ from torch import nn
 from ..cache import CropCache
 from ..data import augment, to_model_input
 from ..errors import CcrccError
+from ..evaluate import PATIENT_COLUMNS, write_csv
 from ..fileio import atomic_torch_save, atomic_write_json
 from ..inference import amp_dtype, autocast, make_checkpoint, read_checkpoint, resolve_device
 from ..metrics import safe_auc
 from ..models import create_model, uses_imagenet_norm
 from ..phases import PHASES
 from ..progress import progress
-from .scores import ModelScores, write_patient_csv
+from .scores import ModelScores
 
 PHASE_DROPOUT = 0.2
 NAME = "multiphase-resnet34"
@@ -146,7 +146,9 @@ def train_multiphase(cfg: MultiPhaseConfig, splits: dict) -> ModelScores:
     scores = {}
     for part in ("val", "test"):
         scores[part] = predict_patients(model, images, crops[part], cfg.image_size, normalize, device, amp)
-        write_patient_csv(run / f"eval-{part}" / "predictions_patient.csv", scores[part], labels)
+        write_csv(run / f"eval-{part}" / "predictions_patient.csv",
+                  [{"patient_id": i, "label": labels[i], "prob_high": p} for i, p in sorted(scores[part].items())],
+                  PATIENT_COLUMNS)
     return ModelScores(NAME, "fusion", scores["test"], scores["val"],
                        "shared ResNet34 trunk over the " + "/".join(phases) + " crops, features concatenated, "
                        "trained end to end (phase dropout 0.2)")
@@ -218,7 +220,7 @@ def _fit(cfg: MultiPhaseConfig, run: Path, crops: dict, labels: dict[str, int], 
               flush=True)
     model.load_state_dict(best_state)
     meta = {"model": NAME, "phases": list(phases), "config": asdict(cfg), "best_epoch": best_epoch,
-            "classes": ["low", "high"], "splits": {k: list(v) for k, v in splits_of(crops).items()}}
+            "classes": ["low", "high"], "splits": {part: sorted(v) for part, v in crops.items()}}
     atomic_torch_save(make_checkpoint(model, meta), run / "best.pt")
     atomic_write_json(run / "log.json", log)
     atomic_write_json(run / "train_summary.json", {"run": str(run), "model": NAME, "phases": list(phases),
@@ -226,11 +228,3 @@ def _fit(cfg: MultiPhaseConfig, run: Path, crops: dict, labels: dict[str, int], 
                                                    "best_val": log[best_epoch - 1], "device": str(device),
                                                    "amp": str(amp)})
     return model
-
-
-def splits_of(crops: dict) -> dict[str, list[str]]:
-    return {part: sorted(v) for part, v in crops.items()}
-
-
-def read_summary(run: Path) -> dict:
-    return json.loads((Path(run) / "train_summary.json").read_text())

@@ -220,6 +220,7 @@ def fit_radiomics(ids: list[str], names: list[str], x: np.ndarray, labels: dict[
         search.fit(x[[row[i] for i in train]], y)
     model = search.best_estimator_
     kept = [n for n, k in zip(names, model.named_steps["lasso"].get_support()) if k]
+    selection = "ANOVA F top 5 (LASSO kept no feature)" if model.named_steps["lasso"].used_fallback_ else "LASSO"
     prob = model.predict_proba if classifier == "logistic" else _platt(search, x[[row[i] for i in train]], y, seed)
     out = {}
     for part in ("val", "test"):
@@ -227,15 +228,10 @@ def fit_radiomics(ids: list[str], names: list[str], x: np.ndarray, labels: dict[
         out[part] = dict(zip(pids, map(float, prob(x[[row[i] for i in pids]])[:, 1]))) if pids else {}
     info = {"classifier": classifier, "best_params": search.best_params_, "inner_cv_auc": float(search.best_score_),
             "selected_features": kept, "n_features": len(names),
-            "selection": ("ANOVA F top 5 (LASSO kept no feature)" if model.named_steps["lasso"].used_fallback_
-                          else "LASSO"), "fitted_on": "training patients (5-fold inner CV)"}
+            "selection": selection, "fitted_on": "training patients (5-fold inner CV)"}
     return ModelScores(f"radiomics-{classifier}", "radiomics", out["test"], out["val"],
-                       f"{len(kept)} of {len(names)} IBSI features ({info_sel(model)}), "
+                       f"{len(kept)} of {len(names)} IBSI features ({selection}), "
                        f"{'RBF SVM' if classifier == 'svm' else 'logistic regression'} (training patients, inner CV)"), info
-
-
-def info_sel(model) -> str:
-    return "ANOVA F, LASSO kept none" if model.named_steps["lasso"].used_fallback_ else "LASSO"
 
 
 def _platt(search, x: np.ndarray, y: np.ndarray, seed: int):

@@ -4,6 +4,7 @@ comparison table, calibration, decision curves and a nomogram."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,37 +13,35 @@ import numpy as np
 from ..cache import CropCache
 from ..clinical_csv import read_clinical
 from ..errors import CcrccError
-from ..evaluate import patient_level, read_predictions, run_predictions
+from ..evaluate import PATIENT_COLUMNS, patient_level, read_predictions, run_predictions, write_csv
 from ..figures import decision_curve_figure, nomogram_figure, reliability_figure
-from ..inference import read_checkpoint
 from ..phases import COMBINED, PHASES
-from ..threshold import fit_policy, parse_spec, policy_of
+from ..threshold import ThresholdPolicy, fit_policy, parse_spec
 from .calibration import DCA_THRESHOLDS, net_benefit, treat_all
 from .clinical_model import clinical_model, combined_model
 from .comparison import compare_models
 from .fusion import fuse_logistic, fuse_mean
 from .multiphase import MultiPhaseConfig, train_multiphase
 from .radiomics import radiomics_study
-from .scores import ModelScores, read_patient_csv, write_patient_csv
+from .scores import ModelScores
 
-EXTRA_MODELS = ("fusion-mean", "fusion-logistic", "multiphase-resnet34", "radiomics-logistic", "radiomics-svm",
-                "clinical", "nomogram (DL + clinical)")
-
-
-def run_scores(run: Path, name: str, labels: dict[str, int], device: str) -> ModelScores:
-    """A trained run's patient scores: test from its study evaluation, validation computed once
-    and kept in RUN/eval-val/predictions_patient.csv."""
+def run_scores(run: Path, name: str, device: str) -> ModelScores:
+    """A trained run's patient scores: test from its study evaluation (eval-test: its patient
+    predictions, threshold policy and patient aggregation), validation computed once with the same
+    aggregation and kept in RUN/eval-val/predictions_patient.csv."""
     run = Path(run)
-    test = {r["patient_id"]: r["prob_high"] for r in patient_level(read_predictions(run / "eval-test" / "predictions.csv"))}
+    evaluation = run / "eval-test"
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    test = {r["patient_id"]: r["prob_high"] for r in read_predictions(evaluation / "predictions_patient.csv")}
     vf = run / "eval-val" / "predictions_patient.csv"
     if vf.is_file():
-        val = read_patient_csv(vf)
+        rows = read_predictions(vf)
     else:
-        val = {r["patient_id"]: r["prob_high"] for r in patient_level(run_predictions(run, "val", device=device))}
-        write_patient_csv(vf, val, labels)
-    policy = policy_of(read_checkpoint(run / "best.pt"))[0]
+        rows = patient_level(run_predictions(run, "val", device=device), metrics.get("aggregate", "mean"))
+        write_csv(vf, rows, PATIENT_COLUMNS)
+    policy = ThresholdPolicy.from_dict(metrics["threshold_policy"])
     phase = name.split("-", 1)[1]
-    return ModelScores(name, "phase", test, val,
+    return ModelScores(name, "phase", test, {r["patient_id"]: r["prob_high"] for r in rows},
                        ("ResNet34" if name.startswith("resnet34") else "SE-ResNet34") + f" on {phase} crops"
                        + (" (all phases pooled, as in the study)" if phase == COMBINED else ""),
                        policy.threshold, policy.source)
@@ -71,7 +70,7 @@ def evaluate_models(work: Path, out: Path, runs: dict[str, Path], best: str, pro
     skipped: dict[str, str] = {}
     details: dict = {}
     for name, run in runs.items():
-        models.append(run_scores(run, name, labels, device))
+        models.append(run_scores(run, name, device))
     phase_models = {m.name.split("-", 1)[1]: m for m in models
                     if m.name.startswith("resnet34-") and m.name.split("-", 1)[1] in PHASES}
 
@@ -137,21 +136,22 @@ def evaluate_models(work: Path, out: Path, runs: dict[str, Path], best: str, pro
             _nomogram(holder, table, info, ref_dl, splits, out / "figures" / "nomogram.png")
     reference = f"resnet34-{best}"
     entries = compare_models(models, labels, reference, protocol.get("n_boot", 2000), seed)
-    figs = _figures(models, labels, out, reference)
+    figs = _figures(models, entries, labels, out, reference)
     return {"models": entries, "evidence": {"skipped": skipped, "details": details, "reference": reference,
                                             "figures": {k: str(v) for k, v in figs.items()}}}
 
 
-def _figures(models: list[ModelScores], labels: dict[str, int], out: Path, reference: str) -> dict[str, Path]:
-    from .calibration import calibration_summary
-
+def _figures(models: list[ModelScores], entries: list[dict], labels: dict[str, int], out: Path,
+             reference: str) -> dict[str, Path]:
+    """Decision curves and reliability diagrams; the calibration numbers printed in each panel are
+    the model's entry of the comparison table (``entries``, in the order of ``models``)."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
     curves, panels = {}, {}
     y_all = None
-    for m in models:
+    for m, e in zip(models, entries):
         ids, y, p = m.arrays(labels)
         curves[m.name] = net_benefit(y, p)
-        c = calibration_summary(y, p, n_boot=200)
+        c = e["patient"]
         slope = c["calibration_slope"]
         panels[m.name] = (y, p, f"Brier {c['brier']['value']:.3f}\nECE {c['ece']:.3f}\nslope "
                                 + ("n/a" if slope is None else f"{slope:.2f}"))
@@ -175,9 +175,9 @@ def _nomogram(info: dict, table, clin_info: dict, dl: ModelScores, splits: dict,
     k = lr.coef_[0] / scaler.scale_
     b0 = float(lr.intercept_[0] - np.sum(lr.coef_[0] * scaler.mean_ / scaler.scale_))
     preds = clin_info["predictor_objects"]
-    from .calibration import _logit
+    from .calibration import logit
 
-    lg = _logit(np.array(list(dl.val.values()) + list(dl.test.values())))
+    lg = logit(np.array(list(dl.val.values()) + list(dl.test.values())))
     ranges = [(float(np.floor(lg.min())), float(np.ceil(lg.max())))]
     for pr in preds:
         vals = [pr.value(table.rows[i]) for i in table.rows]

@@ -3,14 +3,11 @@ currency in which the study's models are compared."""
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import CcrccError, check_number
-from ..fileio import atomic_write_text
 
 KINDS = ("phase", "fusion", "radiomics", "clinical", "combined")
 
@@ -41,15 +38,3 @@ class ModelScores:
         if missing:
             raise CcrccError(f"model {self.name}: patients without a grade: {', '.join(missing[:5])}")
         return ids, np.array([labels[i] for i in ids]), np.array([scores[i] for i in ids])
-
-
-def read_patient_csv(path: Path) -> dict[str, float]:
-    """patient_id -> prob_high from a predictions_patient.csv."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {r["patient_id"]: check_number(r["prob_high"], f"{path}: prob_high of {r['patient_id']}", 0, 1)
-                for r in csv.DictReader(fh)}
-
-
-def write_patient_csv(path: Path, scores: dict[str, float], labels: dict[str, int]) -> None:
-    lines = ["patient_id,label,prob_high"] + [f"{pid},{labels[pid]},{p:.6f}" for pid, p in sorted(scores.items())]
-    atomic_write_text(Path(path), "\n".join(lines) + "\n")
