@@ -233,11 +233,14 @@ def test_study_jobs_give_the_same_numbers_as_sequential(study_out, slices_cohort
 
 @pytest.mark.parametrize("jobs, message", [("0", "--jobs must be auto or a whole number >= 1"),
                                            ("many", "--jobs must be auto or a whole number >= 1")])
-def test_study_refuses_bad_jobs(jobs, message):
+def test_study_refuses_bad_jobs(jobs, message, slices_cohort, tmp_path, capsys):
     from ccrcc_grade.study import resolve_jobs
 
     with pytest.raises(CcrccError, match=message):
         resolve_jobs(jobs, "cpu")
+    assert run_cli("study", slices_cohort, "--out", tmp_path / "s", "--preset", "quick", "--jobs", jobs) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
 
 
 def test_study_jobs_auto_is_one_on_a_cpu():

@@ -301,6 +301,19 @@ def test_radiomics_refuses_bad_rois(shape, mask_sum, message):
         features(hu, mask, (1.0, 1.0))
 
 
+@pytest.mark.parametrize("case, message", [("missing", "not an ingested cohort"),
+                                           ("no_splits", "no splits file")])
+def test_radiomics_command_refuses_what_is_not_a_split_work_folder(work, tmp_path, capsys, case, message):
+    w = tmp_path / "w"
+    if case == "no_splits":
+        shutil.copytree(work, w)
+        (w / "splits.json").unlink()
+    assert run_cli("radiomics", w) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (w / "radiomics").exists()
+
+
 def test_radiomics_command_on_a_cohort(work, tmp_path, capsys):
     pytest.importorskip("radiomics")
     w = tmp_path / "w"

@@ -57,6 +57,8 @@ class StudyOptions:
         from .threshold import parse_spec
 
         parse_spec(self.threshold)   # refuse a bad policy before hours of training
+        if str(self.jobs) != "auto":
+            resolve_jobs(self.jobs, self.device)   # and a bad --jobs before the ingest
         p = dict(PRESETS[self.preset])
         for k in ("weights", "epochs", "image_size", "size"):
             if getattr(self, k) is not None:
