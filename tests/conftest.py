@@ -53,7 +53,7 @@ def run_cli(*args: str) -> int:
 
 @pytest.fixture(scope="session")
 def slices_cohort(tmp_path_factory) -> Path:
-    from ccrcc_grade.synth import make_cohort
+    from ccrcc_grade.tools.synth import make_cohort
 
     return make_cohort(tmp_path_factory.mktemp("coh") / "slices", patients=16, high_fraction=0.4, seed=3,
                        matrix=MATRIX, difficulty="easy")
@@ -61,7 +61,7 @@ def slices_cohort(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dicom_cohort(tmp_path_factory) -> Path:
-    from ccrcc_grade.synth import make_cohort
+    from ccrcc_grade.tools.synth import make_cohort
 
     return make_cohort(tmp_path_factory.mktemp("coh") / "dicom", patients=16, high_fraction=0.4, seed=3,
                        matrix=MATRIX, layout="dicom", difficulty="easy")
@@ -70,9 +70,9 @@ def dicom_cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def work(tmp_path_factory, slices_cohort) -> Path:
     """Ingested + split slices cohort (read-only for tests: copy before changing)."""
-    from ccrcc_grade.cache import ingest
-    from ccrcc_grade.config import PreprocessConfig
-    from ccrcc_grade.splits import make_splits
+    from ccrcc_grade.ingest.cache import ingest
+    from ccrcc_grade.core.config import PreprocessConfig
+    from ccrcc_grade.ingest.splits import make_splits
 
     w = tmp_path_factory.mktemp("work") / "w"
     ingest(slices_cohort, w, PreprocessConfig(size=CROP), show_progress=False)
@@ -83,8 +83,8 @@ def work(tmp_path_factory, slices_cohort) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, work) -> Path:
     """A ResNet34 trained briefly on the parenchymal phase (weights none, 48 px)."""
-    from ccrcc_grade.config import TrainConfig
-    from ccrcc_grade.train import fit
+    from ccrcc_grade.core.config import TrainConfig
+    from ccrcc_grade.model.train import fit
 
     run = tmp_path_factory.mktemp("runs") / "resnet34-parenchymal"
     fit(TrainConfig(work=str(work), phase="parenchymal", model="resnet34", out=str(run), weights="none", epochs=4,

@@ -42,7 +42,7 @@ def test_bench_lines(capsys):
 def test_bench_study_never_takes_or_removes_a_folder_it_did_not_make(tmp_path, monkeypatch, capsys):
     """The cached benchmark cohort appears only complete (made elsewhere, renamed); a folder of
     that name without clinical.csv is someone else's: refused, left as it is."""
-    from ccrcc_grade.bench import STUDY_COHORT
+    from ccrcc_grade.tools.bench import STUDY_COHORT
 
     c = STUDY_COHORT
     theirs = tmp_path / f"study-cohort-{c['patients']}-{c['high']}-{c['matrix']}"
@@ -77,7 +77,7 @@ def test_every_option_of_every_command_has_help():
 
 def test_readme_and_help_describe_the_presets_from_one_place():
     """Issue #16: the README said the quick preset ran 6 epochs while it ran 8."""
-    from ccrcc_grade.config import PRESETS, preset_text
+    from ccrcc_grade.core.config import PRESETS, preset_text
 
     readme = (REPO / "README.md").read_text()
     _, commands = _subcommands()

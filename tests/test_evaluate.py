@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ccrcc_grade.clinical import clinical_table
-from ccrcc_grade.errors import CcrccError
+from ccrcc_grade.stats.clinical import clinical_table
+from ccrcc_grade.core.errors import CcrccError
 
 from conftest import run_cli
 
@@ -74,8 +74,8 @@ def test_evaluate_predictions_file_and_its_errors(tmp_path, capsys):
 
 
 def test_compare_two_runs(trained_run, work, tmp_path):
-    from ccrcc_grade.config import TrainConfig
-    from ccrcc_grade.train import fit
+    from ccrcc_grade.core.config import TrainConfig
+    from ccrcc_grade.model.train import fit
 
     other = tmp_path / "se"
     fit(TrainConfig(work=str(work), phase="parenchymal", model="se_resnet34", out=str(other), weights="none",
@@ -234,7 +234,7 @@ def test_study_jobs_give_the_same_numbers_as_sequential(study_out, slices_cohort
 @pytest.mark.parametrize("jobs, message", [("0", "--jobs must be auto or a whole number >= 1"),
                                            ("many", "--jobs must be auto or a whole number >= 1")])
 def test_study_refuses_bad_jobs(jobs, message, slices_cohort, tmp_path, capsys):
-    from ccrcc_grade.study import resolve_jobs
+    from ccrcc_grade.study.run import resolve_jobs
 
     with pytest.raises(CcrccError, match=message):
         resolve_jobs(jobs, "cpu")
@@ -244,7 +244,7 @@ def test_study_refuses_bad_jobs(jobs, message, slices_cohort, tmp_path, capsys):
 
 
 def test_study_jobs_auto_is_one_on_a_cpu():
-    from ccrcc_grade.study import resolve_jobs
+    from ccrcc_grade.study.run import resolve_jobs
 
     assert resolve_jobs("auto", "cpu") == 1 and resolve_jobs("3", "cpu") == 3
 
@@ -258,7 +258,7 @@ def test_study_jobs_auto_is_one_on_a_cpu():
      "by the phase order (first listed): plain."),
 ])
 def test_best_phase_ties_are_said(keys, best, tied, text):
-    from ccrcc_grade.study import choose_best_phase
+    from ccrcc_grade.study.run import choose_best_phase
 
     got, record = choose_best_phase(keys)
     assert got == best and record["tied"] == tied

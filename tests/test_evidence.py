@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import read_rows, run_cli, survey, write_rows
-from ccrcc_grade.errors import CcrccError
+from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.evidence.calibration import (calibration_intercept_slope, expected_calibration_error, net_benefit,
                                               treat_all)
 from ccrcc_grade.evidence.comparison import compare_models, holm
@@ -39,7 +39,7 @@ def test_net_benefit_matches_hand_computation():
 
 
 def test_brier_and_ece_match_hand_computation():
-    from ccrcc_grade.metrics import point_metrics   # the Brier score every model's table entry reports
+    from ccrcc_grade.stats.metrics import point_metrics   # the Brier score every model's table entry reports
 
     # Brier: ((.1)^2 + (.6)^2 + (.3)^2 + (.6)^2 + (.2)^2) / 5 = (0.01+0.36+0.09+0.36+0.04)/5
     assert point_metrics(Y, P)["brier"] == pytest.approx(0.86 / 5)
@@ -139,7 +139,7 @@ def test_fusion_refuses_a_validation_set_without_both_grades(toy, val_labels, me
 
 
 def test_clinical_and_combined_models_never_fit_on_test_patients(tmp_path):
-    from ccrcc_grade.clinical_csv import read_clinical
+    from ccrcc_grade.io.clinical import read_clinical
     from ccrcc_grade.evidence.clinical_model import clinical_model, combined_model
 
     rng = np.random.default_rng(2)
@@ -180,7 +180,7 @@ def test_clinical_and_combined_models_never_fit_on_test_patients(tmp_path):
 
 
 def test_clinical_model_needs_tumour_size(tmp_path):
-    from ccrcc_grade.clinical_csv import read_clinical
+    from ccrcc_grade.io.clinical import read_clinical
     from ccrcc_grade.evidence.clinical_model import clinical_model
 
     write_rows(tmp_path / "clinical.csv", [{"patient_id": f"P{i}", "who_isup_grade": 1 + i % 4, "age": 50 + i}
@@ -337,7 +337,7 @@ def test_realistic_phantom_overlaps_between_grades_and_easy_does_not():
     enhancement is strong but overlapping in the realistic phantom; label noise exists."""
     from sklearn.metrics import roc_auc_score
 
-    from ccrcc_grade.synth import synthetic_patient
+    from ccrcc_grade.tools.synth import synthetic_patient
 
     rng = np.random.default_rng(0)
     labels = np.array([0, 1] * 150)

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from ccrcc_grade.errors import CcrccError
+from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.io.dicom import display_flips, read_hu, scan_series
 from ccrcc_grade.io.images import read_gray
 

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from ccrcc_grade.cache import CropCache, ingest
-from ccrcc_grade.config import PreprocessConfig
+from ccrcc_grade.ingest.cache import CropCache, ingest
+from ccrcc_grade.core.config import PreprocessConfig
 
 from conftest import CROP, read_rows, run_cli, survey, write_rows
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ccrcc_grade.errors import CcrccError
+from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.io.labelme import read_labelme
 
 from conftest import survey

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ccrcc_grade.metrics import bootstrap_metrics, delong, delong_ci, delong_paired_test, mcnemar, point_metrics
-from ccrcc_grade.threshold import cut_point
+from ccrcc_grade.stats.metrics import bootstrap_metrics, delong, delong_ci, delong_paired_test, mcnemar, point_metrics
+from ccrcc_grade.core.threshold import cut_point
 
 from conftest import survey
 
@@ -116,7 +116,7 @@ def test_mcnemar_exact_and_youden():
 
 
 def test_fast_bootstrap_metrics_equal_scikit_learn():
-    from ccrcc_grade.metrics import _flatten, fast_flat_metrics
+    from ccrcc_grade.stats.metrics import _flatten, fast_flat_metrics
 
     rng = np.random.default_rng(3)
     cases = [(rng.integers(0, 2, 50), rng.random(50).round(1)),          # ties

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import pytest
 
-from ccrcc_grade.errors import CcrccError
-from ccrcc_grade.models import MODELS, create_model
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.model.registry import MODELS, create_model
 
 
 def test_registry_builds_two_class_networks():
@@ -104,7 +104,7 @@ def test_imagenet_weights_through_torchvisions_cache(tmp_path, monkeypatch):
 def test_fast_cpu_inference_matches_fp32(name):
     """The inference form used by evaluate and predict gives the fp32 network's probabilities
     (bf16 rounding only), whichever backend it picks on this CPU."""
-    from ccrcc_grade.inference import fast_inference_model
+    from ccrcc_grade.model.inference import fast_inference_model
 
     torch.manual_seed(0)
     m, _ = create_model(name)
@@ -118,11 +118,11 @@ def test_fast_cpu_inference_matches_fp32(name):
     with torch.inference_mode():
         ref = torch.softmax(m(x), 1)
         fast, amp = fast_inference_model(m, torch.device("cpu"))
-        from ccrcc_grade.inference import autocast
+        from ccrcc_grade.model.inference import autocast
 
         with autocast(torch.device("cpu"), amp):
             got = torch.softmax(fast(x).float(), 1)
-    from ccrcc_grade.inference import CpuBf16Model, cpu_has_fast_bf16
+    from ccrcc_grade.model.inference import CpuBf16Model, cpu_has_fast_bf16
 
     if cpu_has_fast_bf16():   # AVX-512/AMX: the bf16 runner, within bf16 rounding
         assert isinstance(fast, CpuBf16Model) and amp is None

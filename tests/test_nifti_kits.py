@@ -11,12 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ccrcc_grade.cache import CropCache, ingest
-from ccrcc_grade.config import PreprocessConfig
-from ccrcc_grade.errors import CcrccError
+from ccrcc_grade.ingest.cache import CropCache, ingest
+from ccrcc_grade.core.config import PreprocessConfig
+from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.io.kits import ingest_kits, kits_grade, read_kits_clinical, select_cases
 from ccrcc_grade.io.nifti import axial, load_ras, mask_boxes
-from ccrcc_grade.phase_detect import detect_phases
+from ccrcc_grade.ingest.phase_detect import detect_phases
 
 from conftest import run_cli, survey
 
@@ -163,7 +163,7 @@ def test_phase_detection_rules():
 def test_phase_detection_on_real_series_tags():
     """The real TotalSegmentator series: contrast APPLIED, description 'CT Body 3.0', one series
     - nothing says which contrast phase it is, so it is reported as ambiguous, not guessed."""
-    from ccrcc_grade.phase_detect import scan_patient
+    from ccrcc_grade.ingest.phase_detect import scan_patient
 
     groups = scan_patient(survey("ct/totalsegmentator/example_ct_dicom"))
     assert len(groups) == 1
@@ -203,8 +203,8 @@ def test_bad_kits_json(tmp_path):
 def test_kits_as_external_validation(kits_dir, work, tmp_path):
     """A model trained on another cohort (the phantom, corticomedullary) validated on a raw
     KiTS folder, ingested on the fly with the model's preprocessing."""
-    from ccrcc_grade.config import TrainConfig
-    from ccrcc_grade.train import fit
+    from ccrcc_grade.core.config import TrainConfig
+    from ccrcc_grade.model.train import fit
 
     run = tmp_path / "cm"
     fit(TrainConfig(work=str(work), phase="corticomedullary", out=str(run), weights="none", epochs=1,

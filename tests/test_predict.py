@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ccrcc_grade.errors import CcrccError
-from ccrcc_grade.predict import predict_patient
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.model.predict import predict_patient
 
 from conftest import run_cli
 
@@ -56,8 +56,8 @@ def test_predict_dicom_series_with_boxes(trained_run, dicom_cohort, slices_cohor
 
 
 def test_gradcam_overlays_heat_inside_the_box(trained_run, slices_cohort, tmp_path):
-    from ccrcc_grade.explain import box_heatmap, gradcam
-    from ccrcc_grade.inference import load_model
+    from ccrcc_grade.model.explain import box_heatmap, gradcam
+    from ccrcc_grade.model.inference import load_model
 
     pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
     r = predict_patient(trained_run / "best.pt", slices_cohort / pid, cam_dir=tmp_path / "cam")
@@ -140,9 +140,9 @@ def test_both_cpu_backends_give_the_fp32_probabilities(trained_run, work, backen
     CPUs without bf16); both agree with the plain fp32 network and say which ran."""
     import numpy as np
 
-    from ccrcc_grade.cache import CropCache
-    from ccrcc_grade.inference import cpu_has_fast_bf16, load_model, predict_probs
-    from ccrcc_grade.predict import load_predictor
+    from ccrcc_grade.ingest.cache import CropCache
+    from ccrcc_grade.model.inference import cpu_has_fast_bf16, load_model, predict_probs
+    from ccrcc_grade.model.predict import load_predictor
 
     cache = CropCache.load(work)
     crops = np.asarray(cache.crops[[r["index"] for r in cache.select("parenchymal")][:24]])
@@ -158,14 +158,14 @@ def test_both_cpu_backends_give_the_fp32_probabilities(trained_run, work, backen
 
 @pytest.mark.parametrize("env, expected", [("torch", "torch"), ("onnxruntime", "onnxruntime"), ("", None)])
 def test_cpu_backend_choice(monkeypatch, env, expected):
-    from ccrcc_grade.inference import cpu_backend, cpu_has_fast_bf16
+    from ccrcc_grade.model.inference import cpu_backend, cpu_has_fast_bf16
 
     monkeypatch.setenv("CCRCC_CPU_BACKEND", env)
     assert cpu_backend() == (expected or ("torch" if cpu_has_fast_bf16() else "onnxruntime"))
 
 
 def test_cpu_backend_refuses_an_unknown_override(monkeypatch):
-    from ccrcc_grade.inference import cpu_backend
+    from ccrcc_grade.model.inference import cpu_backend
 
     monkeypatch.setenv("CCRCC_CPU_BACKEND", "tensorrt")
     with pytest.raises(CcrccError, match="CCRCC_CPU_BACKEND must be torch or onnxruntime"):
@@ -181,7 +181,7 @@ def test_int8_export_is_checked_on_validation_and_recorded(trained_run, slices_c
         return
     info = json.loads(out)["int8"]
     assert info["val_image_auc_fp32"] - info["val_image_auc_int8"] <= 0.01 and info["calibration_crops"] > 0
-    from ccrcc_grade.onnx_infer import read_onnx_metadata
+    from ccrcc_grade.model.onnx_runtime import read_onnx_metadata
 
     assert read_onnx_metadata(onnx_path)["int8"] == info                     # travels with the model
     pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
@@ -209,10 +209,10 @@ def test_onnx_backend_falls_back_for_a_model_it_cannot_run(work, tmp_path, monke
     asking for ONNX Runtime explicitly is refused with the reason."""
     import numpy as np
 
-    from ccrcc_grade.cache import CropCache
-    from ccrcc_grade.config import TrainConfig
-    from ccrcc_grade.predict import load_predictor
-    from ccrcc_grade.train import fit
+    from ccrcc_grade.ingest.cache import CropCache
+    from ccrcc_grade.core.config import TrainConfig
+    from ccrcc_grade.model.predict import load_predictor
+    from ccrcc_grade.model.train import fit
 
     run = tmp_path / "r"
     fit(TrainConfig(work=str(work), phase="parenchymal", model="resnet34", out=str(run), weights="none", epochs=1,
@@ -228,8 +228,8 @@ def test_onnx_backend_falls_back_for_a_model_it_cannot_run(work, tmp_path, monke
 
 
 def test_export_refuses_a_model_the_exporter_cannot_write(work, tmp_path, capsys):
-    from ccrcc_grade.config import TrainConfig
-    from ccrcc_grade.train import fit
+    from ccrcc_grade.core.config import TrainConfig
+    from ccrcc_grade.model.train import fit
 
     run = tmp_path / "r"
     fit(TrainConfig(work=str(work), phase="parenchymal", model="resnet34", out=str(run), weights="none", epochs=1,

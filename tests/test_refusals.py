@@ -96,7 +96,7 @@ def test_labelme_image_of_another_patient(slices_cohort, tmp_path, capsys):
 def test_predict_uses_only_the_patients_own_boxes(trained_run, dicom_cohort, tmp_path, capsys):
     import torch
 
-    from ccrcc_grade.predict import predict_patient
+    from ccrcc_grade.model.predict import predict_patient
 
     pid, other = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][:2]
     rows = read_rows(dicom_cohort / "boxes.csv")
@@ -250,7 +250,7 @@ def test_bad_prediction_files(tmp_path, capsys, content, needle):
 # --- 4. statistics and decisions that would mislead ---------------------------------------------
 
 def test_delong_on_too_few_patients_is_not_estimable():
-    from ccrcc_grade.metrics import delong_paired_test
+    from ccrcc_grade.stats.metrics import delong_paired_test
 
     y = np.array([0, 0, 1])                      # 3 patients: both models separate them perfectly
     d = delong_paired_test(y, np.array([0.1, 0.2, 0.9]), np.array([0.3, 0.1, 0.8]))

@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from ccrcc_grade.io.dicom import read_hu
-from ccrcc_grade.predict import predict_patient
-from ccrcc_grade.preprocess import window_to_uint8
+from ccrcc_grade.model.predict import predict_patient
+from ccrcc_grade.ingest.preprocess import window_to_uint8
 from ccrcc_grade.serve import create_app
 from ccrcc_grade.serve.store import UploadLimits
 
@@ -81,7 +81,7 @@ def test_models_and_their_cards(client, trained_run):
     ck = torch.load(trained_run / "best.pt", weights_only=True)
     assert card["data"]["train_patients"] == len(ck["splits"]["train"]) and card["trained"] == ck["created"]
     assert m["threshold"] == 0.5 and "intended_use" in card
-    from ccrcc_grade.predict import load_predictor
+    from ccrcc_grade.model.predict import load_predictor
 
     assert m["backend"] == load_predictor(trained_run, "auto")[1]["backend"]   # the backend predict runs and says
 
@@ -192,7 +192,7 @@ def _text_values(ds: pydicom.Dataset) -> list[str]:
 
 
 def test_export_as_a_research_cohort(graded, client, tmp_path):
-    from ccrcc_grade.cohort import read_boxes_csv
+    from ccrcc_grade.ingest.cohort import read_boxes_csv
 
     _, sid, boxes, _ = graded
     r = client.get(f"/api/studies/{sid}/export")

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 import torch
 
-from ccrcc_grade.predict import predict_patient
+from ccrcc_grade.model.predict import predict_patient
 
 from conftest import REPO, free_port, wait_http
 from test_serve import cohort_boxes

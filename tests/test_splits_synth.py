@@ -7,8 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from ccrcc_grade.errors import CcrccError
-from ccrcc_grade.splits import check_disjoint, fold_split, kfold_patients, split_patients
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.ingest.splits import check_disjoint, fold_split, kfold_patients, split_patients
 
 
 def _labels(n_low, n_high):
@@ -64,7 +64,7 @@ def _digest(folder):
 
 
 def test_synth_is_deterministic_and_marked_synthetic(tmp_path):
-    from ccrcc_grade.synth import make_cohort
+    from ccrcc_grade.tools.synth import make_cohort
 
     a = make_cohort(tmp_path / "a", patients=3, seed=5, matrix=64)
     b = make_cohort(tmp_path / "b", patients=3, seed=5, matrix=64)

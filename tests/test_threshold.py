@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from ccrcc_grade.errors import CcrccError
-from ccrcc_grade.predict import predict_patient
-from ccrcc_grade.threshold import (DEFAULT_POLICY, MIN_PER_CLASS, ThresholdPolicy, cut_point, decide, fit_policy,
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.model.predict import predict_patient
+from ccrcc_grade.core.threshold import (DEFAULT_POLICY, MIN_PER_CLASS, ThresholdPolicy, cut_point, decide, fit_policy,
                                    parse_spec, policy_of)
 
 from conftest import run_cli

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from ccrcc_grade.config import TrainConfig
-from ccrcc_grade.errors import CcrccError
-from ccrcc_grade.inference import read_checkpoint
-from ccrcc_grade.train import LOG_COLUMNS, fit
+from ccrcc_grade.core.config import TrainConfig
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.model.inference import read_checkpoint
+from ccrcc_grade.model.train import LOG_COLUMNS, fit
 
 from conftest import CROP, REPO, run_cli
 
@@ -59,7 +59,7 @@ def chance_margin(work: Path, phase: str, z: float) -> float:
     Phi(-z): 0.5 + z * sigma0, sigma0 = sqrt((n1 + n2 + 1) / (12 n1 n2)) (the Mann-Whitney null
     distribution of the AUC for this split's numbers of validation crops). Independent of the
     numeric path (fp32, bf16, CUDA), unlike a fixed 0.75 that a 0.001 rounding difference crosses."""
-    from ccrcc_grade.cache import CropCache
+    from ccrcc_grade.ingest.cache import CropCache
 
     val = set(json.loads((work / "splits.json").read_text())["val"])
     rows = CropCache.load(work).select(phase, val)
@@ -88,7 +88,7 @@ def test_plain_phase_trains_on_its_own_crops(work, tmp_path, model, capsys):
     validation AUC of 4 patients swings between 0.25 and 1.0 from epoch to epoch, so asserting
     that it learns would assert luck (the AVX2 failure of issue #15). Asserted instead: it trains
     on exactly the plain crops of the training patients and validates on those of validation."""
-    from ccrcc_grade.cache import CropCache
+    from ccrcc_grade.ingest.cache import CropCache
 
     s = fit(_cfg(work, tmp_path / "r", model=model, phase="plain", epochs=1, image_size=32))
     splits = json.loads((work / "splits.json").read_text())
@@ -155,7 +155,7 @@ def test_bad_training_inputs(work, tmp_path, capsys):
     assert run_cli("train", w, "--weights", "none", "--epochs", "1") == 2
     assert "no splits file" in capsys.readouterr().err
     s = json.loads((work / "splits.json").read_text())
-    labels = {r["patient_id"]: r["label"] for r in __import__("ccrcc_grade.cache", fromlist=["x"]).CropCache.load(work).manifest}
+    labels = {r["patient_id"]: r["label"] for r in __import__("ccrcc_grade.ingest.cache", fromlist=["x"]).CropCache.load(work).manifest}
     (w / "splits.json").write_text(json.dumps({**s, "val": []}))
     assert run_cli("train", w, "--weights", "none", "--epochs", "1") == 2
     assert "the val split is empty" in capsys.readouterr().err

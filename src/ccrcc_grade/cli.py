@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import CcrccError
+from ccrcc_grade.core.errors import CcrccError
 
 
 def _window(text: str) -> tuple[float, float]:
@@ -19,7 +19,7 @@ def _window(text: str) -> tuple[float, float]:
 
 
 def cmd_synth(a: argparse.Namespace) -> None:
-    from .synth import make_cohort
+    from ccrcc_grade.tools.synth import make_cohort
 
     out = make_cohort(a.out, patients=a.patients, high_fraction=a.high_fraction, layout=a.layout,
                       seed=a.seed, matrix=a.matrix, difficulty=a.difficulty, workers=a.workers)
@@ -27,21 +27,21 @@ def cmd_synth(a: argparse.Namespace) -> None:
 
 
 def cmd_ingest(a: argparse.Namespace) -> None:
-    from .cache import format_summary
-    from .config import PreprocessConfig
+    from ccrcc_grade.ingest.cache import format_summary
+    from ccrcc_grade.core.config import PreprocessConfig
 
     level, width = a.window
     cfg = PreprocessConfig(size=a.size, window_level=level, window_width=width, margin_mm=a.margin_mm,
                            mask_margin_mm=a.mask_margin_mm)
     if a.format == "kits":
-        from .io.kits import ingest_kits
+        from ccrcc_grade.io.kits import ingest_kits
 
         report = ingest_kits(a.cohort, a.out, cfg, clinical=a.clinical, phase=a.phase, overwrite=a.overwrite)
     else:
-        from .cache import ingest
+        from ccrcc_grade.ingest.cache import ingest
 
         if a.detect_phases:
-            from .phase_detect import ingest_detected
+            from ccrcc_grade.ingest.phase_detect import ingest_detected
 
             report = ingest_detected(a.cohort, a.out, cfg, overwrite=a.overwrite)
         else:
@@ -58,7 +58,7 @@ def cmd_ingest(a: argparse.Namespace) -> None:
 
 
 def cmd_split(a: argparse.Namespace) -> None:
-    from .splits import make_splits
+    from ccrcc_grade.ingest.splits import make_splits
 
     s = make_splits(Path(a.work), a.ratios, a.seed, a.folds)
     print(f"train {len(s['train'])}, val {len(s['val'])}, test {len(s['test'])} patients"
@@ -66,11 +66,11 @@ def cmd_split(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from .config import TrainConfig
-    from .train import fit
+    from ccrcc_grade.core.config import TrainConfig
+    from ccrcc_grade.model.train import fit
 
     if a.resume:
-        from .train import resume
+        from ccrcc_grade.model.train import resume
 
         result = resume(Path(a.resume), progress=not a.no_progress)
     else:
@@ -88,7 +88,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from .evaluate import evaluate_command
+    from ccrcc_grade.model.evaluate import evaluate_command
 
     out = evaluate_command(run=a.run, split=a.split, cohort=a.cohort, predictions=a.predictions,
                            out=a.out, val_predictions=a.val_predictions, aggregate=a.aggregate,
@@ -97,19 +97,19 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    from .compare import compare_command
+    from ccrcc_grade.stats.compare import compare_command
 
     print(compare_command(a.a, a.b, a.json, split=a.split))
 
 
 def cmd_clinical(a: argparse.Namespace) -> None:
-    from .clinical import clinical_command
+    from ccrcc_grade.stats.clinical import clinical_command
 
     print(clinical_command(a.cohort, a.out, normality=a.normality))
 
 
 def cmd_study(a: argparse.Namespace) -> None:
-    from .study import StudyOptions, run_study
+    from ccrcc_grade.study.run import StudyOptions, run_study
 
     opts = StudyOptions(preset=a.preset, folds=a.folds, seed=a.seed, weights=a.weights, device=a.device,
                         epochs=a.epochs, image_size=a.image_size, size=a.size, format=a.format,
@@ -120,8 +120,8 @@ def cmd_study(a: argparse.Namespace) -> None:
 
 
 def cmd_radiomics(a: argparse.Namespace) -> None:
-    from .cache import CropCache
-    from .evidence.radiomics import radiomics_study, summary
+    from ccrcc_grade.ingest.cache import CropCache
+    from ccrcc_grade.evidence.radiomics import radiomics_study, summary
 
     res = radiomics_study(Path(a.work), seed=a.seed)
     print(summary(res["result"], CropCache.load(a.work).patient_labels()))
@@ -129,27 +129,27 @@ def cmd_radiomics(a: argparse.Namespace) -> None:
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
-    from .predict import predict_command
+    from ccrcc_grade.model.predict import predict_command
 
     print(predict_command(a.model, a.input, json_out=a.json, cam_dir=a.cam, boxes=a.boxes,
                           patient_id=a.patient_id, device=a.device))
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from .export import export_onnx
+    from ccrcc_grade.model.export import export_onnx
 
     info = export_onnx(Path(a.model), Path(a.onnx), int8=a.int8)
     print(json.dumps(info))
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
-    from .serve.server import serve
+    from ccrcc_grade.serve.server import serve
 
     serve(a.models, a.host, a.port, a.data, a.pacs, a.token_file, a.max_upload_mb, a.max_files, a.device)
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    from .bench import bench
+    from ccrcc_grade.tools.bench import bench
 
     for line in bench(a.what, device=a.device, steps=a.steps, image_size=a.image_size, batch_size=a.batch_size,
                       preset=a.preset):
@@ -174,8 +174,8 @@ def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; option defaults come from the config dataclasses (one source)."""
-    from . import __version__
-    from .config import PRESETS, PreprocessConfig, TrainConfig, preset_text
+    from ccrcc_grade import __version__
+    from ccrcc_grade.core.config import PRESETS, PreprocessConfig, TrainConfig, preset_text
 
     pre, tc = PreprocessConfig(), TrainConfig()
     p = argparse.ArgumentParser(prog="ccrcc-grade", description=WORKFLOW,

@@ -7,8 +7,8 @@ Brier, decision curves) -> comparison (one table, DeLong against the best phase,
 run (what `study` calls).
 """
 
-from .calibration import calibration_summary, net_benefit, treat_all
-from .comparison import compare_models, holm
-from .scores import KINDS, ModelScores
+from ccrcc_grade.evidence.calibration import calibration_summary, net_benefit, treat_all
+from ccrcc_grade.evidence.comparison import compare_models, holm
+from ccrcc_grade.evidence.scores import KINDS, ModelScores
 
 __all__ = ["ModelScores", "KINDS", "calibration_summary", "net_benefit", "treat_all", "compare_models", "holm"]

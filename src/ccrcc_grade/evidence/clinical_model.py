@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ..clinical_csv import ClinicalTable
-from ..errors import CcrccError
-from .calibration import logit
-from .fusion import MIN_FIT_PER_CLASS
-from .scores import ModelScores
+from ccrcc_grade.io.clinical import ClinicalTable
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.evidence.calibration import logit
+from ccrcc_grade.evidence.fusion import MIN_FIT_PER_CLASS
+from ccrcc_grade.evidence.scores import ModelScores
 
 SIZE_COLUMNS = ("tumor_size_cm", "tumour_size_cm", "tumor_size", "tumour_size", "size_cm", "max_diameter_cm",
                 "tumor_size_mm", "tumour_size_mm")

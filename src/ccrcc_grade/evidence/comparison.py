@@ -9,9 +9,9 @@ import math
 
 import numpy as np
 
-from ..metrics import bootstrap_metrics, delong_paired_test
-from .calibration import calibration_summary
-from .scores import ModelScores
+from ccrcc_grade.stats.metrics import bootstrap_metrics, delong_paired_test
+from ccrcc_grade.evidence.calibration import calibration_summary
+from ccrcc_grade.evidence.scores import ModelScores
 
 
 def holm(pvalues: list[float]) -> list[float]:

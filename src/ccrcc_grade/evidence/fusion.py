@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CcrccError
-from .calibration import logit
-from .scores import ModelScores
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.evidence.calibration import logit
+from ccrcc_grade.evidence.scores import ModelScores
 
 MIN_FIT_PER_CLASS = 2   # a logistic model needs both grades among its fitting patients
 

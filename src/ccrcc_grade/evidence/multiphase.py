@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cache import CropCache
-from ..data import augment, to_model_input
-from ..errors import CcrccError
-from ..evaluate import PATIENT_COLUMNS, write_csv
-from ..fileio import atomic_torch_save, atomic_write_json
-from ..inference import amp_dtype, autocast, make_checkpoint, read_checkpoint, resolve_device
-from ..metrics import safe_auc
-from ..models import create_model, uses_imagenet_norm
-from ..phases import PHASES
-from ..progress import progress
-from .scores import ModelScores
+from ccrcc_grade.ingest.cache import CropCache
+from ccrcc_grade.model.data import augment, to_model_input
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.model.evaluate import PATIENT_COLUMNS, write_csv
+from ccrcc_grade.core.fileio import atomic_torch_save, atomic_write_json
+from ccrcc_grade.model.inference import amp_dtype, autocast, make_checkpoint, read_checkpoint, resolve_device
+from ccrcc_grade.stats.metrics import safe_auc
+from ccrcc_grade.model.registry import create_model, uses_imagenet_norm
+from ccrcc_grade.core.phases import PHASES
+from ccrcc_grade.core.progress import progress
+from ccrcc_grade.evidence.scores import ModelScores
 
 PHASE_DROPOUT = 0.2
 NAME = "multiphase-resnet34"

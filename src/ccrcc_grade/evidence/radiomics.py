@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CcrccError
-from ..fileio import atomic_write_json, atomic_write_text
-from ..phases import PHASES
-from .scores import ModelScores
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
+from ccrcc_grade.core.phases import PHASES
+from ccrcc_grade.evidence.scores import ModelScores
 
 FEATURE_CLASSES = ("firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 SETTINGS = {"binWidth": 10, "force2D": True, "force2Ddimension": 0, "label": 1, "minimumROIDimensions": 2,
@@ -99,8 +99,8 @@ def box_mask(shape: tuple[int, ...]) -> np.ndarray:
 def cohort_features(work: Path, workers: int | None = None, show_progress: bool = True) -> tuple[list[str], list[str], np.ndarray]:
     """(patient ids, feature names, matrix) of every patient of a WORK cache, all phases side by
     side (NaN where a patient lacks a phase). Cached in WORK/radiomics/features.csv."""
-    from ..cache import CropCache
-    from ..progress import progress
+    from ccrcc_grade.ingest.cache import CropCache
+    from ccrcc_grade.core.progress import progress
 
     work = Path(work)
     dest = work / "radiomics" / "features.csv"
@@ -260,8 +260,8 @@ def _platt(search, x: np.ndarray, y: np.ndarray, seed: int):
 
 def radiomics_study(work: Path, splits: dict | None = None, seed: int = 0, show_progress: bool = True) -> dict:
     """`ccrcc-grade radiomics WORK`: features, both classifiers, scores; written to WORK/radiomics/."""
-    from ..cache import CropCache
-    from ..splits import load_splits
+    from ccrcc_grade.ingest.cache import CropCache
+    from ccrcc_grade.ingest.splits import load_splits
 
     work = Path(work)
     cache = CropCache.load(work)
@@ -280,7 +280,7 @@ def radiomics_study(work: Path, splits: dict | None = None, seed: int = 0, show_
 
 
 def summary(result: dict, labels: dict[str, int]) -> str:
-    from ..metrics import safe_auc
+    from ccrcc_grade.stats.metrics import safe_auc
 
     lines = [f"radiomics: {result['n_features']} features of {result['n_patients']} patients "
              f"({', '.join(result['phases'])})"]

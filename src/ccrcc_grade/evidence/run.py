@@ -10,20 +10,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import CropCache
-from ..clinical_csv import read_clinical
-from ..errors import CcrccError
-from ..evaluate import PATIENT_COLUMNS, patient_level, read_predictions, run_predictions, write_csv
-from ..figures import decision_curve_figure, nomogram_figure, reliability_figure
-from ..phases import COMBINED, PHASES
-from ..threshold import ThresholdPolicy, fit_policy, parse_spec
-from .calibration import DCA_THRESHOLDS, net_benefit, treat_all
-from .clinical_model import clinical_model, combined_model
-from .comparison import compare_models
-from .fusion import fuse_logistic, fuse_mean
-from .multiphase import MultiPhaseConfig, train_multiphase
-from .radiomics import radiomics_study
-from .scores import ModelScores
+from ccrcc_grade.ingest.cache import CropCache
+from ccrcc_grade.io.clinical import read_clinical
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.model.evaluate import PATIENT_COLUMNS, patient_level, read_predictions, run_predictions, write_csv
+from ccrcc_grade.stats.figures import decision_curve_figure, nomogram_figure, reliability_figure
+from ccrcc_grade.core.phases import COMBINED, PHASES
+from ccrcc_grade.core.threshold import ThresholdPolicy, fit_policy, parse_spec
+from ccrcc_grade.evidence.calibration import DCA_THRESHOLDS, net_benefit, treat_all
+from ccrcc_grade.evidence.clinical_model import clinical_model, combined_model
+from ccrcc_grade.evidence.comparison import compare_models
+from ccrcc_grade.evidence.fusion import fuse_logistic, fuse_mean
+from ccrcc_grade.evidence.multiphase import MultiPhaseConfig, train_multiphase
+from ccrcc_grade.evidence.radiomics import radiomics_study
+from ccrcc_grade.evidence.scores import ModelScores
 
 def run_scores(run: Path, name: str, device: str) -> ModelScores:
     """A trained run's patient scores: test from its study evaluation (eval-test: its patient
@@ -175,7 +175,7 @@ def _nomogram(info: dict, table, clin_info: dict, dl: ModelScores, splits: dict,
     k = lr.coef_[0] / scaler.scale_
     b0 = float(lr.intercept_[0] - np.sum(lr.coef_[0] * scaler.mean_ / scaler.scale_))
     preds = clin_info["predictor_objects"]
-    from .calibration import logit
+    from ccrcc_grade.evidence.calibration import logit
 
     lg = logit(np.array(list(dl.val.values()) + list(dl.test.values())))
     ranges = [(float(np.floor(lg.min())), float(np.ceil(lg.max())))]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import CcrccError, check_number
+from ccrcc_grade.core.errors import CcrccError, check_number
 
 KINDS = ("phase", "fusion", "radiomics", "clinical", "combined")
 

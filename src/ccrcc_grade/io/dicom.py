@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..errors import CcrccError, check_number
+from ccrcc_grade.core.errors import CcrccError, check_number
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import CcrccError
+from ccrcc_grade.core.errors import CcrccError
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg")
 

@@ -12,8 +12,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from ..clinical_csv import ClinicalTable, grade_to_label
-from ..errors import CcrccError
+from ccrcc_grade.io.clinical import ClinicalTable, grade_to_label
+from ccrcc_grade.core.errors import CcrccError
 
 TUMOUR_LABEL = 2
 CLEAR_CELL = "clear_cell_rcc"
@@ -73,11 +73,11 @@ def ingest_kits(kits_dir: Path | str, work: Path | str, cfg=None, clinical: str 
                 phase: str = "corticomedullary", overwrite: bool = False,
                 show_progress: bool = True) -> dict:
     """Build a crop cache from a KiTS data folder (same cache and manifest as other layouts)."""
-    from ..cache import crop_rois, write_cache
-    from ..cohort import Cohort
-    from ..config import PreprocessConfig
-    from ..phases import check_phase
-    from .nifti import volume_rois
+    from ccrcc_grade.ingest.cache import crop_rois, write_cache
+    from ccrcc_grade.ingest.cohort import Cohort
+    from ccrcc_grade.core.config import PreprocessConfig
+    from ccrcc_grade.core.phases import check_phase
+    from ccrcc_grade.io.nifti import volume_rois
 
     kits_dir = Path(kits_dir)
     if not kits_dir.is_dir():

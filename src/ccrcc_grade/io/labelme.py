@@ -12,10 +12,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CcrccError, check_number
+from ccrcc_grade.core.errors import CcrccError, check_number
 
 MAX_COORD = 100_000.0   # pixels: no CT slice or export is larger
-from .boxes import Box
+from ccrcc_grade.io.boxes import Box
 
 
 @dataclass

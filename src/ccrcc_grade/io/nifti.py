@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CcrccError
-from .boxes import Box
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.io.boxes import Box
 
 _CACHE: OrderedDict[str, tuple[np.ndarray, tuple[float, float, float]]] = OrderedDict()
 _CACHE_SIZE = 2   # volumes kept decoded: ingest walks one case at a time
@@ -78,7 +78,7 @@ def volume_rois(volume: Path, mask: Path, pid: str, phase: str, root: Path, marg
                 labels: tuple[int, ...] | None = None):
     """ROIs of every axial slice holding tumour in ``mask`` (non-zero, or the given label values).
     Returns (rois, slices without tumour)."""
-    from ..cohort import Roi
+    from ccrcc_grade.ingest.cohort import Roi
 
     vol, vz = load_ras(volume)
     seg, sz = load_ras(mask)
@@ -102,8 +102,8 @@ def volume_rois(volume: Path, mask: Path, pid: str, phase: str, root: Path, marg
 
 def load_nifti_layout(cohort, phases: tuple[str, ...], margin_mm: float = 1.5) -> None:
     """Layout C: COHORT/<patient>/<phase>.nii.gz with <phase>_mask.nii.gz beside it."""
-    from ..cohort import _patient_dirs
-    from ..phases import canonical_phase
+    from ccrcc_grade.ingest.cohort import _patient_dirs
+    from ccrcc_grade.core.phases import canonical_phase
 
     for pdir in _patient_dirs(cohort.root):
         vols = sorted(p for p in pdir.iterdir() if p.name.endswith((".nii", ".nii.gz")) and "_mask" not in p.name)

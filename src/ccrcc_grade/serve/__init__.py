@@ -8,6 +8,6 @@ Modules: ``store`` (studies on disk), ``models`` (models loaded once, model card
 (the HTTP routes), ``static/`` (the page).
 """
 
-from .app import create_app
+from ccrcc_grade.serve.app import create_app
 
 __all__ = ["create_app"]

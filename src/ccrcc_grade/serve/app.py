@@ -21,16 +21,16 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..cohort import Roi
-from ..errors import CcrccError
-from ..fileio import atomic_write_json
-from ..io.boxes import Box
-from ..modelcard import DISCLAIMER
-from ..predict import grade_rois
-from ..preprocess import window_to_uint8
-from .models import ModelRegistry
-from .pacs import Pacs, PacsError
-from .store import NotFound, StudyStore, TooLarge, UploadLimits
+from ccrcc_grade.ingest.cohort import Roi
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.fileio import atomic_write_json
+from ccrcc_grade.io.boxes import Box
+from ccrcc_grade.model.card import DISCLAIMER
+from ccrcc_grade.model.predict import grade_rois
+from ccrcc_grade.ingest.preprocess import window_to_uint8
+from ccrcc_grade.serve.models import ModelRegistry
+from ccrcc_grade.serve.pacs import Pacs, PacsError
+from ccrcc_grade.serve.store import NotFound, StudyStore, TooLarge, UploadLimits
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("ccrcc_grade.serve")
@@ -238,7 +238,7 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
     def sr_dataset(study_id: str, model_id: str | None):
         import pydicom
 
-        from .sr import build_sr
+        from ccrcc_grade.serve.sr import build_sr
 
         result, m = last_result(study_id, model_id)
         sources = {}

@@ -7,9 +7,9 @@ import re
 import threading
 from pathlib import Path
 
-from ..errors import CcrccError
-from ..modelcard import model_card
-from ..predict import load_predictor
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.model.card import model_card
+from ccrcc_grade.model.predict import load_predictor
 
 class ModelRegistry:
     """id -> (predictor, card). Ids come from the run folder name (``resnet34-parenchymal``)."""
@@ -33,7 +33,7 @@ class ModelRegistry:
         if model_id is None and len(self.models) == 1:
             return next(iter(self.models.values()))
         if model_id not in self.models:
-            from .store import NotFound
+            from ccrcc_grade.serve.store import NotFound
 
             raise NotFound(f"model {model_id!r} not loaded (loaded: {', '.join(self.models)})")
         return self.models[model_id]

@@ -7,7 +7,7 @@ import functools
 
 import pydicom
 
-from ..errors import CcrccError
+from ccrcc_grade.core.errors import CcrccError
 
 
 class PacsError(CcrccError):

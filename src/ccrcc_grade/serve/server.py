@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from ..errors import CcrccError
-from .store import UploadLimits
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.serve.store import UploadLimits
 
 LOOPBACK_NAMES = {"localhost"}
 
@@ -41,7 +41,7 @@ def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, data: st
           max_files: int = 5000, device: str = "auto") -> None:
     import uvicorn
 
-    from .app import create_app
+    from ccrcc_grade.serve.app import create_app
 
     if not 1 <= port <= 65535:
         raise CcrccError(f"--port must be 1-65535, got {port}")

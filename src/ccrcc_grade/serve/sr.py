@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
-from .. import __version__
+from ccrcc_grade import __version__
 
 PRIVATE = "99CCRCC"
 

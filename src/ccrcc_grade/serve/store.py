@@ -29,12 +29,12 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..errors import CcrccError
-from ..fileio import atomic_write_json, atomic_write_text
-from ..io.boxes import Box
-from ..io.dicom import display_flips, read_hu, slice_position
-from ..phase_detect import detect_phases, series_tags
-from ..phases import PHASES
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
+from ccrcc_grade.io.boxes import Box
+from ccrcc_grade.io.dicom import display_flips, read_hu, slice_position
+from ccrcc_grade.ingest.phase_detect import detect_phases, series_tags
+from ccrcc_grade.core.phases import PHASES
 
 STUDY_ID = re.compile(r"^[0-9a-f]{16}$")
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

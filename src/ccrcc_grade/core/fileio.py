@@ -1,0 +1,92 @@
+"""Atomic file writes: write to a temporary file in the same folder, then rename.
+
+An interrupted run therefore never leaves a half-written artefact under its final name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from ccrcc_grade.core.errors import CcrccError
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)   # the only way to read it is to set it; restored at once
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()   # read once at import: setting the umask per write would race between threads
+
+
+def normal_mode(path: Path, directory: bool = False) -> None:
+    """Give a file or folder made by ``tempfile`` (private 0600/0700) the mode an ordinary
+    ``open``/``mkdir`` would give it under the user's umask, so colleagues and a web server can
+    read the outputs as they read any other file of the user's."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Call ``write(fh)`` on a temporary binary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    if path.is_dir():
+        raise CcrccError(f"{path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:   # read-only disk, no permission, a file where a folder should be
+        raise CcrccError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+    try:
+        normal_mode(Path(tmp))
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:   # a full disk: the old file (if any) stays as it was
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise CcrccError(f"{path}: cannot write ({exc.strerror or exc}); nothing was replaced") from None
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def atomic_save_figure(fig, path: Path, **kwargs) -> None:
+    """Save a matplotlib figure atomically (format taken from the suffix)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, **kwargs))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

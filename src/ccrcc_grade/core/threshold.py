@@ -1,0 +1,192 @@
+"""The decision-threshold policy: how a patient probability becomes the grade a clinician reads.
+
+A Youden cut-point fitted on a handful of validation patients lands anywhere between two
+neighbouring validation probabilities (the demo's six patients gave 0.974), and the printed grade
+then contradicts the probability beside it. So:
+
+- ``default``: the study's 0.5 on the probability. Always available; the default everywhere.
+- ``youden`` (max sensitivity + specificity - 1), ``sensNN`` / ``specNN`` (the highest threshold
+  reaching NN% sensitivity, the lowest reaching NN% specificity): fitted on **validation
+  patients only**, and only when validation holds at least ``MIN_PER_CLASS`` patients of each
+  grade. Below that the cut-point's bootstrap interval spans most of [0, 1] (one patient moves
+  sensitivity or specificity by >= 10 points), so the policy is refused, not silently fitted.
+  A percentile bootstrap over validation patients gives the threshold's 95% CI.
+- a number in (0, 1): a fixed threshold chosen by the user.
+
+``decide`` turns a probability into "high", "low" or "uncertain" (the probability lies inside
+the threshold's CI) and the one sentence that explains it, used by predict, evaluate, the report
+and the SR, so no output can contradict itself.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from ccrcc_grade.core.errors import CcrccError
+
+DEFAULT_THRESHOLD = 0.5
+MIN_PER_CLASS = 10          # validation patients of each grade needed to fit a cut-point
+FITTED_METHODS = ("youden", "sens90", "spec90")   # the operating points evaluate reports
+_TARGET = re.compile(r"^(sens|spec)(\d{2})$")
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """A threshold and where it came from (stored in every checkpoint and ONNX file)."""
+
+    method: str                      # default | fixed | youden | sensNN | specNN
+    threshold: float
+    source: str                      # one human sentence: how it was chosen
+    ci95: tuple[float, float] | None = None   # bootstrap CI over validation patients (fitted only)
+    n_low: int = 0                   # validation patients used (fitted only)
+    n_high: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ci95"] = list(self.ci95) if self.ci95 is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ThresholdPolicy":
+        t = check_probability(d.get("threshold"), "threshold")
+        ci = d.get("ci95")
+        if ci is not None:
+            ci = (check_probability(ci[0], "threshold CI"), check_probability(ci[1], "threshold CI"))
+        return cls(str(d.get("method", "fixed")), t, str(d.get("source", "")), ci,
+                   int(d.get("n_low", 0)), int(d.get("n_high", 0)))
+
+    @property
+    def label(self) -> str:
+        """Short label used after the threshold, e.g. 'study default'."""
+        return "study default" if self.method == "default" else self.source
+
+
+DEFAULT_POLICY = ThresholdPolicy("default", DEFAULT_THRESHOLD, "study default")
+
+
+def check_probability(v, what: str) -> float:
+    """A finite number in [0, 1], or a one-line error naming ``what``."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise CcrccError(f"{what} must be a number in [0, 1], got {v!r}") from None
+    if not math.isfinite(f) or not 0.0 <= f <= 1.0:
+        raise CcrccError(f"{what} must be a number in [0, 1], got {v!r}")
+    return f
+
+
+def parse_spec(spec: str | float) -> str | float:
+    """'default' | 'youden' | 'sensNN' | 'specNN' (NN 50-99) | a number in (0, 1)."""
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        f = float(spec)
+    else:
+        s = str(spec).strip().lower()
+        if s in ("default", "youden"):
+            return s
+        m = _TARGET.match(s)
+        if m:
+            if not 50 <= int(m.group(2)) <= 99:
+                raise CcrccError(f"threshold {spec!r}: the target must be 50-99%")
+            return s
+        try:
+            f = float(s)
+        except ValueError:
+            raise CcrccError(f"threshold must be default, youden, sensNN, specNN (e.g. sens90) or a number "
+                             f"in (0, 1), got {spec!r}") from None
+    if not math.isfinite(f) or not 0.0 < f < 1.0:
+        raise CcrccError(f"a fixed threshold must lie strictly between 0 and 1, got {spec!r}")
+    return f
+
+
+def cut_point(method: str, y: np.ndarray, p: np.ndarray) -> float:
+    """The cut-point of a fitted method on labels ``y`` and probabilities ``p`` (both classes present)."""
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)   # every cut-point, for sens/spec targets
+    thr = np.clip(thr, 0.0, 1.0)   # sklearn's first threshold is +inf (nobody called high)
+    if method == "youden":
+        return float(thr[int(np.argmax(tpr - fpr))])
+    kind, pct = method[:4], int(method[4:]) / 100
+    if kind == "sens":   # the highest threshold whose sensitivity reaches the target
+        return float(thr[int(np.argmax(tpr >= pct - 1e-12))])
+    ok = np.nonzero(1 - fpr >= pct - 1e-12)[0]   # the lowest threshold whose specificity reaches it
+    return float(thr[ok[-1]])
+
+
+def class_counts(y) -> tuple[int, int]:
+    y = np.asarray(y).astype(int)
+    return int(np.sum(y == 0)), int(np.sum(y == 1))
+
+
+def estimability(n_low: int, n_high: int) -> str | None:
+    """None when a fitted cut-point may be estimated from these validation counts, else why not."""
+    if n_low < MIN_PER_CLASS or n_high < MIN_PER_CLASS:
+        return (f"validation holds {n_low} low- and {n_high} high-grade patients; a fitted threshold needs "
+                f">= {MIN_PER_CLASS} of each")
+    return None
+
+
+def fit_policy(spec: str | float, y_val=None, p_val=None, n_boot: int = 1000, seed: int = 0) -> ThresholdPolicy:
+    """The policy for ``spec`` on validation patients (labels, patient probabilities).
+
+    Fitted methods are refused (``CcrccError``) when validation has too few patients of a grade."""
+    spec = parse_spec(spec)
+    if spec == "default":
+        return DEFAULT_POLICY
+    if isinstance(spec, float):
+        return ThresholdPolicy("fixed", spec, f"fixed at {spec:g} by the user")
+    y = np.asarray(y_val if y_val is not None else [], dtype=int)
+    p = np.asarray(p_val if p_val is not None else [], dtype=float)
+    n_low, n_high = class_counts(y)
+    why = estimability(n_low, n_high)
+    if why:
+        raise CcrccError(f"threshold {spec!r} refused: {why} (use the study default 0.5 or a fixed number)")
+    if not np.all(np.isfinite(p)):
+        raise CcrccError("validation probabilities contain NaN or infinity")
+    t = cut_point(spec, y, p)
+    rng = np.random.default_rng(seed)
+    lo_idx, hi_idx = np.nonzero(y == 0)[0], np.nonzero(y == 1)[0]
+    boots = []
+    for _ in range(n_boot):   # stratified: every resample keeps both grades in their numbers
+        idx = np.concatenate([rng.choice(lo_idx, len(lo_idx)), rng.choice(hi_idx, len(hi_idx))])
+        boots.append(cut_point(spec, y[idx], p[idx]))
+    ci = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
+    name = {"youden": "Youden J"}.get(spec, f"{spec[4:]}% {'sensitivity' if spec.startswith('sens') else 'specificity'}")
+    return ThresholdPolicy(spec, t, f"{name} on {n_low + n_high} validation patients", ci, n_low, n_high)
+
+
+def policy_of(meta: dict) -> tuple[ThresholdPolicy, str | None]:
+    """The policy stored in a checkpoint / ONNX metadata, and a warning for older model files
+    whose threshold was fitted without this policy (they get the study default)."""
+    d = meta.get("threshold_policy")
+    if d:
+        return ThresholdPolicy.from_dict(d), None
+    old = meta.get("threshold")
+    if old is None or float(old) == DEFAULT_THRESHOLD:
+        return DEFAULT_POLICY, None
+    return DEFAULT_POLICY, (f"this model file stores a threshold of {float(old):.3f} fitted without a minimum "
+                            f"number of validation patients (older version); the study default 0.5 is used")
+
+
+@dataclass(frozen=True)
+class Decision:
+    grade: str          # high | low | uncertain
+    text: str           # "P(high) = 0.83 >= 0.50 (study default) -> HIGH"
+
+
+def decide(prob: float, policy: ThresholdPolicy) -> Decision:
+    """The grade for one patient probability, in words that cannot contradict the numbers."""
+    p, t = float(prob), policy.threshold
+    if policy.ci95 is not None and policy.ci95[0] <= p <= policy.ci95[1]:
+        lo, hi = policy.ci95
+        return Decision("uncertain", f"P(high) = {p:.2f} lies inside the threshold's 95% CI {lo:.2f}-{hi:.2f} "
+                                     f"({policy.label}, threshold {t:.2f}) -> UNCERTAIN")
+    grade = "high" if p >= t else "low"
+    rel = ">=" if grade == "high" else "<"
+    digits = 2   # enough digits that the printed numbers show the comparison that was made
+    while digits < 15 and (round(p, digits) == round(t, digits)) != (p == t):
+        digits += 1
+    return Decision(grade, f"P(high) = {p:.{digits}f} {rel} {t:.{digits}f} ({policy.label}) -> {grade.upper()}")

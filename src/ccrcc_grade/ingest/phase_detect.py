@@ -1,0 +1,160 @@
+"""Assign unsorted DICOM series to the four phases from their tags (`ingest --detect-phases`).
+
+Rules, in order:
+  1. keywords in SeriesDescription / ProtocolName (e.g. NC, plain, arterial, CMP, nephrographic,
+     venous, delayed, excretory);
+  2. otherwise: a series without ContrastBolusAgent acquired before every contrast series is
+     plain; contrast series are ordered by AcquisitionTime and mapped to corticomedullary,
+     parenchymal, excretory when exactly those three are missing; otherwise by delay from the
+     first contrast series (the injection time is not in the tags): the first is
+     corticomedullary when another follows within 40-150 s, a series 40-150 s after it is
+     parenchymal, one >= 150 s after it excretory;
+  3. anything else is ambiguous: reported, not guessed, and left out of the cache.
+The assignment table is written to ingest_report.json for the user to confirm.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.phases import PHASES
+
+KEYWORDS = {
+    "plain": {"nc", "noncontrast", "non", "plain", "unenhanced", "native", "pre", "precontrast", "nativ"},
+    "corticomedullary": {"arterial", "art", "cmp", "cortico", "corticomedullary", "cm", "la"},
+    "parenchymal": {"nephrographic", "nephro", "np", "venous", "portal", "pv", "parenchymal", "pvp"},
+    "excretory": {"delayed", "delay", "excretory", "ep", "urographic", "uro", "pyelo", "excretion"},
+}
+
+
+def _tokens(*texts: str) -> set[str]:
+    words = set()
+    for t in texts:
+        words |= {w for w in re.split(r"[^a-z0-9]+", (t or "").lower()) if w}
+    if "non" in words and "contrast" in words:
+        words.add("noncontrast")
+    return words
+
+
+def _seconds(t: str) -> float | None:
+    t = (t or "").split(".")[0]
+    if len(t) < 6 or not t[:6].isdigit():
+        return None
+    return int(t[:2]) * 3600 + int(t[2:4]) * 60 + int(t[4:6]) + float("0." + (t.split(".")[1] if "." in t else "0"))
+
+
+def detect_phases(series: list[dict]) -> list[dict]:
+    """``series``: dicts with uid, description, protocol, contrast (bool), time (s or None).
+    Returns the same dicts with ``phase`` (or None) and ``rule``."""
+    for s in series:
+        words = _tokens(s.get("description", ""), s.get("protocol", ""))
+        hits = [ph for ph, kw in KEYWORDS.items() if words & kw]
+        s["phase"], s["rule"] = (hits[0], "keyword") if len(hits) == 1 else (None, "")
+        if len(hits) > 1:
+            s["rule"] = "conflicting keywords: " + ", ".join(hits)
+    rest = [s for s in series if s["phase"] is None and not s["rule"]]
+    contrast = sorted([s for s in rest if s["contrast"] and s["time"] is not None], key=lambda s: s["time"])
+    plain = [s for s in rest if not s["contrast"]]
+    first_contrast = contrast[0]["time"] if contrast else None
+    for s in plain:
+        if s["time"] is not None and (first_contrast is None or s["time"] < first_contrast):
+            s["phase"], s["rule"] = "plain", "no contrast agent, acquired first"
+    taken = {s["phase"] for s in series if s["phase"]}
+    free = [ph for ph in PHASES[1:] if ph not in taken]
+    if contrast and len(contrast) == len(free) == 3:
+        for s, ph in zip(contrast, free):
+            s["phase"], s["rule"] = ph, "contrast series in acquisition order"
+    elif contrast:
+        # the injection time is unknown, so delays are counted from the first contrast series, which
+        # is corticomedullary only when another contrast series follows it within 40-150 s
+        for s in contrast:
+            delay = s["time"] - first_contrast
+            ph = None
+            if len(contrast) >= 2 and s is contrast[0] and 40 <= contrast[1]["time"] - first_contrast <= 150:
+                ph = "corticomedullary"
+            elif len(contrast) >= 2 and s is not contrast[0] and 40 <= delay <= 150 and contrast[0].get("phase") in (None, "corticomedullary"):
+                ph = "parenchymal"
+            elif delay >= 150:
+                ph = "excretory"
+            if ph and ph in free and not any(o["phase"] == ph for o in series):
+                s["phase"], s["rule"] = ph, f"contrast, {delay:.0f} s after the first contrast series"
+    for s in series:
+        if s["phase"] is None and not s["rule"]:
+            s["rule"] = "ambiguous: no phase keyword and timing does not decide"
+    seen = defaultdict(list)
+    for s in series:
+        if s["phase"]:
+            seen[s["phase"]].append(s)
+    for ph, ss in seen.items():
+        if len(ss) > 1:
+            for s in ss:
+                s["phase"], s["rule"] = None, f"ambiguous: {len(ss)} series look {ph}"
+    return series
+
+
+def series_tags(ds) -> dict:
+    """The tags phase detection reads from one instance of a series."""
+    return {"description": str(getattr(ds, "SeriesDescription", "")),
+            "protocol": str(getattr(ds, "ProtocolName", "")),
+            "contrast": bool(str(getattr(ds, "ContrastBolusAgent", "")).strip()),
+            "time": _seconds(str(getattr(ds, "AcquisitionTime", "") or getattr(ds, "SeriesTime", "")))}
+
+
+def scan_patient(pdir: Path) -> dict[str, dict]:
+    """Every DICOM file under a patient folder grouped by series with the tags used above."""
+    from ccrcc_grade.io.dicom import display_flips, pixel_spacing, read_header, slice_position
+
+    groups: dict[str, dict] = {}
+    for f in sorted(p for p in pdir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        ds = read_header(f)
+        uid = str(getattr(ds, "SeriesInstanceUID", ""))
+        g = groups.setdefault(uid, {"uid": uid, **series_tags(ds), "files": {}})
+        spacing = pixel_spacing(ds, f)
+        g["files"][f.resolve()] = (slice_position(ds), spacing, display_flips(ds))
+    return groups
+
+
+def ingest_detected(cohort_dir: Path | str, work: Path | str, cfg=None, overwrite: bool = False,
+                    show_progress: bool = True) -> dict:
+    """DICOM cohort whose series are not sorted into phase folders: detect, report, ingest."""
+    from ccrcc_grade.ingest.cache import crop_rois, write_cache
+    from ccrcc_grade.io.clinical import read_clinical
+    from ccrcc_grade.ingest.cohort import Cohort, Roi, _patient_dirs, _reconcile, read_boxes_csv
+    from ccrcc_grade.core.config import PreprocessConfig
+
+    root = Path(cohort_dir)
+    cfg = (cfg or PreprocessConfig()).validate()
+    clinical = read_clinical(root / "clinical.csv")
+    if not (root / "boxes.csv").is_file():
+        raise CcrccError(f"{root}: --detect-phases needs boxes.csv (its phase column may be empty)")
+    boxes = read_boxes_csv(root / "boxes.csv", root, require_phase=False)
+    cohort = Cohort(root, "dicom", clinical, [])
+    assignment = []
+    file_phase: dict[Path, tuple[str, dict]] = {}
+    for pdir in _patient_dirs(root):
+        groups = scan_patient(pdir)
+        for s in detect_phases(list(groups.values())):
+            assignment.append({"patient_id": pdir.name, "series_uid": s["uid"], "description": s["description"],
+                               "contrast": s["contrast"], "acquisition_s": s["time"], "n_files": len(s["files"]),
+                               "phase": s["phase"], "rule": s["rule"]})
+            if s["phase"] is None:
+                cohort.warnings.append(f"{pdir.name}: series {s['uid']} ({s['description'] or 'no description'}): "
+                                       f"{s['rule']}; left out")
+            for f, info in s["files"].items():
+                file_phase[f] = (s["phase"], info)
+    for r in boxes:
+        if r["file"] not in file_phase:
+            raise CcrccError(f"{r['where']}: {r['file']} is not a DICOM file of the cohort")
+        phase, (pos, spacing, flip) = file_phase[r["file"]]
+        if phase is None:
+            continue
+        cohort.rois.append(Roi(r["patient_id"], phase, str(r["file"].relative_to(root.resolve())), r["box"], "dicom",
+                               r["file"], spacing=spacing, flip=flip))
+    cohort.rois.sort(key=lambda r: (r.patient_id, PHASES.index(r.phase), r.source))
+    cohort.skipped_slices = len(file_phase) - len({r.path for r in cohort.rois})
+    _reconcile(cohort)
+    crops = crop_rois(cohort.rois, cfg, cohort.warnings, show_progress)
+    return write_cache(cohort, crops, cfg, Path(work), overwrite, {"phase_assignment": assignment})

@@ -1,0 +1,40 @@
+"""ONNX Runtime inference for exported models. Imports no PyTorch, so `predict` on an .onnx
+file starts fast and small."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ccrcc_grade.core.errors import CcrccError
+
+ONNX_META_KEY = "ccrcc_grade"
+
+
+def onnx_session(path: Path | bytes):
+    """An ONNX Runtime CPU session of a file or of a serialized model (bytes)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def read_onnx_metadata(path: Path) -> dict:
+    """The checkpoint metadata stored in an exported model; CcrccError when it is not ours."""
+    try:
+        sess = onnx_session(path)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise CcrccError(f"{path}: not a readable ONNX model ({exc.__class__.__name__})") from None
+    raw = sess.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
+    if not raw:
+        raise CcrccError(f"{path}: not an ONNX model exported by ccrcc-grade (no {ONNX_META_KEY} metadata)")
+    return json.loads(raw)
+
+
+def onnx_probs(path: Path, crops_u8: np.ndarray, session=None) -> np.ndarray:
+    sess = session or onnx_session(path)
+    return sess.run(["prob_high"], {"crops": crops_u8.astype(np.float32)})[0].astype(np.float64)

@@ -1,0 +1,2 @@
+"""Tools around the pipeline: the phantom cohort generator (``synth``) and the benchmarks
+(``bench``, ``bench_mem``)."""

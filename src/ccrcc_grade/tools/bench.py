@@ -1,0 +1,346 @@
+"""Benchmarks (not tests): training throughput, prediction latency, ingest throughput.
+
+Each prints one JSON line. Baselines are measured in the same run: plain eager fp32 NCHW
+PyTorch, the way a straightforward implementation of the study would run.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ccrcc_grade.model.data import augment, class_weights, to_model_input
+from ccrcc_grade.model.inference import CpuBf16Model, amp_dtype, autocast, fast_inference_model, resolve_device
+from ccrcc_grade.tools.bench_mem import peak_rss_mb
+from ccrcc_grade.model.registry import create_model
+
+
+def _train_speed(device: torch.device, amp: torch.dtype | None, channels_last: bool, steps: int, image_size: int,
+                 batch_size: int, crops: torch.Tensor, labels: torch.Tensor,
+                 compiled: bool = False) -> tuple[float, float]:
+    """Images/s of train steps (augmentation included) and the share of time spent on data;
+    ``compiled``: the training step `train` uses on CUDA (torch.compile reduce-overhead)."""
+    from ccrcc_grade.model.train import StepModel
+
+    torch.manual_seed(0)
+    model, _ = create_model("resnet34", "none")
+    model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = StepModel(model, device, "on" if compiled else "off", batch_size, 1)
+    if compiled:   # compilation and CUDA-graph capture happen in the first steps: warm up outside the timing
+        steps += 3
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(labels).to(device))
+    gen = torch.Generator().manual_seed(0)
+    crops, labels = crops.to(device), labels.to(device)
+    t_data = t_step = 0.0
+    n_img = 0
+    for step in range(steps + 1):            # step 0 warms up (allocations, kernel choice)
+        t0 = time.perf_counter()
+        idx = torch.randint(0, len(crops), (batch_size,), generator=gen).to(device)
+        x = to_model_input(crops[idx], image_size, True, channels_last, transform=lambda t: augment(t, gen))
+        y = labels[idx]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        with autocast(device, amp):
+            loss = loss_fn(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        if step > (3 if compiled else 0):
+            t_data += t1 - t0
+            t_step += t2 - t1
+            n_img += batch_size
+    return n_img / (t_data + t_step), t_data / (t_data + t_step)
+
+
+def bench_train(device: str = "auto", steps: int = 6, image_size: int = 224, batch_size: int = 32) -> dict:
+    dev = resolve_device(device)
+    rng = np.random.default_rng(0)
+    crops = torch.from_numpy(rng.integers(0, 256, (128, image_size, image_size), dtype=np.uint8))
+    labels = torch.from_numpy(rng.integers(0, 2, 128)).long()
+    base, _ = _train_speed(dev, None, False, max(2, steps // 2), image_size, batch_size, crops, labels)
+    fast, share = _train_speed(dev, amp_dtype(dev, "auto"), True, steps, image_size, batch_size, crops, labels)
+    extra = {}
+    if dev.type == "cuda":   # the batch-32 compiled step (CUDA graphs) against eager, same run
+        comp, _ = _train_speed(dev, amp_dtype(dev, "auto"), True, max(steps, 20), image_size, batch_size, crops,
+                               labels, compiled=True)
+        extra = {"train_img_s_compiled": round(comp, 2), "compiled_vs_eager": round(comp / fast, 2)}
+    return {"bench": "train", "train_img_s": round(fast, 2), "train_img_s_baseline": round(base, 2),
+            "train_speedup": round(fast / base, 2), **extra, "peak_rss_mb": round(peak_rss_mb(), 1),
+            "data_share": round(share, 4), "device": str(dev), "amp": str(amp_dtype(dev, "auto")),
+            "image_size": image_size, "batch_size": batch_size, "threads": torch.get_num_threads()}
+
+
+def cpu_name() -> str:
+    """The CPU model and the vector path PyTorch uses on it (benchmarks say where they ran)."""
+    name = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores)"
+
+
+def _latency(fn, n: int) -> np.ndarray:
+    for _ in range(3):
+        fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1000)
+    return np.asarray(ts)
+
+
+@torch.inference_mode()
+def bench_predict(device: str = "auto", steps: int = 30, image_size: int = 224) -> dict:
+    """Latency of one 224 x 224 slice (uint8 crop in, probability out) and of a 15-slice phase."""
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model, _ = create_model("resnet34", "none")
+    model.eval().to(dev)
+    rng = np.random.default_rng(0)
+    one = torch.from_numpy(rng.integers(0, 256, (1, image_size, image_size), dtype=np.uint8)).to(dev)
+    fifteen = torch.from_numpy(rng.integers(0, 256, (15, image_size, image_size), dtype=np.uint8)).to(dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run_base(x=one):
+        torch.softmax(model(to_model_input(x, image_size, True)), 1)
+        sync()
+
+    base = _latency(run_base, max(10, steps // 2))
+    fast_model, amp = fast_inference_model(model, dev)
+    cl = not isinstance(fast_model, CpuBf16Model)
+
+    def run_fast(x=one):
+        with autocast(dev, amp):
+            torch.softmax(fast_model(to_model_input(x, image_size, True, channels_last=cl)).float(), 1)
+        sync()
+
+    fast = _latency(run_fast, steps)
+    patient = _latency(lambda: run_fast(fifteen), max(5, steps // 3))
+    onnx = _onnx_latency(model, image_size, steps) if dev.type == "cpu" else {}
+    return {"bench": "predict", "predict_ms_p50": round(float(np.median(fast)), 2),
+            "predict_ms_p95": round(float(np.percentile(fast, 95)), 2),
+            "predict_ms_p50_baseline": round(float(np.median(base)), 2),
+            "predict_speedup": round(float(np.median(base) / np.median(fast)), 2),
+            "patient_ms_p50": round(float(np.median(patient)), 2), "patient_slices": 15,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "backend": f"torch {dev.type} " + getattr(fast_model, "mode", f"fused-BN channels_last autocast {amp}"),
+            "threads": torch.get_num_threads(), **onnx}
+
+
+_ONNX_PROBE = """
+import json, sys, time
+import numpy as np
+from ccrcc_grade.tools.bench_mem import peak_rss_mb
+from ccrcc_grade.model.onnx_runtime import onnx_probs, onnx_session
+path, size, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sess = onnx_session(path)
+rng = np.random.default_rng(0)
+one = rng.integers(0, 256, (1, size, size)).astype(np.uint8)
+fifteen = rng.integers(0, 256, (15, size, size)).astype(np.uint8)
+def lat(x, n):
+    for _ in range(3):
+        onnx_probs(path, x, sess)
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter(); onnx_probs(path, x, sess); ts.append((time.perf_counter() - t) * 1000)
+    return np.asarray(ts)
+a, b = lat(one, steps), lat(fifteen, max(5, steps // 3))
+print(json.dumps({"onnx_ms_p50": round(float(np.median(a)), 2), "onnx_ms_p95": round(float(np.percentile(a, 95)), 2),
+                  "onnx_patient_ms_p50": round(float(np.median(b)), 2),
+                  "onnx_peak_rss_mb": round(peak_rss_mb(), 1)}))
+"""
+
+
+def _onnx_latency(model: nn.Module, image_size: int, steps: int) -> dict:
+    """ONNX Runtime (fp32, CPU) latency and memory in a fresh process that never imports torch:
+    the deployment path of `predict model.onnx`."""
+    import warnings
+
+    from ccrcc_grade.model.export import ProbabilityModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(ProbabilityModel(model.cpu().eval(), image_size, True),
+                              (torch.zeros(1, image_size, image_size),), str(path), input_names=["crops"],
+                              output_names=["prob_high"], dynamic_axes={"crops": {0: "b"}, "prob_high": {0: "b"}},
+                              opset_version=18, dynamo=False)
+        out = subprocess.run([sys.executable, "-c", _ONNX_PROBE, str(path), str(image_size), str(steps)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            return {"onnx_error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_ingest(n_slices: int = 200, matrix: int = 512) -> dict:
+    """Slices/s of ingest's decode + window + crop + resize on uncompressed 512 x 512 CT DICOM."""
+    from ccrcc_grade.ingest.cache import crop_rois
+    from ccrcc_grade.ingest.cohort import Roi
+    from ccrcc_grade.core.config import PreprocessConfig
+    from ccrcc_grade.io.boxes import Box
+    from ccrcc_grade.tools.synth import synthetic_patient, write_dicom_slice
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        p = synthetic_patient(rng, "BENCH", 1, matrix)
+        hu = (rng.normal(40, 60, (matrix, matrix))).astype(np.float32)
+        uids = {"study": "1.2.3", "frame": "1.2.4", "parenchymal": "1.2.5"}
+        rois = []
+        for k in range(n_slices):
+            f = Path(tmp) / f"{k:04d}.dcm"
+            write_dicom_slice(f, hu, p, "parenchymal", k, uids)
+            rois.append(Roi("BENCH", "parenchymal", f.name, Box(200, 220, 290, 300), "dicom", f, spacing=(0.7, 0.7)))
+        t = time.perf_counter()
+        crop_rois(rois, PreprocessConfig(), [], show_progress=False)
+        secs = time.perf_counter() - t
+    return {"bench": "ingest", "ingest_slices_s": round(n_slices / secs, 1), "n_slices": n_slices,
+            "matrix": matrix, "format": "DICOM explicit VR little endian, uint16", "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512) -> dict:
+    """The workstation's predict endpoint for a 15-slice boxed phase (model warm) and a windowed
+    512 x 512 slice PNG, through the real app (in-process HTTP client)."""
+    from fastapi.testclient import TestClient
+
+    from ccrcc_grade.core.config import PreprocessConfig, to_dict
+    from ccrcc_grade.model.inference import make_checkpoint
+    from ccrcc_grade.serve import create_app
+    from ccrcc_grade.tools.synth import synthetic_patient, write_dicom_slice
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        p = synthetic_patient(rng, "BENCH", 1, matrix)
+        uids = {"study": "1.2.3", "frame": "1.2.4", "parenchymal": "1.2.5"}
+        files = []
+        for k in range(15):
+            f = Path(tmp) / f"{k:04d}.dcm"
+            write_dicom_slice(f, rng.normal(40, 60, (matrix, matrix)).astype(np.float32), p, "parenchymal", k, uids)
+            files.append(("files", (f.name, f.read_bytes(), "application/dicom")))
+        torch.manual_seed(0)
+        model, _ = create_model("resnet34", "none")
+        run = Path(tmp) / "resnet34-parenchymal"
+        run.mkdir()
+        torch.save(make_checkpoint(model, {"model": "resnet34", "classes": ["low", "high"], "config": {},
+                                           "preprocess": {**to_dict(PreprocessConfig()), "image_size": 224,
+                                                          "normalize": True},
+                                           "phase": "parenchymal", "splits": {}, "epoch": 0}), run / "best.pt")
+        with TestClient(create_app([run], Path(tmp) / "data", device=device)) as c:
+            study = c.post("/api/studies", files=files).json()
+            sid, series = study["study_id"], study["series"][0]
+            sops = c.get(f"/api/studies/{sid}").json()["series"][0]["sop_instance_uids"]
+            c.put(f"/api/studies/{sid}/boxes", json=[{"sop_instance_uid": u, "x_min": 200, "y_min": 220, "x_max": 290,
+                                                      "y_max": 300} for u in sops])
+            c.post(f"/api/studies/{sid}/predict", json={})   # warm
+            pred = _latency(lambda: c.post(f"/api/studies/{sid}/predict", json={}), steps)
+            ks = itertools.cycle(range(15))   # a different slice each time: no cached PNG
+            png = _latency(lambda: c.get(f"/api/studies/{sid}/series/{series['series_uid']}/slices/{next(ks)}.png"), 30)
+    return {"bench": "serve", "predict_endpoint_ms_p50": round(float(np.median(pred)), 1),
+            "predict_endpoint_ms_p95": round(float(np.percentile(pred, 95)), 1), "slices": 15,
+            "slice_png_ms_p50": round(float(np.median(png)), 1), "slice_png_ms_p95": round(float(np.percentile(png, 95)), 1),
+            "matrix": matrix, "model": "resnet34 (random weights)", "device": str(resolve_device(device)),
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+STUDY_COHORT = dict(patients=158, high=34, matrix=512)   # the study's size: 124 low / 34 high grade
+
+
+def bench_study(device: str = "auto", preset: str | None = None) -> dict:
+    """The whole study on a phantom of the study's size (created once, in parallel, and cached in
+    $CCRCC_BENCH_DIR or ~/.cache/ccrcc-grade): `--preset paper` on CUDA (weights none: a
+    benchmark downloads nothing), `quick` on a CPU; concurrent trainings (--jobs auto)."""
+    from ccrcc_grade.core.errors import CcrccError
+    from ccrcc_grade.study.run import StudyOptions, resolve_jobs, run_study
+    from ccrcc_grade.tools.synth import make_cohort
+
+    dev = resolve_device(device)
+    preset = preset or ("paper" if dev.type == "cuda" else "quick")
+    root = Path(os.environ.get("CCRCC_BENCH_DIR") or Path.home() / ".cache" / "ccrcc-grade")
+    c = STUDY_COHORT
+    cohort = root / f"study-cohort-{c['patients']}-{c['high']}-{c['matrix']}"
+    if not (cohort / "clinical.csv").is_file():
+        if cohort.exists():   # never ours: the cohort appears only by the rename below, complete
+            raise CcrccError(f"{cohort}: exists but is not a finished benchmark cohort; move it away")
+        root.mkdir(parents=True, exist_ok=True)
+        # made in a fresh folder of its own and renamed when complete: an interrupted creation
+        # leaves a .study-cohort-* folder behind and is never taken for the cohort
+        tmp = Path(tempfile.mkdtemp(prefix=".study-cohort-", dir=root)) / "cohort"
+        make_cohort(tmp, patients=c["patients"], high_fraction=c["high"] / c["patients"], matrix=c["matrix"], seed=158,
+                    workers=min(os.cpu_count() or 1, 16))
+        tmp.rename(cohort)
+        tmp.parent.rmdir()
+    jobs = resolve_jobs("auto", str(dev))
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        out = Path(tmp) / "study"
+        t0 = time.perf_counter()
+        run_study(cohort, out, StudyOptions(preset=preset, weights="none", device=str(dev), evidence=False))
+        secs = time.perf_counter() - t0
+        res = json.loads((out / "results.json").read_text())
+        from ccrcc_grade.ingest.cache import CropCache
+
+        cache = CropCache.load(out / "work")
+        train_ids = set(json.loads((out / "work" / "splits.json").read_text())["train"])
+        train_s, images = 0.0, 0
+        for r in res["runs"].values():
+            run = Path(r["run"])
+            cfg = json.loads((run / "config.json").read_text())
+            with open(run / "log.csv", newline="") as fh:
+                train_s += sum(float(row["seconds"]) for row in csv.DictReader(fh))
+            images += len(cache.select(cfg["phase"], train_ids)) * cfg["repeats"] * cfg["epochs"]
+    return {"bench": "study", "study_seconds": round(secs, 1), "train_seconds": round(train_s, 1),
+            "images": images, "img_s": round(images / max(train_s, 1e-9), 1), "jobs": jobs, "preset": preset,
+            "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "torch": torch.__version__, "patients": c["patients"], "runs": len(res["runs"])}
+
+
+def bench(what: str, device: str = "auto", steps: int = 6, image_size: int = 224, batch_size: int = 32,
+          preset: str | None = None):
+    """Yield result lines; 'all' runs each benchmark in a fresh process so peak memory is its own."""
+    if what == "all":
+        for w in ("ingest", "predict", "serve", "train"):
+            out = subprocess.run([sys.executable, "-m", "ccrcc_grade", "bench", "--what", w, "--device", device,
+                                  "--steps", str(steps), "--image-size", str(image_size), "--batch-size", str(batch_size)],
+                                 capture_output=True, text=True, env={**os.environ, "CCRCC_NO_PROGRESS": "1"})
+            if out.returncode != 0:
+                raise RuntimeError(out.stderr)
+            for line in out.stdout.splitlines():
+                if line.startswith("{"):
+                    yield json.loads(line)
+        return
+    if what == "train":
+        line = bench_train(device, steps, image_size, batch_size)
+    elif what == "predict":
+        line = bench_predict(device, max(steps, 20), image_size)
+    elif what == "ingest":
+        line = bench_ingest()
+    elif what == "study":
+        line = bench_study(device, preset)
+    else:
+        line = bench_serve(device)
+    yield {**line, "cpu": cpu_name()}
