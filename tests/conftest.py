@@ -1,5 +1,7 @@
 """Shared fixtures: small synthetic cohorts (built once per session), the real reference files
-in ../shared/data-survey (tests skip with a reason when absent), and a CLI runner."""
+in ../shared/data-survey (tests skip with a reason when absent), the CLI runner and what every
+test module uses (`refused` for one-line refusals, CSV rows, free ports). Test modules take all of
+it as fixtures and import nothing from here."""
 
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 REPO = Path(__file__).resolve().parents[1]
 SURVEY = REPO.parent / "shared" / "data-survey"
 
-MATRIX = 128     # synthetic slices: small but with the real geometry (~0.7 mm pixels scaled)
-CROP = 48        # crop size of test caches
+MATRIX = 128  # synthetic slices: small but with the real geometry (~0.7 mm pixels scaled)
+CROP = 48  # crop size of test caches
 
 
-def survey(rel: str) -> Path:
+def survey_file(rel: str) -> Path:
     """A file of ../shared/data-survey, or skip the test when the folder is not there."""
     p = SURVEY / rel
     if not p.exists():
@@ -27,7 +29,7 @@ def survey(rel: str) -> Path:
     return p
 
 
-def read_rows(path: Path) -> list[dict]:
+def csv_rows(path: Path) -> list[dict]:
     """The rows of a CSV file as dicts (clinical.csv, boxes.csv, manifest.csv)."""
     import csv
 
@@ -35,7 +37,7 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
+def write_csv_rows(path: Path, rows: list[dict]) -> None:
     import csv
 
     with open(path, "w", newline="") as fh:
@@ -44,7 +46,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def run_cli(*args: str) -> int:
+def cli(*args: str) -> int:
     """Run the CLI in-process and return its exit code (errors print one line to stderr)."""
     from ccrcc_grade.cli import main
 
@@ -55,23 +57,36 @@ def run_cli(*args: str) -> int:
 def slices_cohort(tmp_path_factory) -> Path:
     from ccrcc_grade.tools.synth import make_cohort
 
-    return make_cohort(tmp_path_factory.mktemp("coh") / "slices", patients=16, high_fraction=0.4, seed=3,
-                       matrix=MATRIX, difficulty="easy")
+    return make_cohort(
+        tmp_path_factory.mktemp("coh") / "slices",
+        patients=16,
+        high_fraction=0.4,
+        seed=3,
+        matrix=MATRIX,
+        difficulty="easy",
+    )
 
 
 @pytest.fixture(scope="session")
 def dicom_cohort(tmp_path_factory) -> Path:
     from ccrcc_grade.tools.synth import make_cohort
 
-    return make_cohort(tmp_path_factory.mktemp("coh") / "dicom", patients=16, high_fraction=0.4, seed=3,
-                       matrix=MATRIX, layout="dicom", difficulty="easy")
+    return make_cohort(
+        tmp_path_factory.mktemp("coh") / "dicom",
+        patients=16,
+        high_fraction=0.4,
+        seed=3,
+        matrix=MATRIX,
+        layout="dicom",
+        difficulty="easy",
+    )
 
 
 @pytest.fixture(scope="session")
 def work(tmp_path_factory, slices_cohort) -> Path:
     """Ingested + split slices cohort (read-only for tests: copy before changing)."""
-    from ccrcc_grade.ingest.cache import ingest
     from ccrcc_grade.core.config import PreprocessConfig
+    from ccrcc_grade.ingest.pipeline import ingest
     from ccrcc_grade.ingest.splits import make_splits
 
     w = tmp_path_factory.mktemp("work") / "w"
@@ -87,8 +102,19 @@ def trained_run(tmp_path_factory, work) -> Path:
     from ccrcc_grade.model.train import fit
 
     run = tmp_path_factory.mktemp("runs") / "resnet34-parenchymal"
-    fit(TrainConfig(work=str(work), phase="parenchymal", model="resnet34", out=str(run), weights="none", epochs=4,
-                    image_size=CROP, batch_size=16, progress=False))
+    fit(
+        TrainConfig(
+            work=str(work),
+            phase="parenchymal",
+            model="resnet34",
+            out=str(run),
+            weights="none",
+            epochs=4,
+            image_size=CROP,
+            batch_size=16,
+            progress=False,
+        )
+    )
     return run
 
 
@@ -98,10 +124,11 @@ def copy_tree(tmp_path):
         dst = tmp_path / name
         shutil.copytree(src, dst)
         return dst
+
     return _copy
 
 
-def free_port() -> int:
+def any_free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -109,7 +136,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 30.0, proc=None) -> None:
+def wait_for_http(url: str, timeout: float = 30.0, proc=None) -> None:
     """Poll ``url`` until it answers (any HTTP status), the process dies, or time runs out."""
     import time
     import urllib.error
@@ -139,19 +166,29 @@ def orthanc(tmp_path_factory):
     exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
     if not Path(exe).is_file() or not plugin.is_file():
-        pytest.fail("Orthanc with its DICOMweb plugin is not installed: run `make system-deps` (apt-get install "
-                    "orthanc orthanc-dicomweb)")
+        pytest.fail(
+            "Orthanc with its DICOMweb plugin is not installed: run `make system-deps` (apt-get install "
+            "orthanc orthanc-dicomweb)"
+        )
     root = tmp_path_factory.mktemp("orthanc")
-    port = free_port()
-    config = {"Name": "ccrcc-test", "HttpPort": port, "DicomPort": free_port(), "StorageDirectory": str(root / "db"),
-              "IndexDirectory": str(root / "db"), "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-              "DicomServerEnabled": False, "Plugins": [str(plugin)],
-              "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    port = any_free_port()
+    config = {
+        "Name": "ccrcc-test",
+        "HttpPort": port,
+        "DicomPort": any_free_port(),
+        "StorageDirectory": str(root / "db"),
+        "IndexDirectory": str(root / "db"),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": False,
+        "Plugins": [str(plugin)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
     (root / "orthanc.json").write_text(json.dumps(config))
     log = open(root / "orthanc.log", "w")
     proc = subprocess.Popen([exe, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}/system", 30, proc)
+        wait_for_http(f"http://127.0.0.1:{port}/system", 30, proc)
         yield f"http://127.0.0.1:{port}/dicom-web"
     finally:
         proc.terminate()
@@ -160,3 +197,94 @@ def orthanc(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+# ---- what test modules take as fixtures (they import nothing from this file) -----------------
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """The CLI in-process: ``run_cli("ingest", ...)`` returns the exit code."""
+    return cli
+
+
+@pytest.fixture(scope="session")
+def survey():
+    """``survey("ct/...")``: a file of ../shared/data-survey, or skip the test without it."""
+    return survey_file
+
+
+@pytest.fixture(scope="session")
+def read_rows():
+    return csv_rows
+
+
+@pytest.fixture(scope="session")
+def write_rows():
+    return write_csv_rows
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    return any_free_port
+
+
+@pytest.fixture(scope="session")
+def wait_http():
+    return wait_for_http
+
+
+@pytest.fixture(scope="session")
+def crop_size() -> int:
+    """Crop size of the test caches."""
+    return CROP
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def refused(run_cli):
+    """``refused(capsys, [CLI args], *needles)``: the command exits 2 with one line on stderr,
+    ``ccrcc-grade: error: ...``, holding every needle; returns that line."""
+
+    def check(capsys, args, *needles) -> str:
+        assert run_cli(*args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("ccrcc-grade: error: "), err
+        for n in needles:
+            assert str(n) in err, (n, err)
+        return err
+
+    return check
+
+
+KITS_CASES = ["case_00152", "case_00061", "case_00038", "case_00546", "case_00285", "case_00110"]
+
+
+@pytest.fixture(scope="session")
+def kits_cases() -> list[str]:
+    """The real KiTS23 cases whose masks the KiTS tests use."""
+    return list(KITS_CASES)
+
+
+@pytest.fixture(scope="session")
+def kits_dir(tmp_path_factory):
+    """Real KiTS23 masks, each paired with a synthetic imaging volume of the same shape and
+    affine (the real CT is not available offline): tumour 60 HU, kidney 150, rest -80."""
+    import nibabel as nib
+    import numpy as np
+
+    survey_file("kits23/segmentations")
+    d = tmp_path_factory.mktemp("kits")
+    for case in KITS_CASES:
+        seg = nib.load(survey_file(f"kits23/segmentations/{case}_segmentation.nii.gz"))
+        lab = np.asanyarray(seg.dataobj)
+        img = np.where(lab == 2, 60, np.where(lab == 1, 150, -80)).astype(np.int16)
+        (d / case).mkdir()
+        nib.save(nib.Nifti1Image(img, seg.affine), d / case / "imaging.nii.gz")
+        shutil.copy(survey_file(f"kits23/segmentations/{case}_segmentation.nii.gz"), d / case / "segmentation.nii.gz")
+    shutil.copy(survey_file("kits23/kits23.json"), d / "kits23.json")
+    return d

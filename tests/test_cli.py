@@ -1,57 +1,13 @@
-"""The command line: `python -m ccrcc_grade`, help, argument errors, and the bench JSON lines."""
+"""The command line: entry points, help for every option, refusals of bad flags and outputs."""
 
 from __future__ import annotations
 
-import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import REPO, run_cli
-
-
-def test_module_entry_point_and_help():
-    out = subprocess.run([sys.executable, "-m", "ccrcc_grade", "--help"], capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0
-    for cmd in ("synth", "ingest", "split", "train", "evaluate", "compare", "clinical", "study", "radiomics",
-                "predict", "export", "serve", "bench"):
-        assert cmd in out.stdout
-
-
-def test_synth_cli_and_its_errors(tmp_path, capsys):
-    assert run_cli("synth", tmp_path / "c", "--patients", "3", "--matrix", "64", "--layout", "dicom") == 0
-    assert (tmp_path / "c" / "boxes.csv").is_file()
-    assert run_cli("synth", tmp_path / "d", "--high-fraction", "1.5") == 2
-    assert "--high-fraction" in capsys.readouterr().err
-    assert run_cli("ingest", tmp_path / "nowhere", "--out", tmp_path / "w") == 2
-    assert "cohort folder not found" in capsys.readouterr().err
-    assert run_cli("split", tmp_path / "c") == 2
-    assert "not an ingested cohort" in capsys.readouterr().err
-
-
-def test_bench_lines(capsys):
-    assert run_cli("bench", "--what", "train", "--image-size", "32", "--steps", "2", "--batch-size", "4") == 0
-    line = json.loads(capsys.readouterr().out)
-    assert {"train_img_s", "train_img_s_baseline", "train_speedup", "peak_rss_mb", "data_share", "device"} <= set(line)
-    assert line["train_img_s"] > 0 and 0 <= line["data_share"] < 1
-    assert run_cli("bench", "--what", "predict", "--image-size", "32", "--steps", "5") == 0
-    line = json.loads(capsys.readouterr().out)
-    assert {"predict_ms_p50", "predict_ms_p95", "predict_ms_p50_baseline", "predict_speedup", "patient_ms_p50",
-            "peak_rss_mb", "backend"} <= set(line)
-
-
-def test_bench_study_never_takes_or_removes_a_folder_it_did_not_make(tmp_path, monkeypatch, capsys):
-    """The cached benchmark cohort appears only complete (made elsewhere, renamed); a folder of
-    that name without clinical.csv is someone else's: refused, left as it is."""
-    from ccrcc_grade.tools.bench import STUDY_COHORT
-
-    c = STUDY_COHORT
-    theirs = tmp_path / f"study-cohort-{c['patients']}-{c['high']}-{c['matrix']}"
-    theirs.mkdir()
-    (theirs / "notes.txt").write_text("mine")
-    monkeypatch.setenv("CCRCC_BENCH_DIR", str(tmp_path))
-    assert run_cli("bench", "--what", "study", "--device", "cpu") == 2
-    assert "is not a finished benchmark cohort; move it away" in capsys.readouterr().err
-    assert (theirs / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [theirs.name]
+import pytest
 
 
 def _subcommands():
@@ -64,24 +20,97 @@ def _subcommands():
     return parser, action.choices
 
 
+def snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_module_entry_point_and_help(repo_root):
+    out = subprocess.run([sys.executable, "-m", "ccrcc_grade", "--help"], capture_output=True, text=True, cwd=repo_root)
+    assert out.returncode == 0
+    for cmd in (
+        "synth",
+        "ingest",
+        "split",
+        "train",
+        "evaluate",
+        "compare",
+        "clinical",
+        "study",
+        "radiomics",
+        "predict",
+        "export",
+        "serve",
+        "bench",
+    ):
+        assert cmd in out.stdout
+
+
 def test_every_option_of_every_command_has_help():
     """Issue #16: --json, --device, --patient-id, run, --split, --bootstrap had no help text."""
     parser, commands = _subcommands()
     assert "workflow:" in parser.description and "ingest COHORT --out WORK" in parser.description
-    missing = [f"{name} {a.option_strings[0] if a.option_strings else a.dest}"
-               for name, sp in commands.items() for a in sp._actions
-               if a.dest != "help" and not (a.help and a.help.strip())]
+    missing = [
+        f"{name} {a.option_strings[0] if a.option_strings else a.dest}"
+        for name, sp in commands.items()
+        for a in sp._actions
+        if a.dest != "help" and not (a.help and a.help.strip())
+    ]
     assert missing == []
     assert len(commands) == 13
 
 
-def test_readme_and_help_describe_the_presets_from_one_place():
+def test_readme_and_help_describe_the_presets_from_one_place(repo_root):
     """Issue #16: the README said the quick preset ran 6 epochs while it ran 8."""
     from ccrcc_grade.core.config import PRESETS, preset_text
 
-    readme = (REPO / "README.md").read_text()
+    readme = (repo_root / "README.md").read_text()
     _, commands = _subcommands()
     study_help = commands["study"].format_help().replace("\n", " ")
     for name, p in PRESETS.items():
         assert f"`{name}`: {preset_text(p)}" in readme, name
         assert " ".join(f"{name}: {preset_text(p)}".split()) in " ".join(study_help.split())
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["ingest", "{c}", "--out", "{w}", "--window", "nan,nan"], "window level (--window) must be a finite number"),
+        (["ingest", "{c}", "--out", "{w}", "--window", "40,-5"], "window width (--window) must lie in (0, 10000]"),
+        (["ingest", "{c}", "--out", "{w}", "--margin-mm", "nan"], "box margin (--margin-mm) must be a finite number"),
+        (["ingest", "{c}", "--out", "{w}", "--size", "0"], "size (--size) must lie in [8, 1024]"),
+        (["split", "{work}", "--ratios", "nan:1:1"], "--ratios must be three non-negative numbers"),
+        (["split", "{work}", "--ratios", "inf:1:1"], "--ratios must be three non-negative numbers"),
+        (["train", "{work}", "--lr", "nan"], "learning rate (--lr) must be a finite number"),
+        (["train", "{work}", "--weight-decay", "-1"], "weight decay (--weight-decay) must lie in [0, 1]"),
+        (["train", "{work}", "--threshold", "nan"], "strictly between 0 and 1"),
+    ],
+)
+def test_bad_numbers_in_flags(refused, slices_cohort, work, tmp_path, capsys, args, needle):
+    w = tmp_path / "work"
+    shutil.copytree(work, w)
+    before = snapshot(w)
+    args = [a.format(c=slices_cohort, w=tmp_path / "new", work=w) for a in args]
+    refused(capsys, args, needle)
+    assert snapshot(w) == before and not (tmp_path / "new").exists()
+
+
+def test_outputs_that_are_folders_or_unwritable(refused, trained_run, slices_cohort, work, tmp_path, capsys):
+    import torch
+
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    (tmp_path / "out.json").mkdir()
+    refused(
+        capsys, ["predict", trained_run, slices_cohort / pid, "--json", tmp_path / "out.json"], "out.json: is a folder"
+    )
+    (tmp_path / "plain.txt").write_text("a file where a folder should be")
+    refused(
+        capsys,
+        ["predict", trained_run, slices_cohort / pid, "--json", tmp_path / "plain.txt" / "r.json"],
+        "r.json: cannot write here",
+    )
+    w = tmp_path / "w"
+    shutil.copytree(work, w)
+    (w / "preprocess.json").unlink()
+    refused(capsys, ["train", w, "--weights", "none", "--epochs", "1"], "preprocess.json: missing or damaged")
+    (tmp_path / "empty").mkdir()
+    refused(capsys, ["predict", trained_run, tmp_path / "empty"], "empty folder")

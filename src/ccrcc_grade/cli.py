@@ -21,39 +21,44 @@ def _window(text: str) -> tuple[float, float]:
 def cmd_synth(a: argparse.Namespace) -> None:
     from ccrcc_grade.tools.synth import make_cohort
 
-    out = make_cohort(a.out, patients=a.patients, high_fraction=a.high_fraction, layout=a.layout,
-                      seed=a.seed, matrix=a.matrix, difficulty=a.difficulty, workers=a.workers)
+    out = make_cohort(
+        a.out,
+        patients=a.patients,
+        high_fraction=a.high_fraction,
+        layout=a.layout,
+        seed=a.seed,
+        matrix=a.matrix,
+        difficulty=a.difficulty,
+        workers=a.workers,
+    )
     print(f"synthetic cohort (phantom, not patient data): {out}")
 
 
 def cmd_ingest(a: argparse.Namespace) -> None:
-    from ccrcc_grade.ingest.cache import format_summary
     from ccrcc_grade.core.config import PreprocessConfig
+    from ccrcc_grade.ingest.cache import format_summary
 
     level, width = a.window
-    cfg = PreprocessConfig(size=a.size, window_level=level, window_width=width, margin_mm=a.margin_mm,
-                           mask_margin_mm=a.mask_margin_mm)
-    if a.format == "kits":
-        from ccrcc_grade.io.kits import ingest_kits
+    cfg = PreprocessConfig(
+        size=a.size, window_level=level, window_width=width, margin_mm=a.margin_mm, mask_margin_mm=a.mask_margin_mm
+    )
+    from ccrcc_grade.ingest.layouts import CohortSource
+    from ccrcc_grade.ingest.pipeline import ingest
 
-        report = ingest_kits(a.cohort, a.out, cfg, clinical=a.clinical, phase=a.phase, overwrite=a.overwrite)
-    else:
-        from ccrcc_grade.ingest.cache import ingest
-
-        if a.detect_phases:
-            from ccrcc_grade.ingest.phase_detect import ingest_detected
-
-            report = ingest_detected(a.cohort, a.out, cfg, overwrite=a.overwrite)
-        else:
-            report = ingest(a.cohort, a.out, cfg, layout=a.layout, overwrite=a.overwrite)
+    layout = "kits" if a.format == "kits" else "detect" if a.detect_phases else a.layout
+    source = CohortSource(Path(a.cohort), layout, clinical=Path(a.clinical) if a.clinical else None, phase=a.phase)
+    report = ingest(source, a.out, cfg, overwrite=a.overwrite)
     print(format_summary(report["summary"]))
-    print(f"{report['n_crops']} crops from {report['n_patients']} patients ({report['layout']} layout); "
-          f"{report['n_slices_without_annotation']} slices without annotation skipped")
+    print(
+        f"{report['n_crops']} crops from {report['n_patients']} patients ({report['layout']} layout); "
+        f"{report['n_slices_without_annotation']} slices without annotation skipped"
+    )
     for w in report["warnings"][:20]:
         print(f"warning: {w}", file=sys.stderr)
     if len(report["warnings"]) > 20:
-        print(f"... {len(report['warnings']) - 20} more warnings in {Path(a.out) / 'ingest_report.json'}",
-              file=sys.stderr)
+        print(
+            f"... {len(report['warnings']) - 20} more warnings in {Path(a.out) / 'ingest_report.json'}", file=sys.stderr
+        )
     print(f"wrote {a.out}")
 
 
@@ -61,8 +66,11 @@ def cmd_split(a: argparse.Namespace) -> None:
     from ccrcc_grade.ingest.splits import make_splits
 
     s = make_splits(Path(a.work), a.ratios, a.seed, a.folds)
-    print(f"train {len(s['train'])}, val {len(s['val'])}, test {len(s['test'])} patients"
-          + (f"; {a.folds}-fold assignment" if a.folds else "") + f" -> {Path(a.work) / 'splits.json'}")
+    print(
+        f"train {len(s['train'])}, val {len(s['val'])}, test {len(s['test'])} patients"
+        + (f"; {a.folds}-fold assignment" if a.folds else "")
+        + f" -> {Path(a.work) / 'splits.json'}"
+    )
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -76,12 +84,30 @@ def cmd_train(a: argparse.Namespace) -> None:
     else:
         if not a.work:
             raise CcrccError("train needs WORK (or --resume RUN)")
-        cfg = TrainConfig(work=a.work, phase=a.phase, model=a.model, out=a.out or "", weights=a.weights,
-                          epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, image_size=a.image_size,
-                          repeats=a.repeats, device=a.device, amp=a.amp, compile=a.compile, seed=a.seed, splits=a.splits or "",
-                          fold=a.fold, select_metric=a.select_metric, num_threads=a.threads,
-                          progress=not a.no_progress, weight_decay=a.weight_decay, threshold=a.threshold,
-                          keep_last=a.keep_last)
+        cfg = TrainConfig(
+            work=a.work,
+            phase=a.phase,
+            model=a.model,
+            out=a.out or "",
+            weights=a.weights,
+            epochs=a.epochs,
+            lr=a.lr,
+            batch_size=a.batch_size,
+            image_size=a.image_size,
+            repeats=a.repeats,
+            device=a.device,
+            amp=a.amp,
+            compile=a.compile,
+            seed=a.seed,
+            splits=a.splits or "",
+            fold=a.fold,
+            select_metric=a.select_metric,
+            num_threads=a.threads,
+            progress=not a.no_progress,
+            weight_decay=a.weight_decay,
+            threshold=a.threshold,
+            keep_last=a.keep_last,
+        )
         result = fit(cfg)
     if result is not None:
         print(json.dumps(result))
@@ -90,14 +116,22 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from ccrcc_grade.model.evaluate import evaluate_command
 
-    out = evaluate_command(run=a.run, split=a.split, cohort=a.cohort, predictions=a.predictions,
-                           out=a.out, val_predictions=a.val_predictions, aggregate=a.aggregate,
-                           n_boot=a.bootstrap, seed=a.seed)
+    out = evaluate_command(
+        run=a.run,
+        split=a.split,
+        cohort=a.cohort,
+        predictions=a.predictions,
+        out=a.out,
+        val_predictions=a.val_predictions,
+        aggregate=a.aggregate,
+        n_boot=a.bootstrap,
+        seed=a.seed,
+    )
     print(out)
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    from ccrcc_grade.stats.compare import compare_command
+    from ccrcc_grade.model.evaluate import compare_command
 
     print(compare_command(a.a, a.b, a.json, split=a.split))
 
@@ -111,17 +145,29 @@ def cmd_clinical(a: argparse.Namespace) -> None:
 def cmd_study(a: argparse.Namespace) -> None:
     from ccrcc_grade.study.run import StudyOptions, run_study
 
-    opts = StudyOptions(preset=a.preset, folds=a.folds, seed=a.seed, weights=a.weights, device=a.device,
-                        epochs=a.epochs, image_size=a.image_size, size=a.size, format=a.format,
-                        external=a.external, ratios=a.ratios, threshold=a.threshold,
-                        evidence=not a.no_evidence, jobs=a.jobs)
+    opts = StudyOptions(
+        preset=a.preset,
+        folds=a.folds,
+        seed=a.seed,
+        weights=a.weights,
+        device=a.device,
+        epochs=a.epochs,
+        image_size=a.image_size,
+        size=a.size,
+        format=a.format,
+        external=a.external,
+        ratios=a.ratios,
+        threshold=a.threshold,
+        evidence=not a.no_evidence,
+        jobs=a.jobs,
+    )
     report = run_study(Path(a.cohort), Path(a.out), opts)
     print(f"report: {report}")
 
 
 def cmd_radiomics(a: argparse.Namespace) -> None:
-    from ccrcc_grade.ingest.cache import CropCache
     from ccrcc_grade.evidence.radiomics import radiomics_study, summary
+    from ccrcc_grade.ingest.cache import CropCache
 
     res = radiomics_study(Path(a.work), seed=a.seed)
     print(summary(res["result"], CropCache.load(a.work).patient_labels()))
@@ -131,8 +177,11 @@ def cmd_radiomics(a: argparse.Namespace) -> None:
 def cmd_predict(a: argparse.Namespace) -> None:
     from ccrcc_grade.model.predict import predict_command
 
-    print(predict_command(a.model, a.input, json_out=a.json, cam_dir=a.cam, boxes=a.boxes,
-                          patient_id=a.patient_id, device=a.device))
+    print(
+        predict_command(
+            a.model, a.input, json_out=a.json, cam_dir=a.cam, boxes=a.boxes, patient_id=a.patient_id, device=a.device
+        )
+    )
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -151,8 +200,9 @@ def cmd_serve(a: argparse.Namespace) -> None:
 def cmd_bench(a: argparse.Namespace) -> None:
     from ccrcc_grade.tools.bench import bench
 
-    for line in bench(a.what, device=a.device, steps=a.steps, image_size=a.image_size, batch_size=a.batch_size,
-                      preset=a.preset):
+    for line in bench(
+        a.what, device=a.device, steps=a.steps, image_size=a.image_size, batch_size=a.batch_size, preset=a.preset
+    ):
         print(json.dumps(line), flush=True)
 
 
@@ -168,8 +218,12 @@ Research software, not a medical device. `ccrcc-grade COMMAND --help` lists each
 
 
 def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ccrcc_grade.core.config import PRESETS, PreprocessConfig, TrainConfig, preset_text
 
     pre, tc = PreprocessConfig(), TrainConfig()
-    p = argparse.ArgumentParser(prog="ccrcc-grade", description=WORKFLOW,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="ccrcc-grade", description=WORKFLOW, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--version", action="version", version=f"ccrcc-grade {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -187,32 +242,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="cohort folder to create")
     s.add_argument("--patients", type=int, default=40, help="number of patients")
     s.add_argument("--high-fraction", type=float, default=0.25, help="fraction of high-grade patients (0-1)")
-    s.add_argument("--layout", choices=["slices", "dicom"], default="slices",
-                   help="exported slices + labelme JSON, or DICOM series + boxes.csv")
+    s.add_argument(
+        "--layout",
+        choices=["slices", "dicom"],
+        default="slices",
+        help="exported slices + labelme JSON, or DICOM series + boxes.csv",
+    )
     s.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same cohort)")
     s.add_argument("--matrix", type=int, default=512, help="image matrix (pixels, square)")
-    s.add_argument("--difficulty", choices=["realistic", "easy"], default="realistic",
-                   help="realistic: grades overlap as in published series, with timing, dose, scanner, partial "
-                        "volume and label-noise effects (synth.py lists the sources); easy: nearly separable "
-                        "grades, for fast tests")
-    s.add_argument("--workers", type=int, default=1,
-                   help="processes rendering patients at once (the cohort is the same for any number)")
+    s.add_argument(
+        "--difficulty",
+        choices=["realistic", "easy"],
+        default="realistic",
+        help="realistic: grades overlap as in published series, with timing, dose, scanner, partial "
+        "volume and label-noise effects (synth.py lists the sources); easy: nearly separable "
+        "grades, for fast tests",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes rendering patients at once (the cohort is the same for any number)",
+    )
     s.set_defaults(func=cmd_synth)
 
     s = _sub(sub, "ingest", "validate a cohort and build the crop cache")
     s.add_argument("cohort", help="cohort folder (clinical.csv + one folder per patient), or a KiTS folder")
     s.add_argument("--out", required=True, help="WORK folder to create")
     s.add_argument("--size", type=int, default=pre.size, help="crop edge in the cache (pixels)")
-    s.add_argument("--window", type=_window, default=(pre.window_level, pre.window_width),
-                   help="LEVEL,WIDTH in HU for DICOM/NIfTI (the study's abdominal window)")
+    s.add_argument(
+        "--window",
+        type=_window,
+        default=(pre.window_level, pre.window_width),
+        help="LEVEL,WIDTH in HU for DICOM/NIfTI (the study's abdominal window)",
+    )
     s.add_argument("--margin-mm", type=float, default=pre.margin_mm, help="extra margin around every box (mm)")
-    s.add_argument("--layout", choices=["auto", "slices", "dicom", "nifti"], default="auto",
-                   help="input layout (auto: boxes.csv -> dicom, .nii.gz -> nifti, else slices)")
+    s.add_argument(
+        "--layout",
+        choices=["auto", "slices", "dicom", "nifti"],
+        default="auto",
+        help="input layout (auto: boxes.csv -> dicom, .nii.gz -> nifti, else slices)",
+    )
     s.add_argument("--format", choices=["cohort", "kits"], default="cohort", help="a cohort folder or a KiTS folder")
     s.add_argument("--clinical", help="KiTS clinical JSON (kits.json / kits23.json; default: found in the folder)")
     s.add_argument("--phase", default="corticomedullary", help="phase of KiTS scans")
-    s.add_argument("--mask-margin-mm", type=float, default=pre.mask_margin_mm,
-                   help="margin of boxes derived from tumour masks (NIfTI layout, KiTS)")
+    s.add_argument(
+        "--mask-margin-mm",
+        type=float,
+        default=pre.mask_margin_mm,
+        help="margin of boxes derived from tumour masks (NIfTI layout, KiTS)",
+    )
     s.add_argument("--detect-phases", action="store_true", help="assign DICOM series to phases from their tags")
     s.add_argument("--overwrite", action="store_true", help="replace an existing WORK folder")
     s.set_defaults(func=cmd_ingest)
@@ -226,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _sub(sub, "train", "train a per-phase classifier (study defaults)")
     s.add_argument("work", nargs="?", help="ingested and split WORK folder")
-    s.add_argument("--phase", default=tc.phase, help="plain, corticomedullary, parenchymal, excretory (or an alias) "
-                                                     "or combined")
+    s.add_argument(
+        "--phase", default=tc.phase, help="plain, corticomedullary, parenchymal, excretory (or an alias) or combined"
+    )
     s.add_argument("--model", default=tc.model, help="resnet34 or se_resnet34")
     s.add_argument("--out", help="run folder (default: WORK/runs/<model>-<phase>)")
     s.add_argument("--weights", default=tc.weights, help="imagenet | none | PATH to a ResNet34 state dict")
@@ -238,24 +318,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, default=tc.image_size, help="network input size (pixels)")
     s.add_argument("--repeats", type=int, default=tc.repeats, help="augmented copies per crop per epoch")
     s.add_argument("--device", default=tc.device, help="auto, cpu, cuda or cuda:N")
-    s.add_argument("--amp", default=tc.amp, choices=["auto", "on", "off"],
-                   help="bf16 autocast: auto = on CUDA and on CPUs with AVX-512/AMX, off elsewhere")
-    s.add_argument("--compile", default=tc.compile, choices=["auto", "on", "off"],
-                   help="compiled training step: auto = torch.compile reduce-overhead (CUDA graphs) on CUDA, eager on "
-                        "a CPU; on = compile on a CPU too (inductor, needs a C++ compiler; ~1 min to build); the log "
-                        "says which path ran, and a failed compilation falls back to eager")
+    s.add_argument(
+        "--amp",
+        default=tc.amp,
+        choices=["auto", "on", "off"],
+        help="bf16 autocast: auto = on CUDA and on CPUs with AVX-512/AMX, off elsewhere",
+    )
+    s.add_argument(
+        "--compile",
+        default=tc.compile,
+        choices=["auto", "on", "off"],
+        help="compiled training step: auto = torch.compile reduce-overhead (CUDA graphs) on CUDA, eager on "
+        "a CPU; on = compile on a CPU too (inductor, needs a C++ compiler; ~1 min to build); the log "
+        "says which path ran, and a failed compilation falls back to eager",
+    )
     s.add_argument("--seed", type=int, default=tc.seed, help="random seed (same seed, same run)")
     s.add_argument("--splits", help="splits file (default: WORK/splits.json)")
     s.add_argument("--fold", type=int, default=tc.fold, help="validate on cross-validation fold K (-1: no folds)")
-    s.add_argument("--select-metric", default=tc.select_metric, choices=["patient_auc", "image_auc", "loss"],
-                   help="validation metric that picks the best epoch")
+    s.add_argument(
+        "--select-metric",
+        default=tc.select_metric,
+        choices=["patient_auc", "image_auc", "loss"],
+        help="validation metric that picks the best epoch",
+    )
     s.add_argument("--threads", type=int, default=tc.num_threads, help="CPU threads (0: PyTorch's default)")
-    s.add_argument("--threshold", default=tc.threshold,
-                   help="decision threshold policy stored in the model: default (the study's 0.5), youden, "
-                        "sensNN or specNN (fitted on validation patients; needs >= 10 of each grade) or a number")
-    s.add_argument("--keep-last", action="store_true",
-                   help="keep last.pt (weights + optimizer state, ~2x best.pt) after the run finishes; by default it "
-                        "exists only while the run is unfinished")
+    s.add_argument(
+        "--threshold",
+        default=tc.threshold,
+        help="decision threshold policy stored in the model: default (the study's 0.5), youden, "
+        "sensNN or specNN (fitted on validation patients; needs >= 10 of each grade) or a number",
+    )
+    s.add_argument(
+        "--keep-last",
+        action="store_true",
+        help="keep last.pt (weights + optimizer state, ~2x best.pt) after the run finishes; by default it "
+        "exists only while the run is unfinished",
+    )
     s.add_argument("--resume", help="RUN folder to continue from last.pt")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
@@ -266,10 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cohort", help="external cohort: ingested WORK or raw cohort folder")
     s.add_argument("--predictions", help="evaluate a predictions CSV instead of a run")
     s.add_argument("--val-predictions", help="with --predictions: validation predictions for the operating points")
-    s.add_argument("--out", help="output folder (default: RUN/eval-<split>, or the next free RUN/eval-<split>-N "
-                                 "when that holds an earlier evaluation)")
-    s.add_argument("--aggregate", default=None, choices=["mean", "median", "max"],
-                   help="slice probabilities -> patient probability (default: the run's, mean)")
+    s.add_argument(
+        "--out",
+        help="output folder (default: RUN/eval-<split>, or the next free RUN/eval-<split>-N "
+        "when that holds an earlier evaluation)",
+    )
+    s.add_argument(
+        "--aggregate",
+        default=None,
+        choices=["mean", "median", "max"],
+        help="slice probabilities -> patient probability (default: the run's, mean)",
+    )
     s.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (over patients) for the CIs")
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     s.set_defaults(func=cmd_evaluate)
@@ -284,15 +389,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = _sub(sub, "clinical", "Table 2: clinical characteristics low vs high grade")
     s.add_argument("cohort", help="cohort folder, WORK folder or clinical.csv")
     s.add_argument("--out", help="folder for clinical_table.{json,md}")
-    s.add_argument("--normality", choices=["ks", "shapiro"], default="ks",
-                   help="normality test per group (Lilliefors-corrected Kolmogorov-Smirnov or Shapiro-Wilk)")
+    s.add_argument(
+        "--normality",
+        choices=["ks", "shapiro"],
+        default="ks",
+        help="normality test per group (Lilliefors-corrected Kolmogorov-Smirnov or Shapiro-Wilk)",
+    )
     s.set_defaults(func=cmd_clinical)
 
     s = _sub(sub, "study", "the whole study: ingest, split, train all phases, evaluate, report")
     s.add_argument("cohort", help="cohort folder (or KiTS folder with --format kits)")
     s.add_argument("--out", required=True, help="study folder (work/, runs/, report.html, results.json)")
-    s.add_argument("--preset", choices=list(PRESETS), default="paper",
-                   help="; ".join(f"{k}: {preset_text(v)}" for k, v in PRESETS.items()))
+    s.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="paper",
+        help="; ".join(f"{k}: {preset_text(v)}" for k, v in PRESETS.items()),
+    )
     s.add_argument("--folds", type=int, default=0, help="K-fold cross-validation instead of one split (0: off)")
     s.add_argument("--seed", type=int, default=0, help="seed of the split and of every training")
     s.add_argument("--weights", default=None, help="override the preset's weights (imagenet | none | PATH)")
@@ -303,14 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["cohort", "kits"], default="cohort", help="a cohort folder or a KiTS folder")
     s.add_argument("--external", help="external validation cohort (raw or ingested)")
     s.add_argument("--ratios", default="8:1:1", help="train:val:test patient ratios")
-    s.add_argument("--threshold", default=tc.threshold,
-                   help="decision threshold policy of every model (see train --threshold)")
-    s.add_argument("--jobs", default="auto",
-                   help="trainings at once (the phase models; every fold with --folds): auto = as many per GPU as "
-                        "its free memory holds (<= 5) on every visible GPU, 1 on a CPU; or a number")
-    s.add_argument("--no-evidence", action="store_true",
-                   help="only the study's networks: no late fusion, multi-phase network, radiomics, clinical or "
-                        "combined models (and no model comparison table, calibration or decision curves)")
+    s.add_argument(
+        "--threshold", default=tc.threshold, help="decision threshold policy of every model (see train --threshold)"
+    )
+    s.add_argument(
+        "--jobs",
+        default="auto",
+        help="trainings at once (the phase models; every fold with --folds): auto = as many per GPU as "
+        "its free memory holds (<= 5) on every visible GPU, 1 on a CPU; or a number",
+    )
+    s.add_argument(
+        "--no-evidence",
+        action="store_true",
+        help="only the study's networks: no late fusion, multi-phase network, radiomics, clinical or "
+        "combined models (and no model comparison table, calibration or decision curves)",
+    )
     s.set_defaults(func=cmd_study)
 
     s = _sub(sub, "radiomics", "the radiomics baseline alone: IBSI features, LASSO, logistic and SVM")
@@ -331,14 +451,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = _sub(sub, "export", "export a model to ONNX")
     s.add_argument("model", help="a run folder or its best.pt")
     s.add_argument("--onnx", required=True, help="ONNX file to write")
-    s.add_argument("--int8", action="store_true",
-                   help="static int8 quantization (ONNX Runtime QDQ) calibrated on the model's training crops; "
-                        "written only when its validation AUC is within 0.01 of fp32 (recorded in its metadata)")
+    s.add_argument(
+        "--int8",
+        action="store_true",
+        help="static int8 quantization (ONNX Runtime QDQ) calibrated on the model's training crops; "
+        "written only when its validation AUC is within 0.01 of fp32 (recorded in its metadata)",
+    )
     s.set_defaults(func=cmd_export)
 
     s = _sub(sub, "serve", "the clinician workstation: web page + REST API")
     s.add_argument("--models", nargs="+", required=True, help="run folders, best.pt or .onnx files to serve")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback needs --token-file)")
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (anything but loopback needs --token-file)"
+    )
     s.add_argument("--port", type=int, default=8000, help="TCP port")
     s.add_argument("--data", default="ccrcc-data", help="folder for studies, boxes, predictions and SRs")
     s.add_argument("--pacs", help="DICOMweb base URL of the PACS (e.g. http://pacs:8042/dicom-web)")
@@ -349,14 +474,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     s = _sub(sub, "bench", "speed and memory benchmarks (JSON lines)")
-    s.add_argument("--what", choices=["train", "predict", "ingest", "serve", "study", "all"], default="all",
-                   help="which benchmark (all = every one but study, which trains a whole study)")
+    s.add_argument(
+        "--what",
+        choices=["train", "predict", "ingest", "serve", "study", "all"],
+        default="all",
+        help="which benchmark (all = every one but study, which trains a whole study)",
+    )
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--steps", type=int, default=6, help="timed training steps")
     s.add_argument("--image-size", type=int, default=224, help="network input size (pixels)")
     s.add_argument("--batch-size", type=int, default=32, help="training batch size")
-    s.add_argument("--preset", default=None,
-                   help="study benchmark: the study preset (default: paper on CUDA, quick on a CPU)")
+    s.add_argument(
+        "--preset", default=None, help="study benchmark: the study preset (default: paper on CUDA, quick on a CPU)"
+    )
     s.set_defaults(func=cmd_bench)
     return p
 

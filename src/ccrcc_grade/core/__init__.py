@@ -10,5 +10,15 @@ from ccrcc_grade.core.errors import CcrccError, check_number
 from ccrcc_grade.core.paths import RunDir, StudyDir, WorkDir
 from ccrcc_grade.core.phases import CLASSES, COMBINED, PHASES
 
-__all__ = ["CcrccError", "check_number", "PreprocessConfig", "TrainConfig", "WorkDir", "RunDir", "StudyDir",
-           "PHASES", "CLASSES", "COMBINED"]
+__all__ = [
+    "CcrccError",
+    "check_number",
+    "PreprocessConfig",
+    "TrainConfig",
+    "WorkDir",
+    "RunDir",
+    "StudyDir",
+    "PHASES",
+    "CLASSES",
+    "COMBINED",
+]

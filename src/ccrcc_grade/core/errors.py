@@ -11,8 +11,9 @@ class CcrccError(Exception):
     """An error caused by the user's input or request, reported as one line (exit code 2)."""
 
 
-def check_number(value, what: str, lo: float | None = None, hi: float | None = None, *,
-                 lo_open: bool = False, integer: bool = False) -> float:
+def check_number(
+    value, what: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, integer: bool = False
+) -> float:
     """A number read from a file or a flag: finite (NaN and infinity pass every comparison
     unnoticed, so they are refused here, where the number enters) and within [lo, hi] (or
     (lo, hi] with ``lo_open``); ``integer`` refuses 1.7 where a whole number is meant. Returns

@@ -9,19 +9,20 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ccrcc_grade.core.errors import CcrccError
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)   # the only way to read it is to set it; restored at once
+    mask = os.umask(0o022)  # the only way to read it is to set it; restored at once
     os.umask(mask)
     return mask
 
 
-UMASK = _umask()   # read once at import: setting the umask per write would race between threads
+UMASK = _umask()  # read once at import: setting the umask per write would race between threads
 
 
 def normal_mode(path: Path, directory: bool = False) -> None:
@@ -39,7 +40,7 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:   # read-only disk, no permission, a file where a folder should be
+    except OSError as exc:  # read-only disk, no permission, a file where a folder should be
         raise CcrccError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     try:
         normal_mode(Path(tmp))
@@ -48,7 +49,7 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:   # a full disk: the old file (if any) stays as it was
+    except OSError as exc:  # a full disk: the old file (if any) stays as it was
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise CcrccError(f"{path}: cannot write ({exc.strerror or exc}); nothing was replaced") from None

@@ -42,7 +42,7 @@ class WorkDir:
     PREPROCESS = "preprocess.json"
     CLINICAL = "clinical.csv"
     INGEST_REPORT = "ingest_report.json"
-    CACHE_FILES = (CROPS, MANIFEST, PREPROCESS, CLINICAL, INGEST_REPORT)   # what ingest writes
+    CACHE_FILES = (CROPS, MANIFEST, PREPROCESS, CLINICAL, INGEST_REPORT)  # what ingest writes
     SPLITS = "splits.json"
 
     def __post_init__(self) -> None:

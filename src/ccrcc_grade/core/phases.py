@@ -10,12 +10,12 @@ CLASSES: tuple[str, str] = ("low", "high")  # label 0 = WHO/ISUP I-II, label 1 =
 
 # Case-insensitive aliases (spaces, '-' and '_' are ignored when matching).
 ALIASES: dict[str, str] = {
-    **{a: "plain" for a in ("plain", "nc", "noncontrast", "unenhanced", "native", "precontrast",
-                             "plainscan", "pre")},
-    **{a: "corticomedullary" for a in ("corticomedullary", "cmp", "cm", "arterial", "art",
-                                        "latearterial", "cortical")},
-    **{a: "parenchymal" for a in ("parenchymal", "np", "nephrographic", "venous", "portal",
-                                   "portalvenous", "pv", "nephrogenic")},
+    **{a: "plain" for a in ("plain", "nc", "noncontrast", "unenhanced", "native", "precontrast", "plainscan", "pre")},
+    **{a: "corticomedullary" for a in ("corticomedullary", "cmp", "cm", "arterial", "art", "latearterial", "cortical")},
+    **{
+        a: "parenchymal"
+        for a in ("parenchymal", "np", "nephrographic", "venous", "portal", "portalvenous", "pv", "nephrogenic")
+    },
     **{a: "excretory" for a in ("excretory", "ep", "delayed", "urographic", "pyelographic")},
 }
 

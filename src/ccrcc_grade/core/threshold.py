@@ -30,8 +30,8 @@ from sklearn.metrics import roc_curve
 from ccrcc_grade.core.errors import CcrccError
 
 DEFAULT_THRESHOLD = 0.5
-MIN_PER_CLASS = 10          # validation patients of each grade needed to fit a cut-point
-FITTED_METHODS = ("youden", "sens90", "spec90")   # the operating points evaluate reports
+MIN_PER_CLASS = 10  # validation patients of each grade needed to fit a cut-point
+FITTED_METHODS = ("youden", "sens90", "spec90")  # the operating points evaluate reports
 _TARGET = re.compile(r"^(sens|spec)(\d{2})$")
 
 
@@ -39,11 +39,11 @@ _TARGET = re.compile(r"^(sens|spec)(\d{2})$")
 class ThresholdPolicy:
     """A threshold and where it came from (stored in every checkpoint and ONNX file)."""
 
-    method: str                      # default | fixed | youden | sensNN | specNN
+    method: str  # default | fixed | youden | sensNN | specNN
     threshold: float
-    source: str                      # one human sentence: how it was chosen
-    ci95: tuple[float, float] | None = None   # bootstrap CI over validation patients (fitted only)
-    n_low: int = 0                   # validation patients used (fitted only)
+    source: str  # one human sentence: how it was chosen
+    ci95: tuple[float, float] | None = None  # bootstrap CI over validation patients (fitted only)
+    n_low: int = 0  # validation patients used (fitted only)
     n_high: int = 0
 
     def to_dict(self) -> dict:
@@ -52,13 +52,19 @@ class ThresholdPolicy:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ThresholdPolicy":
+    def from_dict(cls, d: dict) -> ThresholdPolicy:
         t = check_probability(d.get("threshold"), "threshold")
         ci = d.get("ci95")
         if ci is not None:
             ci = (check_probability(ci[0], "threshold CI"), check_probability(ci[1], "threshold CI"))
-        return cls(str(d.get("method", "fixed")), t, str(d.get("source", "")), ci,
-                   int(d.get("n_low", 0)), int(d.get("n_high", 0)))
+        return cls(
+            str(d.get("method", "fixed")),
+            t,
+            str(d.get("source", "")),
+            ci,
+            int(d.get("n_low", 0)),
+            int(d.get("n_high", 0)),
+        )
 
     @property
     def label(self) -> str:
@@ -96,8 +102,9 @@ def parse_spec(spec: str | float) -> str | float:
         try:
             f = float(s)
         except ValueError:
-            raise CcrccError(f"threshold must be default, youden, sensNN, specNN (e.g. sens90) or a number "
-                             f"in (0, 1), got {spec!r}") from None
+            raise CcrccError(
+                f"threshold must be default, youden, sensNN, specNN (e.g. sens90) or a number in (0, 1), got {spec!r}"
+            ) from None
     if not math.isfinite(f) or not 0.0 < f < 1.0:
         raise CcrccError(f"a fixed threshold must lie strictly between 0 and 1, got {spec!r}")
     return f
@@ -105,14 +112,14 @@ def parse_spec(spec: str | float) -> str | float:
 
 def cut_point(method: str, y: np.ndarray, p: np.ndarray) -> float:
     """The cut-point of a fitted method on labels ``y`` and probabilities ``p`` (both classes present)."""
-    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)   # every cut-point, for sens/spec targets
-    thr = np.clip(thr, 0.0, 1.0)   # sklearn's first threshold is +inf (nobody called high)
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)  # every cut-point, for sens/spec targets
+    thr = np.clip(thr, 0.0, 1.0)  # sklearn's first threshold is +inf (nobody called high)
     if method == "youden":
         return float(thr[int(np.argmax(tpr - fpr))])
     kind, pct = method[:4], int(method[4:]) / 100
-    if kind == "sens":   # the highest threshold whose sensitivity reaches the target
+    if kind == "sens":  # the highest threshold whose sensitivity reaches the target
         return float(thr[int(np.argmax(tpr >= pct - 1e-12))])
-    ok = np.nonzero(1 - fpr >= pct - 1e-12)[0]   # the lowest threshold whose specificity reaches it
+    ok = np.nonzero(1 - fpr >= pct - 1e-12)[0]  # the lowest threshold whose specificity reaches it
     return float(thr[ok[-1]])
 
 
@@ -124,8 +131,10 @@ def class_counts(y) -> tuple[int, int]:
 def estimability(n_low: int, n_high: int) -> str | None:
     """None when a fitted cut-point may be estimated from these validation counts, else why not."""
     if n_low < MIN_PER_CLASS or n_high < MIN_PER_CLASS:
-        return (f"validation holds {n_low} low- and {n_high} high-grade patients; a fitted threshold needs "
-                f">= {MIN_PER_CLASS} of each")
+        return (
+            f"validation holds {n_low} low- and {n_high} high-grade patients; a fitted threshold needs "
+            f">= {MIN_PER_CLASS} of each"
+        )
     return None
 
 
@@ -150,11 +159,13 @@ def fit_policy(spec: str | float, y_val=None, p_val=None, n_boot: int = 1000, se
     rng = np.random.default_rng(seed)
     lo_idx, hi_idx = np.nonzero(y == 0)[0], np.nonzero(y == 1)[0]
     boots = []
-    for _ in range(n_boot):   # stratified: every resample keeps both grades in their numbers
+    for _ in range(n_boot):  # stratified: every resample keeps both grades in their numbers
         idx = np.concatenate([rng.choice(lo_idx, len(lo_idx)), rng.choice(hi_idx, len(hi_idx))])
         boots.append(cut_point(spec, y[idx], p[idx]))
     ci = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
-    name = {"youden": "Youden J"}.get(spec, f"{spec[4:]}% {'sensitivity' if spec.startswith('sens') else 'specificity'}")
+    name = {"youden": "Youden J"}.get(
+        spec, f"{spec[4:]}% {'sensitivity' if spec.startswith('sens') else 'specificity'}"
+    )
     return ThresholdPolicy(spec, t, f"{name} on {n_low + n_high} validation patients", ci, n_low, n_high)
 
 
@@ -167,14 +178,16 @@ def policy_of(meta: dict) -> tuple[ThresholdPolicy, str | None]:
     old = meta.get("threshold")
     if old is None or float(old) == DEFAULT_THRESHOLD:
         return DEFAULT_POLICY, None
-    return DEFAULT_POLICY, (f"this model file stores a threshold of {float(old):.3f} fitted without a minimum "
-                            f"number of validation patients (older version); the study default 0.5 is used")
+    return DEFAULT_POLICY, (
+        f"this model file stores a threshold of {float(old):.3f} fitted without a minimum "
+        f"number of validation patients (older version); the study default 0.5 is used"
+    )
 
 
 @dataclass(frozen=True)
 class Decision:
-    grade: str          # high | low | uncertain
-    text: str           # "P(high) = 0.83 >= 0.50 (study default) -> HIGH"
+    grade: str  # high | low | uncertain
+    text: str  # "P(high) = 0.83 >= 0.50 (study default) -> HIGH"
 
 
 def decide(prob: float, policy: ThresholdPolicy) -> Decision:
@@ -182,11 +195,14 @@ def decide(prob: float, policy: ThresholdPolicy) -> Decision:
     p, t = float(prob), policy.threshold
     if policy.ci95 is not None and policy.ci95[0] <= p <= policy.ci95[1]:
         lo, hi = policy.ci95
-        return Decision("uncertain", f"P(high) = {p:.2f} lies inside the threshold's 95% CI {lo:.2f}-{hi:.2f} "
-                                     f"({policy.label}, threshold {t:.2f}) -> UNCERTAIN")
+        return Decision(
+            "uncertain",
+            f"P(high) = {p:.2f} lies inside the threshold's 95% CI {lo:.2f}-{hi:.2f} "
+            f"({policy.label}, threshold {t:.2f}) -> UNCERTAIN",
+        )
     grade = "high" if p >= t else "low"
     rel = ">=" if grade == "high" else "<"
-    digits = 2   # enough digits that the printed numbers show the comparison that was made
+    digits = 2  # enough digits that the printed numbers show the comparison that was made
     while digits < 15 and (round(p, digits) == round(t, digits)) != (p == t):
         digits += 1
     return Decision(grade, f"P(high) = {p:.{digits}f} {rel} {t:.{digits}f} ({policy.label}) -> {grade.upper()}")

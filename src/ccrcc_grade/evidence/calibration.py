@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DCA_THRESHOLDS = np.round(np.arange(0.05, 0.6001, 0.01), 2)   # the 0.05-0.60
+DCA_THRESHOLDS = np.round(np.arange(0.05, 0.6001, 0.01), 2)  # the 0.05-0.60
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -60,8 +60,13 @@ def calibration_intercept_slope(y: np.ndarray, p: np.ndarray) -> tuple[float | N
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     which = np.minimum((p * bins).astype(int), bins - 1)
-    return float(sum(np.sum(which == b) / len(p) * abs(p[which == b].mean() - y[which == b].mean())
-                     for b in range(bins) if np.any(which == b)))
+    return float(
+        sum(
+            np.sum(which == b) / len(p) * abs(p[which == b].mean() - y[which == b].mean())
+            for b in range(bins)
+            if np.any(which == b)
+        )
+    )
 
 
 def net_benefit(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray = DCA_THRESHOLDS) -> np.ndarray:

@@ -17,21 +17,29 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ccrcc_grade.io.clinical import ClinicalTable
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.evidence.calibration import logit
 from ccrcc_grade.evidence.fusion import MIN_FIT_PER_CLASS
 from ccrcc_grade.evidence.scores import ModelScores
+from ccrcc_grade.io.clinical import ClinicalTable
 
-SIZE_COLUMNS = ("tumor_size_cm", "tumour_size_cm", "tumor_size", "tumour_size", "size_cm", "max_diameter_cm",
-                "tumor_size_mm", "tumour_size_mm")
+SIZE_COLUMNS = (
+    "tumor_size_cm",
+    "tumour_size_cm",
+    "tumor_size",
+    "tumour_size",
+    "size_cm",
+    "max_diameter_cm",
+    "tumor_size_mm",
+    "tumour_size_mm",
+)
 SKIP = {"patient_id", "who_isup_grade", "grade", "center", "centre", "side"}
 
 
 @dataclass
 class Predictor:
     column: str
-    level: str | None = None    # two-valued variables: 1 when the value equals this level
+    level: str | None = None  # two-valued variables: 1 when the value equals this level
 
     @property
     def name(self) -> str:
@@ -58,8 +66,9 @@ def choose_predictors(table: ClinicalTable, train_ids: list[str]) -> tuple[list[
     """Tumour size plus the variables that differ (P < 0.05) between grades on training patients."""
     size = size_column(table)
     if size is None:
-        raise CcrccError(f"{table.path}: no tumour size column ({', '.join(SIZE_COLUMNS[:3])}, ...); "
-                         "the clinical model needs it")
+        raise CcrccError(
+            f"{table.path}: no tumour size column ({', '.join(SIZE_COLUMNS[:3])}, ...); the clinical model needs it"
+        )
     y = np.array([table.labels[i] for i in train_ids])
     chosen, pvals = [Predictor(size)], {}
     for col in table.columns:
@@ -96,7 +105,9 @@ def choose_predictors(table: ClinicalTable, train_ids: list[str]) -> tuple[list[
 
 
 def _matrix(table: ClinicalTable, ids: list[str], preds: list[Predictor], medians: np.ndarray | None = None):
-    x = np.array([[p.value(table.rows.get(i, {})) for p in preds] for i in ids], dtype=float).reshape(len(ids), len(preds))
+    x = np.array([[p.value(table.rows.get(i, {})) for p in preds] for i in ids], dtype=float).reshape(
+        len(ids), len(preds)
+    )
     if medians is None:
         medians = np.array([np.nanmedian(c) if np.any(np.isfinite(c)) else 0.0 for c in x.T])
     return np.where(np.isfinite(x), x, medians), medians
@@ -108,8 +119,10 @@ def _fit(x: np.ndarray, y: np.ndarray, what: str):
     from sklearn.preprocessing import StandardScaler
 
     if min(np.sum(y == 0), np.sum(y == 1)) < MIN_FIT_PER_CLASS:
-        raise CcrccError(f"{what}: its fitting patients hold {int(np.sum(y == 0))} low- and {int(np.sum(y == 1))} "
-                         f"high-grade cases; fitting needs >= {MIN_FIT_PER_CLASS} of each")
+        raise CcrccError(
+            f"{what}: its fitting patients hold {int(np.sum(y == 0))} low- and {int(np.sum(y == 1))} "
+            f"high-grade cases; fitting needs >= {MIN_FIT_PER_CLASS} of each"
+        )
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)).fit(x, y)
 
 
@@ -122,15 +135,30 @@ def clinical_model(table: ClinicalTable, splits: dict) -> tuple[ModelScores, dic
     out = {}
     for part in ("val", "test"):
         ids = [i for i in splits.get(part, []) if i in table.labels]
-        out[part] = dict(zip(ids, map(float, model.predict_proba(_matrix(table, ids, preds, med)[0])[:, 1]))) if ids else {}
-    info = {"predictors": [p.name for p in preds], "univariable_p_train": pvals, "fitted_on": "training patients",
-            "coefficients_per_sd": dict(zip([p.name for p in preds], map(float, model[-1].coef_[0]))),
-            "model": model, "medians": med, "predictor_objects": preds}
-    return ModelScores("clinical", "clinical", out["test"], out["val"],
-                       "logistic regression of " + ", ".join(p.name for p in preds) + " (training patients)"), info
+        out[part] = (
+            dict(zip(ids, map(float, model.predict_proba(_matrix(table, ids, preds, med)[0])[:, 1]))) if ids else {}
+        )
+    info = {
+        "predictors": [p.name for p in preds],
+        "univariable_p_train": pvals,
+        "fitted_on": "training patients",
+        "coefficients_per_sd": dict(zip([p.name for p in preds], map(float, model[-1].coef_[0]))),
+        "model": model,
+        "medians": med,
+        "predictor_objects": preds,
+    }
+    return ModelScores(
+        "clinical",
+        "clinical",
+        out["test"],
+        out["val"],
+        "logistic regression of " + ", ".join(p.name for p in preds) + " (training patients)",
+    ), info
 
 
-def combined_model(table: ClinicalTable, dl: ModelScores, clinical_info: dict, splits: dict) -> tuple[ModelScores, dict]:
+def combined_model(
+    table: ClinicalTable, dl: ModelScores, clinical_info: dict, splits: dict
+) -> tuple[ModelScores, dict]:
     """Network logit + clinical predictors, fitted on validation patients."""
     preds = clinical_info["predictor_objects"]
     val = [i for i in splits.get("val", []) if i in dl.val and i in table.labels]
@@ -144,9 +172,19 @@ def combined_model(table: ClinicalTable, dl: ModelScores, clinical_info: dict, s
     test = [i for i in splits.get("test", []) if i in dl.test]
     pt = model.predict_proba(design(test, dl.test, med)[0])[:, 1] if test else []
     names = [f"{dl.name} logit"] + [p.name for p in preds]
-    info = {"predictors": names, "fitted_on": "validation patients", "model": model, "medians": med,
-            "coefficients_per_sd": dict(zip(names, map(float, model[-1].coef_[0])))}
-    return ModelScores("nomogram (DL + clinical)", "combined", dict(zip(test, map(float, pt))),
-                       dict(zip(val, map(float, model.predict_proba(xv)[:, 1]))),
-                       f"logistic regression of the {dl.name} logit and " + ", ".join(p.name for p in preds)
-                       + " (validation patients)"), info
+    info = {
+        "predictors": names,
+        "fitted_on": "validation patients",
+        "model": model,
+        "medians": med,
+        "coefficients_per_sd": dict(zip(names, map(float, model[-1].coef_[0]))),
+    }
+    return ModelScores(
+        "nomogram (DL + clinical)",
+        "combined",
+        dict(zip(test, map(float, pt))),
+        dict(zip(val, map(float, model.predict_proba(xv)[:, 1]))),
+        f"logistic regression of the {dl.name} logit and "
+        + ", ".join(p.name for p in preds)
+        + " (validation patients)",
+    ), info

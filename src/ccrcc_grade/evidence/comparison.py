@@ -9,9 +9,10 @@ import math
 
 import numpy as np
 
-from ccrcc_grade.stats.metrics import bootstrap_metrics, delong_paired_test
+from ccrcc_grade.core.config import N_BOOT
 from ccrcc_grade.evidence.calibration import calibration_summary
 from ccrcc_grade.evidence.scores import ModelScores
+from ccrcc_grade.stats.metrics import bootstrap_metrics, delong_paired_test
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -30,16 +31,28 @@ def holm(pvalues: list[float]) -> list[float]:
 def model_entry(m: ModelScores, labels: dict[str, int], n_boot: int, seed: int) -> dict:
     ids, y, p = m.arrays(labels)
     met = bootstrap_metrics(y, p, ids, m.threshold, n_boot, seed)
-    e = {"name": m.name, "kind": m.kind, "description": m.description, "n": len(ids),
-         "threshold": m.threshold, "threshold_source": m.threshold_source,
-         "patient": {"auc": met["high"]["auc"], "accuracy": met["accuracy"],
-                     "sensitivity": met["high"]["sensitivity"], "specificity": met["high"]["specificity"],
-                     "brier": met["brier"], **calibration_summary(y, p)}}
+    e = {
+        "name": m.name,
+        "kind": m.kind,
+        "description": m.description,
+        "n": len(ids),
+        "threshold": m.threshold,
+        "threshold_source": m.threshold_source,
+        "patient": {
+            "auc": met["high"]["auc"],
+            "accuracy": met["accuracy"],
+            "sensitivity": met["high"]["sensitivity"],
+            "specificity": met["high"]["specificity"],
+            "brier": met["brier"],
+            **calibration_summary(y, p),
+        },
+    }
     return e
 
 
-def compare_models(models: list[ModelScores], labels: dict[str, int], reference: str, n_boot: int = 2000,
-                   seed: int = 0) -> list[dict]:
+def compare_models(
+    models: list[ModelScores], labels: dict[str, int], reference: str, n_boot: int = N_BOOT, seed: int = 0
+) -> list[dict]:
     """The ``models`` list of results.json: one entry per model, each with its DeLong P against
     ``reference`` (the best single phase, chosen on validation) and the Holm-adjusted P."""
     ref = next(m for m in models if m.name == reference)
@@ -53,17 +66,27 @@ def compare_models(models: list[ModelScores], labels: dict[str, int], reference:
             shared = sorted(set(m.test) & set(ref.test))
             y = np.array([labels[i] for i in shared])
             if len(shared) < 2 or len(np.unique(y)) < 2:
-                d = {"p": math.nan, "estimable": False, "reason": f"only {len(shared)} shared test patients",
-                     "auc_diff": math.nan, "auc_diff_ci95": [math.nan, math.nan]}
+                d = {
+                    "p": math.nan,
+                    "estimable": False,
+                    "reason": f"only {len(shared)} shared test patients",
+                    "auc_diff": math.nan,
+                    "auc_diff_ci95": [math.nan, math.nan],
+                }
             else:
-                d = delong_paired_test(y, np.array([m.test[i] for i in shared]), np.array([ref.test[i] for i in shared]))
+                d = delong_paired_test(
+                    y, np.array([m.test[i] for i in shared]), np.array([ref.test[i] for i in shared])
+                )
             e["delong_p_vs_best_phase"] = d["p"] if d["estimable"] else None
-            ci = [max(-1.0, d["auc_diff_ci95"][0]), min(1.0, d["auc_diff_ci95"][1])] if d["estimable"] else d["auc_diff_ci95"]
+            ci = (
+                [max(-1.0, d["auc_diff_ci95"][0]), min(1.0, d["auc_diff_ci95"][1])]
+                if d["estimable"]
+                else d["auc_diff_ci95"]
+            )
             e["auc_diff_vs_best_phase"] = {"value": d["auc_diff"], "ci95": ci, "n": len(shared)}
             e["delong_note"] = d.get("reason", "")
         entries.append(e)
-    adj = holm([e["delong_p_vs_best_phase"] if e["delong_p_vs_best_phase"] is not None else math.nan
-                for e in entries])
+    adj = holm([e["delong_p_vs_best_phase"] if e["delong_p_vs_best_phase"] is not None else math.nan for e in entries])
     for e, a in zip(entries, adj):
         e["delong_p_holm"] = None if math.isnan(a) else a
     return entries

@@ -26,17 +26,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ccrcc_grade.ingest.cache import CropCache
-from ccrcc_grade.model.data import augment, to_model_input
+from ccrcc_grade.core.config import TrainConfig
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.model.evaluate import PATIENT_COLUMNS, write_csv
 from ccrcc_grade.core.fileio import atomic_torch_save, atomic_write_json
-from ccrcc_grade.model.inference import amp_dtype, autocast, make_checkpoint, read_checkpoint, resolve_device
-from ccrcc_grade.stats.metrics import safe_auc
-from ccrcc_grade.model.registry import create_model, uses_imagenet_norm
+from ccrcc_grade.core.paths import RunDir
 from ccrcc_grade.core.phases import PHASES
 from ccrcc_grade.core.progress import progress
 from ccrcc_grade.evidence.scores import ModelScores
+from ccrcc_grade.ingest.cache import CropCache
+from ccrcc_grade.model.data import augment, to_model_input
+from ccrcc_grade.model.inference import amp_dtype, autocast, make_checkpoint, read_checkpoint, resolve_device
+from ccrcc_grade.model.registry import create_model, uses_imagenet_norm
+from ccrcc_grade.stats.metrics import safe_auc
+from ccrcc_grade.stats.predictions import PATIENT_COLUMNS, write_csv
 
 PHASE_DROPOUT = 0.2
 NAME = "multiphase-resnet34"
@@ -49,8 +51,8 @@ class MultiPhaseConfig:
     epochs: int = 50
     lr: float = 1e-3
     momentum: float = 0.9
-    batch_size: int = 32          # patient tuples per step (x the number of phases images)
-    image_size: int = 224
+    batch_size: int = 32  # patient tuples per step (x the number of phases images)
+    image_size: int = TrainConfig.image_size
     repeats: int = 3
     weights: str = "imagenet"
     device: str = "auto"
@@ -91,12 +93,20 @@ def patient_crops(cache: CropCache, patients: list[str], phases: tuple[str, ...]
 def aligned_tuples(crops: dict[str, list[int]], phases: tuple[str, ...]) -> list[list[int | None]]:
     """Tuples of crops at the same relative position in every phase (None: phase absent)."""
     k = max(len(v) for v in crops.values())
-    return [[(crops[ph][round(t * (len(crops[ph]) - 1) / max(k - 1, 1))] if ph in crops else None) for ph in phases]
-            for t in range(k)]
+    return [
+        [(crops[ph][round(t * (len(crops[ph]) - 1) / max(k - 1, 1))] if ph in crops else None) for ph in phases]
+        for t in range(k)
+    ]
 
 
-def _batch(images: np.ndarray, tuples: list[list[int | None]], size: int, normalize: bool, device: torch.device,
-           gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(
+    images: np.ndarray,
+    tuples: list[list[int | None]],
+    size: int,
+    normalize: bool,
+    device: torch.device,
+    gen: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     present = torch.tensor([[i is not None for i in t] for t in tuples], dtype=torch.bool)
     idx = [i for t in tuples for i in t if i is not None]
     flat = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
@@ -107,8 +117,15 @@ def _batch(images: np.ndarray, tuples: list[list[int | None]], size: int, normal
 
 
 @torch.no_grad()
-def predict_patients(model: MultiPhaseNet, images: np.ndarray, crops: dict[str, dict[str, list[int]]], size: int,
-                     normalize: bool, device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
+def predict_patients(
+    model: MultiPhaseNet,
+    images: np.ndarray,
+    crops: dict[str, dict[str, list[int]]],
+    size: int,
+    normalize: bool,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> dict[str, float]:
     """P(high) per patient: the mean over its aligned tuples."""
     model.eval()
     out = {}
@@ -116,7 +133,7 @@ def predict_patients(model: MultiPhaseNet, images: np.ndarray, crops: dict[str, 
         tuples = aligned_tuples(c, model.phases)
         probs = []
         for s in range(0, len(tuples), 32):
-            x, present = _batch(images, tuples[s:s + 32], size, normalize, device, None)
+            x, present = _batch(images, tuples[s : s + 32], size, normalize, device, None)
             with autocast(device, amp):
                 probs.append(torch.softmax(model(x, present).float(), 1)[:, 1].cpu().numpy())
         out[pid] = float(np.mean(np.concatenate(probs)))
@@ -136,8 +153,8 @@ def train_multiphase(cfg: MultiPhaseConfig, splits: dict) -> ModelScores:
     amp = amp_dtype(device, cfg.amp)
     normalize = uses_imagenet_norm(cfg.weights)
     images = np.asarray(cache.crops)
-    if (run / "train_summary.json").is_file() and (run / "best.pt").is_file():
-        ck = read_checkpoint(run / "best.pt")
+    if RunDir(run).is_finished():
+        ck = read_checkpoint(RunDir(run).best)
         model = MultiPhaseNet(tuple(ck["phases"]))
         model.load_state_dict(ck["state_dict"])
         model.to(device)
@@ -146,22 +163,38 @@ def train_multiphase(cfg: MultiPhaseConfig, splits: dict) -> ModelScores:
     scores = {}
     for part in ("val", "test"):
         scores[part] = predict_patients(model, images, crops[part], cfg.image_size, normalize, device, amp)
-        write_csv(run / f"eval-{part}" / "predictions_patient.csv",
-                  [{"patient_id": i, "label": labels[i], "prob_high": p} for i, p in sorted(scores[part].items())],
-                  PATIENT_COLUMNS)
-    return ModelScores(NAME, "fusion", scores["test"], scores["val"],
-                       "shared ResNet34 trunk over the " + "/".join(phases) + " crops, features concatenated, "
-                       "trained end to end (phase dropout 0.2)")
+        write_csv(
+            RunDir(run).patient_predictions(part),
+            [{"patient_id": i, "label": labels[i], "prob_high": p} for i, p in sorted(scores[part].items())],
+            PATIENT_COLUMNS,
+        )
+    return ModelScores(
+        NAME,
+        "fusion",
+        scores["test"],
+        scores["val"],
+        "shared ResNet34 trunk over the " + "/".join(phases) + " crops, features concatenated, "
+        "trained end to end (phase dropout 0.2)",
+    )
 
 
-def _fit(cfg: MultiPhaseConfig, run: Path, crops: dict, labels: dict[str, int], phases: tuple[str, ...],
-         images: np.ndarray, device: torch.device, amp, normalize: bool) -> MultiPhaseNet:
+def _fit(
+    cfg: MultiPhaseConfig,
+    run: Path,
+    crops: dict,
+    labels: dict[str, int],
+    phases: tuple[str, ...],
+    images: np.ndarray,
+    device: torch.device,
+    amp,
+    normalize: bool,
+) -> MultiPhaseNet:
     train = crops["train"]
     y_train = {p: labels[p] for p in train}
     if len(set(y_train.values())) < 2:
         raise CcrccError("multi-phase network: the training patients hold one grade only")
     run.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run / "config.json", asdict(cfg))
+    atomic_write_json(RunDir(run).config, asdict(cfg))
     torch.manual_seed(cfg.seed)
     model = MultiPhaseNet(phases, cfg.weights).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
@@ -169,8 +202,11 @@ def _fit(cfg: MultiPhaseConfig, run: Path, crops: dict, labels: dict[str, int], 
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(counts.sum() / (2 * counts), dtype=torch.float32, device=device))
     pids = sorted(train)
     best, best_state, log = (-math.inf, -math.inf), None, []
-    print(f"training {NAME}: {len(pids)} train patients, {len(crops['val'])} val patients, phases "
-          f"{'/'.join(phases)}; device {device}, amp {amp}", flush=True)
+    print(
+        f"training {NAME}: {len(pids)} train patients, {len(crops['val'])} val patients, phases "
+        f"{'/'.join(phases)}; device {device}, amp {amp}",
+        flush=True,
+    )
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -180,9 +216,10 @@ def _fit(cfg: MultiPhaseConfig, run: Path, crops: dict, labels: dict[str, int], 
         model.train()
         tot, n_seen = 0.0, 0
         steps = range(0, len(samples) - (len(samples) % cfg.batch_size == 1), cfg.batch_size)
-        for s in progress(steps, desc=f"{NAME} epoch {epoch}/{cfg.epochs}", unit="batch", enable=cfg.progress,
-                          leave=False):
-            batch = samples[s:s + cfg.batch_size]
+        for s in progress(
+            steps, desc=f"{NAME} epoch {epoch}/{cfg.epochs}", unit="batch", enable=cfg.progress, leave=False
+        ):
+            batch = samples[s : s + cfg.batch_size]
             tuples = []
             for pid in batch:
                 c = train[pid]
@@ -213,18 +250,42 @@ def _fit(cfg: MultiPhaseConfig, run: Path, crops: dict, labels: dict[str, int], 
         if improved:
             best, best_epoch = score, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        log.append({"epoch": epoch, "train_loss": tot / max(n_seen, 1), "val_auc": auc, "val_loss": vloss,
-                    "seconds": time.perf_counter() - t0})
-        print(f"{NAME} epoch {epoch}/{cfg.epochs} loss {tot / max(n_seen, 1):.4f} val AUC "
-              f"{'n/a' if auc is None else f'{auc:.3f}'} {log[-1]['seconds']:.1f}s" + (" *" if improved else ""),
-              flush=True)
+        log.append(
+            {
+                "epoch": epoch,
+                "train_loss": tot / max(n_seen, 1),
+                "val_auc": auc,
+                "val_loss": vloss,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        print(
+            f"{NAME} epoch {epoch}/{cfg.epochs} loss {tot / max(n_seen, 1):.4f} val AUC "
+            f"{'n/a' if auc is None else f'{auc:.3f}'} {log[-1]['seconds']:.1f}s" + (" *" if improved else ""),
+            flush=True,
+        )
     model.load_state_dict(best_state)
-    meta = {"model": NAME, "phases": list(phases), "config": asdict(cfg), "best_epoch": best_epoch,
-            "classes": ["low", "high"], "splits": {part: sorted(v) for part, v in crops.items()}}
-    atomic_torch_save(make_checkpoint(model, meta), run / "best.pt")
+    meta = {
+        "model": NAME,
+        "phases": list(phases),
+        "config": asdict(cfg),
+        "best_epoch": best_epoch,
+        "classes": ["low", "high"],
+        "splits": {part: sorted(v) for part, v in crops.items()},
+    }
+    atomic_torch_save(make_checkpoint(model, meta), RunDir(run).best)
     atomic_write_json(run / "log.json", log)
-    atomic_write_json(run / "train_summary.json", {"run": str(run), "model": NAME, "phases": list(phases),
-                                                   "best_epoch": best_epoch, "epochs": cfg.epochs,
-                                                   "best_val": log[best_epoch - 1], "device": str(device),
-                                                   "amp": str(amp)})
+    atomic_write_json(
+        RunDir(run).summary,
+        {
+            "run": str(run),
+            "model": NAME,
+            "phases": list(phases),
+            "best_epoch": best_epoch,
+            "epochs": cfg.epochs,
+            "best_val": log[best_epoch - 1],
+            "device": str(device),
+            "amp": str(amp),
+        },
+    )
     return model

@@ -9,7 +9,8 @@ that the study cites used. It builds from source: `make setup` installs it with
 
 ROI: the study's box crop of every annotated slice (the same crops the networks see: window
 40/290 mapped back to HU, so 0 and 255 are the window's ends), stacked into one volume per
-patient and phase (the crop's outermost pixel ring left out: `box_mask`); texture matrices per slice and aggregated (``force2D``, as 5 mm slices are
+patient and phase (the crop's outermost pixel ring left out: `box_mask`); texture matrices per
+slice and aggregated (``force2D``, as 5 mm slices are
 far thicker than the pixels). Shape features are left out (the ROI is a resized box, not the
 tumour outline). Grey levels: fixed bin width 10 HU (IBSI's recommendation for calibrated CT).
 
@@ -33,21 +34,30 @@ import numpy as np
 
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
+from ccrcc_grade.core.paths import WorkDir
 from ccrcc_grade.core.phases import PHASES
 from ccrcc_grade.evidence.scores import ModelScores
 
 FEATURE_CLASSES = ("firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
-SETTINGS = {"binWidth": 10, "force2D": True, "force2Ddimension": 0, "label": 1, "minimumROIDimensions": 2,
-            "minimumROISize": 4}
+SETTINGS = {
+    "binWidth": 10,
+    "force2D": True,
+    "force2Ddimension": 0,
+    "label": 1,
+    "minimumROIDimensions": 2,
+    "minimumROISize": 4,
+}
 
 
 def _extractor():
     try:
         from radiomics import featureextractor
     except ImportError:
-        raise CcrccError("radiomics needs pyradiomics: run `make setup` (it builds pyradiomics with "
-                         "--no-build-isolation), or pip install versioneer scikit-build numpy && "
-                         "pip install --no-build-isolation pyradiomics==3.0.1") from None
+        raise CcrccError(
+            "radiomics needs pyradiomics: run `make setup` (it builds pyradiomics with "
+            "--no-build-isolation), or pip install versioneer scikit-build numpy && "
+            "pip install --no-build-isolation pyradiomics==3.0.1"
+        ) from None
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     ext = featureextractor.RadiomicsFeatureExtractor(**SETTINGS)
     ext.disableAllFeatures()
@@ -68,7 +78,9 @@ def features(hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...]) -> di
     if hu.shape != mask.shape:
         raise CcrccError(f"radiomics: image {hu.shape} and mask {mask.shape} differ in shape")
     if mask.sum() < SETTINGS["minimumROISize"]:
-        raise CcrccError(f"radiomics: the ROI holds {int(mask.sum())} voxels; at least {SETTINGS['minimumROISize']} needed")
+        raise CcrccError(
+            f"radiomics: the ROI holds {int(mask.sum())} voxels; at least {SETTINGS['minimumROISize']} needed"
+        )
     img = sitk.GetImageFromArray(hu)
     img.SetSpacing(tuple(float(s) for s in spacing))
     msk = sitk.GetImageFromArray(mask)
@@ -96,11 +108,13 @@ def box_mask(shape: tuple[int, ...]) -> np.ndarray:
     return m
 
 
-def cohort_features(work: Path, workers: int | None = None, show_progress: bool = True) -> tuple[list[str], list[str], np.ndarray]:
+def cohort_features(
+    work: Path, workers: int | None = None, show_progress: bool = True
+) -> tuple[list[str], list[str], np.ndarray]:
     """(patient ids, feature names, matrix) of every patient of a WORK cache, all phases side by
     side (NaN where a patient lacks a phase). Cached in WORK/radiomics/features.csv."""
-    from ccrcc_grade.ingest.cache import CropCache
     from ccrcc_grade.core.progress import progress
+    from ccrcc_grade.ingest.cache import CropCache
 
     work = Path(work)
     dest = work / "radiomics" / "features.csv"
@@ -122,8 +136,13 @@ def cohort_features(work: Path, workers: int | None = None, show_progress: bool 
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     values: dict[str, dict[str, float]] = {}
     with ProcessPoolExecutor(workers) as pool:
-        for pid, phase, f in progress(pool.map(_patient_phase, jobs, chunksize=4), total=len(jobs),
-                                      desc="radiomics", unit="volume", enable=show_progress):
+        for pid, phase, f in progress(
+            pool.map(_patient_phase, jobs, chunksize=4),
+            total=len(jobs),
+            desc="radiomics",
+            unit="volume",
+            enable=show_progress,
+        ):
             values.setdefault(pid, {}).update({f"{phase}_{k}": v for k, v in f.items()})
     names = [n for ph in phases for n in sorted({k for v in values.values() for k in v if k.startswith(ph + "_")})]
     ids = sorted(values)
@@ -150,18 +169,22 @@ class LassoSelect:
     def get_params(self, deep: bool = True) -> dict:
         return {"C": self.C, "fallback": self.fallback, "seed": self.seed}
 
-    def set_params(self, **params) -> "LassoSelect":
+    def set_params(self, **params) -> LassoSelect:
         for k, v in params.items():
             setattr(self, k, v)
         return self
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "LassoSelect":
+    def fit(self, x: np.ndarray, y: np.ndarray) -> LassoSelect:
         import sklearn
         from sklearn.feature_selection import f_classif
         from sklearn.linear_model import LogisticRegression
 
         # scikit-learn 1.8 replaced penalty="l1" by l1_ratio=1 (and warns on the old spelling)
-        l1 = {"l1_ratio": 1.0} if tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8) else {"penalty": "l1"}
+        l1 = (
+            {"l1_ratio": 1.0}
+            if tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8)
+            else {"penalty": "l1"}
+        )
         lasso = LogisticRegression(**l1, solver="liblinear", C=self.C, class_weight="balanced", random_state=self.seed)
         lasso.fit(x, y)
         self.support_ = np.abs(lasso.coef_[0]) > 1e-6
@@ -170,7 +193,7 @@ class LassoSelect:
             import warnings
 
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")   # constant features give F = NaN: ranked last
+                warnings.simplefilter("ignore")  # constant features give F = NaN: ranked last
                 f = np.nan_to_num(f_classif(x, y)[0], nan=-1.0)
             self.support_ = np.zeros(x.shape[1], bool)
             self.support_[np.argsort(-f)[: self.fallback]] = True
@@ -193,14 +216,30 @@ def _pipeline(classifier: str, seed: int):
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    clf = (LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000) if classifier == "logistic" else
-           SVC(C=1.0, kernel="rbf", class_weight="balanced", random_state=seed))
-    return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
-                     ("lasso", LassoSelect(seed=seed)), ("clf", clf)])
+    clf = (
+        LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000)
+        if classifier == "logistic"
+        else SVC(C=1.0, kernel="rbf", class_weight="balanced", random_state=seed)
+    )
+    return Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median")),
+            ("scale", StandardScaler()),
+            ("lasso", LassoSelect(seed=seed)),
+            ("clf", clf),
+        ]
+    )
 
 
-def fit_radiomics(ids: list[str], names: list[str], x: np.ndarray, labels: dict[str, int], splits: dict,
-                  classifier: str = "svm", seed: int = 0) -> tuple[ModelScores, dict]:
+def fit_radiomics(
+    ids: list[str],
+    names: list[str],
+    x: np.ndarray,
+    labels: dict[str, int],
+    splits: dict,
+    classifier: str = "svm",
+    seed: int = 0,
+) -> tuple[ModelScores, dict]:
     """Tune and fit on training patients; scores for validation and test patients."""
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -211,12 +250,18 @@ def fit_radiomics(ids: list[str], names: list[str], x: np.ndarray, labels: dict[
     if n_min < 3:
         raise CcrccError(f"radiomics: the training patients hold {n_min} cases of a grade; at least 3 are needed")
     grid = {"lasso__C": [0.05, 0.1, 0.3, 1.0], "clf__C": [0.1, 1.0, 10.0]}
-    search = GridSearchCV(_pipeline(classifier, seed), grid, scoring="roc_auc", error_score=0.5,
-                          cv=StratifiedKFold(min(5, n_min), shuffle=True, random_state=seed), n_jobs=1)
+    search = GridSearchCV(
+        _pipeline(classifier, seed),
+        grid,
+        scoring="roc_auc",
+        error_score=0.5,
+        cv=StratifiedKFold(min(5, n_min), shuffle=True, random_state=seed),
+        n_jobs=1,
+    )
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # folds where LASSO keeps no feature are scored 0.5, by design
+        warnings.simplefilter("ignore")  # folds where LASSO keeps no feature are scored 0.5, by design
         search.fit(x[[row[i] for i in train]], y)
     model = search.best_estimator_
     kept = [n for n, k in zip(names, model.named_steps["lasso"].get_support()) if k]
@@ -226,12 +271,23 @@ def fit_radiomics(ids: list[str], names: list[str], x: np.ndarray, labels: dict[
     for part in ("val", "test"):
         pids = [i for i in splits.get(part, []) if i in row]
         out[part] = dict(zip(pids, map(float, prob(x[[row[i] for i in pids]])[:, 1]))) if pids else {}
-    info = {"classifier": classifier, "best_params": search.best_params_, "inner_cv_auc": float(search.best_score_),
-            "selected_features": kept, "n_features": len(names),
-            "selection": selection, "fitted_on": "training patients (5-fold inner CV)"}
-    return ModelScores(f"radiomics-{classifier}", "radiomics", out["test"], out["val"],
-                       f"{len(kept)} of {len(names)} IBSI features ({selection}), "
-                       f"{'RBF SVM' if classifier == 'svm' else 'logistic regression'} (training patients, inner CV)"), info
+    info = {
+        "classifier": classifier,
+        "best_params": search.best_params_,
+        "inner_cv_auc": float(search.best_score_),
+        "selected_features": kept,
+        "n_features": len(names),
+        "selection": selection,
+        "fitted_on": "training patients (5-fold inner CV)",
+    }
+    return ModelScores(
+        f"radiomics-{classifier}",
+        "radiomics",
+        out["test"],
+        out["val"],
+        f"{len(kept)} of {len(names)} IBSI features ({selection}), "
+        f"{'RBF SVM' if classifier == 'svm' else 'logistic regression'} (training patients, inner CV)",
+    ), info
 
 
 def _platt(search, x: np.ndarray, y: np.ndarray, seed: int):
@@ -246,8 +302,13 @@ def _platt(search, x: np.ndarray, y: np.ndarray, seed: int):
 
     model = search.best_estimator_
     n_min = int(min(np.sum(y == 0), np.sum(y == 1)))
-    d = cross_val_predict(clone(model), x, y, method="decision_function",
-                          cv=StratifiedKFold(min(5, n_min), shuffle=True, random_state=seed))
+    d = cross_val_predict(
+        clone(model),
+        x,
+        y,
+        method="decision_function",
+        cv=StratifiedKFold(min(5, n_min), shuffle=True, random_state=seed),
+    )
     lr = LogisticRegression(C=1e6, max_iter=1000).fit(d[:, None], y)
     if lr.coef_[0, 0] <= 0:
         lr = LogisticRegression(C=1e6, max_iter=1000).fit(model.decision_function(x)[:, None], y)
@@ -266,28 +327,34 @@ def radiomics_study(work: Path, splits: dict | None = None, seed: int = 0, show_
     work = Path(work)
     cache = CropCache.load(work)
     labels = cache.patient_labels()
-    splits = splits or load_splits(work / "splits.json", set(labels))
+    splits = splits or load_splits(WorkDir(work).splits, set(labels))
     ids, names, x = cohort_features(work, show_progress=show_progress)
-    result: dict = {"n_patients": len(ids), "n_features": len(names),
-                    "phases": [p for p in PHASES if any(n.startswith(p + "_") for n in names)], "models": {}}
+    result: dict = {
+        "n_patients": len(ids),
+        "n_features": len(names),
+        "phases": [p for p in PHASES if any(n.startswith(p + "_") for n in names)],
+        "models": {},
+    }
     scores = {}
     for clf in ("logistic", "svm"):
         s, info = fit_radiomics(ids, names, x, labels, splits, clf, seed)
         scores[clf] = s
         result["models"][s.name] = {**info, "val": s.val, "test": s.test}
-    atomic_write_json(work / "radiomics" / "results.json", result)
+    atomic_write_json(WorkDir(work).radiomics / "results.json", result)
     return {"result": result, "scores": scores}
 
 
 def summary(result: dict, labels: dict[str, int]) -> str:
     from ccrcc_grade.stats.metrics import safe_auc
 
-    lines = [f"radiomics: {result['n_features']} features of {result['n_patients']} patients "
-             f"({', '.join(result['phases'])})"]
+    lines = [
+        f"radiomics: {result['n_features']} features of {result['n_patients']} patients ({', '.join(result['phases'])})"
+    ]
     for name, m in result["models"].items():
         ids = sorted(m["test"])
         auc = safe_auc(np.array([labels[i] for i in ids]), np.array([m["test"][i] for i in ids]))
-        lines.append(f"  {name}: {len(m['selected_features'])} features kept, inner-CV AUC {m['inner_cv_auc']:.3f}, "
-                     f"test patient AUC {'n/a' if auc is None else f'{auc:.3f}'} on {len(ids)} patients")
+        lines.append(
+            f"  {name}: {len(m['selected_features'])} features kept, inner-CV AUC {m['inner_cv_auc']:.3f}, "
+            f"test patient AUC {'n/a' if auc is None else f'{auc:.3f}'} on {len(ids)} patients"
+        )
     return "\n".join(lines)
-

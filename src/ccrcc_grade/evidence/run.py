@@ -4,17 +4,14 @@ comparison table, calibration, decision curves and a nomogram."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from ccrcc_grade.ingest.cache import CropCache
-from ccrcc_grade.io.clinical import read_clinical
+from ccrcc_grade.core.config import StudyProtocol
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.model.evaluate import PATIENT_COLUMNS, patient_level, read_predictions, run_predictions, write_csv
-from ccrcc_grade.stats.figures import decision_curve_figure, nomogram_figure, reliability_figure
+from ccrcc_grade.core.paths import RunDir, WorkDir
 from ccrcc_grade.core.phases import COMBINED, PHASES
 from ccrcc_grade.core.threshold import ThresholdPolicy, fit_policy, parse_spec
 from ccrcc_grade.evidence.calibration import DCA_THRESHOLDS, net_benefit, treat_all
@@ -24,16 +21,21 @@ from ccrcc_grade.evidence.fusion import fuse_logistic, fuse_mean
 from ccrcc_grade.evidence.multiphase import MultiPhaseConfig, train_multiphase
 from ccrcc_grade.evidence.radiomics import radiomics_study
 from ccrcc_grade.evidence.scores import ModelScores
+from ccrcc_grade.ingest.cache import CropCache
+from ccrcc_grade.io.clinical import read_clinical
+from ccrcc_grade.model.evaluate import run_predictions
+from ccrcc_grade.stats.figures import decision_curve_figure, nomogram_figure, reliability_figure
+from ccrcc_grade.stats.predictions import PATIENT_COLUMNS, patient_level, read_predictions, write_csv
+
 
 def run_scores(run: Path, name: str, device: str) -> ModelScores:
     """A trained run's patient scores: test from its study evaluation (eval-test: its patient
     predictions, threshold policy and patient aggregation), validation computed once with the same
     aggregation and kept in RUN/eval-val/predictions_patient.csv."""
     run = Path(run)
-    evaluation = run / "eval-test"
-    metrics = json.loads((evaluation / "metrics.json").read_text())
-    test = {r["patient_id"]: r["prob_high"] for r in read_predictions(evaluation / "predictions_patient.csv")}
-    vf = run / "eval-val" / "predictions_patient.csv"
+    metrics = RunDir(run).read_metrics("test")
+    test = {r["patient_id"]: r["prob_high"] for r in read_predictions(RunDir(run).patient_predictions("test"))}
+    vf = RunDir(run).patient_predictions("val")
     if vf.is_file():
         rows = read_predictions(vf)
     else:
@@ -41,10 +43,17 @@ def run_scores(run: Path, name: str, device: str) -> ModelScores:
         write_csv(vf, rows, PATIENT_COLUMNS)
     policy = ThresholdPolicy.from_dict(metrics["threshold_policy"])
     phase = name.split("-", 1)[1]
-    return ModelScores(name, "phase", test, {r["patient_id"]: r["prob_high"] for r in rows},
-                       ("ResNet34" if name.startswith("resnet34") else "SE-ResNet34") + f" on {phase} crops"
-                       + (" (all phases pooled, as in the study)" if phase == COMBINED else ""),
-                       policy.threshold, policy.source)
+    return ModelScores(
+        name,
+        "phase",
+        test,
+        {r["patient_id"]: r["prob_high"] for r in rows},
+        ("ResNet34" if name.startswith("resnet34") else "SE-ResNet34")
+        + f" on {phase} crops"
+        + (" (all phases pooled, as in the study)" if phase == COMBINED else ""),
+        policy.threshold,
+        policy.source,
+    )
 
 
 def _threshold(m: ModelScores, spec: str, labels: dict[str, int], seed: int) -> None:
@@ -60,9 +69,18 @@ def _threshold(m: ModelScores, spec: str, labels: dict[str, int], seed: int) -> 
         m.threshold_source = f"study default (validation fit refused: {exc})"
 
 
-def evaluate_models(work: Path, out: Path, runs: dict[str, Path], best: str, protocol: dict, splits: dict,
-                    threshold: str = "default", device: str = "auto", seed: int = 0,
-                    skip: tuple[str, ...] = ()) -> dict:
+def evaluate_models(
+    work: Path,
+    out: Path,
+    runs: dict[str, Path],
+    best: str,
+    protocol: StudyProtocol,
+    splits: dict,
+    threshold: str = "default",
+    device: str = "auto",
+    seed: int = 0,
+    skip: tuple[str, ...] = (),
+) -> dict:
     """results.json's ``models`` list plus what was fitted (``evidence``) and the figures."""
     cache = CropCache.load(work)
     labels = cache.patient_labels()
@@ -71,8 +89,11 @@ def evaluate_models(work: Path, out: Path, runs: dict[str, Path], best: str, pro
     details: dict = {}
     for name, run in runs.items():
         models.append(run_scores(run, name, device))
-    phase_models = {m.name.split("-", 1)[1]: m for m in models
-                    if m.name.startswith("resnet34-") and m.name.split("-", 1)[1] in PHASES}
+    phase_models = {
+        m.name.split("-", 1)[1]: m
+        for m in models
+        if m.name.startswith("resnet34-") and m.name.split("-", 1)[1] in PHASES
+    }
 
     def attempt(name: str, make):
         if name in skip:
@@ -92,12 +113,25 @@ def evaluate_models(work: Path, out: Path, runs: dict[str, Path], best: str, pro
     if len(phase_models) >= 2:
         attempt("fusion-mean", lambda: fuse_mean(phase_models))
         attempt("fusion-logistic", lambda: fuse_logistic(phase_models, labels))
-        epochs = protocol.get("combined_epochs") or protocol["epochs"]
+        epochs = protocol.epochs_for(COMBINED)
         print(f"[study] multi-phase network ({epochs} epochs)", flush=True)
-        attempt("multiphase-resnet34", lambda: train_multiphase(MultiPhaseConfig(
-            work=str(work), out=str(out / "runs" / "multiphase-resnet34"), epochs=epochs, lr=protocol["lr"],
-            image_size=protocol["image_size"], repeats=protocol["repeats"], weights=protocol["weights"],
-            device=device, seed=seed), splits))
+        attempt(
+            "multiphase-resnet34",
+            lambda: train_multiphase(
+                MultiPhaseConfig(
+                    work=str(work),
+                    out=str(out / "runs" / "multiphase-resnet34"),
+                    epochs=epochs,
+                    lr=protocol.lr,
+                    image_size=protocol.image_size,
+                    repeats=protocol.repeats,
+                    weights=protocol.weights,
+                    device=device,
+                    seed=seed,
+                ),
+                splits,
+            ),
+        )
     else:
         skipped["fusion"] = "one phase only"
     if "radiomics-logistic" not in skip:
@@ -107,12 +141,14 @@ def evaluate_models(work: Path, out: Path, runs: dict[str, Path], best: str, pro
             for s in rad["scores"].values():
                 _threshold(s, threshold, labels, seed)
                 models.append(s)
-            details["radiomics"] = {k: {kk: vv for kk, vv in v.items() if kk not in ("val", "test")}
-                                    for k, v in rad["result"]["models"].items()}
+            details["radiomics"] = {
+                k: {kk: vv for kk, vv in v.items() if kk not in ("val", "test")}
+                for k, v in rad["result"]["models"].items()
+            }
         except CcrccError as exc:
             skipped["radiomics"] = str(exc)
             print(f"[study] radiomics: not fitted - {exc}", flush=True)
-    table = read_clinical(work / "clinical.csv")
+    table = read_clinical(WorkDir(work).clinical)
     info: dict = {}
 
     def make_clinical():
@@ -135,14 +171,22 @@ def evaluate_models(work: Path, out: Path, runs: dict[str, Path], best: str, pro
             details["combined"] = {k: v for k, v in holder.items() if k not in ("model", "medians")}
             _nomogram(holder, table, info, ref_dl, splits, out / "figures" / "nomogram.png")
     reference = f"resnet34-{best}"
-    entries = compare_models(models, labels, reference, protocol.get("n_boot", 2000), seed)
+    entries = compare_models(models, labels, reference, protocol.n_boot, seed)
     figs = _figures(models, entries, labels, out, reference)
-    return {"models": entries, "evidence": {"skipped": skipped, "details": details, "reference": reference,
-                                            "figures": {k: str(v) for k, v in figs.items()}}}
+    return {
+        "models": entries,
+        "evidence": {
+            "skipped": skipped,
+            "details": details,
+            "reference": reference,
+            "figures": {k: str(v) for k, v in figs.items()},
+        },
+    }
 
 
-def _figures(models: list[ModelScores], entries: list[dict], labels: dict[str, int], out: Path,
-             reference: str) -> dict[str, Path]:
+def _figures(
+    models: list[ModelScores], entries: list[dict], labels: dict[str, int], out: Path, reference: str
+) -> dict[str, Path]:
     """Decision curves and reliability diagrams; the calibration numbers printed in each panel are
     the model's entry of the comparison table (``entries``, in the order of ``models``)."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -153,18 +197,30 @@ def _figures(models: list[ModelScores], entries: list[dict], labels: dict[str, i
         curves[m.name] = net_benefit(y, p)
         c = e["patient"]
         slope = c["calibration_slope"]
-        panels[m.name] = (y, p, f"Brier {c['brier']['value']:.3f}\nECE {c['ece']:.3f}\nslope "
-                                + ("n/a" if slope is None else f"{slope:.2f}"))
+        panels[m.name] = (
+            y,
+            p,
+            f"Brier {c['brier']['value']:.3f}\nECE {c['ece']:.3f}\nslope "
+            + ("n/a" if slope is None else f"{slope:.2f}"),
+        )
         if y_all is None or len(y) > len(y_all):
             y_all = y
     dca, rel = out / "figures" / "decision_curves.png", out / "figures" / "reliability.png"
-    dca_panels = {"networks per phase (the study's models)": {m.name: curves[m.name] for m in models if m.kind == "phase"},
-              "fusion, radiomics, clinical, combined": {
-                  **({f"{reference} (best phase)": curves[reference]} if reference in curves else {}),
-                  **{m.name: curves[m.name] for m in models if m.kind != "phase"}}}
+    dca_panels = {
+        "networks per phase (the study's models)": {m.name: curves[m.name] for m in models if m.kind == "phase"},
+        "fusion, radiomics, clinical, combined": {
+            **({f"{reference} (best phase)": curves[reference]} if reference in curves else {}),
+            **{m.name: curves[m.name] for m in models if m.kind != "phase"},
+        },
+    }
     dca_panels = {k: v for k, v in dca_panels.items() if v}
-    decision_curve_figure(dca_panels, DCA_THRESHOLDS, treat_all(y_all), dca,
-                          f"Decision curves, test patients (n={len(y_all)}, {int(np.sum(y_all))} high grade)")
+    decision_curve_figure(
+        dca_panels,
+        DCA_THRESHOLDS,
+        treat_all(y_all),
+        dca,
+        f"Decision curves, test patients (n={len(y_all)}, {int(np.sum(y_all))} high grade)",
+    )
     reliability_figure(panels, rel)
     return {"decision_curves": dca, "reliability": rel}
 
@@ -183,6 +239,11 @@ def _nomogram(info: dict, table, clin_info: dict, dl: ModelScores, splits: dict,
         vals = [pr.value(table.rows[i]) for i in table.rows]
         vals = [v for v in vals if math.isfinite(v)]
         ranges.append((min(vals), max(vals)) if vals else (0.0, 1.0))
-    nomogram_figure(info["predictors"], ranges, list(map(float, k)), b0, path,
-                    f"Nomogram: {dl.name} score (logit of P(high)) and clinical predictors; fitted on validation "
-                    "patients")
+    nomogram_figure(
+        info["predictors"],
+        ranges,
+        list(map(float, k)),
+        b0,
+        path,
+        f"Nomogram: {dl.name} score (logit of P(high)) and clinical predictors; fitted on validation patients",
+    )

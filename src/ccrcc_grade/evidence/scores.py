@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ccrcc_grade.core.errors import CcrccError, check_number
+from ccrcc_grade.core.threshold import DEFAULT_THRESHOLD
 
 KINDS = ("phase", "fusion", "radiomics", "clinical", "combined")
 
@@ -21,7 +22,7 @@ class ModelScores:
     test: dict[str, float]
     val: dict[str, float] = field(default_factory=dict)
     description: str = ""
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     threshold_source: str = "study default"
 
     def __post_init__(self):

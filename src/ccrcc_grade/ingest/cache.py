@@ -27,16 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ccrcc_grade.ingest.cohort import Cohort, Roi, load_cohort
 from ccrcc_grade.core.config import PreprocessConfig, from_dict, to_dict
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text, normal_mode
+from ccrcc_grade.core.paths import WorkDir
 from ccrcc_grade.core.phases import CLASSES, PHASES
-from ccrcc_grade.ingest.preprocess import make_crop
 from ccrcc_grade.core.progress import progress
+from ccrcc_grade.ingest.cohort import Cohort, Roi
+from ccrcc_grade.ingest.preprocess import make_crop
 
-MANIFEST_COLUMNS = ["index", "patient_id", "phase", "source", "x_min", "y_min", "x_max", "y_max",
-                    "grade", "label"]
+MANIFEST_COLUMNS = ["index", "patient_id", "phase", "source", "x_min", "y_min", "x_max", "y_max", "grade", "label"]
 
 
 @dataclass
@@ -49,36 +49,40 @@ class CropCache:
     preprocess: PreprocessConfig
 
     @classmethod
-    def load(cls, work: Path | str) -> "CropCache":
+    def load(cls, work: Path | str) -> CropCache:
         work = Path(work)
-        if not (work / "manifest.csv").is_file():
+        wd = WorkDir(work)
+        if not wd.is_ingested():
             raise CcrccError(f"{work}: not an ingested cohort (no manifest.csv); run `ccrcc-grade ingest` first")
         try:
-            crops = np.load(work / "crops.npy", mmap_mode="r")
+            crops = np.load(wd.crops, mmap_mode="r")
         except (OSError, ValueError) as exc:
-            raise CcrccError(f"{work / 'crops.npy'}: unreadable crop cache ({exc})") from None
+            raise CcrccError(f"{wd.crops}: unreadable crop cache ({exc})") from None
         try:
-            with open(work / "manifest.csv", newline="", encoding="utf-8") as fh:
+            with open(wd.manifest, newline="", encoding="utf-8") as fh:
                 rows = list(csv.DictReader(fh))
             for r in rows:
                 r["index"] = int(r["index"])
                 r["label"] = int(r["label"])
         except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise CcrccError(f"{work / 'manifest.csv'}: damaged manifest ({exc.__class__.__name__}: {exc})") from None
+            raise CcrccError(f"{wd.manifest}: damaged manifest ({exc.__class__.__name__}: {exc})") from None
         if rows and max(r["index"] for r in rows) >= len(crops):
             raise CcrccError(f"{work}: manifest.csv refers to crops beyond crops.npy ({len(crops)} rows)")
         try:
-            pre = from_dict(PreprocessConfig, json.loads((work / "preprocess.json").read_text())).validate()
+            pre = from_dict(PreprocessConfig, json.loads(wd.preprocess.read_text())).validate()
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
-            raise CcrccError(f"{work / 'preprocess.json'}: missing or damaged ({exc.__class__.__name__}); "
-                             "re-ingest the cohort") from None
+            raise CcrccError(
+                f"{work / 'preprocess.json'}: missing or damaged ({exc.__class__.__name__}); re-ingest the cohort"
+            ) from None
         return cls(work, crops, rows, pre)
 
     def select(self, phase: str, patients: set[str] | None = None) -> list[dict]:
         """Manifest rows of one phase (or all for 'combined'), optionally of some patients."""
-        return [r for r in self.manifest
-                if (phase == "combined" or r["phase"] == phase)
-                and (patients is None or r["patient_id"] in patients)]
+        return [
+            r
+            for r in self.manifest
+            if (phase == "combined" or r["phase"] == phase) and (patients is None or r["patient_id"] in patients)
+        ]
 
     def patient_labels(self) -> dict[str, int]:
         return {r["patient_id"]: r["label"] for r in self.manifest}
@@ -105,21 +109,22 @@ def decode_roi(roi: Roi, warnings: list[str]) -> tuple[np.ndarray, bool]:
     raise CcrccError(f"{roi.source}: unknown slice kind {roi.kind}")
 
 
-def crop_rois(rois: list[Roi], cfg: PreprocessConfig, warnings: list[str], show_progress: bool = True,
-              desc: str = "ingest") -> np.ndarray:
+def crop_rois(
+    rois: list[Roi], cfg: PreprocessConfig, warnings: list[str], show_progress: bool = True, desc: str = "ingest"
+) -> np.ndarray:
     """Decode each slice once (several boxes on a slice share the decode) and crop every ROI."""
     out = np.empty((len(rois), cfg.size, cfg.size), dtype=np.uint8)
     by_slice: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(rois):
         by_slice[(str(r.path), r.slice_index, r.source)].append(i)
-    for idxs in progress(by_slice.values(), total=len(by_slice), desc=desc, unit="slice",
-                         enable=show_progress):
+    for idxs in progress(by_slice.values(), total=len(by_slice), desc=desc, unit="slice", enable=show_progress):
         image, is_hu = decode_roi(rois[idxs[0]], warnings)
         for i in idxs:
             r = rois[i]
-            out[i] = make_crop(image, r.box, cfg, is_hu=is_hu, spacing=r.spacing, source=r.source,
-                               warnings=warnings, flip=r.flip)
-            if not r.box.inside(image.shape[1], image.shape[0]):   # the manifest records the box cropped
+            out[i] = make_crop(
+                image, r.box, cfg, is_hu=is_hu, spacing=r.spacing, source=r.source, warnings=warnings, flip=r.flip
+            )
+            if not r.box.inside(image.shape[1], image.shape[0]):  # the manifest records the box cropped
                 r.box = r.box.clip(image.shape[1], image.shape[0])
     return out
 
@@ -132,8 +137,10 @@ def summarize(manifest: list[dict]) -> dict:
         if not rows:
             continue
         table[phase] = {
-            cls: {"crops": sum(1 for r in rows if int(r["label"]) == k),
-                  "patients": len({r["patient_id"] for r in rows if int(r["label"]) == k})}
+            cls: {
+                "crops": sum(1 for r in rows if int(r["label"]) == k),
+                "patients": len({r["patient_id"] for r in rows if int(r["label"]) == k}),
+            }
             for k, cls in enumerate(CLASSES)
         }
     return table
@@ -142,8 +149,10 @@ def summarize(manifest: list[dict]) -> dict:
 def format_summary(table: dict) -> str:
     lines = [f"{'phase':<18}{'low crops':>10}{'high crops':>11}{'low pts':>9}{'high pts':>10}"]
     for phase, t in table.items():
-        lines.append(f"{phase:<18}{t['low']['crops']:>10}{t['high']['crops']:>11}"
-                     f"{t['low']['patients']:>9}{t['high']['patients']:>10}")
+        lines.append(
+            f"{phase:<18}{t['low']['crops']:>10}{t['high']['crops']:>11}"
+            f"{t['low']['patients']:>9}{t['high']['patients']:>10}"
+        )
     return "\n".join(lines)
 
 
@@ -162,7 +171,7 @@ def cohort_fingerprint(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-WORK_FILES = ("crops.npy", "manifest.csv", "preprocess.json", "clinical.csv", "ingest_report.json")
+WORK_FILES = WorkDir.CACHE_FILES
 
 
 def check_output(work: Path, overwrite: bool, source: Path | None = None) -> None:
@@ -184,13 +193,17 @@ def check_output(work: Path, overwrite: bool, source: Path | None = None) -> Non
     if not overwrite:
         raise CcrccError(f"{work}: output folder exists and is not empty (use --overwrite to replace it)")
     names = {p.name for p in work.iterdir()}
-    if not {"manifest.csv", "preprocess.json"} <= names:
-        raise CcrccError(f"{work}: --overwrite only replaces an ingested WORK folder (manifest.csv, preprocess.json); "
-                         "this folder is not one, and nothing in it was touched")
+    if not {WorkDir.MANIFEST, WorkDir.PREPROCESS} <= names:
+        raise CcrccError(
+            f"{work}: --overwrite only replaces an ingested WORK folder (manifest.csv, preprocess.json); "
+            "this folder is not one, and nothing in it was touched"
+        )
     other = sorted(names - set(WORK_FILES))
     if other:
-        raise CcrccError(f"{work}: holds {', '.join(other)} besides the crop cache (trained runs or splits made from "
-                         "it); re-ingesting would orphan them, so nothing was replaced: ingest into a new folder")
+        raise CcrccError(
+            f"{work}: holds {', '.join(other)} besides the crop cache (trained runs or splits made from "
+            "it); re-ingesting would orphan them, so nothing was replaced: ingest into a new folder"
+        )
 
 
 @contextlib.contextmanager
@@ -210,15 +223,21 @@ def work_lock(work: Path):
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise CcrccError(f"{work}: another ingest is writing this folder right now") from None
-        for stale in work.parent.glob(f".{work.name}.ingest-*"):   # nobody else can be writing: stale
+        for stale in work.parent.glob(f".{work.name}.ingest-*"):  # nobody else can be writing: stale
             shutil.rmtree(stale, ignore_errors=True)
         yield
     finally:
         fh.close()
 
 
-def write_cache(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: Path,
-                overwrite: bool, extra_report: dict | None = None) -> dict:
+def write_cache(
+    cohort: Cohort,
+    crops: np.ndarray,
+    cfg: PreprocessConfig,
+    work: Path,
+    overwrite: bool,
+    extra_report: dict | None = None,
+) -> dict:
     """Write the cache into a temporary sibling folder and rename it to ``work`` at the end,
     so an interrupted or failed ingest leaves ``work`` untouched."""
     work = Path(work)
@@ -226,47 +245,61 @@ def write_cache(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: 
         check_output(work, overwrite, cohort.root)
         try:
             return _write_cache_locked(cohort, crops, cfg, work, extra_report)
-        except OSError as exc:   # a full or read-only disk: the temporary folder is gone, WORK untouched
+        except OSError as exc:  # a full or read-only disk: the temporary folder is gone, WORK untouched
             raise CcrccError(f"{work}: cannot write the cache ({exc.strerror or exc}); nothing was replaced") from None
 
 
-def _write_cache_locked(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: Path,
-                        extra_report: dict | None) -> dict:
+def _write_cache_locked(
+    cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig, work: Path, extra_report: dict | None
+) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".{work.name}.ingest-", dir=work.parent))
-    normal_mode(tmp, directory=True)   # WORK gets an ordinary folder's mode, not mkdtemp's 0700
+    normal_mode(tmp, directory=True)  # WORK gets an ordinary folder's mode, not mkdtemp's 0700
     try:
         manifest = []
         for i, r in enumerate(cohort.rois):
-            manifest.append({"index": i, "patient_id": r.patient_id, "phase": r.phase, "source": r.source,
-                             "x_min": round(r.box.x_min, 2), "y_min": round(r.box.y_min, 2),
-                             "x_max": round(r.box.x_max, 2), "y_max": round(r.box.y_max, 2),
-                             "grade": cohort.clinical.grades[r.patient_id],
-                             "label": cohort.clinical.labels[r.patient_id]})
-        np.save(tmp / "crops.npy", crops)
+            manifest.append(
+                {
+                    "index": i,
+                    "patient_id": r.patient_id,
+                    "phase": r.phase,
+                    "source": r.source,
+                    "x_min": round(r.box.x_min, 2),
+                    "y_min": round(r.box.y_min, 2),
+                    "x_max": round(r.box.x_max, 2),
+                    "y_max": round(r.box.y_max, 2),
+                    "grade": cohort.clinical.grades[r.patient_id],
+                    "label": cohort.clinical.labels[r.patient_id],
+                }
+            )
+        np.save(WorkDir(tmp).crops, crops)
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         w.writeheader()
         w.writerows(manifest)
-        atomic_write_text(tmp / "manifest.csv", buf.getvalue())
-        atomic_write_json(tmp / "preprocess.json", to_dict(cfg))
+        atomic_write_text(WorkDir(tmp).manifest, buf.getvalue())
+        atomic_write_json(WorkDir(tmp).preprocess, to_dict(cfg))
         included = {r.patient_id for r in cohort.rois}
         clin = cohort.clinical
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=clin.columns, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
         w.writerows(clin.rows[p] for p in clin.rows if p in included)
-        atomic_write_text(tmp / "clinical.csv", buf.getvalue())
+        atomic_write_text(WorkDir(tmp).clinical, buf.getvalue())
         report = {
-            "cohort": str(cohort.root.resolve()), "cohort_fingerprint": cohort_fingerprint(cohort.root),
+            "cohort": str(cohort.root.resolve()),
+            "cohort_fingerprint": cohort_fingerprint(cohort.root),
             "layout": cohort.layout,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preprocess": to_dict(cfg),
-            "n_crops": len(manifest), "n_patients": len(included),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "preprocess": to_dict(cfg),
+            "n_crops": len(manifest),
+            "n_patients": len(included),
             "n_slices_without_annotation": cohort.skipped_slices,
             "excluded_patients": cohort.excluded_patients,
-            "summary": summarize(manifest), "warnings": cohort.warnings,
+            "summary": summarize(manifest),
+            "warnings": cohort.warnings,
             **(extra_report or {}),
         }
-        atomic_write_json(tmp / "ingest_report.json", report)
+        atomic_write_json(WorkDir(tmp).ingest_report, report)
         if work.exists():
             old = work.with_name(f".{work.name}.old-{os.getpid()}")
             os.replace(work, old)
@@ -278,18 +311,3 @@ def _write_cache_locked(cohort: Cohort, crops: np.ndarray, cfg: PreprocessConfig
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ingest(cohort_dir: Path | str, work: Path | str, cfg: PreprocessConfig | None = None,
-           layout: str = "auto", overwrite: bool = False, show_progress: bool = True) -> dict:
-    """Validate a cohort folder and build its crop cache in ``work``; returns the ingest report."""
-    cfg = (cfg or PreprocessConfig()).validate()
-    work = Path(work)
-    check_output(work, overwrite, Path(cohort_dir))
-    t0 = time.perf_counter()
-    cohort = load_cohort(cohort_dir, layout, mask_margin_mm=cfg.mask_margin_mm)
-    crops = crop_rois(cohort.rois, cfg, cohort.warnings, show_progress)
-    seconds = time.perf_counter() - t0
-    n_slices = len({(str(r.path), r.slice_index, r.source) for r in cohort.rois})
-    return write_cache(cohort, crops, cfg, work, overwrite,
-                       {"seconds": round(seconds, 3), "slices_per_second": round(n_slices / max(seconds, 1e-9), 1)})

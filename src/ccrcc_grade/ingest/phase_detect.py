@@ -19,7 +19,6 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.phases import PHASES
 
 KEYWORDS = {
@@ -75,7 +74,12 @@ def detect_phases(series: list[dict]) -> list[dict]:
             ph = None
             if len(contrast) >= 2 and s is contrast[0] and 40 <= contrast[1]["time"] - first_contrast <= 150:
                 ph = "corticomedullary"
-            elif len(contrast) >= 2 and s is not contrast[0] and 40 <= delay <= 150 and contrast[0].get("phase") in (None, "corticomedullary"):
+            elif (
+                len(contrast) >= 2
+                and s is not contrast[0]
+                and 40 <= delay <= 150
+                and contrast[0].get("phase") in (None, "corticomedullary")
+            ):
                 ph = "parenchymal"
             elif delay >= 150:
                 ph = "excretory"
@@ -97,10 +101,12 @@ def detect_phases(series: list[dict]) -> list[dict]:
 
 def series_tags(ds) -> dict:
     """The tags phase detection reads from one instance of a series."""
-    return {"description": str(getattr(ds, "SeriesDescription", "")),
-            "protocol": str(getattr(ds, "ProtocolName", "")),
-            "contrast": bool(str(getattr(ds, "ContrastBolusAgent", "")).strip()),
-            "time": _seconds(str(getattr(ds, "AcquisitionTime", "") or getattr(ds, "SeriesTime", "")))}
+    return {
+        "description": str(getattr(ds, "SeriesDescription", "")),
+        "protocol": str(getattr(ds, "ProtocolName", "")),
+        "contrast": bool(str(getattr(ds, "ContrastBolusAgent", "")).strip()),
+        "time": _seconds(str(getattr(ds, "AcquisitionTime", "") or getattr(ds, "SeriesTime", ""))),
+    }
 
 
 def scan_patient(pdir: Path) -> dict[str, dict]:
@@ -115,46 +121,3 @@ def scan_patient(pdir: Path) -> dict[str, dict]:
         spacing = pixel_spacing(ds, f)
         g["files"][f.resolve()] = (slice_position(ds), spacing, display_flips(ds))
     return groups
-
-
-def ingest_detected(cohort_dir: Path | str, work: Path | str, cfg=None, overwrite: bool = False,
-                    show_progress: bool = True) -> dict:
-    """DICOM cohort whose series are not sorted into phase folders: detect, report, ingest."""
-    from ccrcc_grade.ingest.cache import crop_rois, write_cache
-    from ccrcc_grade.io.clinical import read_clinical
-    from ccrcc_grade.ingest.cohort import Cohort, Roi, _patient_dirs, _reconcile, read_boxes_csv
-    from ccrcc_grade.core.config import PreprocessConfig
-
-    root = Path(cohort_dir)
-    cfg = (cfg or PreprocessConfig()).validate()
-    clinical = read_clinical(root / "clinical.csv")
-    if not (root / "boxes.csv").is_file():
-        raise CcrccError(f"{root}: --detect-phases needs boxes.csv (its phase column may be empty)")
-    boxes = read_boxes_csv(root / "boxes.csv", root, require_phase=False)
-    cohort = Cohort(root, "dicom", clinical, [])
-    assignment = []
-    file_phase: dict[Path, tuple[str, dict]] = {}
-    for pdir in _patient_dirs(root):
-        groups = scan_patient(pdir)
-        for s in detect_phases(list(groups.values())):
-            assignment.append({"patient_id": pdir.name, "series_uid": s["uid"], "description": s["description"],
-                               "contrast": s["contrast"], "acquisition_s": s["time"], "n_files": len(s["files"]),
-                               "phase": s["phase"], "rule": s["rule"]})
-            if s["phase"] is None:
-                cohort.warnings.append(f"{pdir.name}: series {s['uid']} ({s['description'] or 'no description'}): "
-                                       f"{s['rule']}; left out")
-            for f, info in s["files"].items():
-                file_phase[f] = (s["phase"], info)
-    for r in boxes:
-        if r["file"] not in file_phase:
-            raise CcrccError(f"{r['where']}: {r['file']} is not a DICOM file of the cohort")
-        phase, (pos, spacing, flip) = file_phase[r["file"]]
-        if phase is None:
-            continue
-        cohort.rois.append(Roi(r["patient_id"], phase, str(r["file"].relative_to(root.resolve())), r["box"], "dicom",
-                               r["file"], spacing=spacing, flip=flip))
-    cohort.rois.sort(key=lambda r: (r.patient_id, PHASES.index(r.phase), r.source))
-    cohort.skipped_slices = len(file_phase) - len({r.path for r in cohort.rois})
-    _reconcile(cohort)
-    crops = crop_rois(cohort.rois, cfg, cohort.warnings, show_progress)
-    return write_cache(cohort, crops, cfg, Path(work), overwrite, {"phase_assignment": assignment})

@@ -31,7 +31,7 @@ def margin_box(box: Box, margin_mm: float, spacing: tuple[float, float] | None) 
     return box.expand(margin_mm / col_mm, margin_mm / row_mm)
 
 
-MIN_INSIDE = 0.5   # a box with less than half its area on the image is refused, not clipped
+MIN_INSIDE = 0.5  # a box with less than half its area on the image is refused, not clipped
 
 
 def crop_box(image: np.ndarray, box: Box, source: str = "", warnings: list[str] | None = None) -> np.ndarray:
@@ -42,9 +42,11 @@ def crop_box(image: np.ndarray, box: Box, source: str = "", warnings: list[str] 
         if clipped.width < 1 or clipped.height < 1:
             raise CcrccError(f"{source}: box {_fmt(box)} lies outside the {w}x{h} image")
         inside = clipped.width * clipped.height / (box.width * box.height)
-        if inside < MIN_INSIDE:   # mostly off the image: a wrong coordinate, not a box to trim
-            raise CcrccError(f"{source}: box {_fmt(box)} lies mostly outside the {w}x{h} image ({inside:.0%} "
-                             "inside): an annotation error, not clipped")
+        if inside < MIN_INSIDE:  # mostly off the image: a wrong coordinate, not a box to trim
+            raise CcrccError(
+                f"{source}: box {_fmt(box)} lies mostly outside the {w}x{h} image ({inside:.0%} "
+                "inside): an annotation error, not clipped"
+            )
         if warnings is not None:
             warnings.append(f"{source}: box {_fmt(box)} extends outside the {w}x{h} image; clipped")
         box = clipped
@@ -58,9 +60,17 @@ def resize_uint8(crop: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BILINEAR))
 
 
-def make_crop(image: np.ndarray, box: Box, cfg: PreprocessConfig, *, is_hu: bool,
-              spacing: tuple[float, float] | None = None, source: str = "",
-              warnings: list[str] | None = None, flip: tuple[bool, bool] = (False, False)) -> np.ndarray:
+def make_crop(
+    image: np.ndarray,
+    box: Box,
+    cfg: PreprocessConfig,
+    *,
+    is_hu: bool,
+    spacing: tuple[float, float] | None = None,
+    source: str = "",
+    warnings: list[str] | None = None,
+    flip: tuple[bool, bool] = (False, False),
+) -> np.ndarray:
     """Turn one slice and one tumour box into a ``cfg.size`` square uint8 crop.
 
     ``image`` is either HU (``is_hu=True``: DICOM/NIfTI, windowed here) or an exported 8-bit

@@ -6,9 +6,8 @@ scored in testing (the leak that image-level splitting causes).
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json
+from ccrcc_grade.core.paths import WorkDir
 from ccrcc_grade.core.phases import CLASSES
 
 
@@ -30,8 +30,9 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     return parts[0] / s, parts[1] / s, parts[2] / s
 
 
-def split_patients(labels: dict[str, int], ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                   seed: int = 0) -> dict[str, list[str]]:
+def split_patients(
+    labels: dict[str, int], ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[str]]:
     """Stratified train/val/test split of patient ids; every non-empty part gets both classes."""
     ids = sorted(labels)
     y = np.array([labels[p] for p in ids])
@@ -39,8 +40,10 @@ def split_patients(labels: dict[str, int], ratios: tuple[float, float, float] = 
     for k, cls in enumerate(CLASSES):
         n = int((y == k).sum())
         if n < parts_needed:
-            raise CcrccError(f"too few {cls}-grade patients ({n}) for a split into {parts_needed} parts "
-                             f"with both classes in each (ratios {':'.join(f'{r:g}' for r in ratios)})")
+            raise CcrccError(
+                f"too few {cls}-grade patients ({n}) for a split into {parts_needed} parts "
+                f"with both classes in each (ratios {':'.join(f'{r:g}' for r in ratios)})"
+            )
     _, r_val, r_test = ratios
     rest, test = (ids, [])
     if r_test > 0:
@@ -116,7 +119,7 @@ def make_splits(work: Path, ratios: str = "8:1:1", seed: int = 0, folds: int = 0
     out["ratios"] = ratios
     if folds:
         out["folds"] = kfold_patients(labels, folds, seed)
-    atomic_write_json(Path(work) / "splits.json", out)
+    atomic_write_json(WorkDir(work).splits, out)
     return out
 
 
@@ -141,6 +144,8 @@ def load_splits(path: Path, patients: set[str] | None = None) -> dict:
     if patients is not None:
         unknown = sorted({p for part in ("train", "val", "test") for p in data[part]} - set(patients))
         if unknown:
-            raise CcrccError(f"{path}: names {len(unknown)} patient(s) not in the ingested cohort "
-                             f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}); a split of another cohort?")
+            raise CcrccError(
+                f"{path}: names {len(unknown)} patient(s) not in the ingested cohort "
+                f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}); a split of another cohort?"
+            )
     return data

@@ -13,9 +13,9 @@ from ccrcc_grade.core.errors import CcrccError
 class ClinicalTable:
     path: Path
     columns: list[str]
-    rows: dict[str, dict[str, str]]      # patient_id -> row (all columns, as text)
-    labels: dict[str, int]               # patient_id -> 0 (low, I-II) / 1 (high, III-IV)
-    grades: dict[str, str]               # patient_id -> '1'..'4' or 'low'/'high'
+    rows: dict[str, dict[str, str]]  # patient_id -> row (all columns, as text)
+    labels: dict[str, int]  # patient_id -> 0 (low, I-II) / 1 (high, III-IV)
+    grades: dict[str, str]  # patient_id -> '1'..'4' or 'low'/'high'
 
 
 def grade_to_label(value: str, where: str) -> tuple[str, int]:
@@ -69,7 +69,7 @@ def read_clinical(path: Path) -> ClinicalTable:
         pid = row.get(pid_col, "")
         if not pid:
             if not any(row.values()):
-                continue   # blank line
+                continue  # blank line
             raise CcrccError(f"{path}:{lineno}: empty patient_id")
         if pid in rows:
             raise CcrccError(f"{path}:{lineno}: duplicate patient_id {pid!r}")

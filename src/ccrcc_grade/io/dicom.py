@@ -21,11 +21,11 @@ class DicomSlice:
     path: Path
     sop_uid: str
     series_uid: str
-    position: float           # along the slice normal (mm); NaN when the tags are missing
+    position: float  # along the slice normal (mm); NaN when the tags are missing
     instance: int
-    pixel_spacing: tuple[float, float]   # (row, col) mm
-    header: pydicom.Dataset   # header only, pixels not loaded
-    flip: tuple[bool, bool] = (False, False)   # (rows, cols) to reach the radiological view
+    pixel_spacing: tuple[float, float]  # (row, col) mm
+    header: pydicom.Dataset  # header only, pixels not loaded
+    flip: tuple[bool, bool] = (False, False)  # (rows, cols) to reach the radiological view
 
 
 def display_flips(ds: pydicom.Dataset) -> tuple[bool, bool]:
@@ -76,10 +76,18 @@ def scan_series(folder: Path) -> list[DicomSlice]:
         if str(getattr(ds, "Modality", "CT") or "CT") != "CT":
             raise CcrccError(f"{f}: Modality is {ds.Modality}, not CT; the grade model reads CT only")
         spacing = pixel_spacing(ds, f)
-        slices.append(DicomSlice(f, str(getattr(ds, "SOPInstanceUID", f.name)),
-                                 str(getattr(ds, "SeriesInstanceUID", "")), slice_position(ds),
-                                 int(getattr(ds, "InstanceNumber", 0) or 0), spacing, ds,
-                                 display_flips(ds)))
+        slices.append(
+            DicomSlice(
+                f,
+                str(getattr(ds, "SOPInstanceUID", f.name)),
+                str(getattr(ds, "SeriesInstanceUID", "")),
+                slice_position(ds),
+                int(getattr(ds, "InstanceNumber", 0) or 0),
+                spacing,
+                ds,
+                display_flips(ds),
+            )
+        )
     uids = sorted({s.series_uid for s in slices})
     if len(uids) > 1:
         counts = ", ".join(f"{u} ({sum(s.series_uid == u for s in slices)} files)" for u in uids)
@@ -100,8 +108,16 @@ def read_hu(path: Path, warnings: list[str] | None = None) -> tuple[np.ndarray, 
     try:
         ds = pydicom.dcmread(path)
         arr = ds.pixel_array
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError,
-            RuntimeError, NotImplementedError) as exc:
+    except (
+        InvalidDicomError,
+        OSError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        RuntimeError,
+        NotImplementedError,
+    ) as exc:
         raise CcrccError(f"{path}: cannot decode DICOM pixel data ({exc})") from None
     if arr.ndim != 2:
         raise CcrccError(f"{path}: expected a single 2-D slice, got pixel array shape {arr.shape}")
@@ -112,8 +128,10 @@ def read_hu(path: Path, warnings: list[str] | None = None) -> tuple[np.ndarray, 
         slope = 1.0 if slope is None else slope
         intercept = default_intercept if intercept is None else intercept
         if warnings is not None:
-            warnings.append(f"{path}: RescaleSlope/RescaleIntercept missing; assumed slope {float(slope):g}, "
-                            f"intercept {float(intercept):g}")
+            warnings.append(
+                f"{path}: RescaleSlope/RescaleIntercept missing; assumed slope {float(slope):g}, "
+                f"intercept {float(intercept):g}"
+            )
     slope = check_number(slope, f"{path}: RescaleSlope", -1e4, 1e4)
     intercept = check_number(intercept, f"{path}: RescaleIntercept", -1e5, 1e5)
     hu = arr.astype(np.float32) * slope + intercept
@@ -126,8 +144,9 @@ def pixel_spacing(ds: pydicom.Dataset, path: Path) -> tuple[float, float]:
     if raw is None:
         return (1.0, 1.0)
     try:
-        values = [float(v) for v in raw] if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) \
-            else [float(raw)]
+        values = (
+            [float(v) for v in raw] if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) else [float(raw)]
+        )
     except (TypeError, ValueError):
         raise CcrccError(f"{path}: PixelSpacing must be two numbers, got {raw!r}") from None
     if len(values) != 2:

@@ -25,11 +25,11 @@ def read_gray(source: Path | bytes, name: str | Path = "") -> np.ndarray:
         return Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
 
     try:
-        with open_() as im:   # chunk structure and checksums up to the end marker: a PNG cut short
-            if im.format == "PNG":   # between its chunks decodes without complaint, black-filled
+        with open_() as im:  # chunk structure and checksums up to the end marker: a PNG cut short
+            if im.format == "PNG":  # between its chunks decodes without complaint, black-filled
                 im.verify()
         with open_() as im:
-            im.load()   # forces a full decode, so files truncated inside the pixel data fail here
+            im.load()  # forces a full decode, so files truncated inside the pixel data fail here
             if im.mode in ("I;16", "I;16B", "I"):
                 arr = np.asarray(im, dtype=np.float64)
                 hi = arr.max() or 1.0
@@ -38,7 +38,8 @@ def read_gray(source: Path | bytes, name: str | Path = "") -> np.ndarray:
     except FileNotFoundError:
         raise CcrccError(f"{label}: image file not found") from None
     except Image.DecompressionBombError:
-        raise CcrccError(f"{label}: image header claims an implausibly large image (decompression bomb); "
-                         "refused") from None
+        raise CcrccError(
+            f"{label}: image header claims an implausibly large image (decompression bomb); refused"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CcrccError(f"{label}: unreadable or truncated image ({exc})") from None

@@ -3,23 +3,28 @@
 KITS_DIR/case_XXXXX/imaging.nii.gz + segmentation.nii.gz (labels: 1 kidney, 2 tumour, 3 cyst in
 KiTS23) and the clinical JSON (kits.json or kits23.json). Only clear cell RCC with an ISUP grade
 1-4 is kept; every exclusion is reported with its reason. The data are CC BY-NC-SA 4.0 and are
-fetched by the KiTS repository's own download script, never by this package.
+fetched by the KiTS repository's own download script, never by this package. This module reads
+the clinical JSON; ``ingest.layouts.KitsReader`` reads the folder.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
-from ccrcc_grade.io.clinical import ClinicalTable, grade_to_label
 from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.io.clinical import ClinicalTable, grade_to_label
 
 TUMOUR_LABEL = 2
 CLEAR_CELL = "clear_cell_rcc"
-CLINICAL_FIELDS = {"age": "age_at_nephrectomy", "sex": "gender", "bmi": ("bmi", "body_mass_index"),
-                   "tumor_size_cm": "radiographic_size", "pathology_t_stage": "pathology_t_stage",
-                   "tumor_necrosis": "tumor_necrosis"}
+CLINICAL_FIELDS = {
+    "age": "age_at_nephrectomy",
+    "sex": "gender",
+    "bmi": ("bmi", "body_mass_index"),
+    "tumor_size_cm": "radiographic_size",
+    "pathology_t_stage": "pathology_t_stage",
+    "tumor_necrosis": "tumor_necrosis",
+}
 
 
 def read_kits_clinical(path: Path) -> list[dict]:
@@ -67,51 +72,3 @@ def kits_clinical_table(cases: list[dict], source: Path) -> ClinicalTable:
             row[k] = str(v)
         rows[c["case_id"]], labels[c["case_id"]], grades[c["case_id"]] = row, lab, g
     return ClinicalTable(Path(source), cols, rows, labels, grades)
-
-
-def ingest_kits(kits_dir: Path | str, work: Path | str, cfg=None, clinical: str | None = None,
-                phase: str = "corticomedullary", overwrite: bool = False,
-                show_progress: bool = True) -> dict:
-    """Build a crop cache from a KiTS data folder (same cache and manifest as other layouts)."""
-    from ccrcc_grade.ingest.cache import crop_rois, write_cache
-    from ccrcc_grade.ingest.cohort import Cohort
-    from ccrcc_grade.core.config import PreprocessConfig
-    from ccrcc_grade.core.phases import check_phase
-    from ccrcc_grade.io.nifti import volume_rois
-
-    kits_dir = Path(kits_dir)
-    if not kits_dir.is_dir():
-        raise CcrccError(f"{kits_dir}: KiTS data folder not found")
-    cfg = (cfg or PreprocessConfig()).validate()
-    phase = check_phase(phase)
-    json_path = Path(clinical) if clinical else next(
-        (p for p in (kits_dir / "kits23.json", kits_dir / "kits.json", kits_dir.parent / "kits23.json") if p.is_file()), None)
-    if json_path is None:
-        raise CcrccError(f"{kits_dir}: no kits23.json / kits.json; pass --clinical PATH")
-    kept, excluded = select_cases(read_kits_clinical(json_path))
-    present = []
-    for c in kept:
-        d = kits_dir / c["case_id"]
-        if (d / "imaging.nii.gz").is_file() and (d / "segmentation.nii.gz").is_file():
-            present.append(c)
-        else:
-            excluded[c["case_id"]] = "imaging.nii.gz or segmentation.nii.gz not downloaded"
-    if not present:
-        raise CcrccError(f"{kits_dir}: none of the {len(kept)} graded clear cell cases has imaging.nii.gz and "
-                         "segmentation.nii.gz (download them with the KiTS repository's script)")
-    table = kits_clinical_table(present, json_path)
-    cohort = Cohort(kits_dir, "kits", table, [])
-    for c in present:
-        d = kits_dir / c["case_id"]
-        rois, skipped = volume_rois(d / "imaging.nii.gz", d / "segmentation.nii.gz", c["case_id"], phase, kits_dir,
-                                    cfg.mask_margin_mm, labels=(TUMOUR_LABEL,))
-        if not rois:
-            cohort.warnings.append(f"{c['case_id']}: no tumour voxels (label {TUMOUR_LABEL}) in the segmentation")
-        cohort.rois += rois
-        cohort.skipped_slices += skipped
-    cohort.excluded_patients = excluded
-    reasons = Counter(r.split(" ")[0] if r.startswith("subtype") else r for r in excluded.values())
-    cohort.warnings.append("excluded cases: " + ", ".join(f"{n} {r}" for r, n in reasons.most_common()))
-    crops = crop_rois(cohort.rois, cfg, cohort.warnings, show_progress)
-    return write_cache(cohort, crops, cfg, Path(work), overwrite,
-                       {"kits_clinical": str(json_path), "kits_phase": phase})

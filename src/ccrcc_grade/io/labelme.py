@@ -13,20 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccrcc_grade.core.errors import CcrccError, check_number
-
-MAX_COORD = 100_000.0   # pixels: no CT slice or export is larger
 from ccrcc_grade.io.boxes import Box
+
+MAX_COORD = 100_000.0  # pixels: no CT slice or export is larger
 
 
 @dataclass
 class LabelmeFile:
     json_path: Path
-    image_path: Path | None          # None when only embedded imageData exists
-    image_data: bytes | None         # decoded base64 imageData, when embedded
+    image_path: Path | None  # None when only embedded imageData exists
+    image_data: bytes | None  # decoded base64 imageData, when embedded
     width: int | None
     height: int | None
-    boxes: list[tuple[str, Box]]     # (label, box) for every rectangle
-    ignored: list[str] = field(default_factory=list)   # shape types ignored
+    boxes: list[tuple[str, Box]]  # (label, box) for every rectangle
+    ignored: list[str] = field(default_factory=list)  # shape types ignored
 
 
 def read_labelme(json_path: Path, root: Path | None = None, root_name: str = "the cohort folder") -> LabelmeFile:
@@ -40,14 +40,16 @@ def read_labelme(json_path: Path, root: Path | None = None, root_name: str = "th
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CcrccError(f"{json_path}: not a readable JSON file ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("shapes"), list) or (
-        "imagePath" not in data and "imageData" not in data
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("shapes"), list)
+        or ("imagePath" not in data and "imageData" not in data)
     ):
         raise CcrccError(f"{json_path}: not a labelme annotation (needs 'shapes' and 'imagePath')")
 
     image_path = None
     if data.get("imagePath"):
-        rel = str(data["imagePath"]).replace("\\", "/")   # labelme on Windows writes backslashes
+        rel = str(data["imagePath"]).replace("\\", "/")  # labelme on Windows writes backslashes
         image_path = (json_path.parent / rel).resolve()
         if root is not None and not image_path.is_relative_to(Path(root).resolve()):
             raise CcrccError(f"{json_path}: imagePath {data['imagePath']!r} points outside {root_name}")
@@ -65,7 +67,7 @@ def read_labelme(json_path: Path, root: Path | None = None, root_name: str = "th
     for i, shape in enumerate(data["shapes"]):
         if not isinstance(shape, dict):
             raise CcrccError(f"{json_path}: shape {i} is not an object")
-        kind = shape.get("shape_type") or "polygon"   # labelme's default when the key is absent
+        kind = shape.get("shape_type") or "polygon"  # labelme's default when the key is absent
         if kind != "rectangle":
             ignored.append(str(kind))
             continue
@@ -74,12 +76,11 @@ def read_labelme(json_path: Path, root: Path | None = None, root_name: str = "th
             (x0, y0), (x1, y1) = [(float(p[0]), float(p[1])) for p in pts]
         except (TypeError, ValueError, IndexError):
             raise CcrccError(f"{json_path}: rectangle {i} must have exactly two [x, y] points, got {pts!r}") from None
-        for v in (x0, y0, x1, y1):   # NaN, infinity and absurd coordinates are annotation errors
+        for v in (x0, y0, x1, y1):  # NaN, infinity and absurd coordinates are annotation errors
             check_number(v, f"{json_path}: rectangle {i} coordinate", -MAX_COORD, MAX_COORD)
         box = Box.from_corners(x0, y0, x1, y1)
         if box.width < 1 or box.height < 1:
-            raise CcrccError(
-                f"{json_path}: rectangle {i} has zero area ({box.width:g} x {box.height:g} px)")
+            raise CcrccError(f"{json_path}: rectangle {i} has zero area ({box.width:g} x {box.height:g} px)")
         boxes.append((str(shape.get("label", "")), box))
 
     def _dim(key: str) -> int | None:

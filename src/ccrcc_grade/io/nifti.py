@@ -1,5 +1,5 @@
-"""NIfTI volumes (own cohorts, layout C, and KiTS): axial slices the radiological way round,
-and tumour boxes derived from masks.
+"""NIfTI volumes (own cohorts and KiTS): axial slices the radiological way round, and tumour
+boxes derived from 2-D masks (``ingest.layouts.volume_rois`` turns a mask volume into ROIs).
 
 Volumes are reoriented to RAS+ with nibabel; an axial slice is then shown as radiologists view
 it: image rows run anterior -> posterior and columns patient right -> left (the same orientation
@@ -18,7 +18,7 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.io.boxes import Box
 
 _CACHE: OrderedDict[str, tuple[np.ndarray, tuple[float, float, float]]] = OrderedDict()
-_CACHE_SIZE = 2   # volumes kept decoded: ingest walks one case at a time
+_CACHE_SIZE = 2  # volumes kept decoded: ingest walks one case at a time
 
 
 def load_ras(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -69,57 +69,9 @@ def mask_boxes(mask2d: np.ndarray, margin_px: tuple[float, float] = (0.0, 0.0)) 
         if sl is None:
             continue
         rows, cols = sl
-        boxes.append(Box(cols.start - margin_px[0], rows.start - margin_px[1],
-                         cols.stop + margin_px[0], rows.stop + margin_px[1]))
+        boxes.append(
+            Box(
+                cols.start - margin_px[0], rows.start - margin_px[1], cols.stop + margin_px[0], rows.stop + margin_px[1]
+            )
+        )
     return boxes
-
-
-def volume_rois(volume: Path, mask: Path, pid: str, phase: str, root: Path, margin_mm: float = 1.5,
-                labels: tuple[int, ...] | None = None):
-    """ROIs of every axial slice holding tumour in ``mask`` (non-zero, or the given label values).
-    Returns (rois, slices without tumour)."""
-    from ccrcc_grade.ingest.cohort import Roi
-
-    vol, vz = load_ras(volume)
-    seg, sz = load_ras(mask)
-    if vol.shape != seg.shape:
-        raise CcrccError(f"{mask}: mask shape {seg.shape} differs from the volume {volume.name} {vol.shape}")
-    if not np.allclose(vz, sz, rtol=1e-3):
-        raise CcrccError(f"{mask}: voxel size {sz} differs from the volume's {vz}")
-    tumour = np.isin(seg, labels) if labels else seg > 0
-    spacing = (vz[1], vz[0])                     # (row = y, col = x) mm
-    margin = (margin_mm / vz[0], margin_mm / vz[1])
-    rois = []
-    zs = np.nonzero(tumour.any(axis=(0, 1)))[0]
-    root = Path(root).resolve()
-    vp = Path(volume).resolve()
-    rel = str(vp.relative_to(root)) if vp.is_relative_to(root) else vp.name
-    for z in zs:
-        for box in mask_boxes(axial(tumour, int(z)), margin):
-            rois.append(Roi(pid, phase, f"{rel}#z{int(z):04d}", box, "nifti", vp, slice_index=int(z), spacing=spacing))
-    return rois, int(vol.shape[2] - len(zs))
-
-
-def load_nifti_layout(cohort, phases: tuple[str, ...], margin_mm: float = 1.5) -> None:
-    """Layout C: COHORT/<patient>/<phase>.nii.gz with <phase>_mask.nii.gz beside it."""
-    from ccrcc_grade.ingest.cohort import _patient_dirs
-    from ccrcc_grade.core.phases import canonical_phase
-
-    for pdir in _patient_dirs(cohort.root):
-        vols = sorted(p for p in pdir.iterdir() if p.name.endswith((".nii", ".nii.gz")) and "_mask" not in p.name)
-        for vol in vols:
-            stem = vol.name[:-7] if vol.name.endswith(".nii.gz") else vol.name[:-4]
-            phase = canonical_phase(stem)
-            if phase is None:
-                cohort.warnings.append(f"{vol}: file name is not a phase; ignored")
-                continue
-            if phase not in phases:
-                continue
-            mask = next((pdir / f"{stem}_mask{e}" for e in (".nii.gz", ".nii") if (pdir / f"{stem}_mask{e}").is_file()), None)
-            if mask is None:
-                raise CcrccError(f"{vol}: no tumour mask {stem}_mask.nii.gz beside it")
-            rois, skipped = volume_rois(vol, mask, pdir.name, phase, cohort.root, margin_mm)
-            if not rois:
-                cohort.warnings.append(f"{mask}: empty tumour mask; no crops")
-            cohort.rois += rois
-            cohort.skipped_slices += skipped

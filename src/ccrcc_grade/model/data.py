@@ -9,7 +9,7 @@ the training device, so the data path is never the bottleneck.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -23,8 +23,11 @@ class CropSet:
 
     def __init__(self, crops: np.ndarray, rows: list[dict]):
         idx = np.array([r["index"] for r in rows], dtype=np.int64)
-        self.images = torch.from_numpy(np.ascontiguousarray(crops[idx])) if len(idx) else torch.zeros(
-            (0, crops.shape[1], crops.shape[2]), dtype=torch.uint8)
+        self.images = (
+            torch.from_numpy(np.ascontiguousarray(crops[idx]))
+            if len(idx)
+            else torch.zeros((0, crops.shape[1], crops.shape[2]), dtype=torch.uint8)
+        )
         self.labels = torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)
         self.patients = [r["patient_id"] for r in rows]
         self.sources = [r["source"] for r in rows]
@@ -34,8 +37,13 @@ class CropSet:
         return len(self.labels)
 
 
-def to_model_input(batch_u8: torch.Tensor, image_size: int, normalize: bool, channels_last: bool = False,
-                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def to_model_input(
+    batch_u8: torch.Tensor,
+    image_size: int,
+    normalize: bool,
+    channels_last: bool = False,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """uint8 (B, S, S) -> float (B, 3, image_size, image_size): resize, optional augmentation
     ``transform`` (on the 1-channel batch, 3x cheaper), gray -> 3 channels, ImageNet
     normalisation (or [0, 1] for networks trained from scratch). The one input path of
@@ -48,7 +56,7 @@ def to_model_input(batch_u8: torch.Tensor, image_size: int, normalize: bool, cha
     if normalize:
         mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        x = (x - mean) / std          # broadcasting (B,1,H,W) against (1,3,1,1) makes 3 channels
+        x = (x - mean) / std  # broadcasting (B,1,H,W) against (1,3,1,1) makes 3 channels
     else:
         x = x.expand(-1, 3, -1, -1).contiguous()
     if channels_last:
@@ -56,8 +64,9 @@ def to_model_input(batch_u8: torch.Tensor, image_size: int, normalize: bool, cha
     return x
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, rotation: float = 30.0, hflip: bool = True,
-            vflip: bool = True) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, generator: torch.Generator, rotation: float = 30.0, hflip: bool = True, vflip: bool = True
+) -> torch.Tensor:
     """Random rotation in [-rotation, rotation] degrees and random horizontal/vertical flips, one
     draw per image, as one batched affine resampling of a (B, C, H, W) float batch. Corners
     uncovered by the rotation are filled by extending the border."""
@@ -66,8 +75,9 @@ def augment(x: torch.Tensor, generator: torch.Generator, rotation: float = 30.0,
     sx = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if hflip else torch.ones(b)
     sy = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if vflip else torch.ones(b)
     cos, sin = torch.cos(theta), torch.sin(theta)
-    mat = torch.stack([torch.stack([cos * sx, -sin * sy, torch.zeros(b)], 1),
-                       torch.stack([sin * sx, cos * sy, torch.zeros(b)], 1)], 1).to(x.device, x.dtype)
+    mat = torch.stack(
+        [torch.stack([cos * sx, -sin * sy, torch.zeros(b)], 1), torch.stack([sin * sx, cos * sy, torch.zeros(b)], 1)], 1
+    ).to(x.device, x.dtype)
     grid = F.affine_grid(mat, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 

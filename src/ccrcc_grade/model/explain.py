@@ -25,8 +25,7 @@ def last_conv_stage(model: nn.Module) -> nn.Module:
     raise ValueError("model has no layer4 stage")
 
 
-def gradcam(model: nn.Module, crops_u8: np.ndarray, image_size: int, normalize: bool,
-            target: int = 1) -> np.ndarray:
+def gradcam(model: nn.Module, crops_u8: np.ndarray, image_size: int, normalize: bool, target: int = 1) -> np.ndarray:
     """Grad-CAM for class ``target`` (1 = high grade) of every crop: (N, S, S) in [0, 1]."""
     from captum.attr import LayerGradCam
 
@@ -42,9 +41,16 @@ def gradcam(model: nn.Module, crops_u8: np.ndarray, image_size: int, normalize: 
     return np.where(mx > 0, up / np.maximum(mx, 1e-12), 0.0)
 
 
-def save_overlays(out: Path, name: str, crop: np.ndarray, cam: np.ndarray, slice_u8: np.ndarray | None = None,
-                  box: tuple[float, float, float, float] | None = None, prob: float | None = None,
-                  cam_on_slice: np.ndarray | None = None) -> Path:
+def save_overlays(
+    out: Path,
+    name: str,
+    crop: np.ndarray,
+    cam: np.ndarray,
+    slice_u8: np.ndarray | None = None,
+    box: tuple[float, float, float, float] | None = None,
+    prob: float | None = None,
+    cam_on_slice: np.ndarray | None = None,
+) -> Path:
     """PNG with the crop + heat map, and (when given) the whole slice with the heat map placed in
     the box. Returns the PNG path."""
     import matplotlib

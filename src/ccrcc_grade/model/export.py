@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ccrcc_grade.model.data import to_model_input
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write, atomic_write_json
+from ccrcc_grade.core.paths import RunDir, WorkDir
 from ccrcc_grade.model.card import model_card
+from ccrcc_grade.model.data import to_model_input
 from ccrcc_grade.model.onnx_runtime import ONNX_META_KEY, onnx_probs
-
 
 
 class ProbabilityModel(nn.Module):
@@ -46,10 +46,17 @@ def onnx_graph(model: nn.Module, ckpt: dict):
     example = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, size, size)).astype(np.uint8))
     buf = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # tracer notes on the constant-size branch of the input transform
-        torch.onnx.export(wrapper, (example.float(),), buf, input_names=["crops"],
-                          output_names=["prob_high"], dynamic_axes={"crops": {0: "batch"}, "prob_high": {0: "batch"}},
-                          opset_version=18, dynamo=False)
+        warnings.simplefilter("ignore")  # tracer notes on the constant-size branch of the input transform
+        torch.onnx.export(
+            wrapper,
+            (example.float(),),
+            buf,
+            input_names=["crops"],
+            output_names=["prob_high"],
+            dynamic_axes={"crops": {0: "batch"}, "prob_high": {0: "batch"}},
+            opset_version=18,
+            dynamo=False,
+        )
     proto = onnx.load_from_string(buf.getvalue())
     meta = proto.metadata_props.add()
     meta.key, meta.value = ONNX_META_KEY, json.dumps(onnx_metadata(ckpt))
@@ -58,12 +65,28 @@ def onnx_graph(model: nn.Module, ckpt: dict):
 
 def onnx_metadata(ckpt: dict) -> dict:
     """What predict needs from the checkpoint, without the weights."""
-    return {k: ckpt.get(k) for k in ("format", "format_version", "package_version", "created", "model", "classes",
-                                      "phase", "preprocess", "threshold", "threshold_policy", "epoch", "best_epoch", "val")}
+    return {
+        k: ckpt.get(k)
+        for k in (
+            "format",
+            "format_version",
+            "package_version",
+            "created",
+            "model",
+            "classes",
+            "phase",
+            "preprocess",
+            "threshold",
+            "threshold_policy",
+            "epoch",
+            "best_epoch",
+            "val",
+        )
+    }
 
 
-INT8_MAX_AUC_LOSS = 0.01          # an int8 model is kept only within this validation AUC of fp32
-INT8_CALIBRATION_CROPS = 256      # training crops that calibrate the activation ranges
+INT8_MAX_AUC_LOSS = 0.01  # an int8 model is kept only within this validation AUC of fp32
+INT8_CALIBRATION_CROPS = 256  # training crops that calibrate the activation ranges
 
 
 def export_onnx(model_path: Path, out: Path, check: bool = True, int8: bool = False) -> dict:
@@ -76,7 +99,7 @@ def export_onnx(model_path: Path, out: Path, check: bool = True, int8: bool = Fa
 
     model_path = Path(model_path)
     if model_path.is_dir():
-        model_path = model_path / "best.pt"
+        model_path = RunDir(model_path).best
     if int8:
         return _export_int8(model_path, Path(out))
     model, ckpt = load_model(model_path, "cpu")
@@ -85,13 +108,15 @@ def export_onnx(model_path: Path, out: Path, check: bool = True, int8: bool = Fa
     size = pre["size"]
     try:
         proto = onnx_graph(model, ckpt)
-    except Exception as exc:   # noqa: BLE001 - the exporter's own error types
-        raise CcrccError(f"{model_path}: cannot export to ONNX ({exc.__class__.__name__}); a crop size other than the "
-                         f"network's input size ({size} vs {pre['image_size']} px) needs an antialiased resize the "
-                         "ONNX exporter cannot write - train with --image-size equal to the crop size") from None
+    except Exception as exc:  # noqa: BLE001 - the exporter's own error types
+        raise CcrccError(
+            f"{model_path}: cannot export to ONNX ({exc.__class__.__name__}); a crop size other than the "
+            f"network's input size ({size} vs {pre['image_size']} px) needs an antialiased resize the "
+            "ONNX exporter cannot write - train with --image-size equal to the crop size"
+        ) from None
     onnx.checker.check_model(proto)
     atomic_write(Path(out), lambda fh: fh.write(proto.SerializeToString()))
-    card = Path(out).with_suffix(".card.json")   # the workstation's model card, beside the file
+    card = Path(out).with_suffix(".card.json")  # the workstation's model card, beside the file
     atomic_write_json(card, model_card(Path(model_path), ckpt))
     info = {"onnx": str(out), "card": str(card), "model": ckpt["model"], "phase": ckpt["phase"]}
     if check:
@@ -110,9 +135,11 @@ def _cohort_crops(ckpt: dict, part: str) -> tuple[np.ndarray, list[dict]]:
     from ccrcc_grade.ingest.cache import CropCache
 
     work = ckpt.get("config", {}).get("work")
-    if not work or not (Path(work) / "manifest.csv").is_file():
-        raise CcrccError(f"--int8 calibrates on the model's training crops and checks its validation AUC, but its "
-                         f"WORK folder {work!r} is not there; export on the machine that holds it")
+    if not work or not WorkDir(work).is_ingested():
+        raise CcrccError(
+            f"--int8 calibrates on the model's training crops and checks its validation AUC, but its "
+            f"WORK folder {work!r} is not there; export on the machine that holds it"
+        )
     cache = CropCache.load(work)
     rows = cache.select(ckpt["phase"], set(ckpt["splits"][part]))
     if not rows:
@@ -130,8 +157,8 @@ def _export_int8(model_path: Path, out: Path) -> dict:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from ccrcc_grade.model.inference import read_checkpoint
-    from ccrcc_grade.stats.metrics import aggregate_patients, safe_auc
     from ccrcc_grade.model.onnx_runtime import onnx_probs
+    from ccrcc_grade.stats.metrics import aggregate_patients, safe_auc
 
     ckpt = read_checkpoint(model_path)
     train, _ = _cohort_crops(ckpt, "train")
@@ -141,7 +168,7 @@ def _export_int8(model_path: Path, out: Path) -> dict:
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{"crops": calib[i:i + 32]} for i in range(0, len(calib), 32)])
+            self.batches = iter([{"crops": calib[i : i + 32]} for i in range(0, len(calib), 32)])
 
         def get_next(self):
             return next(self.batches, None)
@@ -150,8 +177,15 @@ def _export_int8(model_path: Path, out: Path) -> dict:
         fp32, pre, q = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         export_onnx(model_path, fp32, check=False)
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(pre),
+            str(q),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         labels = np.array([r["label"] for r in val_rows])
         pids = [r["patient_id"] for r in val_rows]
         aucs = {}
@@ -161,15 +195,25 @@ def _export_int8(model_path: Path, out: Path) -> dict:
             aucs[name] = {"image": safe_auc(labels, probs), "patient": safe_auc(py, pp)}
         a32, a8 = aucs["fp32"]["image"], aucs["int8"]["image"]
         if a32 is None or a8 is None:
-            raise CcrccError(f"{model_path}: the validation crops hold one grade only; the int8 model cannot be checked")
-        record = {"calibration_crops": int(len(calib)), "calibration": "MinMax on training crops",
-                  "format": "QDQ, per-channel int8 weights, uint8 activations",
-                  "val_image_auc_fp32": a32, "val_image_auc_int8": a8,
-                  "val_patient_auc_fp32": aucs["fp32"]["patient"], "val_patient_auc_int8": aucs["int8"]["patient"],
-                  "max_auc_loss": INT8_MAX_AUC_LOSS, "val_crops": int(len(val))}
+            raise CcrccError(
+                f"{model_path}: the validation crops hold one grade only; the int8 model cannot be checked"
+            )
+        record = {
+            "calibration_crops": int(len(calib)),
+            "calibration": "MinMax on training crops",
+            "format": "QDQ, per-channel int8 weights, uint8 activations",
+            "val_image_auc_fp32": a32,
+            "val_image_auc_int8": a8,
+            "val_patient_auc_fp32": aucs["fp32"]["patient"],
+            "val_patient_auc_int8": aucs["int8"]["patient"],
+            "max_auc_loss": INT8_MAX_AUC_LOSS,
+            "val_crops": int(len(val)),
+        }
         if a32 - a8 > INT8_MAX_AUC_LOSS:
-            raise CcrccError(f"{model_path}: int8 validation image AUC {a8:.4f} is more than {INT8_MAX_AUC_LOSS} below "
-                             f"fp32's {a32:.4f}; the int8 model is not written (export without --int8)")
+            raise CcrccError(
+                f"{model_path}: int8 validation image AUC {a8:.4f} is more than {INT8_MAX_AUC_LOSS} below "
+                f"fp32's {a32:.4f}; the int8 model is not written (export without --int8)"
+            )
         proto = onnx.load(str(q))
         meta = next(m for m in proto.metadata_props if m.key == ONNX_META_KEY)
         meta.value = json.dumps({**json.loads(meta.value), "int8": record})

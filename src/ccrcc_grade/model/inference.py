@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ccrcc_grade import __version__
-from ccrcc_grade.model.data import to_model_input
 from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.model.data import to_model_input
 
 CHECKPOINT_FORMAT = "ccrcc-grade-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -70,8 +70,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def make_checkpoint(model: nn.Module, meta: dict) -> dict:
     """A checkpoint is plain data (tensors, numbers, strings) so it loads with weights_only=True."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "package_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "state_dict": state, **meta}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "package_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "state_dict": state,
+        **meta,
+    }
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -86,8 +92,10 @@ def read_checkpoint(path: Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CcrccError(f"{path}: not a ccrcc-grade model file")
     if ckpt.get("format_version") != CHECKPOINT_VERSION:
-        raise CcrccError(f"{path}: saved by an incompatible ccrcc-grade version "
-                         f"(checkpoint format {ckpt.get('format_version')}, this version reads {CHECKPOINT_VERSION})")
+        raise CcrccError(
+            f"{path}: saved by an incompatible ccrcc-grade version "
+            f"(checkpoint format {ckpt.get('format_version')}, this version reads {CHECKPOINT_VERSION})"
+        )
     return ckpt
 
 
@@ -117,11 +125,12 @@ class CpuBf16Model(nn.Module):
 
         from torch.utils import mkldnn
 
-        try:   # to_mkldnn converts the (fused copy's) modules in place
-            with warnings.catch_warnings():   # its modules use the deprecated (still working)
-                warnings.simplefilter("ignore", FutureWarning)   # torch.jit.script_method
-                net = mkldnn.to_mkldnn(optimize_for_inference(model).to(memory_format=torch.contiguous_format),
-                                       torch.bfloat16)
+        try:  # to_mkldnn converts the (fused copy's) modules in place
+            with warnings.catch_warnings():  # its modules use the deprecated (still working)
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script_method
+                net = mkldnn.to_mkldnn(
+                    optimize_for_inference(model).to(memory_format=torch.contiguous_format), torch.bfloat16
+                )
             # torch.fx prints a traceback before re-raising; the probe's failure is expected for SE
             with torch.inference_mode(), contextlib.redirect_stderr(io.StringIO()):
                 net(torch.zeros(1, 3, 32, 32, dtype=torch.bfloat16).to_mkldnn()).to_dense()
@@ -164,16 +173,23 @@ def load_model(path: Path, device: torch.device | str = "cpu", optimize: bool = 
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images_u8: torch.Tensor | np.ndarray, image_size: int, normalize: bool,
-                  device: torch.device, amp: torch.dtype | None = None, batch_size: int = 64,
-                  channels_last: bool = False) -> np.ndarray:
+def predict_probs(
+    model: nn.Module,
+    images_u8: torch.Tensor | np.ndarray,
+    image_size: int,
+    normalize: bool,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    batch_size: int = 64,
+    channels_last: bool = False,
+) -> np.ndarray:
     """Probability of the high-grade class for every uint8 crop (N, S, S)."""
     if isinstance(images_u8, np.ndarray):
         images_u8 = torch.from_numpy(np.ascontiguousarray(images_u8))
     model.eval()
     out = []
     for i in range(0, len(images_u8), batch_size):
-        x = to_model_input(images_u8[i:i + batch_size].to(device), image_size, normalize, channels_last)
+        x = to_model_input(images_u8[i : i + batch_size].to(device), image_size, normalize, channels_last)
         with autocast(device, amp):
             logits = model(x)
         out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())

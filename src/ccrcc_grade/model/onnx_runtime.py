@@ -19,8 +19,9 @@ def onnx_session(path: Path | bytes):
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"]
+    )
 
 
 def read_onnx_metadata(path: Path) -> dict:

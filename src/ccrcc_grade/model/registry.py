@@ -7,9 +7,9 @@ weights in either naming load into both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -34,8 +34,12 @@ def _se_resnet34(num_classes: int) -> nn.Module:
     from timm.layers import SEModule
     from timm.models.resnet import BasicBlock, ResNet
 
-    return ResNet(block=BasicBlock, layers=(3, 4, 6, 3), num_classes=num_classes,
-                  block_args=dict(attn_layer=partial(SEModule, rd_ratio=1 / 16, rd_divisor=1)))
+    return ResNet(
+        block=BasicBlock,
+        layers=(3, 4, 6, 3),
+        num_classes=num_classes,
+        block_args=dict(attn_layer=partial(SEModule, rd_ratio=1 / 16, rd_divisor=1)),
+    )
 
 
 MODELS: dict[str, Callable[[int], nn.Module]] = {"resnet34": _resnet34, "se_resnet34": _se_resnet34}
@@ -49,8 +53,10 @@ def imagenet_resnet34_state_dict() -> dict[str, torch.Tensor]:
     try:
         return ResNet34_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
     except Exception as exc:  # network errors come in many types (URLError, OSError, ...)
-        raise CcrccError(f"could not download ImageNet ResNet34 weights ({exc.__class__.__name__}: {exc}); "
-                         "offline machines: pass --weights PATH to a local resnet34 state dict") from None
+        raise CcrccError(
+            f"could not download ImageNet ResNet34 weights ({exc.__class__.__name__}: {exc}); "
+            "offline machines: pass --weights PATH to a local resnet34 state dict"
+        ) from None
 
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
@@ -103,8 +109,9 @@ def create_model(name: str, weights: str = "none", num_classes: int = 2) -> tupl
     report.update(load_backbone(model, state))
     n_backbone = sum(1 for k in model.state_dict() if not k.startswith("fc.") and ".se." not in k)
     if len(report["missing"]) - sum(".se." in k for k in report["missing"]) > n_backbone // 2:
-        raise CcrccError(f"{weights}: does not look like ResNet34 weights "
-                         f"({len(report['missing'])} of the model's tensors missing)")
+        raise CcrccError(
+            f"{weights}: does not look like ResNet34 weights ({len(report['missing'])} of the model's tensors missing)"
+        )
     return model, report
 
 

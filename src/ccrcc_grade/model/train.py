@@ -9,6 +9,7 @@ repeats exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -22,21 +23,41 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ccrcc_grade.ingest.cache import CropCache
 from ccrcc_grade.core.config import TrainConfig, from_dict, save_json, to_dict
-from ccrcc_grade.model.data import CropSet, augment, class_weights, epoch_order, to_model_input
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_save_figure, atomic_torch_save, atomic_write_json, atomic_write_text
-from ccrcc_grade.model.inference import amp_dtype, autocast, make_checkpoint, predict_probs, read_checkpoint, resolve_device
-from ccrcc_grade.stats.metrics import aggregate_patients, safe_auc
-from ccrcc_grade.model.registry import create_model, uses_imagenet_norm
+from ccrcc_grade.core.paths import RunDir, WorkDir
 from ccrcc_grade.core.phases import CLASSES, check_phase
 from ccrcc_grade.core.progress import progress
-from ccrcc_grade.ingest.splits import fold_split, load_splits
 from ccrcc_grade.core.threshold import class_counts, estimability, fit_policy, parse_spec
+from ccrcc_grade.ingest.cache import CropCache
+from ccrcc_grade.ingest.splits import fold_split, load_splits
+from ccrcc_grade.model.data import CropSet, augment, class_weights, epoch_order, to_model_input
+from ccrcc_grade.model.inference import (
+    amp_dtype,
+    autocast,
+    make_checkpoint,
+    predict_probs,
+    read_checkpoint,
+    resolve_device,
+)
+from ccrcc_grade.model.registry import create_model, uses_imagenet_norm
+from ccrcc_grade.stats.metrics import aggregate_patients, safe_auc
 
-LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_auc", "val_image_auc", "val_acc", "lr",
-               "seconds", "data_seconds", "step_seconds", "img_per_s"]
+LOG_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_auc",
+    "val_image_auc",
+    "val_acc",
+    "lr",
+    "seconds",
+    "data_seconds",
+    "step_seconds",
+    "img_per_s",
+]
 
 
 @dataclass
@@ -46,7 +67,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    cuda: bool = False     # nccl on one GPU per process; False: gloo, processes on the CPU
+    cuda: bool = False  # nccl on one GPU per process; False: gloo, processes on the CPU
 
     @property
     def main(self) -> bool:
@@ -60,7 +81,7 @@ def init_distributed(device_name: str) -> Dist:
         return Dist()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     # nccl needs a GPU of its own per process; with fewer GPUs than processes on a node, gloo on CPU
-    use_cuda = (torch.cuda.is_available() and device_name != "cpu" and local_world <= torch.cuda.device_count())
+    use_cuda = torch.cuda.is_available() and device_name != "cpu" and local_world <= torch.cuda.device_count()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), use_cuda)
@@ -70,8 +91,7 @@ def load_data(cfg: TrainConfig) -> tuple[CropCache, dict, CropSet, CropSet]:
     """Cache + splits -> train and validation sets, with every pre-training check."""
     cache = CropCache.load(cfg.work)
     phase = check_phase(cfg.phase, allow_combined=True)
-    splits = load_splits(Path(cfg.splits) if cfg.splits else Path(cfg.work) / "splits.json",
-                         set(cache.patient_labels()))
+    splits = load_splits(Path(cfg.splits) if cfg.splits else WorkDir(cfg.work).splits, set(cache.patient_labels()))
     if cfg.fold >= 0:
         if "folds" not in splits:
             raise CcrccError(f"--fold {cfg.fold} given but the splits file has no fold assignment (split --folds K)")
@@ -94,12 +114,14 @@ def load_data(cfg: TrainConfig) -> tuple[CropCache, dict, CropSet, CropSet]:
         if k not in train_labels:
             raise CcrccError(f"no {cls}-grade {phase} crops in the training split; cannot learn two classes")
     spec = parse_spec(cfg.threshold)
-    if isinstance(spec, str) and spec != "default":   # a cut-point fitted on validation patients
-        labels = cache.patient_labels()   # refuse a fitted threshold before training, not after it
+    if isinstance(spec, str) and spec != "default":  # a cut-point fitted on validation patients
+        labels = cache.patient_labels()  # refuse a fitted threshold before training, not after it
         why = estimability(*class_counts([labels[p] for p in {r["patient_id"] for r in rows_val}]))
         if why:
-            raise CcrccError(f"threshold {cfg.threshold!r} refused: {why}; use the study default 0.5 "
-                             "(threshold default) or a fixed number")
+            raise CcrccError(
+                f"threshold {cfg.threshold!r} refused: {why}; use the study default 0.5 "
+                "(threshold default) or a fixed number"
+            )
     return cache, splits, CropSet(cache.crops, rows_train), CropSet(cache.crops, rows_val)
 
 
@@ -117,14 +139,14 @@ class StepModel:
         elif want and not hasattr(torch, "compile"):
             self.path = "eager (this PyTorch has no torch.compile)"
         elif want:
-            backend = os.environ.get("CCRCC_COMPILE_BACKEND") or "inductor"   # tests: aot_eager (no C++ build)
+            backend = os.environ.get("CCRCC_COMPILE_BACKEND") or "inductor"  # tests: aot_eager (no C++ build)
             cuda_graphs = device.type == "cuda" and backend == "inductor"
             try:
-                self.compiled = torch.compile(model, backend=backend, dynamic=False,
-                                              mode="reduce-overhead" if cuda_graphs else None)
-                self.path = ("torch.compile reduce-overhead (CUDA graphs)" if cuda_graphs
-                             else f"torch.compile {backend}")
-            except Exception as exc:   # noqa: BLE001 - e.g. an unknown backend: train eagerly and say so
+                self.compiled = torch.compile(
+                    model, backend=backend, dynamic=False, mode="reduce-overhead" if cuda_graphs else None
+                )
+                self.path = "torch.compile reduce-overhead (CUDA graphs)" if cuda_graphs else f"torch.compile {backend}"
+            except Exception as exc:  # noqa: BLE001 - e.g. an unknown backend: train eagerly and say so
                 self.path = f"eager (compilation failed: {exc.__class__.__name__})"
         else:
             self.path = "eager"
@@ -133,7 +155,7 @@ class StepModel:
         if self.compiled is not None and x.shape[0] == self.batch_size:
             try:
                 return self.compiled(x)
-            except Exception as exc:   # noqa: BLE001 - any compiler failure: train on, eagerly, and say so
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: train on, eagerly, and say so
                 self.compiled = None
                 self.path = f"eager (compilation failed: {exc.__class__.__name__})"
                 print(f"step: {self.path}", flush=True)
@@ -143,39 +165,62 @@ class StepModel:
         self.model.train()
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, data: CropSet,
-                    cfg: TrainConfig, epoch: int, device: torch.device, amp: torch.dtype | None,
-                    normalize: bool, ddp: Dist, scaler=None) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    data: CropSet,
+    cfg: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+    normalize: bool,
+    ddp: Dist,
+    scaler=None,
+) -> dict:
     """One pass over every training crop ``cfg.repeats`` times, augmented; returns loss/acc/timings."""
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     order = epoch_order(len(data), cfg.repeats, gen)
-    order = order[: len(order) - len(order) % ddp.world][ddp.rank::ddp.world]   # equal share per rank
+    order = order[: len(order) - len(order) % ddp.world][ddp.rank :: ddp.world]  # equal share per rank
     per_rank = max(1, cfg.batch_size // ddp.world)
     n_batches = math.ceil(len(order) / per_rank)
     if n_batches > 1 and len(order) % per_rank == 1:
-        n_batches -= 1     # a lone last image would break batch norm: it joins the previous batch
+        n_batches -= 1  # a lone last image would break batch norm: it joins the previous batch
     images = data.images.to(device, non_blocking=True)
     labels = data.labels.to(device)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 7_368_787 + epoch * 31 + ddp.rank)
     tot_loss = tot_correct = tot_n = 0.0
     t_data = t_step = t2 = 0.0
     on_gpu = device.type == "cuda"
-    bar = progress(range(n_batches), total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-                   enable=cfg.progress and ddp.main, leave=False)
+    bar = progress(
+        range(n_batches),
+        total=n_batches,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        unit="batch",
+        enable=cfg.progress and ddp.main,
+        leave=False,
+    )
     for b in bar:
         t0 = time.perf_counter()
-        idx = order[b * per_rank:(b + 1) * per_rank if b < n_batches - 1 else len(order)].to(device)
-        x = to_model_input(images[idx], cfg.image_size, normalize, cfg.channels_last,
-                           transform=lambda t: augment(t, aug_gen, cfg.rotation, cfg.hflip, cfg.vflip))
+        idx = order[b * per_rank : (b + 1) * per_rank if b < n_batches - 1 else len(order)].to(device)
+        x = to_model_input(
+            images[idx],
+            cfg.image_size,
+            normalize,
+            cfg.channels_last,
+            transform=lambda t: augment(t, aug_gen, cfg.rotation, cfg.hflip, cfg.vflip),
+        )
         y = labels[idx]
         t1 = time.perf_counter()
         with autocast(device, amp):
             logits = model(x)
             loss = loss_fn(logits.float(), y)
-        if not on_gpu and not torch.isfinite(loss):   # on a GPU checked once per epoch: no sync per step
-            raise CcrccError(f"training loss became {loss.item()} at epoch {epoch}, batch {b + 1}; "
-                             f"the run is stopped (try a lower --lr, now {cfg.lr:g})")
+        if not on_gpu and not torch.isfinite(loss):  # on a GPU checked once per epoch: no sync per step
+            raise CcrccError(
+                f"training loss became {loss.item()} at epoch {epoch}, batch {b + 1}; "
+                f"the run is stopped (try a lower --lr, now {cfg.lr:g})"
+            )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -185,7 +230,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
             loss.backward()
             optimizer.step()
         n = len(y)
-        tot_loss = tot_loss + loss.detach() * n          # device tensors: no host sync per step
+        tot_loss = tot_loss + loss.detach() * n  # device tensors: no host sync per step
         tot_correct = tot_correct + (logits.argmax(1) == y).sum()
         tot_n += n
         t2 = time.perf_counter()
@@ -196,26 +241,50 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
         t_step += time.perf_counter() - t2 if n_batches else 0.0
     tot_loss, tot_correct = float(tot_loss), float(tot_correct)
     if not math.isfinite(tot_loss):
-        raise CcrccError(f"training loss became {tot_loss} at epoch {epoch}; the run is stopped "
-                         f"(try a lower --lr, now {cfg.lr:g})")
-    return {"train_loss": tot_loss / max(tot_n, 1), "train_acc": tot_correct / max(tot_n, 1),
-            "data_seconds": t_data, "step_seconds": t_step, "images": tot_n * ddp.world}
+        raise CcrccError(
+            f"training loss became {tot_loss} at epoch {epoch}; the run is stopped (try a lower --lr, now {cfg.lr:g})"
+        )
+    return {
+        "train_loss": tot_loss / max(tot_n, 1),
+        "train_acc": tot_correct / max(tot_n, 1),
+        "data_seconds": t_data,
+        "step_seconds": t_step,
+        "images": tot_n * ddp.world,
+    }
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: CropSet, cfg: TrainConfig, device: torch.device, amp: torch.dtype | None,
-             normalize: bool, weights: torch.Tensor | None = None) -> dict:
+def evaluate(
+    model: nn.Module,
+    data: CropSet,
+    cfg: TrainConfig,
+    device: torch.device,
+    amp: torch.dtype | None,
+    normalize: bool,
+    weights: torch.Tensor | None = None,
+) -> dict:
     """Validation metrics: patient-level AUC (mean of slice probabilities), image AUC, ACC, loss."""
-    probs = predict_probs(model, data.images, cfg.image_size, normalize, device, amp,
-                          batch_size=max(cfg.batch_size, 256 if device.type == "cuda" else 64),
-                          channels_last=cfg.channels_last)
+    probs = predict_probs(
+        model,
+        data.images,
+        cfg.image_size,
+        normalize,
+        device,
+        amp,
+        batch_size=max(cfg.batch_size, 256 if device.type == "cuda" else 64),
+        channels_last=cfg.channels_last,
+    )
     y = data.labels.numpy()
     p = np.clip(probs, 1e-7, 1 - 1e-7)
     w = weights.cpu().numpy() if weights is not None else np.ones(2)
     loss = float(np.sum(-w[y] * np.where(y == 1, np.log(p), np.log(1 - p))) / np.sum(w[y]))
     pat_ids, pat_y, pat_p = aggregate_patients(data.patients, probs, y, cfg.patient_aggregate)
-    metrics = {"val_loss": loss, "val_auc": safe_auc(pat_y, pat_p), "val_image_auc": safe_auc(y, probs),
-               "val_acc": float(np.mean((probs >= 0.5) == y))}
+    metrics = {
+        "val_loss": loss,
+        "val_auc": safe_auc(pat_y, pat_p),
+        "val_image_auc": safe_auc(y, probs),
+        "val_acc": float(np.mean((probs >= 0.5) == y)),
+    }
     return metrics, (pat_y, pat_p)
 
 
@@ -228,11 +297,17 @@ def _selection_score(metrics: dict, how: str) -> tuple[float, float]:
     return (-math.inf if v is None or math.isnan(v) else v, -metrics["val_loss"])
 
 
-def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
-    """Train one model; only rank 0 writes. Returns the run summary (rank 0) or None."""
+def fit(cfg: TrainConfig) -> dict | None:
+    """Train one model; only rank 0 writes. Returns the run summary (rank 0) or None. ``cfg`` is
+    not changed (the run's own copy, completed with resolved paths, goes to RUN/config.json)."""
+    return _fit(dataclasses.replace(cfg), None)
+
+
+def _fit(cfg: TrainConfig, resume_state: dict | None) -> dict | None:
+    """``fit`` on its own copy of the config, from scratch or from a resume state (``resume``)."""
     cfg.validate()
     cfg.phase = check_phase(cfg.phase, allow_combined=True)
-    cfg.work = str(Path(cfg.work).resolve())   # the checkpoint must find its cohort from anywhere
+    cfg.work = str(Path(cfg.work).resolve())  # the checkpoint must find its cohort from anywhere
     ddp = init_distributed(cfg.device)
     device = resolve_device(cfg.device)
     if ddp.world > 1 and device.type == "cuda":
@@ -241,24 +316,27 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
             torch.cuda.set_device(device)
         else:
             if ddp.main:
-                print(f"{ddp.world} processes but {torch.cuda.device_count()} GPU(s) on this node: "
-                      "training on the CPU with gloo", flush=True)
+                print(
+                    f"{ddp.world} processes but {torch.cuda.device_count()} GPU(s) on this node: "
+                    "training on the CPU with gloo",
+                    flush=True,
+                )
             device = torch.device("cpu")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     cache, splits, train_set, val_set = load_data(cfg)
-    if device.type == "cuda":   # the whole uint8 training set lives on the GPU: one pinned copy, once
+    if device.type == "cuda":  # the whole uint8 training set lives on the GPU: one pinned copy, once
         train_set.images = train_set.images.pin_memory().to(device, non_blocking=True)
         val_set.images = val_set.images.pin_memory().to(device, non_blocking=True)
     run = Path(cfg.out or Path(cfg.work) / "runs" / f"{cfg.model}-{cfg.phase}")
     if ddp.main:
-        if _resume_state is None and (run / "last.pt").exists():
+        if resume_state is None and RunDir(run).last.exists():
             raise CcrccError(f"{run}: already holds a run (use --resume {run} to continue, or another --out)")
-        if _resume_state is None and ((run / "best.pt").exists() or (run / "train_summary.json").exists()):
+        if resume_state is None and (RunDir(run).best.exists() or RunDir(run).summary.exists()):
             raise CcrccError(f"{run}: already holds a finished run (give another --out; nothing was replaced)")
         run.mkdir(parents=True, exist_ok=True)
         cfg.out = str(run)
-        save_json(cfg, run / "config.json")
+        save_json(cfg, RunDir(run).config)
 
     torch.manual_seed(cfg.seed)
     model, load_report = create_model(cfg.model, cfg.weights)
@@ -266,24 +344,28 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
     model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    try:   # fused SGD kernels on CUDA (one launch for all parameters); foreach elsewhere
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+    try:  # fused SGD kernels on CUDA (one launch for all parameters); foreach elsewhere
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            fused=device.type == "cuda" or None,
+        )
     except (TypeError, RuntimeError):
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     weights = class_weights(train_set.labels).to(device) if cfg.class_weighted else None
     loss_fn = nn.CrossEntropyLoss(weight=weights)
     amp = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
     start_epoch, best_score, best_epoch, log_rows = 1, (-math.inf, -math.inf), 0, []
-    if _resume_state is not None:
-        model.load_state_dict(_resume_state["state_dict"])
-        optimizer.load_state_dict(_resume_state["optimizer"])
-        start_epoch = _resume_state["epoch"] + 1
-        best_score, best_epoch = tuple(_resume_state["best_score"]), _resume_state["best_epoch"]
-        log_rows = _resume_state["log"]
+    if resume_state is not None:
+        model.load_state_dict(resume_state["state_dict"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        start_epoch = resume_state["epoch"] + 1
+        best_score, best_epoch = tuple(resume_state["best_score"]), resume_state["best_epoch"]
+        log_rows = resume_state["log"]
     net = model
     if ddp.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -291,28 +373,46 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
 
     pre = cache.preprocess
     cohort = cohort_identity(Path(cfg.work))
-    meta_base = {"model": cfg.model, "classes": list(CLASSES), "config": to_dict(cfg), "cohort": cohort,
-                 "preprocess": {**to_dict(pre), "image_size": cfg.image_size, "normalize": normalize},
-                 "phase": cfg.phase,
-                 "splits": {k: splits[k] for k in ("train", "val", "test")}}
+    meta_base = {
+        "model": cfg.model,
+        "classes": list(CLASSES),
+        "config": to_dict(cfg),
+        "cohort": cohort,
+        "preprocess": {**to_dict(pre), "image_size": cfg.image_size, "normalize": normalize},
+        "phase": cfg.phase,
+        "splits": {k: splits[k] for k in ("train", "val", "test")},
+    }
     if ddp.main:
-        print(f"training {cfg.model} on {cfg.phase}: {len(train_set)} train crops "
-              f"({int(train_set.labels.sum())} high), {len(val_set)} val crops; device {device}, "
-              f"amp {amp}, world {ddp.world}; step {step_model.path}; weights {cfg.weights}"
-              + (f" (missing {len(load_report.get('missing', []))}, unexpected "
-                 f"{len(load_report.get('unexpected', []))} keys)" if cfg.weights != "none" else ""), flush=True)
+        print(
+            f"training {cfg.model} on {cfg.phase}: {len(train_set)} train crops "
+            f"({int(train_set.labels.sum())} high), {len(val_set)} val crops; device {device}, "
+            f"amp {amp}, world {ddp.world}; step {step_model.path}; weights {cfg.weights}"
+            + (
+                f" (missing {len(load_report.get('missing', []))}, unexpected "
+                f"{len(load_report.get('unexpected', []))} keys)"
+                if cfg.weights != "none"
+                else ""
+            ),
+            flush=True,
+        )
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        stats = train_one_epoch(step_model, optimizer, loss_fn, train_set, cfg, epoch, device, amp, normalize, ddp,
-                                scaler)
-        if ddp.world > 1:   # BN running stats drift per rank after the last forward: take rank 0's
+        stats = train_one_epoch(
+            step_model, optimizer, loss_fn, train_set, cfg, epoch, device, amp, normalize, ddp, scaler
+        )
+        if ddp.world > 1:  # BN running stats drift per rank after the last forward: take rank 0's
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
         val, (val_y, val_p) = evaluate(model, val_set, cfg, device, amp, normalize, weights)
         secs = time.perf_counter() - t0
-        row = {"epoch": epoch, **{k: stats[k] for k in ("train_loss", "train_acc", "data_seconds", "step_seconds")},
-               **val, "lr": optimizer.param_groups[0]["lr"], "seconds": secs,
-               "img_per_s": stats["images"] / max(stats["data_seconds"] + stats["step_seconds"], 1e-9)}
+        row = {
+            "epoch": epoch,
+            **{k: stats[k] for k in ("train_loss", "train_acc", "data_seconds", "step_seconds")},
+            **val,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": secs,
+            "img_per_s": stats["images"] / max(stats["data_seconds"] + stats["step_seconds"], 1e-9),
+        }
         log_rows.append({k: row[k] for k in LOG_COLUMNS})
         score = _selection_score(val, cfg.select_metric)
         improved = score > best_score
@@ -320,17 +420,19 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
             best_score, best_epoch = score, epoch
         if ddp.main:
             meta = {**meta_base, "epoch": epoch, "val": val, "best_epoch": best_epoch}
-            if improved:   # the threshold policy on this epoch's validation patients (see threshold.py)
+            if improved:  # the threshold policy on this epoch's validation patients (see threshold.py)
                 policy = fit_policy(cfg.threshold, val_y, val_p, seed=cfg.seed)
                 best_meta = {**meta, "threshold": policy.threshold, "threshold_policy": policy.to_dict()}
-                atomic_torch_save(make_checkpoint(model, best_meta), run / "best.pt")
+                atomic_torch_save(make_checkpoint(model, best_meta), RunDir(run).best)
             last = make_checkpoint(model, meta)
             last.update(optimizer=optimizer.state_dict(), best_score=list(best_score), log=log_rows)
-            atomic_torch_save(last, run / "last.pt")
+            atomic_torch_save(last, RunDir(run).last)
             _write_log(run, log_rows)
-            print(f"epoch {epoch}/{cfg.epochs} loss {stats['train_loss']:.4f} val AUC {_f(val['val_auc'])} "
-                  f"(image {_f(val['val_image_auc'])}) ACC {val['val_acc']:.3f} {secs:.1f}s"
-                  + (" *" if improved else ""), flush=True)
+            print(
+                f"epoch {epoch}/{cfg.epochs} loss {stats['train_loss']:.4f} val AUC {_f(val['val_auc'])} "
+                f"(image {_f(val['val_image_auc'])}) ACC {val['val_acc']:.3f} {secs:.1f}s" + (" *" if improved else ""),
+                flush=True,
+            )
     checksum = float(sum(p.detach().double().sum().item() for p in model.parameters()))
     checksums = [checksum]
     if ddp.world > 1:
@@ -341,15 +443,25 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
         _plot_curves(run, log_rows)
         total_data = sum(r["data_seconds"] for r in log_rows)
         total_step = sum(r["step_seconds"] for r in log_rows)
-        summary = {"run": str(run), "model": cfg.model, "phase": cfg.phase, "best_epoch": best_epoch,
-                   "best_val": next((r for r in log_rows if r["epoch"] == best_epoch), {}),
-                   "epochs": cfg.epochs, "world_size": ddp.world, "rank_checksums": checksums,
-                   "data_share": total_data / max(total_data + total_step, 1e-9),
-                   "weights_load": load_report, "device": str(device), "amp": str(amp), "cohort": cohort,
-                   "step": step_model.path}
-        atomic_write_json(run / "train_summary.json", summary)
-        if not cfg.keep_last:   # the resume state (weights + optimizer, 2x best.pt) is only needed
-            (run / "last.pt").unlink(missing_ok=True)   # while the run is unfinished
+        summary = {
+            "run": str(run),
+            "model": cfg.model,
+            "phase": cfg.phase,
+            "best_epoch": best_epoch,
+            "best_val": next((r for r in log_rows if r["epoch"] == best_epoch), {}),
+            "epochs": cfg.epochs,
+            "world_size": ddp.world,
+            "rank_checksums": checksums,
+            "data_share": total_data / max(total_data + total_step, 1e-9),
+            "weights_load": load_report,
+            "device": str(device),
+            "amp": str(amp),
+            "cohort": cohort,
+            "step": step_model.path,
+        }
+        atomic_write_json(RunDir(run).summary, summary)
+        if not cfg.keep_last:  # the resume state (weights + optimizer, 2x best.pt) is only needed
+            RunDir(run).last.unlink(missing_ok=True)  # while the run is unfinished
     if ddp.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -359,24 +471,24 @@ def fit(cfg: TrainConfig, _resume_state: dict | None = None) -> dict | None:
 def resume(run: Path, progress: bool = True) -> dict | None:
     """Continue an interrupted run from RUN/last.pt with its saved config."""
     run = Path(run)
-    if not (run / "last.pt").is_file() and (run / "train_summary.json").is_file():
+    if not RunDir(run).last.is_file() and RunDir(run).summary.is_file():
         print(f"{run}: already finished")
-        return json.loads((run / "train_summary.json").read_text())
-    state = read_checkpoint(run / "last.pt")
+        return RunDir(run).read_summary()
+    state = read_checkpoint(RunDir(run).last)
     if "optimizer" not in state:
         raise CcrccError(f"{run / 'last.pt'}: not a resumable checkpoint")
     cfg = from_dict(TrainConfig, state["config"])
     cfg.out, cfg.progress = str(run), progress
     if state["epoch"] >= cfg.epochs:
         print(f"{run}: already finished ({cfg.epochs} epochs)")
-        return json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").exists() else None
-    return fit(cfg, _resume_state=state)
+        return RunDir(run).read_summary() if RunDir(run).summary.exists() else None
+    return _fit(cfg, state)
 
 
 def cohort_identity(work: Path) -> dict:
     """The cohort a WORK cache was made from (path and content fingerprint, from its ingest
     report), recorded in every run so a run is never reused for another cohort."""
-    f = Path(work) / "ingest_report.json"
+    f = WorkDir(work).ingest_report
     try:
         rep = json.loads(f.read_text()) if f.is_file() else {}
     except (OSError, json.JSONDecodeError):
@@ -390,7 +502,7 @@ def _write_log(run: Path, rows: list[dict]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(run / "log.csv", buf.getvalue())
+    atomic_write_text(RunDir(run).log, buf.getvalue())
 
 
 def _plot_curves(run: Path, rows: list[dict]) -> None:
@@ -409,10 +521,9 @@ def _plot_curves(run: Path, rows: list[dict]) -> None:
     a2.plot(ep, [r["val_acc"] for r in rows], label="image ACC")
     a2.set_ylim(0, 1.02), a2.set_xlabel("epoch"), a2.legend(), a2.set_title("validation")
     fig.tight_layout()
-    atomic_save_figure(fig, run / "curves.png", dpi=110)
+    atomic_save_figure(fig, RunDir(run).curves, dpi=110)
     plt.close(fig)
 
 
 def _f(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-

@@ -21,13 +21,13 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from ccrcc_grade.ingest.cohort import Roi
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json
+from ccrcc_grade.ingest.cohort import Roi
+from ccrcc_grade.ingest.preprocess import window_to_uint8
 from ccrcc_grade.io.boxes import Box
 from ccrcc_grade.model.card import DISCLAIMER
 from ccrcc_grade.model.predict import grade_rois
-from ccrcc_grade.ingest.preprocess import window_to_uint8
 from ccrcc_grade.serve.models import ModelRegistry
 from ccrcc_grade.serve.pacs import Pacs, PacsError
 from ccrcc_grade.serve.store import NotFound, StudyStore, TooLarge, UploadLimits
@@ -63,14 +63,23 @@ class StoreSrIn(BaseModel):
     model: str | None = None
 
 
-def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None = None, token: str | None = None,
-               limits: UploadLimits | None = None, device: str = "auto") -> FastAPI:
+def create_app(
+    models: list[str | Path],
+    data: str | Path,
+    pacs_url: str | None = None,
+    token: str | None = None,
+    limits: UploadLimits | None = None,
+    device: str = "auto",
+) -> FastAPI:
     registry = ModelRegistry(models, device)
     store = StudyStore(Path(data), limits)
     pacs = Pacs(pacs_url) if pacs_url else None
-    app = FastAPI(title="ccrcc-grade workstation", version="1",
-                  description=f"Grade clear cell RCC (WHO/ISUP low I-II / high III-IV) from boxed CT slices. "
-                              f"{DISCLAIMER[0].upper() + DISCLAIMER[1:]}.")
+    app = FastAPI(
+        title="ccrcc-grade workstation",
+        version="1",
+        description=f"Grade clear cell RCC (WHO/ISUP low I-II / high III-IV) from boxed CT slices. "
+        f"{DISCLAIMER[0].upper() + DISCLAIMER[1:]}.",
+    )
 
     def auth(request: Request) -> None:
         if token is None:
@@ -83,9 +92,19 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
 
     @app.exception_handler(CcrccError)
     async def _errors(request: Request, exc: CcrccError):
-        status = (401 if isinstance(exc, Unauthorized) else 404 if isinstance(exc, NotFound) else
-                  413 if isinstance(exc, TooLarge) else 502 if isinstance(exc, PacsError) else
-                  422 if isinstance(exc, Unprocessable) else 400)
+        status = (
+            401
+            if isinstance(exc, Unauthorized)
+            else 404
+            if isinstance(exc, NotFound)
+            else 413
+            if isinstance(exc, TooLarge)
+            else 502
+            if isinstance(exc, PacsError)
+            else 422
+            if isinstance(exc, Unprocessable)
+            else 400
+        )
         return JSONResponse({"detail": str(exc).splitlines()[0]}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
@@ -117,7 +136,7 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
             if total > store.limits.max_bytes:
                 raise TooLarge(f"upload exceeds the limit of {store.limits.max_bytes / 1e6:.0f} MB")
             blobs.append((f.filename or "upload", data))
-        summary = await run_in_threadpool(store.add_upload, blobs)   # parsing and writing off the event loop
+        summary = await run_in_threadpool(store.add_upload, blobs)  # parsing and writing off the event loop
         log.info("study %s uploaded: %d series", summary["study_id"], len(summary["series"]))
         return summary
 
@@ -158,8 +177,8 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
     def slice_png(study_id: str, series_uid: str, k: int, level: float = 40.0, width: float = 290.0) -> Response:
         if not (np.isfinite(level) and np.isfinite(width) and width > 0 and abs(level) < 1e5 and width < 1e5):
             raise Unprocessable(f"window level {level} / width {width}: the width must be positive and both finite")
-        store.slice_path(study_id, series_uid, k)   # 404 before the cache sees it
-        img = window_to_uint8(hu(study_id, series_uid, k), level, width)   # stored orientation: boxes live there
+        store.slice_path(study_id, series_uid, k)  # 404 before the cache sees it
+        img = window_to_uint8(hu(study_id, series_uid, k), level, width)  # stored orientation: boxes live there
         return Response(_png(img), media_type="image/png")
 
     @app.get("/api/studies/{study_id}/boxes", dependencies=api)
@@ -174,10 +193,12 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
         raw = store.raw(study_id)
         series = [x for x in raw["series"] if x["phase"] == phase]
         if not series:
-            assigned = ", ".join(f"{x['description'] or x['series_uid']}: {x['phase'] or 'unassigned'}"
-                                 for x in raw["series"])
-            raise Unprocessable(f"the model was trained on the {phase} phase and no series of this study is assigned "
-                                f"to it ({assigned})")
+            assigned = ", ".join(
+                f"{x['description'] or x['series_uid']}: {x['phase'] or 'unassigned'}" for x in raw["series"]
+            )
+            raise Unprocessable(
+                f"the model was trained on the {phase} phase and no series of this study is assigned to it ({assigned})"
+            )
         s = series[0]
         folder = store.folder(study_id) / "series" / s["folder"]
         rois, where = [], {}
@@ -186,8 +207,18 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
                 continue
             k = s["sop_instance_uids"].index(b["sop_instance_uid"])
             box = Box(b["x_min"], b["y_min"], b["x_max"], b["y_max"])
-            rois.append(Roi(study_id, phase, f"{s['folder']}/{k}.dcm", box, "dicom", folder / f"{k}.dcm",
-                            spacing=tuple(s["pixel_spacing"]), flip=tuple(s["flip"])))
+            rois.append(
+                Roi(
+                    study_id,
+                    phase,
+                    f"{s['folder']}/{k}.dcm",
+                    box,
+                    "dicom",
+                    folder / f"{k}.dcm",
+                    spacing=tuple(s["pixel_spacing"]),
+                    flip=tuple(s["flip"]),
+                )
+            )
             where[len(rois) - 1] = (s["series_uid"], k, b["sop_instance_uid"])
         if not rois:
             raise Unprocessable(f"no boxes on the {phase} series; draw the tumour's box on its slices first")
@@ -210,7 +241,7 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
                 name = Path(s.pop("cam")).name
                 s["cam_url"] = f"/api/studies/{study_id}/cam/{m['id']}/{name}"
                 s["heat_url"] = f"/api/studies/{study_id}/cam/{m['id']}/{name[:-4]}_heat.png"
-        result["model"].update(id=m["id"], path=m["id"])   # no server paths in the answer
+        result["model"].update(id=m["id"], path=m["id"])  # no server paths in the answer
         result["patient_id"] = study_id
         atomic_write_json(out / "result.json", result)
         log.info("study %s graded with %s: %s", study_id, m["id"], result["grade"])
@@ -224,7 +255,7 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
     def cam_png(study_id: str, model_id: str, name: str) -> FileResponse:
         folder = store.prediction_dir(study_id, registry.get(model_id)["id"]) / "cam"
         files = {p.name: p for p in folder.glob("*.png")} if folder.is_dir() else {}
-        if name not in files:   # only names the server wrote; never a path from the request
+        if name not in files:  # only names the server wrote; never a path from the request
             raise NotFound(f"no Grad-CAM image {name!r} (grade with cam first)")
         return FileResponse(files[name], media_type="image/png")
 
@@ -252,8 +283,11 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
         ds = sr_dataset(study_id, model)
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
-        return Response(buf.getvalue(), media_type="application/dicom",
-                        headers={"Content-Disposition": f'attachment; filename="ccrcc-grade-{study_id}.dcm"'})
+        return Response(
+            buf.getvalue(),
+            media_type="application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="ccrcc-grade-{study_id}.dcm"'},
+        )
 
     @app.post("/api/studies/{study_id}/sr/store", dependencies=api)
     def sr_store(study_id: str, q: StoreSrIn) -> dict:
@@ -269,8 +303,11 @@ def create_app(models: list[str | Path], data: str | Path, pacs_url: str | None 
 
     @app.get("/api/studies/{study_id}/export", dependencies=api)
     def export(study_id: str) -> Response:
-        return Response(store.export_cohort(study_id), media_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="cohort-{study_id}.zip"'})
+        return Response(
+            store.export_cohort(study_id),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="cohort-{study_id}.zip"'},
+        )
 
     return app
 
@@ -300,28 +337,36 @@ def report_html(result: dict, card: dict, cam_dir: Path) -> str:
         cam = cam_dir / Path(s.get("cam_url", "")).name if s.get("cam_url") else None
         if cam is not None and cam.is_file():
             img = f"<img src='data:image/png;base64,{base64.b64encode(cam.read_bytes()).decode()}' width='220'>"
-        rows.append(f"<tr><td>{e(s['source'])}</td><td>{', '.join(f'{v:.0f}' for v in s['box'])}</td>"
-                    f"<td>{s['prob_high']:.3f}</td><td>{img}</td></tr>")
+        rows.append(
+            f"<tr><td>{e(s['source'])}</td><td>{', '.join(f'{v:.0f}' for v in s['box'])}</td>"
+            f"<td>{s['prob_high']:.3f}</td><td>{img}</td></tr>"
+        )
     test = card.get("test") or {}
-    auc = (f"{test['auc']:.3f} (95% CI {test['ci95'][0]:.3f}-{test['ci95'][1]:.3f}, n={test['n']})"
-           if test.get("auc") is not None else "not evaluated")
-    css = ("body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}"
-           "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 8px;vertical-align:top}"
-           ".grade{font-size:1.4em;font-weight:600;margin:.6em 0}.warn{background:#fff4d6;padding:.5em;"
-           "border-left:4px solid #e0a000}@media print{button{display:none}}")
-    return f"""<!doctype html><html><head><meta charset='utf-8'><title>ccrcc-grade report {e(result['patient_id'])}</title>
+    auc = (
+        f"{test['auc']:.3f} (95% CI {test['ci95'][0]:.3f}-{test['ci95'][1]:.3f}, n={test['n']})"
+        if test.get("auc") is not None
+        else "not evaluated"
+    )
+    css = (
+        "body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 8px;vertical-align:top}"
+        ".grade{font-size:1.4em;font-weight:600;margin:.6em 0}.warn{background:#fff4d6;padding:.5em;"
+        "border-left:4px solid #e0a000}@media print{button{display:none}}"
+    )
+    title = f"ccrcc-grade report {e(result['patient_id'])}"
+    return f"""<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>
 <style>{css}</style></head><body>
 <h1>Predicted WHO/ISUP grade of clear cell RCC</h1>
-<p class='warn'><b>{e(card['disclaimer'][0].upper() + card['disclaimer'][1:])}.</b> The result is unverified until
-a clinician confirms it. {e(card['intended_use'])}</p>
-<p>Study {e(result['patient_id'])} - phase {e(result['phase'])} - {len(result['slices'])} boxed slices</p>
-<p class='grade'>{e(result['decision'])}</p>
-<p>Patient probability of high grade (III-IV): {result['prob_high']:.3f} (mean of the slices).
-Threshold: {e(result['threshold_policy']['source'])} ({result['threshold']:.3f}).</p>
+<p class='warn'><b>{e(card["disclaimer"][0].upper() + card["disclaimer"][1:])}.</b> The result is unverified until
+a clinician confirms it. {e(card["intended_use"])}</p>
+<p>Study {e(result["patient_id"])} - phase {e(result["phase"])} - {len(result["slices"])} boxed slices</p>
+<p class='grade'>{e(result["decision"])}</p>
+<p>Patient probability of high grade (III-IV): {result["prob_high"]:.3f} (mean of the slices).
+Threshold: {e(result["threshold_policy"]["source"])} ({result["threshold"]:.3f}).</p>
 <h2>Slices</h2><table><tr><th>Slice</th><th>Box (x0, y0, x1, y1)</th><th>P(high)</th><th>Grad-CAM</th></tr>
-{''.join(rows)}</table>
-<h2>Model</h2><p>{e(str(card['architecture']))} on the {e(str(card['phase']))} phase, trained {e(str(card['trained']))};
-{card['data']['train_patients']} training, {card['data']['validation_patients']} validation and
-{card['data']['test_patients']} test patients; test patient AUC {e(auc)}.</p>
+{"".join(rows)}</table>
+<h2>Model</h2><p>{e(str(card["architecture"]))} on the {e(str(card["phase"]))} phase, trained {e(str(card["trained"]))};
+{card["data"]["train_patients"]} training, {card["data"]["validation_patients"]} validation and
+{card["data"]["test_patients"]} test patients; test patient AUC {e(auc)}.</p>
 <button onclick='window.print()'>Print / save as PDF</button>
 </body></html>"""

@@ -11,6 +11,7 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.model.card import model_card
 from ccrcc_grade.model.predict import load_predictor
 
+
 class ModelRegistry:
     """id -> (predictor, card). Ids come from the run folder name (``resnet34-parenchymal``)."""
 
@@ -18,8 +19,8 @@ class ModelRegistry:
         self.models: dict[str, dict] = {}
         self.lock = threading.Lock()
         for p in paths:
-            predictor = load_predictor(Path(p), device)   # a run folder resolves to its best.pt there
-            meta = predictor[1]
+            predictor = load_predictor(Path(p), device)  # a run folder resolves to its best.pt there
+            meta = predictor.meta
             path = Path(meta["path"])
             base = re.sub(r"[^A-Za-z0-9._-]", "_", path.parent.name if path.suffix == ".pt" else path.stem)
             mid, k = base, 2
@@ -39,6 +40,14 @@ class ModelRegistry:
         return self.models[model_id]
 
     def listing(self) -> list[dict]:
-        return [{"id": m["id"], "model": m["card"]["architecture"], "phase": m["card"]["phase"],
-                 "threshold": m["card"]["threshold"]["threshold"], "card": m["card"],
-                 "backend": m["predictor"][1].get("backend")} for m in self.models.values()]
+        return [
+            {
+                "id": m["id"],
+                "model": m["card"]["architecture"],
+                "phase": m["card"]["phase"],
+                "threshold": m["card"]["threshold"]["threshold"],
+                "card": m["card"],
+                "backend": m["predictor"].backend,
+            }
+            for m in self.models.values()
+        ]

@@ -16,7 +16,7 @@ class PacsError(CcrccError):
 
 def _value(item: dict, tag: str) -> str:
     v = item.get(tag, {}).get("Value", [""])[0]
-    if isinstance(v, dict):   # PersonName
+    if isinstance(v, dict):  # PersonName
         return str(v.get("Alphabetic", ""))
     return str(v)
 
@@ -28,9 +28,9 @@ class Pacs:
 
         self.url = url.rstrip("/")
         session = requests.Session()
-        session.request = functools.partial(session.request, timeout=timeout)   # never hang on a dead PACS
+        session.request = functools.partial(session.request, timeout=timeout)  # never hang on a dead PACS
         self.client = DICOMwebClient(url=self.url, session=session)
-        self.client.set_http_retry_params(retry=False)   # a dead PACS answers at once, not after 30 s of back-off
+        self.client.set_http_retry_params(retry=False)  # a dead PACS answers at once, not after 30 s of back-off
 
     def _call(self, what: str, fn, *args, **kwargs):
         import requests
@@ -48,11 +48,23 @@ class Pacs:
     def search(self, patient_id: str = "", name: str = "", date: str = "") -> list[dict]:
         """Studies matching a patient id, a name (wildcards allowed) and/or a date (YYYYMMDD or a range)."""
         filters = {k: v for k, v in (("PatientID", patient_id), ("PatientName", name), ("StudyDate", date)) if v}
-        found = self._call("study search", self.client.search_for_studies, search_filters=filters,
-                           fields=["StudyDescription", "NumberOfStudyRelatedSeries"])
-        return [{"study_uid": _value(s, "0020000D"), "patient_id": _value(s, "00100020"),
-                 "patient_name": _value(s, "00100010"), "date": _value(s, "00080020"),
-                 "description": _value(s, "00081030"), "series": _value(s, "00201206")} for s in found]
+        found = self._call(
+            "study search",
+            self.client.search_for_studies,
+            search_filters=filters,
+            fields=["StudyDescription", "NumberOfStudyRelatedSeries"],
+        )
+        return [
+            {
+                "study_uid": _value(s, "0020000D"),
+                "patient_id": _value(s, "00100020"),
+                "patient_name": _value(s, "00100010"),
+                "date": _value(s, "00080020"),
+                "description": _value(s, "00081030"),
+                "series": _value(s, "00201206"),
+            }
+            for s in found
+        ]
 
     def retrieve(self, study_uid: str) -> list[pydicom.Dataset]:
         return self._call("study retrieval", self.client.retrieve_study, study_uid)

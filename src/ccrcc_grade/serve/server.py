@@ -24,8 +24,10 @@ def read_token(path: str | None, host: str) -> str | None:
     """The bearer token, required whenever the server listens beyond this machine."""
     if path is None:
         if not is_loopback(host):
-            raise CcrccError(f"--host {host} makes the workstation reachable from other machines: give --token-file "
-                             "with a secret token (every API call then needs it)")
+            raise CcrccError(
+                f"--host {host} makes the workstation reachable from other machines: give --token-file "
+                "with a secret token (every API call then needs it)"
+            )
         return None
     p = Path(path)
     if not p.is_file():
@@ -36,9 +38,17 @@ def read_token(path: str | None, host: str) -> str | None:
     return token
 
 
-def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, data: str = "ccrcc-data",
-          pacs: str | None = None, token_file: str | None = None, max_upload_mb: int = 2048,
-          max_files: int = 5000, device: str = "auto") -> None:
+def serve(
+    models: list[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    data: str = "ccrcc-data",
+    pacs: str | None = None,
+    token_file: str | None = None,
+    max_upload_mb: int = 2048,
+    max_files: int = 5000,
+    device: str = "auto",
+) -> None:
     import uvicorn
 
     from ccrcc_grade.serve.app import create_app
@@ -49,6 +59,11 @@ def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, data: st
         raise CcrccError("--max-upload-mb and --max-files must be >= 1")
     token = read_token(token_file, host)
     app = create_app(models, data, pacs, token, UploadLimits(max_upload_mb * 1024**2, max_files), device)
-    print(f"ccrcc-grade workstation on http://{host}:{port}/ (API documentation: /docs); studies in {Path(data).resolve()}"
-          + (f"; PACS {pacs}" if pacs else "") + ("; bearer token required" if token else ""), flush=True)
+    print(
+        f"ccrcc-grade workstation on http://{host}:{port}/ (API documentation: /docs); "
+        f"studies in {Path(data).resolve()}"
+        + (f"; PACS {pacs}" if pacs else "")
+        + ("; bearer token required" if token else ""),
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -27,8 +27,17 @@ def _code(value: str, meaning: str):
     return hd.sr.CodedConcept(value=value, scheme_designator=PRIVATE, meaning=meaning)
 
 
-TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-         "ReferringPhysicianName", "StudyID", "AccessionNumber")
+TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def _with_type2(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -47,46 +56,76 @@ def build_sr(result: dict, sources: dict[str, pydicom.Dataset], model_name: str)
     import highdicom as hd
 
     algo = hd.sr.AlgorithmIdentification(
-        name=f"ccrcc-grade {model_name}"[:64], version=__version__,
-        parameters=[f"phase={result['phase']}", f"threshold={result['threshold']:.4f}",
-                    f"architecture={result['model']['architecture']}"])
+        name=f"ccrcc-grade {model_name}"[:64],
+        version=__version__,
+        parameters=[
+            f"phase={result['phase']}",
+            f"threshold={result['threshold']:.4f}",
+            f"architecture={result['model']['architecture']}",
+        ],
+    )
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="ccrcc-grade", manufacturer_name="ccrcc-grade (research software)",
-            model_name=model_name[:64]))
+            uid=hd.UID(),
+            name="ccrcc-grade",
+            manufacturer_name="ccrcc-grade (research software)",
+            model_name=model_name[:64],
+        ),
+    )
     context = hd.sr.ObservationContext(observer_device_context=observer)
     prob_name = _code("P-HIGH", "Probability of high WHO/ISUP grade (III-IV)")
     unit = codes.UCUM.NoUnits
     grade_name = _code("ISUP-PRED", "Predicted WHO/ISUP grade group")
-    grade_value = {"high": _code("HIGH", "High grade (III-IV)"), "low": _code("LOW", "Low grade (I-II)"),
-                   "uncertain": _code("UNCERTAIN", "Uncertain: probability inside the threshold's CI")}[result["grade"]]
+    grade_value = {
+        "high": _code("HIGH", "High grade (III-IV)"),
+        "low": _code("LOW", "Low grade (I-II)"),
+        "uncertain": _code("UNCERTAIN", "Uncertain: probability inside the threshold's CI"),
+    }[result["grade"]]
     patient_level = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=hd.UID(), identifier=f"grade: {result['decision']}"[:64]),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"grade: {result['decision']}"[:64]),
         finding_type=codes.SCT.Neoplasm,
         algorithm_id=algo,
-        measurements=[hd.sr.Measurement(name=prob_name, value=float(result["prob_high"]), unit=unit,
-                                        algorithm_id=algo)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=grade_name, value=grade_value)])
+        measurements=[
+            hd.sr.Measurement(name=prob_name, value=float(result["prob_high"]), unit=unit, algorithm_id=algo)
+        ],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=grade_name, value=grade_value)],
+    )
     rois = []
     for i, s in enumerate(result["slices"]):
         x0, y0, x1, y1 = s["box"]
         region = hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float),
-            source_image=hd.sr.SourceImageForRegion.from_source_image(sources[s["sop_instance_uid"]]))
-        rois.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"tumour box {i + 1}"),
-            referenced_region=region, finding_type=codes.SCT.Neoplasm, algorithm_id=algo,
-            measurements=[hd.sr.Measurement(name=prob_name, value=float(s["prob_high"]), unit=unit,
-                                            algorithm_id=algo)]))
-    report = hd.sr.MeasurementReport(observation_context=context,
-                                     procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-                                     imaging_measurements=[patient_level, *rois])
+            source_image=hd.sr.SourceImageForRegion.from_source_image(sources[s["sop_instance_uid"]]),
+        )
+        rois.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"tumour box {i + 1}"),
+                referenced_region=region,
+                finding_type=codes.SCT.Neoplasm,
+                algorithm_id=algo,
+                measurements=[
+                    hd.sr.Measurement(name=prob_name, value=float(s["prob_high"]), unit=unit, algorithm_id=algo)
+                ],
+            )
+        )
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=[patient_level, *rois],
+    )
     evidence = [_with_type2(ds) for ds in sources.values()]
     return hd.sr.Comprehensive3DSR(
-        evidence=evidence, content=report[0], series_instance_uid=hd.UID(), series_number=900,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="ccrcc-grade",
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="ccrcc-grade",
         series_description="ccrcc-grade WHO/ISUP grade (research, unverified)",
-        is_complete=True, is_final=False, is_verified=False)
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+    )

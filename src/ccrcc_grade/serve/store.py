@@ -31,10 +31,10 @@ from pydicom.errors import InvalidDicomError
 
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
+from ccrcc_grade.core.phases import PHASES
+from ccrcc_grade.ingest.phase_detect import detect_phases, series_tags
 from ccrcc_grade.io.boxes import Box
 from ccrcc_grade.io.dicom import display_flips, read_hu, slice_position
-from ccrcc_grade.ingest.phase_detect import detect_phases, series_tags
-from ccrcc_grade.core.phases import PHASES
 
 STUDY_ID = re.compile(r"^[0-9a-f]{16}$")
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -50,8 +50,8 @@ class TooLarge(CcrccError):
 
 @dataclass(frozen=True)
 class UploadLimits:
-    max_bytes: int = 2 * 1024**3      # total size of one upload
-    max_files: int = 5000             # DICOM instances in one upload
+    max_bytes: int = 2 * 1024**3  # total size of one upload
+    max_files: int = 5000  # DICOM instances in one upload
 
 
 def _datasets_from_upload(files: list[tuple[str, bytes]], limits: UploadLimits) -> list[pydicom.Dataset]:
@@ -71,8 +71,9 @@ def _datasets_from_upload(files: list[tuple[str, bytes]], limits: UploadLimits) 
             raise CcrccError(f"{name}: not a DICOM file ({exc.__class__.__name__})") from None
         if "PixelData" not in ds:
             raise CcrccError(f"{name}: DICOM file without an image")
-        if not _uid(ds, "SOPInstanceUID") and not _uid(getattr(ds, "file_meta", pydicom.Dataset()),
-                                                         "MediaStorageSOPInstanceUID"):
+        if not _uid(ds, "SOPInstanceUID") and not _uid(
+            getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPInstanceUID"
+        ):
             raise CcrccError(f"{name}: DICOM file without a SOPInstanceUID (in the dataset or its file meta)")
         out.append(ds)
 
@@ -145,20 +146,32 @@ class StudyStore:
                 for k, d in enumerate(group):
                     d.save_as(folder / f"{k}.dcm", enforce_file_format=True)
                 first = group[0]
-                series.append({"series_uid": uid, "folder": str(n), **series_tags(first),
-                               "slices": len(group), "sop_instance_uids": sops,
-                               "positions": [slice_position(d) for d in group],
-                               "rows": int(first.Rows), "columns": int(first.Columns),
-                               "pixel_spacing": [float(v) for v in getattr(first, "PixelSpacing", [1.0, 1.0])],
-                               "flip": list(display_flips(first))})
+                series.append(
+                    {
+                        "series_uid": uid,
+                        "folder": str(n),
+                        **series_tags(first),
+                        "slices": len(group),
+                        "sop_instance_uids": sops,
+                        "positions": [slice_position(d) for d in group],
+                        "rows": int(first.Rows),
+                        "columns": int(first.Columns),
+                        "pixel_spacing": [float(v) for v in getattr(first, "PixelSpacing", [1.0, 1.0])],
+                        "flip": list(display_flips(first)),
+                    }
+                )
             for s in detect_phases(series):
                 s["phase_reason"] = s.pop("rule")
-            order = {p: i for i, p in enumerate(PHASES)}   # shown in phase order, unassigned last
+            order = {p: i for i, p in enumerate(PHASES)}  # shown in phase order, unassigned last
             series.sort(key=lambda s: (order.get(s["phase"], len(PHASES)), s["description"], s["series_uid"]))
             first = datasets[0]
-            summary = {"study_id": study_id, "study_uid": str(getattr(first, "StudyInstanceUID", "")),
-                       "patient_id": str(getattr(first, "PatientID", "") or study_id),
-                       "series": series, "notes": notes}
+            summary = {
+                "study_id": study_id,
+                "study_uid": str(getattr(first, "StudyInstanceUID", "")),
+                "patient_id": str(getattr(first, "PatientID", "") or study_id),
+                "series": series,
+                "notes": notes,
+            }
             atomic_write_json(tmp / "study.json", summary)
             atomic_write_json(tmp / "boxes.json", [])
             tmp.rename(self.root / study_id)
@@ -175,8 +188,11 @@ class StudyStore:
         """The public summary (no file layout): study id and its series with their phases."""
         s = self.raw(study_id)
         keys = ("series_uid", "description", "phase", "phase_reason", "slices", "rows", "columns", "pixel_spacing")
-        return {"study_id": s["study_id"], "series": [{k: x.get(k) for k in keys} for x in s["series"]],
-                "notes": s.get("notes", [])}
+        return {
+            "study_id": s["study_id"],
+            "series": [{k: x.get(k) for k in keys} for x in s["series"]],
+            "notes": s.get("notes", []),
+        }
 
     def series(self, study_id: str, series_uid: str) -> dict:
         for s in self.raw(study_id)["series"]:
@@ -236,11 +252,16 @@ class StudyStore:
             if box.width < 1 or box.height < 1:
                 raise CcrccError(f"box {i + 1}: zero or sub-pixel area ({box.width:g} x {box.height:g} pixels)")
             if not box.inside(series["columns"], series["rows"]):
-                raise CcrccError(f"box {i + 1}: ({box.x_min:g}, {box.y_min:g})-({box.x_max:g}, {box.y_max:g}) lies "
-                                 f"outside the {series['columns']}x{series['rows']} image")
-            clean.append({"sop_instance_uid": str(b["sop_instance_uid"]), **{k: round(float(v), 2) for k, v in
-                                                                             zip(("x_min", "y_min", "x_max", "y_max"),
-                                                                                 box.as_tuple())}})
+                raise CcrccError(
+                    f"box {i + 1}: ({box.x_min:g}, {box.y_min:g})-({box.x_max:g}, {box.y_max:g}) lies "
+                    f"outside the {series['columns']}x{series['rows']} image"
+                )
+            clean.append(
+                {
+                    "sop_instance_uid": str(b["sop_instance_uid"]),
+                    **{k: round(float(v), 2) for k, v in zip(("x_min", "y_min", "x_max", "y_max"), box.as_tuple())},
+                }
+            )
         with self.lock(study_id):
             atomic_write_json(self.folder(study_id) / "boxes.json", clean)
             self._write_cohort_boxes(study_id, s, clean)
@@ -251,9 +272,11 @@ class StudyStore:
         lines = ["patient_id,phase,file,x_min,y_min,x_max,y_max"]
         for b in boxes:
             series, k = self.locate(study_id, b["sop_instance_uid"])
-            lines.append(f"{_csv_id(s['patient_id'])},{series['phase'] or ''},{_csv_id(s['patient_id'])}/"
-                         f"{series['phase'] or 'unassigned-' + series['folder']}/{k}.dcm,"
-                         f"{b['x_min']},{b['y_min']},{b['x_max']},{b['y_max']}")
+            lines.append(
+                f"{_csv_id(s['patient_id'])},{series['phase'] or ''},{_csv_id(s['patient_id'])}/"
+                f"{series['phase'] or 'unassigned-' + series['folder']}/{k}.dcm,"
+                f"{b['x_min']},{b['y_min']},{b['x_max']},{b['y_max']}"
+            )
         atomic_write_text(self.folder(study_id) / "cohort" / "boxes.csv", "\n".join(lines) + "\n")
 
     def export_cohort(self, study_id: str) -> bytes:
@@ -269,8 +292,10 @@ class StudyStore:
                 for k in range(x["slices"]):
                     zf.write(folder / "series" / x["folder"] / f"{k}.dcm", f"{pid}/{name}/{k}.dcm")
             csv_path = folder / "cohort" / "boxes.csv"
-            zf.writestr("boxes.csv", csv_path.read_text() if csv_path.is_file() else
-                        "patient_id,phase,file,x_min,y_min,x_max,y_max\n")
+            zf.writestr(
+                "boxes.csv",
+                csv_path.read_text() if csv_path.is_file() else "patient_id,phase,file,x_min,y_min,x_max,y_max\n",
+            )
             zf.writestr("clinical.csv", f"patient_id,who_isup_grade\n{pid},\n")
         return buf.getvalue()
 
@@ -290,7 +315,7 @@ def complete_uids(datasets: list[pydicom.Dataset]) -> list[str]:
     from pydicom.uid import generate_uid
 
     notes = []
-    for ds in datasets:   # the SOP class likewise (the SR names the class of every image it references)
+    for ds in datasets:  # the SOP class likewise (the SR names the class of every image it references)
         if not _uid(ds, "SOPClassUID"):
             ds.SOPClassUID = _uid(ds.file_meta, "MediaStorageSOPClassUID") or CT_IMAGE_STORAGE
     blank = [ds for ds in datasets if not _uid(ds, "SOPInstanceUID")]
@@ -306,11 +331,18 @@ def complete_uids(datasets: list[pydicom.Dataset]) -> list[str]:
         notes.append(f"{len(no_study)} file(s) without a StudyInstanceUID: one was generated for this upload")
     no_series = [ds for ds in datasets if not _uid(ds, "SeriesInstanceUID")]
     for ds in no_series:
-        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[_uid(ds, "StudyInstanceUID"), str(getattr(ds, "SeriesNumber", "")),
-                                                          str(getattr(ds, "SeriesDescription", ""))])
+        ds.SeriesInstanceUID = generate_uid(
+            entropy_srcs=[
+                _uid(ds, "StudyInstanceUID"),
+                str(getattr(ds, "SeriesNumber", "")),
+                str(getattr(ds, "SeriesDescription", "")),
+            ]
+        )
     if no_series:
-        notes.append(f"{len(no_series)} file(s) without a SeriesInstanceUID: grouped into series by SeriesNumber "
-                     "and SeriesDescription, with generated UIDs")
+        notes.append(
+            f"{len(no_series)} file(s) without a SeriesInstanceUID: grouped into series by SeriesNumber "
+            "and SeriesDescription, with generated UIDs"
+        )
     return notes
 
 

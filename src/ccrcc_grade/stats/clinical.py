@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from ccrcc_grade.io.clinical import read_clinical
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
+from ccrcc_grade.io.clinical import read_clinical
 
 SKIP = {"patient_id", "who_isup_grade", "grade"}
 
@@ -42,8 +42,7 @@ def _normal(x: np.ndarray, method: str) -> tuple[bool, float]:
         # KS against a normal whose mean and SD are estimated from the same data needs the
         # Lilliefors null distribution (plain kstest p-values are far too large); scipy's
         # goodness_of_fit simulates it. Seeded, so the table is reproducible.
-        p = stats.goodness_of_fit(stats.norm, x, statistic="ks", n_mc_samples=2000,
-                                  rng=np.random.default_rng(0)).pvalue
+        p = stats.goodness_of_fit(stats.norm, x, statistic="ks", n_mc_samples=2000, rng=np.random.default_rng(0)).pvalue
     return bool(p > 0.05), float(p)
 
 
@@ -74,8 +73,17 @@ def clinical_table(path: Path, normality: str = "ks") -> dict:
                 p = stats.mannwhitneyu(lo, hi, alternative="two-sided").pvalue
                 fmt = lambda a: f"{np.median(a):.2f} ({np.percentile(a, 25):.2f}-{np.percentile(a, 75):.2f})"  # noqa: E731
                 test = "Mann-Whitney U"
-            rows.append({"variable": col, "type": "continuous", "low": fmt(lo), "high": fmt(hi), "test": test,
-                         "p": float(p), "normality_p": {"low": pl, "high": ph}})
+            rows.append(
+                {
+                    "variable": col,
+                    "type": "continuous",
+                    "low": fmt(lo),
+                    "high": fmt(hi),
+                    "test": test,
+                    "p": float(p),
+                    "normality_p": {"low": pl, "high": ph},
+                }
+            )
         else:
             cats = sorted({v for v in values if v != ""})
             if len(cats) < 2 or len(cats) > 10:
@@ -87,12 +95,21 @@ def clinical_table(path: Path, normality: str = "ks") -> dict:
                 p, test = stats.fisher_exact(ct).pvalue, "Fisher's exact"
             else:
                 p, test = chi.pvalue, "chi-square"
-            levels = [{"level": c, "low": f"{ct[i, 0]} ({100 * ct[i, 0] / max(n_low, 1):.1f}%)",
-                       "high": f"{ct[i, 1]} ({100 * ct[i, 1] / max(n_high, 1):.1f}%)"} for i, c in enumerate(cats)]
+            levels = [
+                {
+                    "level": c,
+                    "low": f"{ct[i, 0]} ({100 * ct[i, 0] / max(n_low, 1):.1f}%)",
+                    "high": f"{ct[i, 1]} ({100 * ct[i, 1] / max(n_high, 1):.1f}%)",
+                }
+                for i, c in enumerate(cats)
+            ]
             rows.append({"variable": col, "type": "categorical", "levels": levels, "test": test, "p": float(p)})
-    return {"n_low": n_low, "n_high": n_high,
-            "normality_test": "Kolmogorov-Smirnov (Lilliefors)" if normality == "ks" else "Shapiro-Wilk",
-            "rows": rows}
+    return {
+        "n_low": n_low,
+        "n_high": n_high,
+        "normality_test": "Kolmogorov-Smirnov (Lilliefors)" if normality == "ks" else "Shapiro-Wilk",
+        "rows": rows,
+    }
 
 
 def format_p(p: float) -> str:
@@ -100,8 +117,10 @@ def format_p(p: float) -> str:
 
 
 def table_markdown(t: dict) -> str:
-    lines = [f"| Variable | Low grade (n={t['n_low']}) | High grade (n={t['n_high']}) | Test | P |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"| Variable | Low grade (n={t['n_low']}) | High grade (n={t['n_high']}) | Test | P |",
+        "|---|---|---|---|---|",
+    ]
     for r in t["rows"]:
         if r["type"] == "continuous":
             lines.append(f"| {r['variable']} | {r['low']} | {r['high']} | {r['test']} | {format_p(r['p'])} |")
@@ -110,8 +129,10 @@ def table_markdown(t: dict) -> str:
             for lv in r["levels"]:
                 lines.append(f"| &nbsp;&nbsp;{lv['level']} | {lv['low']} | {lv['high']} |  |  |")
     lines.append("")
-    lines.append(f"Continuous variables: mean ± SD (t-test) when {t['normality_test']} found both groups normal "
-                 "(P > 0.05), else median (IQR) and Mann-Whitney U. Categorical: n (%), chi-square or Fisher's exact.")
+    lines.append(
+        f"Continuous variables: mean ± SD (t-test) when {t['normality_test']} found both groups normal "
+        "(P > 0.05), else median (IQR) and Mann-Whitney U. Categorical: n (%), chi-square or Fisher's exact."
+    )
     return "\n".join(lines)
 
 

@@ -14,7 +14,6 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from ccrcc_grade.core.fileio import atomic_save_figure  # noqa: E402
 
-
 STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 1)), "P")]
 
 
@@ -37,16 +36,23 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, dict]], path: Pat
         ci = auc["ci95"]
         ci_text = "CI degenerate" if auc.get("degenerate") else f"{ci[0]:.2f}-{ci[1]:.2f}"
         ls, marker = STYLES[k % len(STYLES)]
-        off = 0.008 * k   # a few pixels apart: identical curves do not hide each other
-        ax.plot(np.clip(fpr + off, 0, 1.02), np.clip(tpr - off, -0.02, 1), ls=ls, marker=marker, ms=4, lw=1.6,
-                label=f"{name}: AUC {auc['value']:.3f} ({ci_text})" + (f" - same curve as {same}" if same else ""))
+        off = 0.008 * k  # a few pixels apart: identical curves do not hide each other
+        ax.plot(
+            np.clip(fpr + off, 0, 1.02),
+            np.clip(tpr - off, -0.02, 1),
+            ls=ls,
+            marker=marker,
+            ms=4,
+            lw=1.6,
+            label=f"{name}: AUC {auc['value']:.3f} ({ci_text})" + (f" - same curve as {same}" if same else ""),
+        )
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set_xlabel("1 - specificity (high grade)"), ax.set_ylabel("sensitivity (high grade)")
     ax.set_xlim(-0.03, 1.03), ax.set_ylim(-0.03, 1.03), ax.set_aspect("equal")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, frameon=False)   # below: hides nothing
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, frameon=False)  # below: hides nothing
     ax.set_title(_wrap(title, 60), fontsize=9)
     fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")   # keeps the legend below the axes
+    atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")  # keeps the legend below the axes
     plt.close(fig)
 
 
@@ -62,8 +68,15 @@ def confusion_figure(cm: list[list[int]], path: Path, title: str) -> None:
     ax.imshow(a, cmap="Blues")
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, str(a[i, j]), ha="center", va="center",
-                    color="white" if a[i, j] > a.max() / 2 else "black", fontsize=13)
+            ax.text(
+                j,
+                i,
+                str(a[i, j]),
+                ha="center",
+                va="center",
+                color="white" if a[i, j] > a.max() / 2 else "black",
+                fontsize=13,
+            )
     ax.set_xticks([0, 1], ["low", "high"]), ax.set_yticks([0, 1], ["low", "high"])
     ax.set_xlabel("predicted grade"), ax.set_ylabel("true grade"), ax.set_title(_wrap(title, 38), fontsize=8)
     fig.tight_layout()
@@ -83,8 +96,9 @@ def calibration_figure(curves: dict[str, tuple[list, list]], path: Path, title: 
     plt.close(fig)
 
 
-def decision_curve_figure(panels: dict[str, dict[str, np.ndarray]], thresholds: np.ndarray, treat_all: np.ndarray,
-                          path: Path, title: str) -> None:
+def decision_curve_figure(
+    panels: dict[str, dict[str, np.ndarray]], thresholds: np.ndarray, treat_all: np.ndarray, path: Path, title: str
+) -> None:
     """Net benefit over threshold probabilities against treat-all and treat-none; one panel per
     group of models (``panels``: title -> {model: net benefit}), so a dozen curves stay legible."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.6), squeeze=False, sharey=True)
@@ -125,7 +139,7 @@ def reliability_figure(panels: dict[str, tuple[np.ndarray, np.ndarray, str]], pa
         ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
         ax.plot(xs, ys, c="tab:blue", lw=1.2)
         ax.scatter(xs, ys, s=[12 + 10 * k for k in ns], c="tab:blue", zorder=3)
-        ax.plot(p, np.where(y == 1, 1.02, -0.02), "|", c="k", ms=5, alpha=0.5)   # the patients themselves
+        ax.plot(p, np.where(y == 1, 1.02, -0.02), "|", c="k", ms=5, alpha=0.5)  # the patients themselves
         ax.set_xlim(-0.03, 1.03), ax.set_ylim(-0.05, 1.05), ax.set_aspect("equal")
         ax.set_title(_wrap(name, 28), fontsize=8)
         ax.text(0.03, 0.97, text, transform=ax.transAxes, fontsize=6, va="top")
@@ -139,8 +153,14 @@ def reliability_figure(panels: dict[str, tuple[np.ndarray, np.ndarray, str]], pa
     plt.close(fig)
 
 
-def nomogram_figure(names: list[str], ranges: list[tuple[float, float]], points_per_unit: list[float],
-                    intercept: float, path: Path, title: str) -> None:
+def nomogram_figure(
+    names: list[str],
+    ranges: list[tuple[float, float]],
+    points_per_unit: list[float],
+    intercept: float,
+    path: Path,
+    title: str,
+) -> None:
     """A points nomogram of a logistic model: each predictor's range on a 0-100 points scale
     (the predictor with the widest effect gets 100), total points, and P(high) against total."""
     spans = [abs(k) * (hi - lo) for k, (lo, hi) in zip(points_per_unit, ranges)]
@@ -161,7 +181,7 @@ def nomogram_figure(names: list[str], ranges: list[tuple[float, float]], points_
         a, b = (lo, hi) if k >= 0 else (hi, lo)
         length = abs(k) * (hi - lo) * scale
         ax.plot([0, length], [y, y], c="tab:blue", lw=1.2)
-        for v in np.linspace(a, b, int(np.clip(length // 18 + 1, 2, 5))):   # labels never overlap
+        for v in np.linspace(a, b, int(np.clip(length // 18 + 1, 2, 5))):  # labels never overlap
             x = abs(k) * abs(v - a) * scale
             ax.plot([x, x], [y, y + 0.1], c="tab:blue", lw=0.8)
             ax.text(x, y - 0.3, f"{v:.3g}", ha="center", fontsize=6)

@@ -15,6 +15,9 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
 
+from ccrcc_grade.core.config import N_BOOT
+from ccrcc_grade.core.threshold import DEFAULT_THRESHOLD
+
 
 def safe_auc(y: np.ndarray, p: np.ndarray) -> float | None:
     """ROC AUC, or None when only one class is present (AUC undefined)."""
@@ -24,8 +27,9 @@ def safe_auc(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(roc_auc_score(y, p))
 
 
-def aggregate_patients(patient_ids: list[str], probs: np.ndarray, labels: np.ndarray,
-                       how: str = "mean") -> tuple[list[str], np.ndarray, np.ndarray]:
+def aggregate_patients(
+    patient_ids: list[str], probs: np.ndarray, labels: np.ndarray, how: str = "mean"
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Slice probabilities -> one probability per patient (mean by default; median or max)."""
     fn = {"mean": np.mean, "median": np.median, "max": np.max}.get(how)
     if fn is None:
@@ -41,6 +45,7 @@ def aggregate_patients(patient_ids: list[str], probs: np.ndarray, labels: np.nda
 
 
 # --- DeLong ---------------------------------------------------------------------------------
+
 
 def delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AUCs and their DeLong covariance matrix for one or more score vectors on the same cases.
@@ -58,8 +63,8 @@ def delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ty = stats.rankdata(neg, axis=1)
     tz = stats.rankdata(np.concatenate([pos, neg], axis=1), axis=1)
     aucs = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
-    v10 = (tz[:, :m] - tx) / n          # placement of each case among the controls
-    v01 = 1.0 - (tz[:, m:] - ty) / m    # placement of each control among the cases
+    v10 = (tz[:, :m] - tx) / n  # placement of each case among the controls
+    v01 = 1.0 - (tz[:, m:] - ty) / m  # placement of each control among the cases
     sx = np.atleast_2d(np.cov(v10)) if m > 1 else np.zeros((len(s), len(s)))
     sy = np.atleast_2d(np.cov(v01)) if n > 1 else np.zeros((len(s), len(s)))
     return aucs, sx / m + sy / n
@@ -73,7 +78,7 @@ def delong_ci(y: np.ndarray, p: np.ndarray, level: float = 0.95) -> tuple[float,
     return max(0.0, auc[0] - z * se), min(1.0, auc[0] + z * se)
 
 
-MIN_DELONG_PER_CLASS = 3   # fewer cases of a grade give no usable variance estimate
+MIN_DELONG_PER_CLASS = 3  # fewer cases of a grade give no usable variance estimate
 
 
 def delong_paired_test(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> dict:
@@ -85,19 +90,35 @@ def delong_paired_test(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> dict:
     if n_pos < MIN_DELONG_PER_CLASS or n_neg < MIN_DELONG_PER_CLASS or var <= 1e-15:
         # zero variance (e.g. both models separate 2-3 patients perfectly) would give Z = inf and
         # P = 0: a test that cannot be computed must not read as a significant difference
-        why = (f"{n_pos} high- and {n_neg} low-grade cases; DeLong's test needs >= {MIN_DELONG_PER_CLASS} of each"
-               if min(n_pos, n_neg) < MIN_DELONG_PER_CLASS else
-               "zero variance of the AUC difference (the cases are separated identically by both models)")
-        return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "auc_diff": float(diff),
-                "auc_diff_ci95": [math.nan, math.nan], "z": math.nan, "p": math.nan, "estimable": False,
-                "reason": f"not estimable: {why}"}
+        why = (
+            f"{n_pos} high- and {n_neg} low-grade cases; DeLong's test needs >= {MIN_DELONG_PER_CLASS} of each"
+            if min(n_pos, n_neg) < MIN_DELONG_PER_CLASS
+            else "zero variance of the AUC difference (the cases are separated identically by both models)"
+        )
+        return {
+            "auc_a": float(aucs[0]),
+            "auc_b": float(aucs[1]),
+            "auc_diff": float(diff),
+            "auc_diff_ci95": [math.nan, math.nan],
+            "z": math.nan,
+            "p": math.nan,
+            "estimable": False,
+            "reason": f"not estimable: {why}",
+        }
     else:
         z = diff / math.sqrt(var)
         pval = 2 * stats.norm.sf(abs(z))
         h = stats.norm.ppf(0.975) * math.sqrt(var)
         ci = (diff - h, diff + h)
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "auc_diff": float(diff),
-            "auc_diff_ci95": [float(ci[0]), float(ci[1])], "z": float(z), "p": float(pval), "estimable": True}
+    return {
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "auc_diff": float(diff),
+        "auc_diff_ci95": [float(ci[0]), float(ci[1])],
+        "z": float(z),
+        "p": float(pval),
+        "estimable": True,
+    }
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
@@ -113,7 +134,8 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 
 # --- classification metrics with bootstrap CIs ---------------------------------------------
 
-def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict:
+
+def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """The study's metrics (per class: AUC, precision, sensitivity, specificity, F1; overall
     ACC, balanced accuracy, Brier score, confusion matrix) as plain numbers."""
     y = np.asarray(y).astype(int)
@@ -132,8 +154,13 @@ def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict:
         spec = tn / (tn + fp) if tn + fp else float("nan")
         f1 = 2 * prec * sens / (prec + sens) if (prec + sens) and not math.isnan(prec + sens) else float("nan")
         auc = safe_auc((y == k).astype(int), p if k == 1 else 1 - p)
-        per[name] = {"auc": float("nan") if auc is None else auc, "precision": float(prec),
-                     "sensitivity": float(sens), "specificity": float(spec), "f1": float(f1)}
+        per[name] = {
+            "auc": float("nan") if auc is None else auc,
+            "precision": float(prec),
+            "sensitivity": float(sens),
+            "specificity": float(spec),
+            "f1": float(f1),
+        }
     sens_vals = [per["low"]["sensitivity"], per["high"]["sensitivity"]]
     out["balanced_accuracy"] = float(np.mean(sens_vals))
     out["brier"] = float(brier_score_loss(y, p, pos_label=1)) if len(y) else float("nan")
@@ -160,7 +187,7 @@ def _auc_mw(y: np.ndarray, p: np.ndarray) -> float:
     return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def fast_flat_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def fast_flat_metrics(y: np.ndarray, p: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
     """The flattened :func:`point_metrics` in plain numpy. The bootstrap calls this thousands of
     times, where scikit-learn's per-call validation would dominate the run time; a test checks
     it equals the scikit-learn version."""
@@ -181,8 +208,9 @@ def fast_flat_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> d
     for c, (a, b, f_p, f_n) in (("low", (tn, tp, fn, fp)), ("high", (tp, tn, fp, fn))):
         prec, sens, spec = div(a, a + f_p), div(a, a + f_n), div(b, b + f_p)
         f1 = 2 * prec * sens / (prec + sens) if (prec + sens) and not math.isnan(prec + sens) else nan
-        out.update({f"{c}.auc": auc, f"{c}.precision": prec, f"{c}.sensitivity": sens, f"{c}.specificity": spec,
-                    f"{c}.f1": f1})
+        out.update(
+            {f"{c}.auc": auc, f"{c}.precision": prec, f"{c}.sensitivity": sens, f"{c}.specificity": spec, f"{c}.f1": f1}
+        )
     out["balanced_accuracy"] = float(np.mean([out["low.sensitivity"], out["high.sensitivity"]]))
     return out
 
@@ -194,8 +222,15 @@ def exact_proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, flo
     return float(ci.low), float(ci.high)
 
 
-def bootstrap_metrics(y: np.ndarray, p: np.ndarray, groups: list[str] | None = None, threshold: float = 0.5,
-                      n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def bootstrap_metrics(
+    y: np.ndarray,
+    p: np.ndarray,
+    groups: list[str] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Point metrics with percentile bootstrap CIs, resampling patients (``groups``) with
     replacement so slices of one patient move together; AUC CIs by DeLong at patient level
     (one row per patient) and by the cluster bootstrap at image level.
@@ -236,7 +271,7 @@ def bootstrap_metrics(y: np.ndarray, p: np.ndarray, groups: list[str] | None = N
         counts[f"{c}.sensitivity"] = (np.sum(called & pos), np.sum(pos))
         counts[f"{c}.specificity"] = (np.sum(~called & ~pos), np.sum(~pos))
         counts[f"{c}.precision"] = (np.sum(called & pos), np.sum(called))
-    boot_method = "patient bootstrap"   # patients resampled, their slices together
+    boot_method = "patient bootstrap"  # patients resampled, their slices together
     result: dict = {}
 
     def entry_for(key: str) -> dict:
@@ -244,7 +279,7 @@ def bootstrap_metrics(y: np.ndarray, p: np.ndarray, groups: list[str] | None = N
         if key in counts:
             k, n = (int(v) for v in counts[key])
             e["n"] = n
-            if one_per_patient and n:   # independent patients: the exact binomial interval, sound at small n
+            if one_per_patient and n:  # independent patients: the exact binomial interval, sound at small n
                 e["ci95"] = list(exact_proportion_ci(k, n, level))
                 e["ci_method"] = "Clopper-Pearson"
         return e
@@ -256,15 +291,17 @@ def bootstrap_metrics(y: np.ndarray, p: np.ndarray, groups: list[str] | None = N
         for k in point[c]:
             entry = entry_for(f"{c}.{k}")
             if k == "auc":
-                entry["n_positive"], entry["n_negative"] = (int(np.sum(y == (c == "high"))),
-                                                            int(np.sum(y != (c == "high"))))
+                entry["n_positive"], entry["n_negative"] = (
+                    int(np.sum(y == (c == "high"))),
+                    int(np.sum(y != (c == "high"))),
+                )
             if k == "auc" and one_per_patient and len(np.unique(y)) == 2:
                 yc, pc = (y, p) if c == "high" else (1 - y, 1 - p)
                 entry["ci95"] = list(delong_ci(yc, pc, level))
                 entry["ci_method"] = "DeLong"
             lo, hi = entry["ci95"]
             if np.isfinite(lo) and np.isfinite(hi) and lo == hi:
-                entry["degenerate"] = True   # e.g. AUC 1.0 on a few patients: zero variance, not certainty
+                entry["degenerate"] = True  # e.g. AUC 1.0 on a few patients: zero variance, not certainty
             result[c][k] = entry
     result["confusion_matrix"] = point["confusion_matrix"]
     result["n"] = int(len(y))
@@ -280,3 +317,18 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
 
     frac, mean_pred = calibration_curve(y, p, n_bins=bins, strategy="quantile" if len(y) >= 4 * bins else "uniform")
     return {"fraction_positive": frac.tolist(), "mean_predicted": mean_pred.tolist()}
+
+
+OVERALL_METRICS = ("accuracy", "balanced_accuracy", "brier")  # one entry for both classes
+
+
+def metric(level: dict, name: str, cls: str = "high") -> dict:
+    """The ``{"value", "ci95", ...}`` entry of one metric in one level of a metrics dict (what
+    ``bootstrap_metrics`` returns, ``metrics.json["patient"]``): accuracy, balanced accuracy and
+    Brier score are overall, the others (auc, sensitivity, specificity, precision, f1) per class."""
+    return level[name] if name in OVERALL_METRICS else level[cls][name]
+
+
+def metric_value(level: dict, name: str, cls: str = "high") -> float:
+    """The value of one metric (see :func:`metric`): the one way every module reads a metric."""
+    return metric(level, name, cls)["value"]

@@ -10,12 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ccrcc_grade.stats.clinical import format_p, table_markdown
 from ccrcc_grade.core.fileio import atomic_write_text
+from ccrcc_grade.core.paths import EvalFiles, RunDir
+from ccrcc_grade.stats.clinical import format_p, table_markdown
 from ccrcc_grade.stats.figures import roc_figure
 
-METRIC_COLS = [("auc", "AUC"), ("precision", "Precision"), ("sensitivity", "Sensitivity"),
-               ("specificity", "Specificity"), ("f1", "F1")]
+METRIC_COLS = [
+    ("auc", "AUC"),
+    ("precision", "Precision"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("f1", "F1"),
+]
 
 
 def _num(v) -> bool:
@@ -42,69 +48,92 @@ def _ci(e: dict) -> str:
 
 
 def _signed(v: float) -> str:
-    return f"{v + 0.0:+.3f}"   # + 0.0: never '-0.000'
+    return f"{v + 0.0:+.3f}"  # + 0.0: never '-0.000'
 
 
 def _dataset_md(ds: dict) -> str:
     lines = ["| Phase | Part | Low crops | High crops | Low patients | High patients |", "|---|---|---|---|---|---|"]
     for part in ("all", "train", "val", "test"):
         for phase, t in ds.get(part, {}).items():
-            lines.append(f"| {phase} | {part} | {t['low']['crops']} | {t['high']['crops']} | "
-                         f"{t['low']['patients']} | {t['high']['patients']} |")
+            lines.append(
+                f"| {phase} | {part} | {t['low']['crops']} | {t['high']['crops']} | "
+                f"{t['low']['patients']} | {t['high']['patients']} |"
+            )
     return "\n".join(lines)
 
 
 def _metrics_md(runs: dict, level: str) -> str:
     """One row per model: a two-class problem has one AUC; per-class precision and the
     sensitivity of each grade (high-grade specificity = low-grade sensitivity) at 0.5."""
-    lines = ["| Model | Phase | AUC | ACC | Sensitivity (high) | Specificity (high) | Precision (high) | "
-             "Precision (low) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| Model | Phase | AUC | ACC | Sensitivity (high) | Specificity (high) | Precision (high) | Precision (low) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in runs.items():
         model, phase = name.split("-", 1)
         m = r["test"][level]
-        lines.append(f"| {model} | {phase} | {_ci(m['high']['auc'])} | {_ci(m['accuracy'])} | "
-                     f"{_ci(m['high']['sensitivity'])} | {_ci(m['high']['specificity'])} | "
-                     f"{_ci(m['high']['precision'])} | {_ci(m['low']['precision'])} |")
+        lines.append(
+            f"| {model} | {phase} | {_ci(m['high']['auc'])} | {_ci(m['accuracy'])} | "
+            f"{_ci(m['high']['sensitivity'])} | {_ci(m['high']['specificity'])} | "
+            f"{_ci(m['high']['precision'])} | {_ci(m['low']['precision'])} |"
+        )
     return "\n".join(lines)
 
 
 def _operating_points_md(runs: dict) -> str:
     """Patient-level sensitivity/specificity at the study default and at every threshold chosen
     on validation patients, each labelled with how it was chosen (the test set chooses none)."""
-    lines = ["| Model | Threshold | How it was chosen | Sensitivity (high) | Specificity (high) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| Model | Threshold | How it was chosen | Sensitivity (high) | Specificity (high) |",
+        "|---|---|---|---|---|",
+    ]
     notes = set()
     for name, r in runs.items():
         m = r["test"]
-        lines.append(f"| {name} | 0.500 | study default | {_ci(m['patient']['high']['sensitivity'])} | "
-                     f"{_ci(m['patient']['high']['specificity'])} |")
+        lines.append(
+            f"| {name} | 0.500 | study default | {_ci(m['patient']['high']['sensitivity'])} | "
+            f"{_ci(m['patient']['high']['specificity'])} |"
+        )
         for op in m.get("operating_points", []):
             if not op["estimable"]:
                 notes.add(op["reason"].split("refused: ")[-1])
                 continue
             ci = op.get("ci95")
             t = f"{op['threshold']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
-            lines.append(f"| {name} | {t} | {op['source']} | {_ci(op['patient']['high']['sensitivity'])} | "
-                         f"{_ci(op['patient']['high']['specificity'])} |")
+            lines.append(
+                f"| {name} | {t} | {op['source']} | {_ci(op['patient']['high']['sensitivity'])} | "
+                f"{_ci(op['patient']['high']['specificity'])} |"
+            )
     text = "\n".join(lines)
     if notes:
-        text += ("\n\nYouden, 90% sensitivity and 90% specificity thresholds were not estimated: "
-                 + "; ".join(sorted(notes)) + ". The study default 0.5 is used.")
+        text += (
+            "\n\nYouden, 90% sensitivity and 90% specificity thresholds were not estimated: "
+            + "; ".join(sorted(notes))
+            + ". The study default 0.5 is used."
+        )
     return text
 
 
 def _comparison_md(c: dict) -> str:
     """Table 4: A = SE-ResNet34, B = ResNet34; the difference is A minus B as computed."""
-    lines = ["| Level | n | AUC SE-ResNet34 | AUC ResNet34 | Difference SE-ResNet34 minus ResNet34 (95% CI) | "
-             "DeLong P | ACC SE-ResNet34 | ACC ResNet34 | McNemar P |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| Level | n | AUC SE-ResNet34 | AUC ResNet34 | Difference SE-ResNet34 minus ResNet34 (95% CI) | "
+        "DeLong P | ACC SE-ResNet34 | ACC ResNet34 | McNemar P |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for lv in ("patient", "image"):
         if lv in c:
             x = c[lv]
-            ci = (f"({_signed(x['auc_diff_ci95'][0])} to {_signed(x['auc_diff_ci95'][1])})"
-                  if x.get("delong_estimable", True) else "(CI not estimable)")
+            ci = (
+                f"({_signed(x['auc_diff_ci95'][0])} to {_signed(x['auc_diff_ci95'][1])})"
+                if x.get("delong_estimable", True)
+                else "(CI not estimable)"
+            )
             p = format_p(x["delong_p"]) if x.get("delong_estimable", True) else x["delong_note"]
-            lines.append(f"| {lv} | {x['n']} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {_signed(x['auc_diff'])} {ci} | "
-                         f"{p} | {x['acc_a']:.3f} | {x['acc_b']:.3f} | {format_p(x['mcnemar_p'])} |")
+            lines.append(
+                f"| {lv} | {x['n']} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {_signed(x['auc_diff'])} {ci} | "
+                f"{p} | {x['acc_a']:.3f} | {x['acc_b']:.3f} | {format_p(x['mcnemar_p'])} |"
+            )
     return "\n".join(lines)
 
 
@@ -113,14 +142,19 @@ def _cv_md(cv: dict) -> str:
     for name, r in cv.items():
         for lv in ("patient", "image"):
             s = r["cv"][lv]
-            lines.append(f"| {name} | {lv} | " + " | ".join(f"{s[k]['mean']:.3f} ± {s[k]['sd']:.3f}"
-                                                         for k in ("auc", "accuracy", "sensitivity", "specificity")) + " |")
+            lines.append(
+                f"| {name} | {lv} | "
+                + " | ".join(
+                    f"{s[k]['mean']:.3f} ± {s[k]['sd']:.3f}" for k in ("auc", "accuracy", "sensitivity", "specificity")
+                )
+                + " |"
+            )
     return "\n".join(lines)
 
 
 def _roc_all(results: dict, out: Path) -> list[tuple[str, Path]]:
     """Figure 3 (ResNet34, every phase, patient level) and Figure 4 (ResNet34 vs SE-ResNet34)."""
-    from ccrcc_grade.model.evaluate import patient_level, read_predictions
+    from ccrcc_grade.stats.predictions import patient_level, read_predictions
 
     figs = []
     runs = results.get("runs", {})
@@ -130,8 +164,12 @@ def _roc_all(results: dict, out: Path) -> list[tuple[str, Path]]:
     def curves(names: list[str]) -> dict:
         c = {}
         for n in names:
-            rows = patient_level(read_predictions(Path(runs[n]["run"]) / "eval-test" / "predictions.csv"))
-            c[n] = (np.array([r["label"] for r in rows]), np.array([r["prob_high"] for r in rows]), runs[n]["test"]["patient"])
+            rows = patient_level(read_predictions(RunDir(runs[n]["run"]).predictions("test")))
+            c[n] = (
+                np.array([r["label"] for r in rows]),
+                np.array([r["prob_high"] for r in rows]),
+                runs[n]["test"]["patient"],
+            )
         return c
 
     f3 = out / "figures" / "fig3_roc_phases.png"
@@ -140,20 +178,40 @@ def _roc_all(results: dict, out: Path) -> list[tuple[str, Path]]:
     figs.append(("Figure 3. ROC curves of ResNet34 for every phase (test patients)", f3))
     best = results["best_phase"]
     f4 = out / "figures" / "fig4_roc_resnet_vs_se.png"
-    roc_figure(curves([f"resnet34-{best}", f"se_resnet34-{best}"]), f4, f"{best}: ResNet34 vs SE-ResNet34 (test, patient level)")
+    roc_figure(
+        curves([f"resnet34-{best}", f"se_resnet34-{best}"]),
+        f4,
+        f"{best}: ResNet34 vs SE-ResNet34 (test, patient level)",
+    )
     figs.append((f"Figure 4. ROC curves of ResNet34 and SE-ResNet34 on the {best} phase", f4))
     ev = results.get("evidence", {}).get("figures", {})
     if "decision_curves" in ev:
-        figs.append(("Decision curves: net benefit of every model over threshold probabilities 0.05-0.60 "
-                     "(test patients), against treating all or none as high grade", Path(ev["decision_curves"])))
-        figs.append(("Reliability diagrams of every model (test patients; marker area ~ patients per bin, "
-                     "ticks = the patients)", Path(ev["reliability"])))
+        figs.append(
+            (
+                "Decision curves: net benefit of every model over threshold probabilities 0.05-0.60 "
+                "(test patients), against treating all or none as high grade",
+                Path(ev["decision_curves"]),
+            )
+        )
+        figs.append(
+            (
+                "Reliability diagrams of every model (test patients; marker area ~ patients per bin, "
+                "ticks = the patients)",
+                Path(ev["reliability"]),
+            )
+        )
     if (out / "figures" / "nomogram.png").is_file() and results.get("evidence", {}).get("details", {}).get("combined"):
-        figs.append(("Nomogram of the combined model (DL score + clinical predictors)", out / "figures" / "nomogram.png"))
+        figs.append(
+            ("Nomogram of the combined model (DL score + clinical predictors)", out / "figures" / "nomogram.png")
+        )
     for n in (f"resnet34-{best}", f"se_resnet34-{best}"):
-        figs.append((f"Figure 2. Confusion matrix of {n} (test, image level, threshold 0.5, the study default)",
-                     Path(runs[n]["run"]) / "eval-test" / "confusion.png"))
-        figs.append((f"Calibration of {n} (test)", Path(runs[n]["run"]) / "eval-test" / "calibration.png"))
+        figs.append(
+            (
+                f"Figure 2. Confusion matrix of {n} (test, image level, threshold 0.5, the study default)",
+                RunDir(runs[n]["run"]).eval_dir("test") / EvalFiles.CONFUSION,
+            )
+        )
+        figs.append((f"Calibration of {n} (test)", RunDir(runs[n]["run"]).eval_dir("test") / EvalFiles.CALIBRATION))
     return figs
 
 
@@ -163,33 +221,45 @@ def _summary_md(results: dict) -> list[str]:
     allp = ds.get("all", {}).get("combined") or next(iter(ds.get("all", {}).values()), None)
     lines = []
     if allp:
-        lines.append(f"- **Cohort:** {allp['low']['patients'] + allp['high']['patients']} patients "
-                     f"({allp['high']['patients']} high grade), preset `{st['preset']}`.")
+        lines.append(
+            f"- **Cohort:** {allp['low']['patients'] + allp['high']['patients']} patients "
+            f"({allp['high']['patients']} high grade), preset `{st['preset']}`."
+        )
     if "runs" in results:
         best = results["best_phase"]
         r = results["runs"][f"resnet34-{best}"]["test"]["patient"]
         lines.append(f"- **Best phase (chosen on validation):** {best}. {_tie_sentence(results)}")
-        lines.append(f"- **ResNet34 on {best}, test patients:** AUC {_ci(r['high']['auc'])}, "
-                     f"accuracy {_ci(r['accuracy'])} at the study's threshold 0.5.")
+        lines.append(
+            f"- **ResNet34 on {best}, test patients:** AUC {_ci(r['high']['auc'])}, "
+            f"accuracy {_ci(r['accuracy'])} at the study's threshold 0.5."
+        )
         c = results.get("comparison", {}).get("patient")
         if c and c.get("delong_estimable", True):
-            lines.append(f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} "
-                         f"({_signed(c['auc_diff_ci95'][0])} to {_signed(c['auc_diff_ci95'][1])}), "
-                         f"DeLong P = {format_p(c['delong_p'])} on {c['n']} patients.")
+            lines.append(
+                f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} "
+                f"({_signed(c['auc_diff_ci95'][0])} to {_signed(c['auc_diff_ci95'][1])}), "
+                f"DeLong P = {format_p(c['delong_p'])} on {c['n']} patients."
+            )
         elif c:
-            lines.append(f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} on "
-                         f"{c['n']} patients; DeLong's test {c['delong_note']}.")
+            lines.append(
+                f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} on "
+                f"{c['n']} patients; DeLong's test {c['delong_note']}."
+            )
     if results.get("models"):
         ms = results["models"]
         top = max(ms, key=lambda m: m["patient"]["auc"]["value"] if _num(m["patient"]["auc"]["value"]) else -1)
         sig = [m["name"] for m in ms if m.get("delong_p_holm") is not None and m["delong_p_holm"] < 0.05]
-        lines.append(f"- **Model comparison:** {len(ms)} models on the same test patients; highest test AUC: "
-                     f"{top['name']} ({_ci(top['patient']['auc'])}) - a description, not a selection (models are "
-                     "chosen on validation). Different from the best phase after Holm's correction: "
-                     + (", ".join(sig) if sig else "none") + ".")
+        lines.append(
+            f"- **Model comparison:** {len(ms)} models on the same test patients; highest test AUC: "
+            f"{top['name']} ({_ci(top['patient']['auc'])}) - a description, not a selection (models are "
+            "chosen on validation). Different from the best phase after Holm's correction: "
+            + (", ".join(sig) if sig else "none")
+            + "."
+        )
     if "cross_validation" in results:
-        lines.append(f"- **Cross-validation:** {st['folds']} folds; best phase by mean validation AUC: "
-                     f"{results['best_phase']}.")
+        lines.append(
+            f"- **Cross-validation:** {st['folds']} folds; best phase by mean validation AUC: {results['best_phase']}."
+        )
     return lines
 
 
@@ -198,10 +268,19 @@ def _tie_sentence(results: dict) -> str:
     return tie["text"] if tie else ""
 
 
-SECTIONS = [("summary", "Summary"), ("dataset", "Dataset"), ("table-2", "Table 2. Clinical characteristics"),
-            ("models", "Model comparison"), ("table-3", "Table 3. Test results of every model"), ("thresholds", "Decision thresholds"),
-            ("table-4", "Table 4. ResNet34 vs SE-ResNet34"), ("cv", "Cross-validation"), ("figures", "Figures"),
-            ("tripod", "TRIPOD+AI summary"), ("limitations", "Limitations")]
+SECTIONS = [
+    ("summary", "Summary"),
+    ("dataset", "Dataset"),
+    ("table-2", "Table 2. Clinical characteristics"),
+    ("models", "Model comparison"),
+    ("table-3", "Table 3. Test results of every model"),
+    ("thresholds", "Decision thresholds"),
+    ("table-4", "Table 4. ResNet34 vs SE-ResNet34"),
+    ("cv", "Cross-validation"),
+    ("figures", "Figures"),
+    ("tripod", "TRIPOD+AI summary"),
+    ("limitations", "Limitations"),
+]
 
 
 def _p(v) -> str:
@@ -214,50 +293,75 @@ def _opt(v, fmt: str = "{:.2f}") -> str:
 
 def models_md(models: list[dict]) -> str:
     """The model comparison table: every model on the same test patients."""
-    lines = ["| Model | Kind | Patient AUC (95% CI) | ACC | Sensitivity | Specificity | Threshold | Brier (95% CI) | "
-             "ECE | Slope | Intercept | AUC minus best phase (95% CI) | DeLong P | Holm P |",
-             "|" + "---|" * 14]
+    lines = [
+        "| Model | Kind | Patient AUC (95% CI) | ACC | Sensitivity | Specificity | Threshold | Brier (95% CI) | "
+        "ECE | Slope | Intercept | AUC minus best phase (95% CI) | DeLong P | Holm P |",
+        "|" + "---|" * 14,
+    ]
     for m in models:
         pt = m["patient"]
         d = m.get("auc_diff_vs_best_phase")
-        diff = ("reference" if d is None else
-                (f"{_signed(d['value'])} ({_signed(d['ci95'][0])} to {_signed(d['ci95'][1])})"
-                 if _num(d["ci95"][0]) else f"{_signed(d['value'])} (n/e)") if _num(d["value"]) else "n/e")
+        diff = (
+            "reference"
+            if d is None
+            else (
+                f"{_signed(d['value'])} ({_signed(d['ci95'][0])} to {_signed(d['ci95'][1])})"
+                if _num(d["ci95"][0])
+                else f"{_signed(d['value'])} (n/e)"
+            )
+            if _num(d["value"])
+            else "n/e"
+        )
         b = pt["brier"]
-        lines.append(f"| {m['name']} | {m['kind']} | {_ci(pt['auc'])} | {_ci(pt['accuracy'])} | "
-                     f"{_ci(pt['sensitivity'])} | {_ci(pt['specificity'])} | {m['threshold']:.2f} | "
-                     f"{b['value']:.3f} ({b['ci95'][0]:.3f}-{b['ci95'][1]:.3f}) | {pt['ece']:.3f} | "
-                     f"{_opt(pt['calibration_slope'])} | {_opt(pt['calibration_intercept'])} | {diff} | "
-                     f"{_p(m.get('delong_p_vs_best_phase'))} | {_p(m.get('delong_p_holm'))} |")
+        lines.append(
+            f"| {m['name']} | {m['kind']} | {_ci(pt['auc'])} | {_ci(pt['accuracy'])} | "
+            f"{_ci(pt['sensitivity'])} | {_ci(pt['specificity'])} | {m['threshold']:.2f} | "
+            f"{b['value']:.3f} ({b['ci95'][0]:.3f}-{b['ci95'][1]:.3f}) | {pt['ece']:.3f} | "
+            f"{_opt(pt['calibration_slope'])} | {_opt(pt['calibration_intercept'])} | {diff} | "
+            f"{_p(m.get('delong_p_vs_best_phase'))} | {_p(m.get('delong_p_holm'))} |"
+        )
     return "\n".join(lines)
 
 
 def _models_text(results: dict) -> list[str]:
     ev = results.get("evidence", {})
-    lines = [f"Every model on the same {results['models'][0]['n']} test patients. Reference: **{ev.get('reference')}** "
-             "(the best single phase, chosen on validation). AUC CIs by DeLong; accuracy, sensitivity and "
-             "specificity (high grade) at each model's threshold with exact CIs; Brier score with a patient "
-             "bootstrap CI; ECE over 10 bins; calibration slope and intercept (ideal 1 and 0; n/e = not "
-             "estimable, e.g. perfect separation); paired DeLong test against the reference with Holm's "
-             "correction over all comparisons. Fitted combinations (fusion-logistic, nomogram) were fitted on "
-             "validation patients, radiomics and clinical models on training patients: no test patient was "
-             "used to fit or tune anything.", "", models_md(results["models"]), ""]
+    lines = [
+        f"Every model on the same {results['models'][0]['n']} test patients. Reference: **{ev.get('reference')}** "
+        "(the best single phase, chosen on validation). AUC CIs by DeLong; accuracy, sensitivity and "
+        "specificity (high grade) at each model's threshold with exact CIs; Brier score with a patient "
+        "bootstrap CI; ECE over 10 bins; calibration slope and intercept (ideal 1 and 0; n/e = not "
+        "estimable, e.g. perfect separation); paired DeLong test against the reference with Holm's "
+        "correction over all comparisons. Fitted combinations (fusion-logistic, nomogram) were fitted on "
+        "validation patients, radiomics and clinical models on training patients: no test patient was "
+        "used to fit or tune anything.",
+        "",
+        models_md(results["models"]),
+        "",
+    ]
     for name, why in ev.get("skipped", {}).items():
         lines.append(f"- **{name}** not fitted: {why}")
     det = ev.get("details", {})
     for name, d in det.get("radiomics", {}).items():
-        lines.append(f"- **{name}**: {len(d['selected_features'])} of {d['n_features']} features kept by LASSO "
-                     f"({', '.join(d['selected_features'][:6])}{', ...' if len(d['selected_features']) > 6 else ''}); "
-                     f"inner-CV AUC on training patients {d['inner_cv_auc']:.3f}.")
+        lines.append(
+            f"- **{name}**: {len(d['selected_features'])} of {d['n_features']} features kept by LASSO "
+            f"({', '.join(d['selected_features'][:6])}{', ...' if len(d['selected_features']) > 6 else ''}); "
+            f"inner-CV AUC on training patients {d['inner_cv_auc']:.3f}."
+        )
     if "clinical" in det:
         c = det["clinical"]
-        lines.append(f"- **clinical**: predictors {', '.join(c['predictors'])} (tumour size always; others when "
-                     "P < 0.05 between grades on training patients; univariable P: "
-                     + ", ".join(f"{k} {format_p(v)}" for k, v in c["univariable_p_train"].items()) + ").")
+        lines.append(
+            f"- **clinical**: predictors {', '.join(c['predictors'])} (tumour size always; others when "
+            "P < 0.05 between grades on training patients; univariable P: "
+            + ", ".join(f"{k} {format_p(v)}" for k, v in c["univariable_p_train"].items())
+            + ")."
+        )
     if "combined" in det:
         c = det["combined"]
-        lines.append("- **nomogram (DL + clinical)**: log-odds per SD: "
-                     + ", ".join(f"{k} {v:+.2f}" for k, v in c["coefficients_per_sd"].items()) + ".")
+        lines.append(
+            "- **nomogram (DL + clinical)**: log-odds per SD: "
+            + ", ".join(f"{k} {v:+.2f}" for k, v in c["coefficients_per_sd"].items())
+            + "."
+        )
     return lines + [""]
 
 
@@ -277,31 +381,65 @@ def tripod_md(results: dict) -> list[str]:
         hi = max(v["high"]["patients"] for v in t.values())
         return f"{lo + hi} ({hi} high)"
 
-    missing = [f"{ph}: {n_low + n_high - t['low']['patients'] - t['high']['patients']}"
-               for ph, t in allp.items() if ph != "combined"]
+    missing = [
+        f"{ph}: {n_low + n_high - t['low']['patients'] - t['high']['patients']}"
+        for ph, t in allp.items()
+        if ph != "combined"
+    ]
     ext = any("external" in r for r in results.get("runs", {}).values())
     det = results.get("evidence", {}).get("details", {})
     rows = [
-        ("Source of data", f"`{st['cohort']}`" + (" - SYNTHETIC phantom cohort" if st.get("synthetic") else "")
-         + f"; study run started {st.get('started', '?')}"),
+        (
+            "Source of data",
+            f"`{st['cohort']}`"
+            + (" - SYNTHETIC phantom cohort" if st.get("synthetic") else "")
+            + f"; study run started {st.get('started', '?')}",
+        ),
         ("Participants", f"{n_low + n_high} patients with a boxed ccRCC on CT and a WHO/ISUP grade"),
-        ("Outcome", "WHO/ISUP grade from pathology, dichotomised low (I-II) vs high (III-IV); "
-                    f"{n_high} high grade ({100 * n_high / max(n_low + n_high, 1):.0f}%)"),
-        ("Predictors", "box crops of the CT phases (networks, radiomics: "
-         + (f"{det['radiomics'][next(iter(det['radiomics']))]['n_features']} IBSI features" if det.get("radiomics") else "n/a")
-         + "); clinical: " + (", ".join(det["clinical"]["predictors"]) if "clinical" in det else "n/a")),
-        ("Sample size", f"training {count('train')}, validation {count('val')}, test {count('test')} patients; "
-                        "no formal sample size calculation (the cohort at hand)"),
-        ("Missing data", "patients without a phase - " + ", ".join(missing) + "; fusion imputes a missing phase "
-                         "(mean validation logit), the multi-phase network masks it; clinical values: median "
-                         "imputation"),
-        ("Model development", f"{len(results.get('models', []))} models (networks, fusions, radiomics, clinical, "
-                              "combined); networks selected per epoch on validation patient AUC"),
-        ("Validation", "internal, random patient-level split stratified by grade ("
-                       + st.get("ratios", "8:1:1") + " train:validation:test)"
-                       + ("; external cohort" if ext else "; no external validation")),
-        ("Performance measures", "discrimination (AUC, DeLong CI), classification (exact CIs), calibration "
-                                 "(Brier, ECE, slope, intercept, reliability), clinical usefulness (decision curves)"),
+        (
+            "Outcome",
+            "WHO/ISUP grade from pathology, dichotomised low (I-II) vs high (III-IV); "
+            f"{n_high} high grade ({100 * n_high / max(n_low + n_high, 1):.0f}%)",
+        ),
+        (
+            "Predictors",
+            "box crops of the CT phases (networks, radiomics: "
+            + (
+                f"{det['radiomics'][next(iter(det['radiomics']))]['n_features']} IBSI features"
+                if det.get("radiomics")
+                else "n/a"
+            )
+            + "); clinical: "
+            + (", ".join(det["clinical"]["predictors"]) if "clinical" in det else "n/a"),
+        ),
+        (
+            "Sample size",
+            f"training {count('train')}, validation {count('val')}, test {count('test')} patients; "
+            "no formal sample size calculation (the cohort at hand)",
+        ),
+        (
+            "Missing data",
+            "patients without a phase - " + ", ".join(missing) + "; fusion imputes a missing phase "
+            "(mean validation logit), the multi-phase network masks it; clinical values: median "
+            "imputation",
+        ),
+        (
+            "Model development",
+            f"{len(results.get('models', []))} models (networks, fusions, radiomics, clinical, "
+            "combined); networks selected per epoch on validation patient AUC",
+        ),
+        (
+            "Validation",
+            "internal, random patient-level split stratified by grade ("
+            + st.get("ratios", "8:1:1")
+            + " train:validation:test)"
+            + ("; external cohort" if ext else "; no external validation"),
+        ),
+        (
+            "Performance measures",
+            "discrimination (AUC, DeLong CI), classification (exact CIs), calibration "
+            "(Brier, ECE, slope, intercept, reliability), clinical usefulness (decision curves)",
+        ),
     ]
     return ["| Item | This study |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
 
@@ -313,39 +451,75 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
     shown = {"table-3": has_runs, "thresholds": has_runs, "table-4": has_runs, "cv": has_cv, "models": has_models}
     md = ["# ccRCC WHO/ISUP grade from multi-phase CT: study report", ""]
     if st.get("synthetic"):
-        md += ["> **Synthetic cohort.** These images are phantoms made by `ccrcc-grade synth`; the numbers show "
-               "the software working, not clinical performance.", ""]
+        md += [
+            "> **Synthetic cohort.** These images are phantoms made by `ccrcc-grade synth`; the numbers show "
+            "the software working, not clinical performance.",
+            "",
+        ]
     md += ["Contents: " + " · ".join(f"[{t}](#{a})" for a, t in SECTIONS if shown.get(a, True)), ""]
     md += ["## Summary", ""] + _summary_md(results) + [""]
-    md += [f"Cohort: `{st['cohort']}` - preset `{st['preset']}` (crop {st['protocol']['size']} px, input "
-           f"{st['protocol']['image_size']} px, {st['protocol']['epochs']} epochs, weights {st['protocol']['weights']}, "
-           f"x{st['protocol']['repeats']} augmentation) - seed {st['seed']} - this invocation took {st.get('seconds', 0):.0f} s "
-           "(finished models are reused on re-runs).", "",
-           "## Dataset", "", _dataset_md(results["dataset"]), "",
-           "## Table 2. Clinical characteristics", "", table_markdown(results["clinical"]), ""]
+    md += [
+        f"Cohort: `{st['cohort']}` - preset `{st['preset']}` (crop {st['protocol']['size']} px, input "
+        f"{st['protocol']['image_size']} px, {st['protocol']['epochs']} epochs, weights {st['protocol']['weights']}, "
+        f"x{st['protocol']['repeats']} augmentation) - seed {st['seed']} - "
+        f"this invocation took {st.get('seconds', 0):.0f} s "
+        "(finished models are reused on re-runs).",
+        "",
+        "## Dataset",
+        "",
+        _dataset_md(results["dataset"]),
+        "",
+        "## Table 2. Clinical characteristics",
+        "",
+        table_markdown(results["clinical"]),
+        "",
+    ]
     if has_models:
         md += ["## Model comparison", ""] + _models_text(results)
     if has_runs:
-        md += ["## Table 3. Test results of every model", "",
-               "Patient level (probability = mean of the patient's slices; threshold 0.5). 95% CIs: DeLong for the "
-               "AUC, exact Clopper-Pearson for proportions; n = the patients each number rests on (for the AUC: "
-               "patients, of them high grade):", "", _metrics_md(results["runs"], "patient"), "",
-               "Image level (slices of one patient are not independent: CIs by bootstrap over patients; n = "
-               "slices):", "", _metrics_md(results["runs"], "image"), "",
-               f"Best phase: **{results['best_phase']}** ({results['best_phase_rule']}). {_tie_sentence(results)} "
-               "Validation AUC of ResNet34 per phase: "
-               + ", ".join(f"{k} {v:.3f}" for k, v in results["val_auc_resnet34"].items()) + ".", "",
-               "## Decision thresholds", "",
-               "The grade is read at the study's threshold 0.5 unless a model stores another policy; thresholds "
-               "fitted on validation patients are shown with their bootstrap CI. The test set never chooses a "
-               "threshold.", "", _operating_points_md(results["runs"]), "",
-               f"## Table 4. ResNet34 vs SE-ResNet34 on the {results['best_phase']} phase", "",
-               _comparison_md(results["comparison"]), "",
-               "Difference = SE-ResNet34 minus ResNet34 everywhere in this report (paired DeLong); McNemar exact "
-               "test on correctness at 0.5.", ""]
+        md += [
+            "## Table 3. Test results of every model",
+            "",
+            "Patient level (probability = mean of the patient's slices; threshold 0.5). 95% CIs: DeLong for the "
+            "AUC, exact Clopper-Pearson for proportions; n = the patients each number rests on (for the AUC: "
+            "patients, of them high grade):",
+            "",
+            _metrics_md(results["runs"], "patient"),
+            "",
+            "Image level (slices of one patient are not independent: CIs by bootstrap over patients; n = slices):",
+            "",
+            _metrics_md(results["runs"], "image"),
+            "",
+            f"Best phase: **{results['best_phase']}** ({results['best_phase_rule']}). {_tie_sentence(results)} "
+            "Validation AUC of ResNet34 per phase: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in results["val_auc_resnet34"].items())
+            + ".",
+            "",
+            "## Decision thresholds",
+            "",
+            "The grade is read at the study's threshold 0.5 unless a model stores another policy; thresholds "
+            "fitted on validation patients are shown with their bootstrap CI. The test set never chooses a "
+            "threshold.",
+            "",
+            _operating_points_md(results["runs"]),
+            "",
+            f"## Table 4. ResNet34 vs SE-ResNet34 on the {results['best_phase']} phase",
+            "",
+            _comparison_md(results["comparison"]),
+            "",
+            "Difference = SE-ResNet34 minus ResNet34 everywhere in this report (paired DeLong); McNemar exact "
+            "test on correctness at 0.5.",
+            "",
+        ]
     if has_cv:
-        md += [f"## Cross-validation ({st['folds']} folds, test folds, mean ± SD)", "", _cv_md(results["cross_validation"]), "",
-               f"Best phase by mean validation AUC: **{results['best_phase']}**.", ""]
+        md += [
+            f"## Cross-validation ({st['folds']} folds, test folds, mean ± SD)",
+            "",
+            _cv_md(results["cross_validation"]),
+            "",
+            f"Best phase by mean validation AUC: **{results['best_phase']}**.",
+            "",
+        ]
     md += ["## Figures", ""]
     for caption, path in figs:
         if path.is_file():
@@ -394,13 +568,17 @@ def markdown_to_html(md: str, out: Path) -> str:
             parts.append(f"<p class='cap'>{html.escape(line.strip('*'))}</p>")
         elif line.strip():
             parts.append(f"<p>{_inline(line)}</p>")
-    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-           "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}"
-           "th{background:#f0f3f7}img{max-width:100%}.warn{background:#fff4d6;padding:.6em;border-left:4px solid #e0a000}"
-           ".cap{font-style:italic;color:#555;margin-top:0}")
+    css = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}"
+        "th{background:#f0f3f7}img{max-width:100%}.warn{background:#fff4d6;padding:.6em;border-left:4px solid #e0a000}"
+        ".cap{font-style:italic;color:#555;margin-top:0}"
+    )
     body = re.sub(r"((?:<li>.*?</li>)+)", r"<ul>\1</ul>", "".join(parts))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ccrcc-grade study report</title>"
-            f"<style>{css}</style></head><body>{body}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>ccrcc-grade study report</title>"
+        f"<style>{css}</style></head><body>{body}</body></html>\n"
+    )
 
 
 def _inline(text: str) -> str:

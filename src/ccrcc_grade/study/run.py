@@ -16,7 +16,6 @@ resumed, so re-running the command continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -24,15 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ccrcc_grade.ingest.cache import CropCache, ingest, summarize
+from ccrcc_grade.core.config import PRESETS, PreprocessConfig, StudyProtocol, TrainConfig
+from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.fileio import atomic_write_json
+from ccrcc_grade.core.paths import EvalFiles, RunDir, StudyDir, WorkDir, read_json
+from ccrcc_grade.core.phases import COMBINED, PHASES
+from ccrcc_grade.ingest.cache import CropCache, summarize
+from ccrcc_grade.ingest.layouts import detect_layout
+from ccrcc_grade.ingest.pipeline import ingest
+from ccrcc_grade.ingest.splits import make_splits
+from ccrcc_grade.model.evaluate import eval_dir, evaluate_run
 from ccrcc_grade.stats.clinical import clinical_table
 from ccrcc_grade.stats.compare import compare
-from ccrcc_grade.core.config import PRESETS, PreprocessConfig, TrainConfig
-from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.model.evaluate import eval_dir, evaluate_run
-from ccrcc_grade.core.fileio import atomic_write_json
-from ccrcc_grade.core.phases import COMBINED, PHASES
-from ccrcc_grade.ingest.splits import make_splits
+from ccrcc_grade.stats.metrics import metric, metric_value
+
 
 @dataclass
 class StudyOptions:
@@ -47,43 +51,36 @@ class StudyOptions:
     format: str = "cohort"
     external: str | None = None
     ratios: str = "8:1:1"
-    threshold: str = "default"   # the decision-threshold policy of every model (threshold.py)
-    evidence: bool = True        # fusion, multi-phase network, radiomics, clinical models (evidence/)
-    jobs: str = "auto"           # trainings at once: auto (GPUs x what fits; 1 on a CPU) or a number
+    threshold: str = "default"  # the decision-threshold policy of every model (threshold.py)
+    evidence: bool = True  # fusion, multi-phase network, radiomics, clinical models (evidence/)
+    jobs: str = "auto"  # trainings at once: auto (GPUs x what fits; 1 on a CPU) or a number
 
-    def resolved(self) -> dict:
+    def resolved(self) -> StudyProtocol:
+        """The protocol every model is trained with: the preset with this command's overrides.
+        Refuses a bad threshold policy or --jobs before anything is ingested or trained."""
         if self.preset not in PRESETS:
             raise CcrccError(f"unknown preset {self.preset!r}; use paper or quick")
         from ccrcc_grade.core.threshold import parse_spec
 
-        parse_spec(self.threshold)   # refuse a bad policy before hours of training
+        parse_spec(self.threshold)  # refuse a bad policy before hours of training
         if str(self.jobs) != "auto":
-            resolve_jobs(self.jobs, self.device)   # and a bad --jobs before the ingest
-        p = dict(PRESETS[self.preset])
-        for k in ("weights", "epochs", "image_size", "size"):
-            if getattr(self, k) is not None:
-                p[k] = getattr(self, k)
-        if self.epochs is not None:   # --epochs applies to every model, the combined one included
-            p.pop("combined_epochs", None)
-        return p
+            resolve_jobs(self.jobs, self.device)  # and a bad --jobs before the ingest
+        return PRESETS[self.preset].with_overrides(
+            weights=self.weights, epochs=self.epochs, image_size=self.image_size, size=self.size
+        )
 
 
-def _ensure_work(cohort: Path, out: Path, opts: StudyOptions, p: dict) -> Path:
-    work = out / "work"
-    if (work / "manifest.csv").is_file():
-        check_same_cohort(cohort, work)
-        print(f"reusing ingested cohort {work}")
-        return work
-    cfg = PreprocessConfig(size=p["size"])
-    if opts.format == "kits":
-        from ccrcc_grade.io.kits import ingest_kits
-
-        ingest_kits(cohort, work, cfg)
-    elif (cohort / "manifest.csv").is_file():
+def _ensure_work(cohort: Path, study: StudyDir, opts: StudyOptions, protocol: StudyProtocol) -> Path:
+    work = study.work
+    if work.is_ingested():
+        check_same_cohort(cohort, work.path)
+        print(f"reusing ingested cohort {work.path}")
+        return work.path
+    layout = "kits" if opts.format == "kits" else detect_layout(cohort)
+    if layout == "work":
         raise CcrccError(f"{cohort}: is an ingested WORK folder; give the raw cohort folder to `study`")
-    else:
-        ingest(cohort, work, cfg)
-    return work
+    ingest(cohort, work.path, PreprocessConfig(size=protocol.size), layout=layout)
+    return work.path
 
 
 class StudyProgress:
@@ -96,10 +93,15 @@ class StudyProgress:
     def start(self, name: str, reused: bool = False) -> float:
         self.done += 1
         left = self.total - self.done + 1
-        eta = (f" (~{max(1, round(left * self.seconds / self.trained / 60))} min left)"
-               if self.trained and not reused else "")
-        print(f"[study] model {self.done} of {self.total}: {name}" + (" - finished earlier, reused" if reused else eta),
-              flush=True)
+        eta = (
+            f" (~{max(1, round(left * self.seconds / self.trained / 60))} min left)"
+            if self.trained and not reused
+            else ""
+        )
+        print(
+            f"[study] model {self.done} of {self.total}: {name}" + (" - finished earlier, reused" if reused else eta),
+            flush=True,
+        )
         return time.time()
 
     def finish(self, t0: float) -> None:
@@ -112,49 +114,73 @@ def check_same_cohort(cohort: Path, work: Path) -> None:
     the same folder edited since) would report one cohort's numbers under the other's name."""
     from ccrcc_grade.ingest.cache import cohort_fingerprint
 
-    rep = json.loads((work / "ingest_report.json").read_text()) if (work / "ingest_report.json").is_file() else {}
+    rep = WorkDir(work).read_ingest_report()
     here = str(Path(cohort).resolve())
     if rep.get("cohort") != here:
-        raise CcrccError(f"{work.parent}: holds the study of cohort {rep.get('cohort', '(unknown)')}, not {here}; "
-                         "give another --out")
+        raise CcrccError(
+            f"{work.parent}: holds the study of cohort {rep.get('cohort', '(unknown)')}, not {here}; give another --out"
+        )
     if rep.get("cohort_fingerprint") and rep["cohort_fingerprint"] != cohort_fingerprint(Path(cohort)):
-        raise CcrccError(f"{work.parent}: cohort {here} has changed since this study ingested it (files or tables "
-                         "differ); give another --out to study it as it is now")
+        raise CcrccError(
+            f"{work.parent}: cohort {here} has changed since this study ingested it (files or tables "
+            "differ); give another --out to study it as it is now"
+        )
 
 
-def _train(work: Path, out: Path, model: str, phase: str, p: dict, opts: StudyOptions, fold: int = -1,
-           progress: StudyProgress | None = None) -> Path:
+def _train(
+    work: Path,
+    out: Path,
+    model: str,
+    phase: str,
+    protocol: StudyProtocol,
+    opts: StudyOptions,
+    fold: int = -1,
+    progress: StudyProgress | None = None,
+) -> Path:
     from ccrcc_grade.model.train import fit, resume
 
     progress = progress or StudyProgress(1)
     name = f"{model}-{phase}" + (f"-fold{fold}" if fold >= 0 else "")
-    run = out / "runs" / name
-    if (run / "train_summary.json").is_file() and (run / "best.pt").is_file():
+    run = StudyDir(out).run(name).path
+    if RunDir(run).is_finished():
         from ccrcc_grade.model.train import cohort_identity
 
-        made_from = json.loads((run / "train_summary.json").read_text()).get("cohort") or {}
+        made_from = RunDir(run).read_summary().get("cohort") or {}
         if made_from.get("fingerprint") and made_from["fingerprint"] != cohort_identity(work)["fingerprint"]:
-            raise CcrccError(f"{run}: was trained on another cohort ({made_from.get('path')}) than {work} holds; "
-                             "give the study another --out")
+            raise CcrccError(
+                f"{run}: was trained on another cohort ({made_from.get('path')}) than {work} holds; "
+                "give the study another --out"
+            )
         progress.start(name, reused=True)
         return run
     t0 = progress.start(name)
-    if (run / "last.pt").is_file():
+    if RunDir(run).last.is_file():
         print(f"[{name}] resuming")
         resume(run)
         progress.finish(t0)
         return run
-    cfg = TrainConfig(work=str(work), phase=phase, model=model, out=str(run), weights=p["weights"],
-                      epochs=p.get("combined_epochs") or p["epochs"] if phase == COMBINED else p["epochs"],
-                      image_size=p["image_size"], repeats=p["repeats"], lr=p["lr"],
-                      device=opts.device, seed=opts.seed, fold=fold, threshold=opts.threshold)
+    cfg = TrainConfig(
+        work=str(work),
+        phase=phase,
+        model=model,
+        out=str(run),
+        weights=protocol.weights,
+        epochs=protocol.epochs_for(phase),
+        image_size=protocol.image_size,
+        repeats=protocol.repeats,
+        lr=protocol.lr,
+        device=opts.device,
+        seed=opts.seed,
+        fold=fold,
+        threshold=opts.threshold,
+    )
     fit(cfg)
     progress.finish(t0)
     return run
 
 
-JOBS_PER_GPU_MAX = 5         # measured: 5 ResNet34 trainings share one H100 at ~4,500 img/s together
-GPU_GB_PER_JOB = 4.0         # batch 32 at 224 px, bf16: ~3 GB of activations + weights, with headroom
+JOBS_PER_GPU_MAX = 5  # measured: 5 ResNet34 trainings share one H100 at ~4,500 img/s together
+GPU_GB_PER_JOB = 4.0  # batch 32 at 224 px, bf16: ~3 GB of activations + weights, with headroom
 
 
 def resolve_jobs(jobs: str | int, device: str) -> int:
@@ -189,27 +215,33 @@ def _train_job(args: tuple) -> str:
 
     import torch
 
-    work, out, model, phase, p, opts, fold, slot, threads = args
+    work, out, model, phase, protocol, opts, fold, slot, threads = args
     name = f"{model}-{phase}" + (f"-fold{fold}" if fold >= 0 else "")
-    run = out / "runs" / name
+    run = StudyDir(out).run(name).path
     run.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(threads)   # the sequential study's threads: CPU kernels reduce in the same order
+    torch.set_num_threads(threads)  # the sequential study's threads: CPU kernels reduce in the same order
     if opts.device != "cpu" and torch.cuda.is_available():
         opts = dataclasses.replace(opts, device=f"cuda:{slot % torch.cuda.device_count()}")
     os.environ["CCRCC_NO_PROGRESS"] = "1"
-    with open(run / "train.log", "a", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
-        _train(work, out, model, phase, p, opts, fold, StudyProgress(1))
+    with open(RunDir(run).train_log, "a", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
+        _train(work, out, model, phase, protocol, opts, fold, StudyProgress(1))
     return name
 
 
-def train_all(work: Path, out: Path, todo: list[tuple[str, str, int]], p: dict, opts: StudyOptions,
-              progress: StudyProgress) -> dict[tuple[str, str, int], Path]:
+def train_all(
+    work: Path,
+    out: Path,
+    todo: list[tuple[str, str, int]],
+    protocol: StudyProtocol,
+    opts: StudyOptions,
+    progress: StudyProgress,
+) -> dict[tuple[str, str, int], Path]:
     """Train every (model, phase, fold) of ``todo`` (fold -1: the single split): one after another,
     or ``--jobs`` at a time in separate processes (same config, seed and data order, so each run
     is the one it would be alone). Finished runs are reused and interrupted ones resumed either way."""
     jobs = min(resolve_jobs(opts.jobs, opts.device), len(todo))
     if jobs <= 1:
-        return {(m, ph, f): _train(work, out, m, ph, p, opts, f, progress) for (m, ph, f) in todo}
+        return {(m, ph, f): _train(work, out, m, ph, protocol, opts, f, progress) for (m, ph, f) in todo}
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -220,55 +252,66 @@ def train_all(work: Path, out: Path, todo: list[tuple[str, str, int]], p: dict, 
         import torch
 
         threads = torch.get_num_threads()
-        futures = {pool.submit(_train_job, (work, out, m, ph, p, opts, f, k, threads)): (m, ph, f)
-                   for k, (m, ph, f) in enumerate(todo)}
+        futures = {
+            pool.submit(_train_job, (work, out, m, ph, protocol, opts, f, k, threads)): (m, ph, f)
+            for k, (m, ph, f) in enumerate(todo)
+        }
         for done, fut in enumerate(as_completed(futures), start=1):
             name = fut.result()
-            runs[futures[fut]] = out / "runs" / name
+            runs[futures[fut]] = StudyDir(out).run(name).path
             print(f"[study] {done} of {len(todo)} trainings done: {name} ({time.time() - t0:.0f} s)", flush=True)
     return runs
 
 
 def _val_auc(run: Path) -> float:
-    s = json.loads((run / "train_summary.json").read_text())
+    s = RunDir(run).read_summary()
     v = s.get("best_val", {}).get("val_auc")
     return -math.inf if v is None else float(v)
 
 
-def choose_best_phase(keys: dict[str, tuple[float, float]], second: str = "validation image AUC",
-                      show_second: bool = True) -> tuple[str, dict]:
+def choose_best_phase(
+    keys: dict[str, tuple[float, float]], second: str = "validation image AUC", show_second: bool = True
+) -> tuple[str, dict]:
     """The phase with the highest validation patient AUC; ties broken by validation image AUC,
     then by the order of ``keys`` (the study's phase order). Returns the phase and a record of
     the tie (``text`` says it in a sentence for the report; empty when there was none)."""
-    best = max(keys, key=lambda ph: keys[ph])   # max keeps the first of equal keys
+    best = max(keys, key=lambda ph: keys[ph])  # max keeps the first of equal keys
     top = keys[best][0]
     tied = [ph for ph in keys if keys[ph][0] == top]
     record = {"tied": tied, "broken_by": None, "text": ""}
     if len(tied) > 1:
         still = [ph for ph in tied if keys[ph] == keys[best]]
         record["broken_by"] = second + (", then phase order" if len(still) > 1 else "")
-        record["text"] = (f"{len(tied)} phases tie at validation patient AUC {top:.3f} ({', '.join(tied)}); the tie "
-                          f"was broken by {second}"
-                          + (" (" + ", ".join(f"{ph} {keys[ph][1]:.3f}" for ph in tied) + ")" if show_second else "")
-                          + (f" and, as {', '.join(still)} tie on that too, by the phase order (first listed)"
-                             if len(still) > 1 else "") + f": {best}.")
+        record["text"] = (
+            f"{len(tied)} phases tie at validation patient AUC {top:.3f} ({', '.join(tied)}); the tie "
+            f"was broken by {second}"
+            + (" (" + ", ".join(f"{ph} {keys[ph][1]:.3f}" for ph in tied) + ")" if show_second else "")
+            + (
+                f" and, as {', '.join(still)} tie on that too, by the phase order (first listed)"
+                if len(still) > 1
+                else ""
+            )
+            + f": {best}."
+        )
     return best, record
 
 
 def _val_key(run: Path) -> tuple[float, float]:
     """Selection key: validation patient AUC, ties broken by validation image AUC."""
-    s = json.loads((run / "train_summary.json").read_text()).get("best_val", {})
+    s = RunDir(run).read_summary().get("best_val", {})
     img = s.get("val_image_auc")
     return _val_auc(run), (-math.inf if img is None else float(img))
 
 
-def _eval(run: Path, p: dict, opts: StudyOptions, split: str = "test", cohort: str | None = None) -> dict:
+def _eval(
+    run: Path, protocol: StudyProtocol, opts: StudyOptions, split: str = "test", cohort: str | None = None
+) -> dict:
     dest = eval_dir(run, split, cohort)
-    if (dest / "metrics.json").is_file():   # reuse an evaluation made with the same resampling
-        m = json.loads((dest / "metrics.json").read_text())
-        if m.get("patient", {}).get("bootstrap", {}).get("resamples") == p["n_boot"]:
+    if (dest / EvalFiles.METRICS).is_file():  # reuse an evaluation made with the same resampling
+        m = read_json(dest / EvalFiles.METRICS)
+        if m.get("patient", {}).get("bootstrap", {}).get("resamples") == protocol.n_boot:
             return m
-    return evaluate_run(run, split, cohort, dest, n_boot=p["n_boot"], seed=opts.seed, device=opts.device)
+    return evaluate_run(run, split, cohort, dest, n_boot=protocol.n_boot, seed=opts.seed, device=opts.device)
 
 
 def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
@@ -276,56 +319,70 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
     from ccrcc_grade.study.report import write_report
 
     t0 = time.time()
-    p = opts.resolved()
+    protocol = opts.resolved()
     out.mkdir(parents=True, exist_ok=True)
-    work = _ensure_work(Path(cohort), out, opts, p)
-    if not (work / "splits.json").is_file():
+    work = _ensure_work(Path(cohort), StudyDir(out), opts, protocol)
+    if not WorkDir(work).splits.is_file():
         make_splits(work, opts.ratios, opts.seed, opts.folds)
-    splits = json.loads((work / "splits.json").read_text())
+    splits = WorkDir(work).read_splits()
     if opts.folds and "folds" not in splits:
         splits = make_splits(work, opts.ratios, opts.seed, opts.folds)
     cache = CropCache.load(work)
     phases = [ph for ph in PHASES if ph in cache.phases()] + ([COMBINED] if len(cache.phases()) > 1 else [])
-    results: dict = {"study": {"cohort": str(Path(cohort).resolve()), "out": str(out.resolve()),
-                               "preset": opts.preset, "protocol": p, "seed": opts.seed, "folds": opts.folds,
-                               "ratios": opts.ratios,
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                               "synthetic": _is_synthetic(Path(cohort))}}
+    results: dict = {
+        "study": {
+            "cohort": str(Path(cohort).resolve()),
+            "out": str(out.resolve()),
+            "preset": opts.preset,
+            "protocol": protocol.to_dict(),
+            "seed": opts.seed,
+            "folds": opts.folds,
+            "ratios": opts.ratios,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "synthetic": _is_synthetic(Path(cohort)),
+        }
+    }
     results["dataset"] = dataset_counts(cache, splits)
-    results["clinical"] = clinical_table(work / "clinical.csv")
-    ingest_report = json.loads((work / "ingest_report.json").read_text())
+    results["clinical"] = clinical_table(WorkDir(work).clinical)
+    ingest_report = WorkDir(work).read_ingest_report()
     results["ingest_warnings"] = len(ingest_report.get("warnings", []))
 
     if opts.folds:
-        results.update(_cross_validation(work, out, phases, p, opts))
+        results.update(_cross_validation(work, out, phases, protocol, opts))
     else:
         progress = StudyProgress(len(phases) + 1)
-        runs = {f"{m}-{ph}": r for (m, ph, _), r in
-                train_all(work, out, [("resnet34", ph, -1) for ph in phases], p, opts, progress).items()}
+        runs = {
+            f"{m}-{ph}": r
+            for (m, ph, _), r in train_all(
+                work, out, [("resnet34", ph, -1) for ph in phases], protocol, opts, progress
+            ).items()
+        }
         val_aucs = {ph: _val_auc(runs[f"resnet34-{ph}"]) for ph in phases}
         best, tie = choose_best_phase({ph: _val_key(runs[f"resnet34-{ph}"]) for ph in phases})
         results["val_auc_resnet34"] = val_aucs
         results["best_phase"] = best
         results["best_phase_tie"] = tie
         results["best_phase_rule"] = "highest validation patient-level AUC of ResNet34 (test set never used)"
-        runs[f"se_resnet34-{best}"] = _train(work, out, "se_resnet34", best, p, opts, progress=progress)
+        runs[f"se_resnet34-{best}"] = _train(work, out, "se_resnet34", best, protocol, opts, progress=progress)
         results["runs"] = {}
         external = _external_work(out, runs[f"resnet34-{best}"], opts) if opts.external else None
         for name, run in runs.items():
-            m = _eval(run, p, opts)
+            m = _eval(run, protocol, opts)
             results["runs"][name] = {"run": str(run), "val_auc": _val_auc(run), "test": m}
             if external:
-                results["runs"][name]["external"] = _eval(run, p, opts, cohort=external)
+                results["runs"][name]["external"] = _eval(run, protocol, opts, cohort=external)
         # computed once, in the order the report shows it: SE-ResNet34 (a) minus ResNet34 (b)
         results["comparison"] = _compare_evals(runs[f"se_resnet34-{best}"], runs[f"resnet34-{best}"])
         results["comparison"]["a"], results["comparison"]["b"] = f"se_resnet34-{best}", f"resnet34-{best}"
         if opts.evidence:
             from ccrcc_grade.evidence.run import evaluate_models
 
-            results.update(evaluate_models(work, out, runs, best, p, splits, opts.threshold, opts.device, opts.seed))
+            results.update(
+                evaluate_models(work, out, runs, best, protocol, splits, opts.threshold, opts.device, opts.seed)
+            )
     results["limitations"] = limitations(results)
     results["study"]["seconds"] = round(time.time() - t0, 1)
-    atomic_write_json(out / "results.json", results)
+    atomic_write_json(StudyDir(out).results, results)
     return write_report(results, out)
 
 
@@ -334,16 +391,17 @@ def _external_work(out: Path, run: Path, opts: StudyOptions) -> str:
     from ccrcc_grade.model.evaluate import external_cache
     from ccrcc_grade.model.inference import read_checkpoint
 
-    if (out / "external_work" / "manifest.csv").is_file():
-        return str(out / "external_work")
-    return str(external_cache(Path(opts.external), read_checkpoint(run / "best.pt"), out).work)
+    if StudyDir(out).external_work.is_ingested():
+        return str(StudyDir(out).external_work.path)
+    return str(external_cache(Path(opts.external), read_checkpoint(RunDir(run).best), out).work)
 
 
 def _compare_evals(run_a: Path, run_b: Path) -> dict:
-    from ccrcc_grade.model.evaluate import read_predictions
+    from ccrcc_grade.stats.predictions import read_predictions
 
-    return compare(read_predictions(run_a / "eval-test" / "predictions.csv"),
-                   read_predictions(run_b / "eval-test" / "predictions.csv"))
+    return compare(
+        read_predictions(RunDir(run_a).predictions("test")), read_predictions(RunDir(run_b).predictions("test"))
+    )
 
 
 def _is_synthetic(cohort: Path) -> bool:
@@ -360,32 +418,46 @@ def dataset_counts(cache: CropCache, splits: dict) -> dict:
     return out
 
 
-def _cross_validation(work: Path, out: Path, phases: list[str], p: dict, opts: StudyOptions) -> dict:
+def _cross_validation(work: Path, out: Path, phases: list[str], protocol: StudyProtocol, opts: StudyOptions) -> dict:
     """K-fold: ResNet34 on every phase in every fold, SE-ResNet34 on the phase with the best mean
     validation AUC; test metrics per fold and their mean +- SD."""
     progress = StudyProgress((len(phases) + 1) * opts.folds)
-    done = train_all(work, out, [("resnet34", ph, f) for ph in phases for f in range(opts.folds)], p, opts,
-                     progress)
+    done = train_all(
+        work, out, [("resnet34", ph, f) for ph in phases for f in range(opts.folds)], protocol, opts, progress
+    )
     runs = {f"resnet34-{ph}": [done[("resnet34", ph, f)] for f in range(opts.folds)] for ph in phases}
     mean_val = {ph: float(np.mean([_val_auc(r) for r in runs[f"resnet34-{ph}"]])) for ph in phases}
-    best, tie = choose_best_phase({ph: (mean_val[ph], float(ph != COMBINED)) for ph in phases},
-                                  "preferring a single phase over the combined set", show_second=False)
-    se = train_all(work, out, [("se_resnet34", best, f) for f in range(opts.folds)], p, opts, progress)
+    best, tie = choose_best_phase(
+        {ph: (mean_val[ph], float(ph != COMBINED)) for ph in phases},
+        "preferring a single phase over the combined set",
+        show_second=False,
+    )
+    se = train_all(work, out, [("se_resnet34", best, f) for f in range(opts.folds)], protocol, opts, progress)
     runs[f"se_resnet34-{best}"] = [se[("se_resnet34", best, f)] for f in range(opts.folds)]
     cv: dict = {}
     for name, rs in runs.items():
-        folds = [_eval(r, p, opts) for r in rs]
+        folds = [_eval(r, protocol, opts) for r in rs]
         summary = {}
         for lv in ("image", "patient"):
-            vals = {"auc": [f[lv]["high"]["auc"]["value"] for f in folds],
-                    "accuracy": [f[lv]["accuracy"]["value"] for f in folds],
-                    "sensitivity": [f[lv]["high"]["sensitivity"]["value"] for f in folds],
-                    "specificity": [f[lv]["high"]["specificity"]["value"] for f in folds]}
-            summary[lv] = {k: {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0,
-                               "folds": v} for k, v in vals.items()}
-        cv[name] = {"runs": [str(r) for r in rs], "cv": summary, "val_auc_mean": float(np.mean([_val_auc(r) for r in rs]))}
-    return {"best_phase": best, "val_auc_resnet34": mean_val, "cross_validation": cv, "best_phase_tie": tie,
-            "best_phase_rule": "highest mean validation patient-level AUC of ResNet34 across folds"}
+            vals = {
+                k: [metric_value(f[lv], k) for f in folds] for k in ("auc", "accuracy", "sensitivity", "specificity")
+            }
+            summary[lv] = {
+                k: {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0, "folds": v}
+                for k, v in vals.items()
+            }
+        cv[name] = {
+            "runs": [str(r) for r in rs],
+            "cv": summary,
+            "val_auc_mean": float(np.mean([_val_auc(r) for r in rs])),
+        }
+    return {
+        "best_phase": best,
+        "val_auc_resnet34": mean_val,
+        "cross_validation": cv,
+        "best_phase_tie": tie,
+        "best_phase_rule": "highest mean validation patient-level AUC of ResNet34 across folds",
+    }
 
 
 def limitations(results: dict) -> str:
@@ -395,32 +467,51 @@ def limitations(results: dict) -> str:
     parts = []
     if test:
         n_low, n_high = test["low"]["patients"], test["high"]["patients"]
-        parts.append(f"The test set holds {n_low + n_high} patients ({n_high} high grade), so every test metric "
-                     f"rests on few patients: one misclassified high-grade patient moves high-grade sensitivity by "
-                     f"{100 / max(n_high, 1):.0f} percentage points.")
+        parts.append(
+            f"The test set holds {n_low + n_high} patients ({n_high} high grade), so every test metric "
+            f"rests on few patients: one misclassified high-grade patient moves high-grade sensitivity by "
+            f"{100 / max(n_high, 1):.0f} percentage points."
+        )
     if "runs" in results:
         widths = []
         for r in results["runs"].values():
-            auc = r["test"]["patient"]["high"]["auc"]
+            auc = metric(r["test"]["patient"], "auc")
             if all(np.isfinite(auc["ci95"])):
                 widths.append(auc["ci95"][1] - auc["ci95"][0])
         if widths:
-            parts.append(f"The width of the patient-level AUC 95% CIs (upper minus lower bound) ranges from "
-                         f"{min(widths):.2f} to {max(widths):.2f} across the models"
-                         + (" (a width of 0.00 is a degenerate interval: zero variance on few patients, not "
-                            "certainty)" if min(widths) == 0 else "")
-                         + "; differences between phases smaller than that are not evidence of a better phase.")
+            parts.append(
+                f"The width of the patient-level AUC 95% CIs (upper minus lower bound) ranges from "
+                f"{min(widths):.2f} to {max(widths):.2f} across the models"
+                + (
+                    " (a width of 0.00 is a degenerate interval: zero variance on few patients, not certainty)"
+                    if min(widths) == 0
+                    else ""
+                )
+                + "; differences between phases smaller than that are not evidence of a better phase."
+            )
         c = results.get("comparison", {}).get("patient")
         if c:
-            verdict = (f"DeLong P = {c['delong_p']:.3f}, {'significant' if c['delong_p'] < 0.05 else 'not significant'}"
-                       if c.get("delong_estimable", True) else f"DeLong's test {c['delong_note']}")
-            parts.append(f"SE-ResNet34 minus ResNet34 on the {results['best_phase']} phase: patient AUC difference "
-                         f"{c['auc_diff'] + 0.0:+.3f} ({verdict}).")
-    parts.append("Image-level metrics treat slices of one patient as independent and overstate precision; the "
-                 "patient-level results are the clinically meaningful ones. Results come from one cohort"
-                 + (" with external validation" if any("external" in r for r in results.get("runs", {}).values())
-                    else " without external validation") + "; the best phase was chosen on validation data only.")
+            verdict = (
+                f"DeLong P = {c['delong_p']:.3f}, {'significant' if c['delong_p'] < 0.05 else 'not significant'}"
+                if c.get("delong_estimable", True)
+                else f"DeLong's test {c['delong_note']}"
+            )
+            parts.append(
+                f"SE-ResNet34 minus ResNet34 on the {results['best_phase']} phase: patient AUC difference "
+                f"{c['auc_diff'] + 0.0:+.3f} ({verdict})."
+            )
+    parts.append(
+        "Image-level metrics treat slices of one patient as independent and overstate precision; the "
+        "patient-level results are the clinically meaningful ones. Results come from one cohort"
+        + (
+            " with external validation"
+            if any("external" in r for r in results.get("runs", {}).values())
+            else " without external validation"
+        )
+        + "; the best phase was chosen on validation data only."
+    )
     if results["study"].get("synthetic"):
-        parts.append("This cohort is SYNTHETIC (phantom images): the numbers demonstrate the software, not clinical performance.")
+        parts.append(
+            "This cohort is SYNTHETIC (phantom images): the numbers demonstrate the software, not clinical performance."
+        )
     return " ".join(parts)
-

@@ -20,15 +20,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from ccrcc_grade.core.config import TrainConfig
+from ccrcc_grade.core.paths import RunDir, StudyDir, read_json
 from ccrcc_grade.model.data import augment, class_weights, to_model_input
 from ccrcc_grade.model.inference import CpuBf16Model, amp_dtype, autocast, fast_inference_model, resolve_device
-from ccrcc_grade.tools.bench_mem import peak_rss_mb
 from ccrcc_grade.model.registry import create_model
+from ccrcc_grade.tools.bench_mem import peak_rss_mb
 
 
-def _train_speed(device: torch.device, amp: torch.dtype | None, channels_last: bool, steps: int, image_size: int,
-                 batch_size: int, crops: torch.Tensor, labels: torch.Tensor,
-                 compiled: bool = False) -> tuple[float, float]:
+def _train_speed(
+    device: torch.device,
+    amp: torch.dtype | None,
+    channels_last: bool,
+    steps: int,
+    image_size: int,
+    batch_size: int,
+    crops: torch.Tensor,
+    labels: torch.Tensor,
+    compiled: bool = False,
+) -> tuple[float, float]:
     """Images/s of train steps (augmentation included) and the share of time spent on data;
     ``compiled``: the training step `train` uses on CUDA (torch.compile reduce-overhead)."""
     from ccrcc_grade.model.train import StepModel
@@ -39,7 +49,7 @@ def _train_speed(device: torch.device, amp: torch.dtype | None, channels_last: b
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = StepModel(model, device, "on" if compiled else "off", batch_size, 1)
-    if compiled:   # compilation and CUDA-graph capture happen in the first steps: warm up outside the timing
+    if compiled:  # compilation and CUDA-graph capture happen in the first steps: warm up outside the timing
         steps += 3
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(labels).to(device))
@@ -47,7 +57,7 @@ def _train_speed(device: torch.device, amp: torch.dtype | None, channels_last: b
     crops, labels = crops.to(device), labels.to(device)
     t_data = t_step = 0.0
     n_img = 0
-    for step in range(steps + 1):            # step 0 warms up (allocations, kernel choice)
+    for step in range(steps + 1):  # step 0 warms up (allocations, kernel choice)
         t0 = time.perf_counter()
         idx = torch.randint(0, len(crops), (batch_size,), generator=gen).to(device)
         x = to_model_input(crops[idx], image_size, True, channels_last, transform=lambda t: augment(t, gen))
@@ -70,7 +80,12 @@ def _train_speed(device: torch.device, amp: torch.dtype | None, channels_last: b
     return n_img / (t_data + t_step), t_data / (t_data + t_step)
 
 
-def bench_train(device: str = "auto", steps: int = 6, image_size: int = 224, batch_size: int = 32) -> dict:
+def bench_train(
+    device: str = "auto",
+    steps: int = 6,
+    image_size: int = TrainConfig.image_size,
+    batch_size: int = TrainConfig.batch_size,
+) -> dict:
     dev = resolve_device(device)
     rng = np.random.default_rng(0)
     crops = torch.from_numpy(rng.integers(0, 256, (128, image_size, image_size), dtype=np.uint8))
@@ -78,14 +93,25 @@ def bench_train(device: str = "auto", steps: int = 6, image_size: int = 224, bat
     base, _ = _train_speed(dev, None, False, max(2, steps // 2), image_size, batch_size, crops, labels)
     fast, share = _train_speed(dev, amp_dtype(dev, "auto"), True, steps, image_size, batch_size, crops, labels)
     extra = {}
-    if dev.type == "cuda":   # the batch-32 compiled step (CUDA graphs) against eager, same run
-        comp, _ = _train_speed(dev, amp_dtype(dev, "auto"), True, max(steps, 20), image_size, batch_size, crops,
-                               labels, compiled=True)
+    if dev.type == "cuda":  # the batch-32 compiled step (CUDA graphs) against eager, same run
+        comp, _ = _train_speed(
+            dev, amp_dtype(dev, "auto"), True, max(steps, 20), image_size, batch_size, crops, labels, compiled=True
+        )
         extra = {"train_img_s_compiled": round(comp, 2), "compiled_vs_eager": round(comp / fast, 2)}
-    return {"bench": "train", "train_img_s": round(fast, 2), "train_img_s_baseline": round(base, 2),
-            "train_speedup": round(fast / base, 2), **extra, "peak_rss_mb": round(peak_rss_mb(), 1),
-            "data_share": round(share, 4), "device": str(dev), "amp": str(amp_dtype(dev, "auto")),
-            "image_size": image_size, "batch_size": batch_size, "threads": torch.get_num_threads()}
+    return {
+        "bench": "train",
+        "train_img_s": round(fast, 2),
+        "train_img_s_baseline": round(base, 2),
+        "train_speedup": round(fast / base, 2),
+        **extra,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "data_share": round(share, 4),
+        "device": str(dev),
+        "amp": str(amp_dtype(dev, "auto")),
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def cpu_name() -> str:
@@ -113,7 +139,7 @@ def _latency(fn, n: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def bench_predict(device: str = "auto", steps: int = 30, image_size: int = 224) -> dict:
+def bench_predict(device: str = "auto", steps: int = 30, image_size: int = TrainConfig.image_size) -> dict:
     """Latency of one 224 x 224 slice (uint8 crop in, probability out) and of a 15-slice phase."""
     dev = resolve_device(device)
     torch.manual_seed(0)
@@ -143,14 +169,19 @@ def bench_predict(device: str = "auto", steps: int = 30, image_size: int = 224) 
     fast = _latency(run_fast, steps)
     patient = _latency(lambda: run_fast(fifteen), max(5, steps // 3))
     onnx = _onnx_latency(model, image_size, steps) if dev.type == "cpu" else {}
-    return {"bench": "predict", "predict_ms_p50": round(float(np.median(fast)), 2),
-            "predict_ms_p95": round(float(np.percentile(fast, 95)), 2),
-            "predict_ms_p50_baseline": round(float(np.median(base)), 2),
-            "predict_speedup": round(float(np.median(base) / np.median(fast)), 2),
-            "patient_ms_p50": round(float(np.median(patient)), 2), "patient_slices": 15,
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-            "backend": f"torch {dev.type} " + getattr(fast_model, "mode", f"fused-BN channels_last autocast {amp}"),
-            "threads": torch.get_num_threads(), **onnx}
+    return {
+        "bench": "predict",
+        "predict_ms_p50": round(float(np.median(fast)), 2),
+        "predict_ms_p95": round(float(np.percentile(fast, 95)), 2),
+        "predict_ms_p50_baseline": round(float(np.median(base)), 2),
+        "predict_speedup": round(float(np.median(base) / np.median(fast)), 2),
+        "patient_ms_p50": round(float(np.median(patient)), 2),
+        "patient_slices": 15,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "backend": f"torch {dev.type} " + getattr(fast_model, "mode", f"fused-BN channels_last autocast {amp}"),
+        "threads": torch.get_num_threads(),
+        **onnx,
+    }
 
 
 _ONNX_PROBE = """
@@ -188,12 +219,19 @@ def _onnx_latency(model: nn.Module, image_size: int, steps: int) -> dict:
         path = Path(tmp) / "m.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(ProbabilityModel(model.cpu().eval(), image_size, True),
-                              (torch.zeros(1, image_size, image_size),), str(path), input_names=["crops"],
-                              output_names=["prob_high"], dynamic_axes={"crops": {0: "b"}, "prob_high": {0: "b"}},
-                              opset_version=18, dynamo=False)
-        out = subprocess.run([sys.executable, "-c", _ONNX_PROBE, str(path), str(image_size), str(steps)],
-                             capture_output=True, text=True)
+            torch.onnx.export(
+                ProbabilityModel(model.cpu().eval(), image_size, True),
+                (torch.zeros(1, image_size, image_size),),
+                str(path),
+                input_names=["crops"],
+                output_names=["prob_high"],
+                dynamic_axes={"crops": {0: "b"}, "prob_high": {0: "b"}},
+                opset_version=18,
+                dynamo=False,
+            )
+        out = subprocess.run(
+            [sys.executable, "-c", _ONNX_PROBE, str(path), str(image_size), str(steps)], capture_output=True, text=True
+        )
         if out.returncode != 0:
             return {"onnx_error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -201,9 +239,9 @@ def _onnx_latency(model: nn.Module, image_size: int, steps: int) -> dict:
 
 def bench_ingest(n_slices: int = 200, matrix: int = 512) -> dict:
     """Slices/s of ingest's decode + window + crop + resize on uncompressed 512 x 512 CT DICOM."""
+    from ccrcc_grade.core.config import PreprocessConfig
     from ccrcc_grade.ingest.cache import crop_rois
     from ccrcc_grade.ingest.cohort import Roi
-    from ccrcc_grade.core.config import PreprocessConfig
     from ccrcc_grade.io.boxes import Box
     from ccrcc_grade.tools.synth import synthetic_patient, write_dicom_slice
 
@@ -220,8 +258,14 @@ def bench_ingest(n_slices: int = 200, matrix: int = 512) -> dict:
         t = time.perf_counter()
         crop_rois(rois, PreprocessConfig(), [], show_progress=False)
         secs = time.perf_counter() - t
-    return {"bench": "ingest", "ingest_slices_s": round(n_slices / secs, 1), "n_slices": n_slices,
-            "matrix": matrix, "format": "DICOM explicit VR little endian, uint16", "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {
+        "bench": "ingest",
+        "ingest_slices_s": round(n_slices / secs, 1),
+        "n_slices": n_slices,
+        "matrix": matrix,
+        "format": "DICOM explicit VR little endian, uint16",
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
 def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512) -> dict:
@@ -247,28 +291,48 @@ def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512) -> dic
         model, _ = create_model("resnet34", "none")
         run = Path(tmp) / "resnet34-parenchymal"
         run.mkdir()
-        torch.save(make_checkpoint(model, {"model": "resnet34", "classes": ["low", "high"], "config": {},
-                                           "preprocess": {**to_dict(PreprocessConfig()), "image_size": 224,
-                                                          "normalize": True},
-                                           "phase": "parenchymal", "splits": {}, "epoch": 0}), run / "best.pt")
+        torch.save(
+            make_checkpoint(
+                model,
+                {
+                    "model": "resnet34",
+                    "classes": ["low", "high"],
+                    "config": {},
+                    "preprocess": {**to_dict(PreprocessConfig()), "image_size": 224, "normalize": True},
+                    "phase": "parenchymal",
+                    "splits": {},
+                    "epoch": 0,
+                },
+            ),
+            run / "best.pt",
+        )
         with TestClient(create_app([run], Path(tmp) / "data", device=device)) as c:
             study = c.post("/api/studies", files=files).json()
             sid, series = study["study_id"], study["series"][0]
             sops = c.get(f"/api/studies/{sid}").json()["series"][0]["sop_instance_uids"]
-            c.put(f"/api/studies/{sid}/boxes", json=[{"sop_instance_uid": u, "x_min": 200, "y_min": 220, "x_max": 290,
-                                                      "y_max": 300} for u in sops])
-            c.post(f"/api/studies/{sid}/predict", json={})   # warm
+            c.put(
+                f"/api/studies/{sid}/boxes",
+                json=[{"sop_instance_uid": u, "x_min": 200, "y_min": 220, "x_max": 290, "y_max": 300} for u in sops],
+            )
+            c.post(f"/api/studies/{sid}/predict", json={})  # warm
             pred = _latency(lambda: c.post(f"/api/studies/{sid}/predict", json={}), steps)
-            ks = itertools.cycle(range(15))   # a different slice each time: no cached PNG
+            ks = itertools.cycle(range(15))  # a different slice each time: no cached PNG
             png = _latency(lambda: c.get(f"/api/studies/{sid}/series/{series['series_uid']}/slices/{next(ks)}.png"), 30)
-    return {"bench": "serve", "predict_endpoint_ms_p50": round(float(np.median(pred)), 1),
-            "predict_endpoint_ms_p95": round(float(np.percentile(pred, 95)), 1), "slices": 15,
-            "slice_png_ms_p50": round(float(np.median(png)), 1), "slice_png_ms_p95": round(float(np.percentile(png, 95)), 1),
-            "matrix": matrix, "model": "resnet34 (random weights)", "device": str(resolve_device(device)),
-            "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {
+        "bench": "serve",
+        "predict_endpoint_ms_p50": round(float(np.median(pred)), 1),
+        "predict_endpoint_ms_p95": round(float(np.percentile(pred, 95)), 1),
+        "slices": 15,
+        "slice_png_ms_p50": round(float(np.median(png)), 1),
+        "slice_png_ms_p95": round(float(np.percentile(png, 95)), 1),
+        "matrix": matrix,
+        "model": "resnet34 (random weights)",
+        "device": str(resolve_device(device)),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
-STUDY_COHORT = dict(patients=158, high=34, matrix=512)   # the study's size: 124 low / 34 high grade
+STUDY_COHORT = dict(patients=158, high=34, matrix=512)  # the study's size: 124 low / 34 high grade
 
 
 def bench_study(device: str = "auto", preset: str | None = None) -> dict:
@@ -285,14 +349,20 @@ def bench_study(device: str = "auto", preset: str | None = None) -> dict:
     c = STUDY_COHORT
     cohort = root / f"study-cohort-{c['patients']}-{c['high']}-{c['matrix']}"
     if not (cohort / "clinical.csv").is_file():
-        if cohort.exists():   # never ours: the cohort appears only by the rename below, complete
+        if cohort.exists():  # never ours: the cohort appears only by the rename below, complete
             raise CcrccError(f"{cohort}: exists but is not a finished benchmark cohort; move it away")
         root.mkdir(parents=True, exist_ok=True)
         # made in a fresh folder of its own and renamed when complete: an interrupted creation
         # leaves a .study-cohort-* folder behind and is never taken for the cohort
         tmp = Path(tempfile.mkdtemp(prefix=".study-cohort-", dir=root)) / "cohort"
-        make_cohort(tmp, patients=c["patients"], high_fraction=c["high"] / c["patients"], matrix=c["matrix"], seed=158,
-                    workers=min(os.cpu_count() or 1, 16))
+        make_cohort(
+            tmp,
+            patients=c["patients"],
+            high_fraction=c["high"] / c["patients"],
+            matrix=c["matrix"],
+            seed=158,
+            workers=min(os.cpu_count() or 1, 16),
+        )
         tmp.rename(cohort)
         tmp.parent.rmdir()
     jobs = resolve_jobs("auto", str(dev))
@@ -301,32 +371,66 @@ def bench_study(device: str = "auto", preset: str | None = None) -> dict:
         t0 = time.perf_counter()
         run_study(cohort, out, StudyOptions(preset=preset, weights="none", device=str(dev), evidence=False))
         secs = time.perf_counter() - t0
-        res = json.loads((out / "results.json").read_text())
+        res = read_json(StudyDir(out).results)
         from ccrcc_grade.ingest.cache import CropCache
 
         cache = CropCache.load(out / "work")
-        train_ids = set(json.loads((out / "work" / "splits.json").read_text())["train"])
+        train_ids = set(StudyDir(out).work.read_splits()["train"])
         train_s, images = 0.0, 0
         for r in res["runs"].values():
             run = Path(r["run"])
-            cfg = json.loads((run / "config.json").read_text())
-            with open(run / "log.csv", newline="") as fh:
+            cfg = RunDir(run).read_config()
+            with open(RunDir(run).log, newline="") as fh:
                 train_s += sum(float(row["seconds"]) for row in csv.DictReader(fh))
             images += len(cache.select(cfg["phase"], train_ids)) * cfg["repeats"] * cfg["epochs"]
-    return {"bench": "study", "study_seconds": round(secs, 1), "train_seconds": round(train_s, 1),
-            "images": images, "img_s": round(images / max(train_s, 1e-9), 1), "jobs": jobs, "preset": preset,
-            "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-            "torch": torch.__version__, "patients": c["patients"], "runs": len(res["runs"])}
+    return {
+        "bench": "study",
+        "study_seconds": round(secs, 1),
+        "train_seconds": round(train_s, 1),
+        "images": images,
+        "img_s": round(images / max(train_s, 1e-9), 1),
+        "jobs": jobs,
+        "preset": preset,
+        "device": str(dev),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "torch": torch.__version__,
+        "patients": c["patients"],
+        "runs": len(res["runs"]),
+    }
 
 
-def bench(what: str, device: str = "auto", steps: int = 6, image_size: int = 224, batch_size: int = 32,
-          preset: str | None = None):
+def bench(
+    what: str,
+    device: str = "auto",
+    steps: int = 6,
+    image_size: int = TrainConfig.image_size,
+    batch_size: int = TrainConfig.batch_size,
+    preset: str | None = None,
+):
     """Yield result lines; 'all' runs each benchmark in a fresh process so peak memory is its own."""
     if what == "all":
         for w in ("ingest", "predict", "serve", "train"):
-            out = subprocess.run([sys.executable, "-m", "ccrcc_grade", "bench", "--what", w, "--device", device,
-                                  "--steps", str(steps), "--image-size", str(image_size), "--batch-size", str(batch_size)],
-                                 capture_output=True, text=True, env={**os.environ, "CCRCC_NO_PROGRESS": "1"})
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "ccrcc_grade",
+                    "bench",
+                    "--what",
+                    w,
+                    "--device",
+                    device,
+                    "--steps",
+                    str(steps),
+                    "--image-size",
+                    str(image_size),
+                    "--batch-size",
+                    str(batch_size),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "CCRCC_NO_PROGRESS": "1"},
+            )
             if out.returncode != 0:
                 raise RuntimeError(out.stderr)
             for line in out.stdout.splitlines():

@@ -58,20 +58,28 @@ from ccrcc_grade.ingest.preprocess import window_to_uint8
 
 # Mean HU per phase: (aorta, cortex, medulla, pelvis, liver, tumour low grade, tumour high grade)
 _HU = {
-    "plain":            dict(aorta=40, cortex=32, medulla=30, pelvis=10, liver=58, low=34, high=36),
+    "plain": dict(aorta=40, cortex=32, medulla=30, pelvis=10, liver=58, low=34, high=36),
     "corticomedullary": dict(aorta=320, cortex=190, medulla=75, pelvis=10, liver=75, low=175, high=110),
-    "parenchymal":      dict(aorta=170, cortex=165, medulla=160, pelvis=15, liver=110, low=125, high=88),
-    "excretory":        dict(aorta=120, cortex=135, medulla=140, pelvis=420, liver=95, low=88, high=70),
+    "parenchymal": dict(aorta=170, cortex=165, medulla=160, pelvis=15, liver=110, low=125, high=88),
+    "excretory": dict(aorta=120, cortex=135, medulla=140, pelvis=420, liver=95, low=88, high=70),
 }
-_SERIES = {"plain": ("NC 5.0 B30f", 0, ""), "corticomedullary": ("CMP 5.0 B30f", 35, "IOPAMIDOL"),
-           "parenchymal": ("NP 5.0 B30f", 100, "IOPAMIDOL"), "excretory": ("EP 5.0 B30f", 420, "IOPAMIDOL")}
+_SERIES = {
+    "plain": ("NC 5.0 B30f", 0, ""),
+    "corticomedullary": ("CMP 5.0 B30f", 35, "IOPAMIDOL"),
+    "parenchymal": ("NP 5.0 B30f", 100, "IOPAMIDOL"),
+    "excretory": ("EP 5.0 B30f", 420, "IOPAMIDOL"),
+}
 
 
 DIFFICULTIES = ("realistic", "easy")
 
 # realistic: tumour attenuation (HU) per phase and grade, mean and SD between patients
-_TUMOUR_HU = {"plain": ((34, 8), (36, 8)), "corticomedullary": ((165, 40), (125, 40)),
-              "parenchymal": ((122, 30), (98, 30)), "excretory": ((86, 22), (74, 22))}
+_TUMOUR_HU = {
+    "plain": ((34, 8), (36, 8)),
+    "corticomedullary": ((165, 40), (125, 40)),
+    "parenchymal": ((122, 30), (98, 30)),
+    "excretory": ((86, 22), (74, 22)),
+}
 # three simulated centres: quantum noise SD (HU), kernel blur (mm), calibration offset (HU)
 _CENTRES = ((10.0, 0.45, 0.0), (14.0, 0.30, 6.0), (20.0, 0.70, -5.0))
 
@@ -85,22 +93,23 @@ class _Patient:
     diameter_mm: float
     spacing: float
     slices: int
-    tumour_z: float            # tumour centre along z (mm, slice 0 at 0)
-    tumour_xy: tuple[float, float]   # centre relative to the kidney centre (mm)
-    necrosis: float            # necrotic core radius as a fraction of tumour radius (0 = none)
-    texture: float             # heterogeneity (HU SD)
-    enh: float                 # patient-level enhancement factor
+    tumour_z: float  # tumour centre along z (mm, slice 0 at 0)
+    tumour_xy: tuple[float, float]  # centre relative to the kidney centre (mm)
+    necrosis: float  # necrotic core radius as a fraction of tumour radius (0 = none)
+    texture: float  # heterogeneity (HU SD)
+    enh: float  # patient-level enhancement factor
     body: tuple[float, float]  # body semi-axes (mm)
     seed: int
-    tumour_hu: dict | None = None   # realistic: the tumour's attenuation per phase (HU)
-    timing: float = 0.0        # realistic: bolus timing (-1 early .. +1 late)
-    noise_sd: float = 12.0     # HU
-    kernel_mm: float = 0.0     # extra reconstruction-kernel blur (mm); 0 = the easy phantom's
-    hu_offset: float = 0.0     # scanner calibration offset (HU)
+    tumour_hu: dict | None = None  # realistic: the tumour's attenuation per phase (HU)
+    timing: float = 0.0  # realistic: bolus timing (-1 early .. +1 late)
+    noise_sd: float = 12.0  # HU
+    kernel_mm: float = 0.0  # extra reconstruction-kernel blur (mm); 0 = the easy phantom's
+    hu_offset: float = 0.0  # scanner calibration offset (HU)
 
 
-def synthetic_patient(rng: np.random.Generator, pid: str, label: int, matrix: int,
-                      difficulty: str = "easy") -> _Patient:
+def synthetic_patient(
+    rng: np.random.Generator, pid: str, label: int, matrix: int, difficulty: str = "easy"
+) -> _Patient:
     """One phantom patient's parameters (``label`` 1 = high grade as recorded)."""
     if difficulty == "easy":
         return _make_patient(rng, pid, label, matrix)
@@ -110,13 +119,13 @@ def synthetic_patient(rng: np.random.Generator, pid: str, label: int, matrix: in
 def _make_patient_realistic(rng: np.random.Generator, pid: str, label: int, matrix: int) -> _Patient:
     grade = int(rng.choice([3, 4], p=[0.7, 0.3])) if label else int(rng.choice([1, 2], p=[0.2, 0.8]))
     looks = label
-    if grade in (2, 3) and rng.random() < 0.08:      # graded across the 2/3 boundary
+    if grade in (2, 3) and rng.random() < 0.08:  # graded across the 2/3 boundary
         looks = 1 - label
     diameter = float(np.clip(np.exp(rng.normal(np.log(48 if looks else 35), 0.4)), 12, 110))
     centre = _CENTRES[int(rng.integers(len(_CENTRES)))]
     spacing = float(rng.uniform(0.6, 0.85)) * 512 / matrix
     slices = int(np.ceil(diameter / 5.0)) + 2
-    z = rng.normal()                                  # the patient's vascularity, shared by phases
+    z = rng.normal()  # the patient's vascularity, shared by phases
     dose = float(np.clip(rng.normal(1.0, 0.15), 0.65, 1.4))
     timing = float(np.clip(rng.normal(0, 0.5), -1, 1))
     tumour_hu = {}
@@ -125,31 +134,49 @@ def _make_patient_realistic(rng: np.random.Generator, pid: str, label: int, matr
         v = mean + sd * (0.8 * z + 0.6 * rng.normal())
         if phase != "plain":
             v = 35 + (v - 35) * dose
-        if phase == "corticomedullary":               # late scan: past the arterial peak
+        if phase == "corticomedullary":  # late scan: past the arterial peak
             v -= 25 * max(timing, 0)
         tumour_hu[phase] = float(v)
     necrotic = rng.random() < (0.55 if looks else 0.20)
     return _Patient(
-        pid=pid, label=label, grade=grade, side=str(rng.choice(["left", "right"])), diameter_mm=diameter,
-        spacing=spacing, slices=slices, tumour_z=(slices - 1) * 5.0 / 2 + float(rng.uniform(-1, 1)),
+        pid=pid,
+        label=label,
+        grade=grade,
+        side=str(rng.choice(["left", "right"])),
+        diameter_mm=diameter,
+        spacing=spacing,
+        slices=slices,
+        tumour_z=(slices - 1) * 5.0 / 2 + float(rng.uniform(-1, 1)),
         tumour_xy=(float(rng.uniform(-12, 12)), float(rng.uniform(-15, 15))),
         necrosis=float(rng.uniform(0.25, 0.6)) if necrotic else 0.0,
         texture=float(rng.uniform(10, 30) if looks else rng.uniform(6, 22)),
-        enh=dose, body=(float(rng.uniform(150, 185)), float(rng.uniform(105, 130))),
-        seed=int(rng.integers(2**31)), tumour_hu=tumour_hu, timing=timing,
-        noise_sd=centre[0], kernel_mm=centre[1], hu_offset=centre[2])
+        enh=dose,
+        body=(float(rng.uniform(150, 185)), float(rng.uniform(105, 130))),
+        seed=int(rng.integers(2**31)),
+        tumour_hu=tumour_hu,
+        timing=timing,
+        noise_sd=centre[0],
+        kernel_mm=centre[1],
+        hu_offset=centre[2],
+    )
 
 
 def _make_patient(rng: np.random.Generator, pid: str, label: int, matrix: int) -> _Patient:
     grade = int(rng.choice([3, 4], p=[0.7, 0.3])) if label else int(rng.choice([1, 2], p=[0.2, 0.8]))
     diameter = float(np.clip(rng.normal(55 if label else 36, 14 if label else 10), 18, 90))
-    spacing = float(rng.uniform(0.66, 0.82)) * 512 / matrix    # a ~340-420 mm field of view
+    spacing = float(rng.uniform(0.66, 0.82)) * 512 / matrix  # a ~340-420 mm field of view
     slice_mm = 5.0
     n_tumour = int(np.ceil(diameter / slice_mm))
-    slices = n_tumour + 2          # one unannotated slice above and below
+    slices = n_tumour + 2  # one unannotated slice above and below
     return _Patient(
-        pid=pid, label=label, grade=grade, side=str(rng.choice(["left", "right"])), diameter_mm=diameter,
-        spacing=spacing, slices=slices, tumour_z=(slices - 1) * slice_mm / 2 + float(rng.uniform(-1, 1)),
+        pid=pid,
+        label=label,
+        grade=grade,
+        side=str(rng.choice(["left", "right"])),
+        diameter_mm=diameter,
+        spacing=spacing,
+        slices=slices,
+        tumour_z=(slices - 1) * slice_mm / 2 + float(rng.uniform(-1, 1)),
         tumour_xy=(float(rng.uniform(-12, 12)), float(rng.uniform(-15, 15))),
         necrosis=float(rng.uniform(0.3, 0.6)) if rng.random() < (0.7 if label else 0.12) else 0.0,
         texture=float(rng.uniform(16, 30) if label else rng.uniform(6, 14)),
@@ -159,31 +186,33 @@ def _make_patient(rng: np.random.Generator, pid: str, label: int, matrix: int) -
     )
 
 
-def _render(p: _Patient, phase: str, k: int, matrix: int) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
+def _render(
+    p: _Patient, phase: str, k: int, matrix: int
+) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
     """HU image (matrix x matrix) of slice k of one phase, and the tumour's pixel bbox (or None)."""
     hu = dict(_HU[phase])
-    if p.tumour_hu is not None and phase != "plain":   # realistic: dose and bolus timing move every tissue
+    if p.tumour_hu is not None and phase != "plain":  # realistic: dose and bolus timing move every tissue
         hu = {k: (v if k == "pelvis" and phase != "excretory" else 35 + (v - 35) * p.enh) for k, v in hu.items()}
-        if phase == "corticomedullary" and p.timing > 0:   # late: cortex and medulla converge
+        if phase == "corticomedullary" and p.timing > 0:  # late: cortex and medulla converge
             hu["medulla"] += (hu["cortex"] - hu["medulla"]) * 0.6 * p.timing
     prng = np.random.default_rng([p.seed, PHASES.index(phase), k])
-    trng = np.random.default_rng([p.seed, 99, k])          # tissue texture: same in every phase
+    trng = np.random.default_rng([p.seed, 99, k])  # tissue texture: same in every phase
     fov = matrix * p.spacing
     shift = np.random.default_rng([p.seed, PHASES.index(phase)]).normal(0, 1.5, size=2)  # breathing, mm
     c = ((np.arange(matrix) + 0.5) * p.spacing - fov / 2).astype(np.float32)
-    x, y = np.meshgrid(c, c)                                # mm, x = image column, y = row
+    x, y = np.meshgrid(c, c)  # mm, x = image column, y = row
     img = np.full((matrix, matrix), -1000.0, dtype=np.float32)
     a, b = p.body
     inside = (x / a) ** 2 + (y / b) ** 2 <= 1
-    img[inside] = -100.0                                    # fat
-    img[(x / (a - 12)) ** 2 + (y / (b - 12)) ** 2 <= 1] = 40.0   # muscle / bowel / soft tissue
+    img[inside] = -100.0  # fat
+    img[(x / (a - 12)) ** 2 + (y / (b - 12)) ** 2 <= 1] = 40.0  # muscle / bowel / soft tissue
     img[((x + a * 0.45) / (a * 0.45)) ** 2 + ((y + b * 0.35) / (b * 0.5)) ** 2 <= 1] = hu["liver"]
-    img[(x ** 2 + (y - b * 0.55) ** 2) <= 22 ** 2] = 420.0                       # vertebral body
-    img[(x ** 2 + (y - b * 0.55) ** 2) <= 16 ** 2] = 250.0
-    img[((x - 8) ** 2 + (y - b * 0.28) ** 2) <= 11 ** 2] = hu["aorta"]
+    img[(x**2 + (y - b * 0.55) ** 2) <= 22**2] = 420.0  # vertebral body
+    img[(x**2 + (y - b * 0.55) ** 2) <= 16**2] = 250.0
+    img[((x - 8) ** 2 + (y - b * 0.28) ** 2) <= 11**2] = hu["aorta"]
     z = k * 5.0
     bbox = None
-    for side, sx in (("right", -1.0), ("left", 1.0)):       # patient right is image left
+    for side, sx in (("right", -1.0), ("left", 1.0)):  # patient right is image left
         kx, ky = sx * a * 0.42 + shift[0], b * 0.28 + shift[1]
         ax_, ay_ = 30.0, 42.0
         r2 = ((x - kx) / ax_) ** 2 + ((y - ky) / ay_) ** 2
@@ -196,9 +225,9 @@ def _render(p: _Patient, phase: str, k: int, matrix: int) -> tuple[np.ndarray, t
         dz = z - p.tumour_z
         if abs(dz) >= radius * 0.97:
             continue
-        rz = np.sqrt(radius ** 2 - dz ** 2)
+        rz = np.sqrt(radius**2 - dz**2)
         tx, ty = kx + sx * 14 + p.tumour_xy[0], ky + p.tumour_xy[1]
-        d2 = ((x - tx) ** 2 + (y - ty) ** 2) / rz ** 2
+        d2 = ((x - tx) ** 2 + (y - ty) ** 2) / rz**2
         # lobulated edge: radius varies with angle
         ang = np.arctan2(y - ty, x - tx)
         lob = 1 + 0.06 * np.sin(3 * ang + p.seed % 7) + 0.04 * np.sin(5 * ang + p.seed % 5)
@@ -206,8 +235,8 @@ def _render(p: _Patient, phase: str, k: int, matrix: int) -> tuple[np.ndarray, t
             base = p.tumour_hu[phase]
         else:
             mean = hu["high" if p.label else "low"]
-            base = 35.0 + (mean - 35.0) * p.enh              # enhancement above unenhanced tissue
-        tum = d2 <= lob ** 2
+            base = 35.0 + (mean - 35.0) * p.enh  # enhancement above unenhanced tissue
+        tum = d2 <= lob**2
         if not tum.any():
             continue
         rows_i, cols_i = np.nonzero(tum)
@@ -217,16 +246,16 @@ def _render(p: _Patient, phase: str, k: int, matrix: int) -> tuple[np.ndarray, t
         tex *= p.texture * 4.5
         patch = img[r0:r1, c0:c1]
         tmask = tum[r0:r1, c0:c1]
-        contrast_scale = 0.35 if phase == "plain" else 1.0   # heterogeneity is subtle before contrast
+        contrast_scale = 0.35 if phase == "plain" else 1.0  # heterogeneity is subtle before contrast
         before = patch.copy()
         patch[tmask] = base + tex[tmask] * contrast_scale
         if p.necrosis > 0:
             nec = d2[r0:r1, c0:c1] <= (p.necrosis * lob[r0:r1, c0:c1]) ** 2
             patch[nec] = 18.0 + tex[nec] * 0.3
-        if p.tumour_hu is not None:   # partial volume: a 5 mm slice through the tumour's pole
+        if p.tumour_hu is not None:  # partial volume: a 5 mm slice through the tumour's pole
             w = float(np.clip((radius - abs(dz)) / 2.5, 0.25, 1.0))
             patch[:] = w * patch + (1 - w) * before
-        mm = float(np.random.default_rng([p.seed, 7, k]).uniform(1.0, 2.0))   # box margin 1-2 mm
+        mm = float(np.random.default_rng([p.seed, 7, k]).uniform(1.0, 2.0))  # box margin 1-2 mm
         m = mm / p.spacing
         bbox = (float(c0) - m, float(r0) - m, float(c1) + m, float(r1) + m)
     noise = gaussian_filter(prng.standard_normal((matrix, matrix), dtype=np.float32), 0.6) * (p.noise_sd * 2.2)
@@ -236,22 +265,41 @@ def _render(p: _Patient, phase: str, k: int, matrix: int) -> tuple[np.ndarray, t
 
 def _clinical_row(rng: np.random.Generator, p: _Patient) -> dict:
     return {
-        "patient_id": p.pid, "who_isup_grade": p.grade,
+        "patient_id": p.pid,
+        "who_isup_grade": p.grade,
         "sex": "M" if rng.random() < (0.70 if p.label else 0.62) else "F",
         "age": int(np.clip(rng.normal(60 if p.label else 56, 10), 25, 88)),
-        "side": p.side, "bmi": round(float(np.clip(rng.normal(24.5, 3.2), 16, 40)), 1),
-        "hypertension": int(rng.random() < 0.35), "diabetes": int(rng.random() < 0.12),
+        "side": p.side,
+        "bmi": round(float(np.clip(rng.normal(24.5, 3.2), 16, 40)), 1),
+        "hypertension": int(rng.random() < 0.35),
+        "diabetes": int(rng.random() < 0.12),
         "tumor_size_cm": round(p.diameter_mm / 10, 1),
-        "center": "SYNTH" if p.tumour_hu is None else f"SYNTH-{_CENTRES.index((p.noise_sd, p.kernel_mm, p.hu_offset)) + 1}",
+        "center": "SYNTH"
+        if p.tumour_hu is None
+        else f"SYNTH-{_CENTRES.index((p.noise_sd, p.kernel_mm, p.hu_offset)) + 1}",
     }
 
 
 def _labelme(image_name: str, w: int, h: int, bbox: tuple) -> dict:
     x0, y0, x1, y1 = bbox
-    return {"version": "5.2.1", "flags": {}, "imagePath": image_name, "imageData": None,
-            "imageHeight": h, "imageWidth": w,
-            "shapes": [{"label": "tumor", "points": [[round(x0, 2), round(y0, 2)], [round(x1, 2), round(y1, 2)]],
-                        "group_id": None, "description": "", "shape_type": "rectangle", "flags": {}}]}
+    return {
+        "version": "5.2.1",
+        "flags": {},
+        "imagePath": image_name,
+        "imageData": None,
+        "imageHeight": h,
+        "imageWidth": w,
+        "shapes": [
+            {
+                "label": "tumor",
+                "points": [[round(x0, 2), round(y0, 2)], [round(x1, 2), round(y1, 2)]],
+                "group_id": None,
+                "description": "",
+                "shape_type": "rectangle",
+                "flags": {},
+            }
+        ],
+    }
 
 
 def write_dicom_slice(path: Path, hu: np.ndarray, p: _Patient, phase: str, k: int, uids: dict) -> None:
@@ -279,12 +327,12 @@ def write_dicom_slice(path: Path, hu: np.ndarray, p: _Patient, phase: str, k: in
     ds.BodyPartExamined = "ABDOMEN"
     if agent:
         ds.ContrastBolusAgent = agent
-    t = 9 * 3600 + delay                     # seconds since midnight; the plain scan at 09:00:00
+    t = 9 * 3600 + delay  # seconds since midnight; the plain scan at 09:00:00
     ds.AcquisitionTime = f"{t // 3600:02d}{(t // 60) % 60:02d}{t % 60:02d}.000000"
     ds.SeriesTime = ds.AcquisitionTime
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     n = hu.shape[0]
-    ds.ImagePositionPatient = [-n * p.spacing / 2, -n * p.spacing / 2, -(k * 5.0)]   # head-first: z decreases
+    ds.ImagePositionPatient = [-n * p.spacing / 2, -n * p.spacing / 2, -(k * 5.0)]  # head-first: z decreases
     ds.SliceThickness = 5.0
     ds.PixelSpacing = [round(p.spacing, 6), round(p.spacing, 6)]
     ds.Rows, ds.Columns = hu.shape
@@ -296,9 +344,17 @@ def write_dicom_slice(path: Path, hu: np.ndarray, p: _Patient, phase: str, k: in
     ds.save_as(path, enforce_file_format=True)
 
 
-def make_cohort(out: Path | str, patients: int = 40, high_fraction: float = 0.25, layout: str = "slices",
-                seed: int = 0, matrix: int = 512, phases: tuple[str, ...] = PHASES,
-                difficulty: str = "realistic", workers: int = 1) -> Path:
+def make_cohort(
+    out: Path | str,
+    patients: int = 40,
+    high_fraction: float = 0.25,
+    layout: str = "slices",
+    seed: int = 0,
+    matrix: int = 512,
+    phases: tuple[str, ...] = PHASES,
+    difficulty: str = "realistic",
+    workers: int = 1,
+) -> Path:
     """Write a synthetic cohort to ``out`` and return its path. Deterministic for a seed.
     ``difficulty``: realistic (grades overlap as in published series) or easy (fast tests);
     ``workers``: processes rendering patients at once (the cohort is the same for any number)."""
@@ -322,7 +378,7 @@ def make_cohort(out: Path | str, patients: int = 40, high_fraction: float = 0.25
 
     pats = []
     rows = []
-    for i in range(patients):   # parameters drawn in order from one generator: the cohort does not depend on workers
+    for i in range(patients):  # parameters drawn in order from one generator: the cohort does not depend on workers
         p = synthetic_patient(rng, f"SYN{i + 1:03d}", int(labels[i]), matrix, difficulty)
         rows.append(_clinical_row(rng, p))
         pats.append(p)
@@ -341,7 +397,8 @@ def make_cohort(out: Path | str, patients: int = 40, high_fraction: float = 0.25
     (out / "README.txt").write_text(
         "SYNTHETIC PHANTOM COHORT made by `ccrcc-grade synth` - not patient data.\n"
         f"patients={patients} high_fraction={high_fraction} layout={layout} seed={seed} matrix={matrix} "
-        f"difficulty={difficulty}\n")
+        f"difficulty={difficulty}\n"
+    )
     return out
 
 
@@ -358,19 +415,28 @@ def _write_patient(job: tuple) -> list[dict]:
         for k in range(p.slices):
             hu, bbox = _render(p, phase, k, matrix)
             if layout == "slices":
-                ext = ".bmp" if i % 4 == 3 else ".png"     # PACS exports are often BMP
+                ext = ".bmp" if i % 4 == 3 else ".png"  # PACS exports are often BMP
                 name = f"{p.pid}_{phase}_{k + 1:03d}{ext}"
                 Image.fromarray(window_to_uint8(hu, 40, 290)).save(folder / name)
                 if bbox is not None:
                     (folder / (Path(name).stem + ".json")).write_text(
-                        json.dumps(_labelme(name, matrix, matrix, bbox), indent=1))
+                        json.dumps(_labelme(name, matrix, matrix, bbox), indent=1)
+                    )
             else:
-                name = f"IM{int(order[k]):04d}_{uids[phase][-6:]}.dcm"   # file names not in slice order
+                name = f"IM{int(order[k]):04d}_{uids[phase][-6:]}.dcm"  # file names not in slice order
                 write_dicom_slice(folder / name, hu, p, phase, k, uids)
                 if bbox is not None:
-                    box_rows.append({"patient_id": p.pid, "phase": phase, "file": f"{p.pid}/{phase}/{name}",
-                                     "x_min": round(bbox[0], 2), "y_min": round(bbox[1], 2),
-                                     "x_max": round(bbox[2], 2), "y_max": round(bbox[3], 2)})
+                    box_rows.append(
+                        {
+                            "patient_id": p.pid,
+                            "phase": phase,
+                            "file": f"{p.pid}/{phase}/{name}",
+                            "x_min": round(bbox[0], 2),
+                            "y_min": round(bbox[1], 2),
+                            "x_max": round(bbox[2], 2),
+                            "y_max": round(bbox[3], 2),
+                        }
+                    )
     return box_rows
 
 

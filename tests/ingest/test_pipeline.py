@@ -1,5 +1,4 @@
-"""synth -> ingest -> split on both layouts, and one test per bad input (one-line error, exit 2,
-WORK untouched)."""
+"""ccrcc_grade.ingest (pipeline, cohort, preprocess): cohort folders to the crop cache."""
 
 from __future__ import annotations
 
@@ -11,24 +10,53 @@ import pydicom
 import pytest
 from PIL import Image
 
-from ccrcc_grade.ingest.cache import CropCache, ingest
 from ccrcc_grade.core.config import PreprocessConfig
+from ccrcc_grade.ingest.cache import CropCache
+from ccrcc_grade.ingest.pipeline import ingest
 
-from conftest import CROP, read_rows, run_cli, survey, write_rows
+
+def _ingest(cohort, out):
+    ingest(cohort, out, PreprocessConfig(size=32), show_progress=False)
+    return out
 
 
-def test_end_to_end_both_layouts_give_the_same_crops(slices_cohort, dicom_cohort, tmp_path, capsys):
-    assert run_cli("ingest", slices_cohort, "--out", tmp_path / "ws", "--size", CROP) == 0
+@pytest.fixture
+def bad(slices_cohort, copy_tree, tmp_path):
+    """A copy of the cohort to break, and an earlier WORK cache (which --overwrite may replace)."""
+    c = copy_tree(slices_cohort, "bad")
+    w = tmp_path / "work"
+    w.mkdir()
+    for name in ("manifest.csv", "preprocess.json"):
+        (w / name).write_text("the earlier cache")
+    return c, w
+
+
+def _untouched(w):
+    assert sorted(p.name for p in w.iterdir()) == ["manifest.csv", "preprocess.json"]
+    assert all((w / n).read_text() == "the earlier cache" for n in ("manifest.csv", "preprocess.json"))
+    assert not [p for p in w.parent.iterdir() if ".ingest-" in p.name]
+
+
+def _ingest_bad(refused, capsys, c, w, *fragments):
+    refused(capsys, ["ingest", c, "--out", w, "--size", "32", "--overwrite"], *fragments)
+    _untouched(w)
+
+
+def test_end_to_end_both_layouts_give_the_same_crops(
+    crop_size, read_rows, run_cli, slices_cohort, dicom_cohort, tmp_path, capsys
+):
+    assert run_cli("ingest", slices_cohort, "--out", tmp_path / "ws", "--size", crop_size) == 0
     table = capsys.readouterr().out
     assert "parenchymal" in table and "combined" in table and "slices layout" in table
-    assert run_cli("ingest", dicom_cohort, "--out", tmp_path / "wd", "--size", CROP) == 0
+    assert run_cli("ingest", dicom_cohort, "--out", tmp_path / "wd", "--size", crop_size) == 0
     a, b = CropCache.load(tmp_path / "ws"), CropCache.load(tmp_path / "wd")
     clinical = read_rows(slices_cohort / "clinical.csv")
     assert {r["patient_id"] for r in a.manifest} == {r["patient_id"] for r in clinical}
     assert len(a.manifest) == len(b.manifest) > 0
     for col in ("patient_id", "phase", "source", "x_min", "y_min", "x_max", "y_max", "grade", "label", "index"):
         assert col in a.manifest[0]
-    def slice_no(cohort, r):   # the slice number: file name for PNG/BMP, InstanceNumber for DICOM
+
+    def slice_no(cohort, r):  # the slice number: file name for PNG/BMP, InstanceNumber for DICOM
         if r["source"].endswith(".dcm"):
             return int(pydicom.dcmread(cohort / r["source"], stop_before_pixels=True).InstanceNumber)
         return int(r["source"].rsplit("_", 1)[1].split(".")[0])
@@ -38,28 +66,32 @@ def test_end_to_end_both_layouts_give_the_same_crops(slices_cohort, dicom_cohort
     assert ka.keys() == kb.keys()
     keys = sorted(ka)
     for k in keys:
-        assert [ka[k][c] for c in ("x_min", "y_min", "x_max", "y_max")] == [kb[k][c] for c in ("x_min", "y_min", "x_max", "y_max")]
-    diff = np.abs(a.crops[[ka[k]["index"] for k in keys]].astype(int) - b.crops[[kb[k]["index"] for k in keys]].astype(int))
-    assert diff.max() <= 2      # PNG of windowed HU vs DICOM integer HU: rounding only
+        assert [ka[k][c] for c in ("x_min", "y_min", "x_max", "y_max")] == [
+            kb[k][c] for c in ("x_min", "y_min", "x_max", "y_max")
+        ]
+    diff = np.abs(
+        a.crops[[ka[k]["index"] for k in keys]].astype(int) - b.crops[[kb[k]["index"] for k in keys]].astype(int)
+    )
+    assert diff.max() <= 2  # PNG of windowed HU vs DICOM integer HU: rounding only
     for p in ("plain", "corticomedullary", "parenchymal", "excretory"):
         assert len(a.select(p)) * 4 == len(a.select("combined"))
     report = json.loads((tmp_path / "ws" / "ingest_report.json").read_text())
     images = [p for p in slices_cohort.rglob("*") if p.suffix in (".png", ".bmp")]
     unannotated = [p for p in images if not p.with_suffix(".json").exists()]
-    assert report["n_slices_without_annotation"] == len(unannotated) >= 2 * 4 * 16   # >= 1 above + 1 below
+    assert report["n_slices_without_annotation"] == len(unannotated) >= 2 * 4 * 16  # >= 1 above + 1 below
     assert report["summary"]["combined"]["high"]["patients"] == sum(int(r["who_isup_grade"]) >= 3 for r in clinical)
     assert run_cli("split", tmp_path / "wd", "--ratios", "2:1:1", "--folds", "3") == 0
     s = json.loads((tmp_path / "wd" / "splits.json").read_text())
     assert len(s["train"]) + len(s["val"]) + len(s["test"]) == 16 and len(s["folds"]) == 16
 
 
-def test_crop_content_is_the_tumour(work):
+def test_crop_content_is_the_tumour(crop_size, work):
     """The tumour (enhancing, bright in the parenchymal phase) fills the middle of each crop."""
     cache = CropCache.load(work)
     rows = cache.select("parenchymal")
     crops = cache.crops[[r["index"] for r in rows]].astype(float)
-    centre = crops[:, CROP // 3: 2 * CROP // 3, CROP // 3: 2 * CROP // 3].mean()
-    assert centre > 80        # tumour ~90-125 HU -> grey ~110-150 in the 40/290 window; fat is ~0
+    centre = crops[:, crop_size // 3 : 2 * crop_size // 3, crop_size // 3 : 2 * crop_size // 3].mean()
+    assert centre > 80  # tumour ~90-125 HU -> grey ~110-150 in the 40/290 window; fat is ~0
 
 
 def test_phase_aliases_and_unknown_folders(slices_cohort, tmp_path, copy_tree):
@@ -92,69 +124,33 @@ def test_several_rectangles_clipping_and_other_shapes(slices_cohort, tmp_path, c
     assert any("extends outside" in x and "clipped" in x for x in warns)
     assert any("ignored non-rectangle shapes (polygon x1)" in x for x in warns)
     clipped = [r for r in m.manifest if float(r["x_min"]) == w - 20]
-    assert len(clipped) == 1 and float(clipped[0]["x_max"]) == w   # the manifest records the box cropped
+    assert len(clipped) == 1 and float(clipped[0]["x_max"]) == w  # the manifest records the box cropped
 
 
-def _ingest(cohort, out):
-    ingest(cohort, out, PreprocessConfig(size=32), show_progress=False)
-    return out
-
-
-def _expect_error(capsys, args, *fragments):
-    assert run_cli(*args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("ccrcc-grade: error: ")
-    for f in fragments:
-        assert f in err, err
-    return err
-
-
-@pytest.fixture
-def bad(slices_cohort, copy_tree, tmp_path):
-    """A copy of the cohort to break, and an earlier WORK cache (which --overwrite may replace)."""
-    c = copy_tree(slices_cohort, "bad")
-    w = tmp_path / "work"
-    w.mkdir()
-    for name in ("manifest.csv", "preprocess.json"):
-        (w / name).write_text("the earlier cache")
-    return c, w
-
-
-def _untouched(w):
-    assert sorted(p.name for p in w.iterdir()) == ["manifest.csv", "preprocess.json"]
-    assert all((w / n).read_text() == "the earlier cache" for n in ("manifest.csv", "preprocess.json"))
-    assert not [p for p in w.parent.iterdir() if ".ingest-" in p.name]
-
-
-def _ingest_bad(capsys, c, w, *fragments):
-    _expect_error(capsys, ["ingest", c, "--out", w, "--size", "32", "--overwrite"], *fragments)
-    _untouched(w)
-
-
-def test_bad_grade(bad, capsys):
+def test_bad_grade(refused, read_rows, write_rows, bad, capsys):
     c, w = bad
     rows = read_rows(c / "clinical.csv")
     rows[2]["who_isup_grade"] = "5"
     write_rows(c / "clinical.csv", rows)
-    _ingest_bad(capsys, c, w, "clinical.csv:4", "outside 1-4")
+    _ingest_bad(refused, capsys, c, w, "clinical.csv:4", "outside 1-4")
 
 
-def test_duplicate_patient(bad, capsys):
+def test_duplicate_patient(refused, read_rows, write_rows, bad, capsys):
     c, w = bad
     rows = read_rows(c / "clinical.csv")
     rows[3]["patient_id"] = rows[2]["patient_id"]
     write_rows(c / "clinical.csv", rows)
-    _ingest_bad(capsys, c, w, "duplicate patient_id")
+    _ingest_bad(refused, capsys, c, w, "duplicate patient_id")
 
 
-def test_missing_grade_column(bad, capsys):
+def test_missing_grade_column(refused, read_rows, write_rows, bad, capsys):
     c, w = bad
     rows = [{k: v for k, v in r.items() if k != "who_isup_grade"} for r in read_rows(c / "clinical.csv")]
     write_rows(c / "clinical.csv", rows)
-    _ingest_bad(capsys, c, w, "missing required column 'who_isup_grade'")
+    _ingest_bad(refused, capsys, c, w, "missing required column 'who_isup_grade'")
 
 
-def test_grade_column_low_high_is_accepted(bad, tmp_path):
+def test_grade_column_low_high_is_accepted(read_rows, write_rows, bad, tmp_path):
     c, _ = bad
     rows = read_rows(c / "clinical.csv")
     for r in rows:
@@ -164,45 +160,45 @@ def test_grade_column_low_high_is_accepted(bad, tmp_path):
     assert {r["grade"] for r in m.manifest} == {"low", "high"}
 
 
-def test_unreadable_image(bad, capsys):
+def test_unreadable_image(refused, bad, capsys):
     c, w = bad
     img = sorted((c / "SYN002" / "plain").glob("*.png"))[1]
     img.write_bytes(img.read_bytes()[:100])
-    _ingest_bad(capsys, c, w, img.name, "unreadable or truncated image")
+    _ingest_bad(refused, capsys, c, w, img.name, "unreadable or truncated image")
 
 
-def test_not_labelme_json(bad, capsys):
+def test_not_labelme_json(refused, bad, capsys):
     c, w = bad
     j = sorted((c / "SYN002" / "plain").glob("*.json"))[0]
     j.write_text(json.dumps({"annotations": []}))
-    _ingest_bad(capsys, c, w, j.name, "not a labelme annotation")
+    _ingest_bad(refused, capsys, c, w, j.name, "not a labelme annotation")
 
 
-def test_zero_area_box(bad, capsys):
+def test_zero_area_box(refused, bad, capsys):
     c, w = bad
     j = sorted((c / "SYN002" / "plain").glob("*.json"))[0]
     d = json.loads(j.read_text())
     d["shapes"][0]["points"][1][0] = d["shapes"][0]["points"][0][0]
     j.write_text(json.dumps(d))
-    _ingest_bad(capsys, c, w, j.name, "zero area")
+    _ingest_bad(refused, capsys, c, w, j.name, "zero area")
 
 
-def test_image_path_escapes(bad, capsys):
+def test_image_path_escapes(refused, bad, capsys):
     c, w = bad
     j = sorted((c / "SYN002" / "plain").glob("*.json"))[0]
     d = json.loads(j.read_text())
     d["imagePath"] = "../../../../outside.png"
     j.write_text(json.dumps(d))
-    _ingest_bad(capsys, c, w, j.name, "points outside the folder of patient SYN002")
+    _ingest_bad(refused, capsys, c, w, j.name, "points outside the folder of patient SYN002")
 
 
-def test_existing_work_needs_overwrite(bad, capsys):
+def test_existing_work_needs_overwrite(refused, bad, capsys):
     c, w = bad
-    _expect_error(capsys, ["ingest", c, "--out", w], "not empty", "--overwrite")
+    refused(capsys, ["ingest", c, "--out", w], "not empty", "--overwrite")
     _untouched(w)
 
 
-def test_patients_without_images_and_images_without_rows_are_reported(bad, tmp_path):
+def test_patients_without_images_and_images_without_rows_are_reported(read_rows, write_rows, bad, tmp_path):
     c, _ = bad
     rows = read_rows(c / "clinical.csv")
     dropped = rows.pop(0)["patient_id"]
@@ -210,12 +206,14 @@ def test_patients_without_images_and_images_without_rows_are_reported(bad, tmp_p
     write_rows(c / "clinical.csv", rows)
     w = _ingest(c, tmp_path / "w3")
     rep = json.loads((w / "ingest_report.json").read_text())
-    assert rep["excluded_patients"] == {dropped: "images but no row in clinical.csv",
-                                        "GHOST": "row in clinical.csv but no annotated images"}
+    assert rep["excluded_patients"] == {
+        dropped: "images but no row in clinical.csv",
+        "GHOST": "row in clinical.csv but no annotated images",
+    }
     assert dropped not in {r["patient_id"] for r in CropCache.load(w).manifest}
 
 
-def test_dicom_bad_inputs(dicom_cohort, copy_tree, tmp_path, capsys):
+def test_dicom_bad_inputs(refused, read_rows, write_rows, dicom_cohort, copy_tree, tmp_path, capsys):
     c = copy_tree(dicom_cohort, "dbad")
     w = tmp_path / "work"
     w.mkdir()
@@ -226,25 +224,25 @@ def test_dicom_bad_inputs(dicom_cohort, copy_tree, tmp_path, capsys):
     b2 = [dict(r) for r in boxes]
     b2[0]["x_max"] = b2[0]["x_min"]
     write_rows(c / "boxes.csv", b2)
-    _ingest_bad(capsys, c, w, "boxes.csv:2", "zero area")
+    _ingest_bad(refused, capsys, c, w, "boxes.csv:2", "zero area")
     # file outside the cohort
     b2 = [dict(r) for r in boxes]
     b2[0]["file"] = "../elsewhere.dcm"
     write_rows(c / "boxes.csv", b2)
-    _ingest_bad(capsys, c, w, "outside the cohort folder")
+    _ingest_bad(refused, capsys, c, w, "outside the cohort folder")
     write_rows(c / "boxes.csv", boxes)
     # two series mixed in one phase folder
     other = sorted((c / "SYN002" / "plain").glob("*.dcm"))[0]
     shutil.copy(other, c / "SYN001" / "plain" / "intruder.dcm")
-    _ingest_bad(capsys, c, w, "2 DICOM series mixed in one phase folder")
+    _ingest_bad(refused, capsys, c, w, "2 DICOM series mixed in one phase folder")
     (c / "SYN001" / "plain" / "intruder.dcm").unlink()
     # truncated DICOM
     f = c / boxes[5]["file"]
     f.write_bytes(f.read_bytes()[:2000])
-    _ingest_bad(capsys, c, w, f.name)
+    _ingest_bad(refused, capsys, c, w, f.name)
 
 
-def test_dicom_missing_rescale_is_a_warning(dicom_cohort, copy_tree, tmp_path):
+def test_dicom_missing_rescale_is_a_warning(read_rows, dicom_cohort, copy_tree, tmp_path):
     c = copy_tree(dicom_cohort, "dresc")
     f = c / read_rows(c / "boxes.csv")[0]["file"]
     ds = pydicom.dcmread(f)
@@ -256,7 +254,7 @@ def test_dicom_missing_rescale_is_a_warning(dicom_cohort, copy_tree, tmp_path):
     assert any(f.name in x and "RescaleSlope/RescaleIntercept missing" in x for x in warns)
 
 
-def test_real_labelme_examples_as_a_cohort(tmp_path):
+def test_real_labelme_examples_as_a_cohort(survey, tmp_path):
     """labelme's own example folder (v4 rectangles, RGB JPEG photos) ingests as layout A."""
     src = survey("labelme")
     c = tmp_path / "c"
@@ -271,8 +269,9 @@ def test_real_labelme_examples_as_a_cohort(tmp_path):
     (c / "clinical.csv").write_text("patient_id,who_isup_grade\nP1,1\nP2,3\nP3,2\nP4,4\n")
     w = _ingest(c, tmp_path / "w")
     m = CropCache.load(w)
-    n_rect = sum(sum(s["shape_type"] == "rectangle" for s in json.loads(p.read_text())["shapes"])
-                 for p in c.rglob("*.json"))
+    n_rect = sum(
+        sum(s["shape_type"] == "rectangle" for s in json.loads(p.read_text())["shapes"]) for p in c.rglob("*.json")
+    )
     assert len(m.manifest) == n_rect
     assert m.crops.shape[1:] == (32, 32)
     im = np.asarray(Image.open(c / "P1" / "parenchymal" / "2011_000003.jpg").convert("L"))

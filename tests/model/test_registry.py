@@ -1,12 +1,21 @@
-"""The model registry: SE placement and reduction, local and cached ImageNet weights."""
+"""ccrcc_grade.model.registry: architectures and weights."""
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.model.registry import MODELS, create_model
+
+
+def _torchvision_state(path):
+    import torchvision
+
+    torch.manual_seed(1)
+    sd = torchvision.models.resnet34(weights=None).state_dict()
+    torch.save(sd, path)
+    return sd
 
 
 def test_registry_builds_two_class_networks():
@@ -34,24 +43,15 @@ def test_se_gates_the_residual_branch_before_the_addition():
     branch only (Hu et al. 2018, Fig. 3), not the sum."""
     m, _ = create_model("se_resnet34")
     m.eval()
-    block = m.layer2[0]                       # has a downsampling shortcut
+    block = m.layer2[0]  # has a downsampling shortcut
     with torch.no_grad():
         block.se.fc2.weight.zero_()
-        block.se.fc2.bias.fill_(-1e4)         # sigmoid -> 0
+        block.se.fc2.bias.fill_(-1e4)  # sigmoid -> 0
         x = torch.randn(1, 64, 16, 16)
         assert torch.allclose(block(x), torch.relu(block.downsample(x)), atol=1e-6)
-        block.se.fc2.bias.fill_(1e4)          # sigmoid -> 1: a plain basic block
+        block.se.fc2.bias.fill_(1e4)  # sigmoid -> 1: a plain basic block
         y = torch.relu(block.bn2(block.conv2(block.act1(block.bn1(block.conv1(x))))) + block.downsample(x))
         assert torch.allclose(block(x), y, atol=1e-5)
-
-
-def _torchvision_state(path):
-    import torchvision
-
-    torch.manual_seed(1)
-    sd = torchvision.models.resnet34(weights=None).state_dict()
-    torch.save(sd, path)
-    return sd
 
 
 def test_local_weights_in_torchvision_naming(tmp_path):
@@ -98,35 +98,3 @@ def test_imagenet_weights_through_torchvisions_cache(tmp_path, monkeypatch):
     m, rep = create_model("se_resnet34", weights="imagenet")
     assert torch.equal(m.state_dict()["layer4.2.conv2.weight"], sd["layer4.2.conv2.weight"])
     assert rep["weights"] == "imagenet"
-
-
-@pytest.mark.parametrize("name", ["resnet34", "se_resnet34"])
-def test_fast_cpu_inference_matches_fp32(name):
-    """The inference form used by evaluate and predict gives the fp32 network's probabilities
-    (bf16 rounding only), whichever backend it picks on this CPU."""
-    from ccrcc_grade.model.inference import fast_inference_model
-
-    torch.manual_seed(0)
-    m, _ = create_model(name)
-    m.eval()
-    with torch.no_grad():                       # trained-like BN statistics instead of the init's
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-    x = torch.randn(3, 3, 64, 64)
-    with torch.inference_mode():
-        ref = torch.softmax(m(x), 1)
-        fast, amp = fast_inference_model(m, torch.device("cpu"))
-        from ccrcc_grade.model.inference import autocast
-
-        with autocast(torch.device("cpu"), amp):
-            got = torch.softmax(fast(x).float(), 1)
-    from ccrcc_grade.model.inference import CpuBf16Model, cpu_has_fast_bf16
-
-    if cpu_has_fast_bf16():   # AVX-512/AMX: the bf16 runner, within bf16 rounding
-        assert isinstance(fast, CpuBf16Model) and amp is None
-        assert torch.allclose(got, ref, atol=0.03), (got - ref).abs().max()
-    else:                     # AVX2 (or ATEN_CPU_CAPABILITY=avx2): fp32 with BN folded, exact to float rounding
-        assert not isinstance(fast, CpuBf16Model) and amp is None
-        assert torch.allclose(got, ref, atol=1e-4), (got - ref).abs().max()

@@ -1,6 +1,4 @@
-"""The workstation's REST API on the real app (FastAPI's TestClient runs it in-process): upload,
-phases, slices, boxes, grading equal to `predict`, SR, report, export, restart, concurrency,
-security, and one test per class of bad request."""
+"""ccrcc_grade.serve: the workstation's HTTP API (FastAPI TestClient)."""
 
 from __future__ import annotations
 
@@ -11,7 +9,6 @@ import json
 import logging
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -20,32 +17,11 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from ccrcc_grade.ingest.preprocess import window_to_uint8
 from ccrcc_grade.io.dicom import read_hu
 from ccrcc_grade.model.predict import predict_patient
-from ccrcc_grade.ingest.preprocess import window_to_uint8
 from ccrcc_grade.serve import create_app
 from ccrcc_grade.serve.store import UploadLimits
-
-
-def patient_files(cohort: Path, pid: str) -> list[tuple[str, tuple[str, bytes, str]]]:
-    """Every DICOM file of a patient (all four phase series) as multipart ``files`` fields."""
-    return [("files", (f.name, f.read_bytes(), "application/dicom"))
-            for f in sorted((cohort / pid).rglob("*.dcm"))]
-
-
-def cohort_boxes(cohort: Path, pid: str, phase: str = "parenchymal") -> list[dict]:
-    """The patient's boxes of boxes.csv, addressed by SOP Instance UID as the API wants them."""
-    out = []
-    for r in csv.DictReader(open(cohort / "boxes.csv")):
-        if r["patient_id"] == pid and r["phase"] == phase:
-            sop = str(pydicom.dcmread(cohort / r["file"], stop_before_pixels=True).SOPInstanceUID)
-            out.append({"sop_instance_uid": sop, **{k: float(r[k]) for k in ("x_min", "y_min", "x_max", "y_max")}})
-    return out
-
-
-@pytest.fixture(scope="module")
-def test_pids(trained_run):
-    return torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +36,7 @@ def client(trained_run, app_data):
 
 
 @pytest.fixture(scope="module")
-def graded(client, dicom_cohort, test_pids):
+def graded(cohort_boxes, patient_files, client, dicom_cohort, test_pids):
     """One test patient uploaded, boxed from boxes.csv and graded (with Grad-CAM)."""
     pid = test_pids[0]
     r = client.post("/api/studies", files=patient_files(dicom_cohort, pid))
@@ -73,218 +49,8 @@ def graded(client, dicom_cohort, test_pids):
     return pid, sid, boxes, res.json()
 
 
-def test_models_and_their_cards(client, trained_run):
-    (m,) = client.get("/api/models").json()
-    assert m["id"] == "resnet34-parenchymal" and m["model"] == "resnet34" and m["phase"] == "parenchymal"
-    card = m["card"]
-    assert card["disclaimer"] == "research software, not a medical device" and card["threshold"]["method"] == "default"
-    ck = torch.load(trained_run / "best.pt", weights_only=True)
-    assert card["data"]["train_patients"] == len(ck["splits"]["train"]) and card["trained"] == ck["created"]
-    assert m["threshold"] == 0.5 and "intended_use" in card
-    from ccrcc_grade.model.predict import load_predictor
-
-    assert m["backend"] == load_predictor(trained_run, "auto")[1]["backend"]   # the backend predict runs and says
-
-
-def test_upload_assigns_phases_from_the_tags(graded, client):
-    _, sid, _, _ = graded
-    s = client.get(f"/api/studies/{sid}").json()
-    assert sorted(x["phase"] for x in s["series"]) == sorted(["plain", "corticomedullary", "parenchymal", "excretory"])
-    assert all(x["phase_reason"] == "keyword" and x["slices"] > 0 for x in s["series"])
-
-
-def test_slice_png_is_the_windowed_slice(graded, client, dicom_cohort):
-    pid, sid, _, _ = graded
-    s = client.get(f"/api/studies/{sid}").json()
-    np_series = next(x for x in s["series"] if x["phase"] == "parenchymal")
-    files = sorted((dicom_cohort / pid / "parenchymal").glob("*.dcm"),
-                   key=lambda f: -float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
-    sops = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
-    k = 2
-    f = files[sops.index(np_series["sop_instance_uids"][k])]
-    for level, width in ((40, 290), (50, 400)):
-        r = client.get(f"/api/studies/{sid}/series/{np_series['series_uid']}/slices/{k}.png",
-                       params={"level": level, "width": width})
-        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-        got = np.asarray(Image.open(io.BytesIO(r.content)))
-        assert np.array_equal(got, window_to_uint8(read_hu(f)[0], level, width))
-
-
-def test_grading_equals_predict_on_the_same_boxes(graded, dicom_cohort, trained_run, tmp_path):
-    pid, sid, boxes, res = graded
-    rows = [r for r in csv.DictReader(open(dicom_cohort / "boxes.csv")) if r["patient_id"] == pid]
-    with open(tmp_path / "boxes.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    ref = predict_patient(trained_run, dicom_cohort / pid / "parenchymal", boxes=tmp_path / "boxes.csv")
-    assert res["prob_high"] == pytest.approx(ref["prob_high"], abs=1e-5)
-    assert sorted(s["prob_high"] for s in res["slices"]) == pytest.approx(sorted(s["prob_high"] for s in ref["slices"]),
-                                                                       abs=1e-5)
-    assert set(res) >= set(ref) and res["decision"] == ref["decision"] and res["grade"] == ref["grade"]
-    assert {s["sop_instance_uid"] for s in res["slices"]} == {b["sop_instance_uid"] for b in boxes}
-
-
-def test_gradcam_layers_and_report(graded, client):
-    _, sid, _, res = graded
-    s = res["slices"][0]
-    heat = client.get(s["heat_url"])
-    assert heat.status_code == 200
-    layer = np.asarray(Image.open(io.BytesIO(heat.content)))
-    assert layer.shape[2] == 4 and layer[..., 3].max() > 0           # a transparent layer with heat
-    x0, y0 = (int(np.floor(v)) for v in s["box"][:2])
-    x1, y1 = (int(np.ceil(v)) for v in s["box"][2:])
-    outside = layer[..., 3].copy()
-    outside[y0:y1, x0:x1] = 0
-    assert outside.max() == 0                                       # heat only inside the tumour box
-    assert client.get(s["cam_url"]).status_code == 200
-    page = client.get(f"/api/studies/{sid}/report").text
-    assert res["decision"].replace(">", "&gt;") in page and "research software, not a medical device" in page.lower()
-    assert client.get(f"/api/studies/{sid}/cam/resnet34-parenchymal/..%2f..%2fstudy.json").status_code == 404
-
-
-def test_dicom_sr_content(graded, client):
-    _, sid, boxes, res = graded
-    r = client.get(f"/api/studies/{sid}/sr")
-    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
-    sr = pydicom.dcmread(io.BytesIO(r.content))
-    check_sr(sr, res, boxes)
-
-
-def check_sr(sr: pydicom.Dataset, res: dict, boxes: list[dict]) -> None:
-    """The SR holds the grade, P(high), one planar ROI per box referencing its image, the model
-    as the algorithm, and VerificationFlag UNVERIFIED."""
-    import highdicom as hd
-
-    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"          # Comprehensive 3D SR
-    assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
-    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
-    groups = report.content.get_planar_roi_measurement_groups()
-    assert len(groups) == len(boxes)
-    def ref(g):   # the source image of a group's region (SCOORD content item -> its IMAGE child)
-        return g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-
-    refs = {ref(g) for g in groups}
-    assert refs == {b["sop_instance_uid"] for b in boxes}
-    by_sop = {s["sop_instance_uid"]: s["prob_high"] for s in res["slices"]}
-    for g in groups:
-        (m,) = g.get_measurements()
-        assert float(m.value) == pytest.approx(by_sop[ref(g)])
-    (patient,) = report.content.get_image_measurement_groups()
-    assert float(patient.get_measurements()[0].value) == pytest.approx(res["prob_high"])
-    (grade,) = patient.get_qualitative_evaluations()
-    assert grade.value.meaning.startswith({"high": "High grade", "low": "Low grade"}.get(res["grade"], "Uncertain"))
-    assert "ccrcc-grade resnet34-parenchymal" in _text_values(sr)    # the model, as the algorithm
-    evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
-                for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
-    assert evidence == {b["sop_instance_uid"] for b in boxes}
-
-
-def _text_values(ds: pydicom.Dataset) -> list[str]:
-    out = []
-    for e in ds:
-        if e.VR == "SQ":
-            for item in e.value:
-                out += _text_values(item)
-        elif e.keyword == "TextValue":
-            out.append(str(e.value))
-    return out
-
-
-def test_export_as_a_research_cohort(graded, client, tmp_path):
-    from ccrcc_grade.ingest.cohort import read_boxes_csv
-
-    _, sid, boxes, _ = graded
-    r = client.get(f"/api/studies/{sid}/export")
-    zipfile.ZipFile(io.BytesIO(r.content)).extractall(tmp_path / "c")
-    rows = read_boxes_csv(tmp_path / "c" / "boxes.csv", tmp_path / "c")   # ingest's own reader accepts it
-    assert len(rows) == len(boxes) and {r["phase"] for r in rows} == {"parenchymal"}
-    assert all(r["file"].is_file() for r in rows)
-    assert (tmp_path / "c" / "clinical.csv").read_text().startswith("patient_id,who_isup_grade")
-
-
-def test_restart_keeps_studies_and_boxes(graded, trained_run, app_data):
-    _, sid, boxes, _ = graded
-    with TestClient(create_app([trained_run], app_data)) as again:
-        assert again.get(f"/api/studies/{sid}").status_code == 200
-        assert [b["sop_instance_uid"] for b in again.get(f"/api/studies/{sid}/boxes").json()] == \
-               [b["sop_instance_uid"] for b in boxes]
-
-
-def test_parallel_predictions_match_sequential(client, dicom_cohort, test_pids):
-    sids = []
-    for i in range(10):
-        pid = test_pids[i % len(test_pids)]
-        sid = client.post("/api/studies", files=patient_files(dicom_cohort, pid)).json()["study_id"]
-        assert client.put(f"/api/studies/{sid}/boxes", json=cohort_boxes(dicom_cohort, pid)).status_code == 200
-        sids.append(sid)
-    seq = [client.post(f"/api/studies/{s}/predict", json={}).json()["prob_high"] for s in sids]
-    with ThreadPoolExecutor(10) as ex:
-        par = list(ex.map(lambda s: client.post(f"/api/studies/{s}/predict", json={}), sids))
-    assert all(r.status_code == 200 for r in par)
-    assert [r.json()["prob_high"] for r in par] == pytest.approx(seq, abs=1e-6)
-
-
-def test_the_log_names_no_patient(trained_run, dicom_cohort, test_pids, tmp_path, caplog):
-    pid = test_pids[0]
-    with caplog.at_level(logging.INFO), TestClient(create_app([trained_run], tmp_path / "d")) as c:
-        sid = c.post("/api/studies", files=patient_files(dicom_cohort, pid)).json()["study_id"]
-        c.put(f"/api/studies/{sid}/boxes", json=cohort_boxes(dicom_cohort, pid))
-        c.post(f"/api/studies/{sid}/predict", json={})
-    text = caplog.text
-    assert sid in text and pid not in text and "SYNTHETIC" not in text
-
-
-def test_bearer_token(trained_run, tmp_path):
-    with TestClient(create_app([trained_run], tmp_path / "d", token="s3cret-token-0123456789")) as c:
-        r = c.get("/api/models")
-        assert r.status_code == 401 and "bearer token" in r.json()["detail"]
-        assert c.get("/api/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert c.get("/api/models", headers={"Authorization": "Bearer s3cret-token-0123456789"}).status_code == 200
-        assert c.get("/").status_code == 200           # the page itself asks for the token
-
-
-@pytest.mark.parametrize("host, token, message", [
-    ("0.0.0.0", None, "give --token-file"), ("192.0.2.1", None, "give --token-file"),
-    ("0.0.0.0", "short", "at least 16 characters"), ("0.0.0.0", "missing", "token file not found")])
-def test_serve_refuses_an_open_address_without_a_token(trained_run, tmp_path, capsys, host, token, message):
-    from conftest import run_cli
-
-    args = ["serve", "--models", trained_run, "--host", host, "--data", tmp_path / "d"]
-    if token == "short":
-        (tmp_path / "t").write_text("abc\n")
-        args += ["--token-file", tmp_path / "t"]
-    elif token == "missing":
-        args += ["--token-file", tmp_path / "nope"]
-    assert run_cli(*args) == 2
-    assert message in capsys.readouterr().err
-
-
-# --- bad requests: every one a status and a one-line {"detail"} -----------------------------
-
-def _study(client, dicom_cohort, pid):
+def _study(patient_files, client, dicom_cohort, pid):
     return client.post("/api/studies", files=patient_files(dicom_cohort, pid)).json()["study_id"]
-
-
-@pytest.mark.parametrize("case", ["not dicom", "text file among DICOM", "damaged zip", "empty upload",
-                                  "DICOM without pixels", "MR series"])
-def test_bad_uploads(client, dicom_cohort, test_pids, app_data, case):
-    good = patient_files(dicom_cohort, test_pids[0])[:2]
-    dcm = good[0][1][1]
-    ds = pydicom.dcmread(io.BytesIO(dcm))
-    files, expect = {
-        "not dicom": ([("files", ("notes.txt", b"hello", "text/plain"))], "notes.txt: not a DICOM file"),
-        "text file among DICOM": (good + [("files", ("x.jpg", b"\xff\xd8\xff", "image/jpeg"))], "x.jpg: not a DICOM"),
-        "damaged zip": ([("files", ("s.zip", b"PK\x03\x04garbage", "application/zip"))], "s.zip: a damaged zip"),
-        "empty upload": ([("files", ("e.dcm", b"", "application/dicom"))], "e.dcm: not a DICOM file"),
-        "DICOM without pixels": ([("files", ("h.dcm", _without_pixels(ds), "application/dicom"))],
-                                 "h.dcm: DICOM file without an image"),
-        "MR series": ([("files", ("mr.dcm", _as_modality(ds, "MR"), "application/dicom"))], "modality MR"),
-    }[case]
-    before = sorted(p.name for p in app_data.iterdir())
-    r = client.post("/api/studies", files=files)
-    assert r.status_code == 400 and expect in r.json()["detail"] and "\n" not in r.json()["detail"]
-    assert sorted(p.name for p in app_data.iterdir()) == before        # nothing left behind
 
 
 def _without_pixels(ds):
@@ -303,7 +69,194 @@ def _as_modality(ds, modality):
     return buf.getvalue()
 
 
-def test_upload_limits(trained_run, dicom_cohort, test_pids, tmp_path):
+@pytest.fixture(scope="module")
+def test_pids(trained_run):
+    return torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"]
+
+
+def test_models_and_their_cards(client, trained_run):
+    (m,) = client.get("/api/models").json()
+    assert m["id"] == "resnet34-parenchymal" and m["model"] == "resnet34" and m["phase"] == "parenchymal"
+    card = m["card"]
+    assert card["disclaimer"] == "research software, not a medical device" and card["threshold"]["method"] == "default"
+    ck = torch.load(trained_run / "best.pt", weights_only=True)
+    assert card["data"]["train_patients"] == len(ck["splits"]["train"]) and card["trained"] == ck["created"]
+    assert m["threshold"] == 0.5 and "intended_use" in card
+    from ccrcc_grade.model.predict import load_predictor
+
+    assert m["backend"] == load_predictor(trained_run, "auto").backend  # the backend predict runs and says
+
+
+def test_upload_assigns_phases_from_the_tags(graded, client):
+    _, sid, _, _ = graded
+    s = client.get(f"/api/studies/{sid}").json()
+    assert sorted(x["phase"] for x in s["series"]) == sorted(["plain", "corticomedullary", "parenchymal", "excretory"])
+    assert all(x["phase_reason"] == "keyword" and x["slices"] > 0 for x in s["series"])
+
+
+def test_slice_png_is_the_windowed_slice(graded, client, dicom_cohort):
+    pid, sid, _, _ = graded
+    s = client.get(f"/api/studies/{sid}").json()
+    np_series = next(x for x in s["series"] if x["phase"] == "parenchymal")
+    files = sorted(
+        (dicom_cohort / pid / "parenchymal").glob("*.dcm"),
+        key=lambda f: -float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]),
+    )
+    sops = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    k = 2
+    f = files[sops.index(np_series["sop_instance_uids"][k])]
+    for level, width in ((40, 290), (50, 400)):
+        r = client.get(
+            f"/api/studies/{sid}/series/{np_series['series_uid']}/slices/{k}.png",
+            params={"level": level, "width": width},
+        )
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        got = np.asarray(Image.open(io.BytesIO(r.content)))
+        assert np.array_equal(got, window_to_uint8(read_hu(f)[0], level, width))
+
+
+def test_grading_equals_predict_on_the_same_boxes(graded, dicom_cohort, trained_run, tmp_path):
+    pid, sid, boxes, res = graded
+    rows = [r for r in csv.DictReader(open(dicom_cohort / "boxes.csv")) if r["patient_id"] == pid]
+    with open(tmp_path / "boxes.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    ref = predict_patient(trained_run, dicom_cohort / pid / "parenchymal", boxes=tmp_path / "boxes.csv")
+    assert res["prob_high"] == pytest.approx(ref["prob_high"], abs=1e-5)
+    assert sorted(s["prob_high"] for s in res["slices"]) == pytest.approx(
+        sorted(s["prob_high"] for s in ref["slices"]), abs=1e-5
+    )
+    assert set(res) >= set(ref) and res["decision"] == ref["decision"] and res["grade"] == ref["grade"]
+    assert {s["sop_instance_uid"] for s in res["slices"]} == {b["sop_instance_uid"] for b in boxes}
+
+
+def test_gradcam_layers_and_report(graded, client):
+    _, sid, _, res = graded
+    s = res["slices"][0]
+    heat = client.get(s["heat_url"])
+    assert heat.status_code == 200
+    layer = np.asarray(Image.open(io.BytesIO(heat.content)))
+    assert layer.shape[2] == 4 and layer[..., 3].max() > 0  # a transparent layer with heat
+    x0, y0 = (int(np.floor(v)) for v in s["box"][:2])
+    x1, y1 = (int(np.ceil(v)) for v in s["box"][2:])
+    outside = layer[..., 3].copy()
+    outside[y0:y1, x0:x1] = 0
+    assert outside.max() == 0  # heat only inside the tumour box
+    assert client.get(s["cam_url"]).status_code == 200
+    page = client.get(f"/api/studies/{sid}/report").text
+    assert res["decision"].replace(">", "&gt;") in page and "research software, not a medical device" in page.lower()
+    assert client.get(f"/api/studies/{sid}/cam/resnet34-parenchymal/..%2f..%2fstudy.json").status_code == 404
+
+
+def test_dicom_sr_content(check_sr, graded, client):
+    _, sid, boxes, res = graded
+    r = client.get(f"/api/studies/{sid}/sr")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+    sr = pydicom.dcmread(io.BytesIO(r.content))
+    check_sr(sr, res, boxes)
+
+
+def test_export_as_a_research_cohort(graded, client, tmp_path):
+    from ccrcc_grade.io.boxes import read_boxes_csv
+
+    _, sid, boxes, _ = graded
+    r = client.get(f"/api/studies/{sid}/export")
+    zipfile.ZipFile(io.BytesIO(r.content)).extractall(tmp_path / "c")
+    rows = read_boxes_csv(tmp_path / "c" / "boxes.csv", tmp_path / "c")  # ingest's own reader accepts it
+    assert len(rows) == len(boxes) and {r["phase"] for r in rows} == {"parenchymal"}
+    assert all(r["file"].is_file() for r in rows)
+    assert (tmp_path / "c" / "clinical.csv").read_text().startswith("patient_id,who_isup_grade")
+
+
+def test_restart_keeps_studies_and_boxes(graded, trained_run, app_data):
+    _, sid, boxes, _ = graded
+    with TestClient(create_app([trained_run], app_data)) as again:
+        assert again.get(f"/api/studies/{sid}").status_code == 200
+        assert [b["sop_instance_uid"] for b in again.get(f"/api/studies/{sid}/boxes").json()] == [
+            b["sop_instance_uid"] for b in boxes
+        ]
+
+
+def test_parallel_predictions_match_sequential(cohort_boxes, patient_files, client, dicom_cohort, test_pids):
+    sids = []
+    for i in range(10):
+        pid = test_pids[i % len(test_pids)]
+        sid = client.post("/api/studies", files=patient_files(dicom_cohort, pid)).json()["study_id"]
+        assert client.put(f"/api/studies/{sid}/boxes", json=cohort_boxes(dicom_cohort, pid)).status_code == 200
+        sids.append(sid)
+    seq = [client.post(f"/api/studies/{s}/predict", json={}).json()["prob_high"] for s in sids]
+    with ThreadPoolExecutor(10) as ex:
+        par = list(ex.map(lambda s: client.post(f"/api/studies/{s}/predict", json={}), sids))
+    assert all(r.status_code == 200 for r in par)
+    assert [r.json()["prob_high"] for r in par] == pytest.approx(seq, abs=1e-6)
+
+
+def test_the_log_names_no_patient(cohort_boxes, patient_files, trained_run, dicom_cohort, test_pids, tmp_path, caplog):
+    pid = test_pids[0]
+    with caplog.at_level(logging.INFO), TestClient(create_app([trained_run], tmp_path / "d")) as c:
+        sid = c.post("/api/studies", files=patient_files(dicom_cohort, pid)).json()["study_id"]
+        c.put(f"/api/studies/{sid}/boxes", json=cohort_boxes(dicom_cohort, pid))
+        c.post(f"/api/studies/{sid}/predict", json={})
+    text = caplog.text
+    assert sid in text and pid not in text and "SYNTHETIC" not in text
+
+
+def test_bearer_token(trained_run, tmp_path):
+    with TestClient(create_app([trained_run], tmp_path / "d", token="s3cret-token-0123456789")) as c:
+        r = c.get("/api/models")
+        assert r.status_code == 401 and "bearer token" in r.json()["detail"]
+        assert c.get("/api/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/models", headers={"Authorization": "Bearer s3cret-token-0123456789"}).status_code == 200
+        assert c.get("/").status_code == 200  # the page itself asks for the token
+
+
+@pytest.mark.parametrize(
+    "host, token, message",
+    [
+        ("0.0.0.0", None, "give --token-file"),
+        ("192.0.2.1", None, "give --token-file"),
+        ("0.0.0.0", "short", "at least 16 characters"),
+        ("0.0.0.0", "missing", "token file not found"),
+    ],
+)
+def test_serve_refuses_an_open_address_without_a_token(run_cli, trained_run, tmp_path, capsys, host, token, message):
+
+    args = ["serve", "--models", trained_run, "--host", host, "--data", tmp_path / "d"]
+    if token == "short":
+        (tmp_path / "t").write_text("abc\n")
+        args += ["--token-file", tmp_path / "t"]
+    elif token == "missing":
+        args += ["--token-file", tmp_path / "nope"]
+    assert run_cli(*args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "case", ["not dicom", "text file among DICOM", "damaged zip", "empty upload", "DICOM without pixels", "MR series"]
+)
+def test_bad_uploads(patient_files, client, dicom_cohort, test_pids, app_data, case):
+    good = patient_files(dicom_cohort, test_pids[0])[:2]
+    dcm = good[0][1][1]
+    ds = pydicom.dcmread(io.BytesIO(dcm))
+    files, expect = {
+        "not dicom": ([("files", ("notes.txt", b"hello", "text/plain"))], "notes.txt: not a DICOM file"),
+        "text file among DICOM": (good + [("files", ("x.jpg", b"\xff\xd8\xff", "image/jpeg"))], "x.jpg: not a DICOM"),
+        "damaged zip": ([("files", ("s.zip", b"PK\x03\x04garbage", "application/zip"))], "s.zip: a damaged zip"),
+        "empty upload": ([("files", ("e.dcm", b"", "application/dicom"))], "e.dcm: not a DICOM file"),
+        "DICOM without pixels": (
+            [("files", ("h.dcm", _without_pixels(ds), "application/dicom"))],
+            "h.dcm: DICOM file without an image",
+        ),
+        "MR series": ([("files", ("mr.dcm", _as_modality(ds, "MR"), "application/dicom"))], "modality MR"),
+    }[case]
+    before = sorted(p.name for p in app_data.iterdir())
+    r = client.post("/api/studies", files=files)
+    assert r.status_code == 400 and expect in r.json()["detail"] and "\n" not in r.json()["detail"]
+    assert sorted(p.name for p in app_data.iterdir()) == before  # nothing left behind
+
+
+def test_upload_limits(patient_files, trained_run, dicom_cohort, test_pids, tmp_path):
     with TestClient(create_app([trained_run], tmp_path / "d", limits=UploadLimits(max_files=3))) as c:
         r = c.post("/api/studies", files=patient_files(dicom_cohort, test_pids[0]))
         assert r.status_code == 413 and "more than 3 files" in r.json()["detail"]
@@ -313,13 +266,16 @@ def test_upload_limits(trained_run, dicom_cohort, test_pids, tmp_path):
     assert not [p for p in (tmp_path / "d").iterdir()] and not [p for p in (tmp_path / "e").iterdir()]
 
 
-@pytest.mark.parametrize("change, status, message", [
-    (dict(x_max=4000.0), 400, "outside the 128x128 image"),
-    (dict(x_min=-5.0), 400, "outside the 128x128 image"),
-    (dict(x_max=None), 400, "zero or sub-pixel area"),          # x_max = x_min
-    (dict(sop_instance_uid="1.2.3.4"), 400, "is not an image of study"),
-    (dict(x_min=float("nan")), 422, "0.x_min: Input should be a finite number"),   # the schema refuses it
-])
+@pytest.mark.parametrize(
+    "change, status, message",
+    [
+        (dict(x_max=4000.0), 400, "outside the 128x128 image"),
+        (dict(x_min=-5.0), 400, "outside the 128x128 image"),
+        (dict(x_max=None), 400, "zero or sub-pixel area"),  # x_max = x_min
+        (dict(sop_instance_uid="1.2.3.4"), 400, "is not an image of study"),
+        (dict(x_min=float("nan")), 422, "0.x_min: Input should be a finite number"),  # the schema refuses it
+    ],
+)
 def test_bad_boxes(client, graded, change, status, message):
     _, sid, boxes, _ = graded
     b = dict(boxes[0])
@@ -327,11 +283,11 @@ def test_bad_boxes(client, graded, change, status, message):
         b[k] = b["x_min"] if v is None else v
     r = client.put(f"/api/studies/{sid}/boxes", content=json.dumps([b]), headers={"content-type": "application/json"})
     assert r.status_code == status and message in str(r.json()["detail"])
-    assert len(client.get(f"/api/studies/{sid}/boxes").json()) == len(boxes)   # the saved boxes are untouched
+    assert len(client.get(f"/api/studies/{sid}/boxes").json()) == len(boxes)  # the saved boxes are untouched
 
 
-def test_grading_problems(client, dicom_cohort, test_pids):
-    sid = _study(client, dicom_cohort, test_pids[0])
+def test_grading_problems(patient_files, client, dicom_cohort, test_pids):
+    sid = _study(patient_files, client, dicom_cohort, test_pids[0])
     r = client.post(f"/api/studies/{sid}/predict", json={})
     assert r.status_code == 422 and "no boxes on the parenchymal series" in r.json()["detail"]
     s = client.get(f"/api/studies/{sid}").json()
@@ -348,14 +304,17 @@ def test_grading_problems(client, dicom_cohort, test_pids):
     assert r.status_code == 422 and "has not been graded" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("url, status, message", [
-    ("/api/studies/0123456789abcdef", 404, "not found"),
-    ("/api/studies/..%2f..%2fetc", 404, "not found"),
-    ("/api/studies/{sid}/series/1.2.3/slices/0.png", 404, "not in study"),
-    ("/api/studies/{sid}/series/{uid}/slices/999.png", 404, "out of range"),
-    ("/api/studies/{sid}/series/{uid}/slices/0.png?width=0", 422, "width must be positive"),
-    ("/api/studies/{sid}/series/{uid}/slices/0.png?level=nan", 422, "finite"),
-])
+@pytest.mark.parametrize(
+    "url, status, message",
+    [
+        ("/api/studies/0123456789abcdef", 404, "not found"),
+        ("/api/studies/..%2f..%2fetc", 404, "not found"),
+        ("/api/studies/{sid}/series/1.2.3/slices/0.png", 404, "not in study"),
+        ("/api/studies/{sid}/series/{uid}/slices/999.png", 404, "out of range"),
+        ("/api/studies/{sid}/series/{uid}/slices/0.png?width=0", 422, "width must be positive"),
+        ("/api/studies/{sid}/series/{uid}/slices/0.png?level=nan", 422, "finite"),
+    ],
+)
 def test_bad_lookups(client, graded, url, status, message):
     _, sid, _, _ = graded
     uid = client.get(f"/api/studies/{sid}").json()["series"][0]["series_uid"]
@@ -368,13 +327,11 @@ def test_no_pacs_configured(client):
     assert r.status_code == 422 and "no PACS configured" in r.json()["detail"]
 
 
-def test_a_real_ct_series_uploaded_as_a_zip(client, trained_run, tmp_path):
+def test_a_real_ct_series_uploaded_as_a_zip(check_sr, survey, client, trained_run, tmp_path):
     """The real 20-slice JPEG 2000 series of ../shared (stored in a flipped orientation): phase
     shown as ambiguous with its reason (its tags name no phase), corrected by the user, boxed,
     graded equal to `predict`, slices decoded and windowed as ingest does."""
     from ccrcc_grade.io.dicom import display_flips
-
-    from conftest import survey
 
     folder = survey("ct/totalsegmentator/example_ct_dicom")
     files = sorted(folder.iterdir())
@@ -386,27 +343,30 @@ def test_a_real_ct_series_uploaded_as_a_zip(client, trained_run, tmp_path):
     assert r.status_code == 200, r.text
     sid, (s,) = r.json()["study_id"], r.json()["series"]
     assert s["slices"] == len(files) and (s["phase"] is None) == s["phase_reason"].startswith("ambiguous")
-    notes = " ".join(r.json()["notes"])   # this anonymised export blanked its UIDs: said, and filled in
+    notes = " ".join(r.json()["notes"])  # this anonymised export blanked its UIDs: said, and filled in
     assert "without a SOPInstanceUID in the dataset: the file meta's is used" in notes
     full = client.get(f"/api/studies/{sid}").json()["series"][0]
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
     assert full["flip"] == list(display_flips(first))
     k = 10
     sop = full["sop_instance_uids"][k]
-    def sop_of(f):   # this export keeps the SOP Instance UID in the file meta only
+
+    def sop_of(f):  # this export keeps the SOP Instance UID in the file meta only
         d = pydicom.dcmread(f, stop_before_pixels=True)
         return str(d.SOPInstanceUID or d.file_meta.MediaStorageSOPInstanceUID)
 
     src = next(f for f in files if sop_of(f) == sop)
-    png = np.asarray(Image.open(io.BytesIO(client.get(f"/api/studies/{sid}/series/{s['series_uid']}/slices/{k}.png")
-                                           .content)))
+    png = np.asarray(
+        Image.open(io.BytesIO(client.get(f"/api/studies/{sid}/series/{s['series_uid']}/slices/{k}.png").content))
+    )
     assert np.array_equal(png, window_to_uint8(read_hu(src)[0], 40, 290))
     assert client.put(f"/api/studies/{sid}/phases", json={s["series_uid"]: "parenchymal"}).status_code == 200
     box = {"sop_instance_uid": sop, "x_min": 200.0, "y_min": 220.0, "x_max": 290.0, "y_max": 300.0}
     assert client.put(f"/api/studies/{sid}/boxes", json=[box]).status_code == 200
     res = client.post(f"/api/studies/{sid}/predict", json={}).json()
-    (tmp_path / "boxes.csv").write_text("patient_id,phase,file,x_min,y_min,x_max,y_max\n"
-                                        f"P,parenchymal,{src.name},200,220,290,300\n")
+    (tmp_path / "boxes.csv").write_text(
+        f"patient_id,phase,file,x_min,y_min,x_max,y_max\nP,parenchymal,{src.name},200,220,290,300\n"
+    )
     ref = predict_patient(trained_run, folder, boxes=tmp_path / "boxes.csv", patient_id="P")
     assert res["prob_high"] == pytest.approx(ref["prob_high"], abs=1e-5) and 0 <= res["prob_high"] <= 1
     sr = pydicom.dcmread(io.BytesIO(client.get(f"/api/studies/{sid}/sr").content))

@@ -1,7 +1,4 @@
-"""The workstation page in real headless Chromium (Debian's chromium, driven by Playwright):
-load a patient by upload, draw a box with the mouse, delete a second one, grade, and compare the
-grade read from the page with `predict` on the same box. The screenshot it takes is the one in
-the README (refreshed with CCRCC_UPDATE_DOCS=1)."""
+"""ccrcc_grade.serve static page: a real Chromium boxes and grades."""
 
 from __future__ import annotations
 
@@ -20,20 +17,31 @@ import torch
 
 from ccrcc_grade.model.predict import predict_patient
 
-from conftest import REPO, free_port, wait_http
-from test_serve import cohort_boxes
-
 CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def server(trained_run, tmp_path_factory):
+def server(free_port, wait_http, trained_run, tmp_path_factory):
     """`ccrcc-grade serve` as a user starts it, on a free loopback port."""
     data = tmp_path_factory.mktemp("page") / "data"
     port = free_port()
     log = open(data.parent / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "ccrcc_grade", "serve", "--models", str(trained_run),
-                             "--port", str(port), "--data", str(data)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ccrcc_grade",
+            "serve",
+            "--models",
+            str(trained_run),
+            "--port",
+            str(port),
+            "--data",
+            str(data),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/api/config", 120, proc)
         yield f"http://127.0.0.1:{port}", data
@@ -48,7 +56,7 @@ def _get(url: str):
         return json.loads(r.read())
 
 
-def test_box_and_grade_in_the_browser(server, dicom_cohort, trained_run, tmp_path):
+def test_box_and_grade_in_the_browser(cohort_boxes, repo_root, server, dicom_cohort, trained_run, tmp_path):
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).is_file():
@@ -58,9 +66,17 @@ def test_box_and_grade_in_the_browser(server, dicom_cohort, trained_run, tmp_pat
     target = max(cohort_boxes(dicom_cohort, pid), key=lambda b: (b["x_max"] - b["x_min"]) * (b["y_max"] - b["y_min"]))
     files = [str(f) for f in sorted((dicom_cohort / pid).rglob("*.dcm"))]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1140, "height": 780})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -69,7 +85,7 @@ def test_box_and_grade_in_the_browser(server, dicom_cohort, trained_run, tmp_pat
         page.wait_for_selector("#series tbody tr:nth-child(4)")
         sid = page.evaluate("state.study.study_id")
         series = next(s for s in _get(f"{url}/api/studies/{sid}")["series"] if s["phase"] == "parenchymal")
-        assert page.evaluate("series().phase") == "parenchymal"        # the model's phase is shown first
+        assert page.evaluate("series().phase") == "parenchymal"  # the model's phase is shown first
         k = series["sop_instance_uids"].index(target["sop_instance_uid"])
         page.focus("#canvas")
         current = page.evaluate("state.k")
@@ -77,7 +93,7 @@ def test_box_and_grade_in_the_browser(server, dicom_cohort, trained_run, tmp_pat
             page.keyboard.press("ArrowDown" if k > current else "ArrowUp")
         assert page.evaluate("state.k") == k
         canvas = page.locator("#canvas").bounding_box()
-        scale = 640 / series["columns"]                                  # the synthetic series needs no flip
+        scale = 640 / series["columns"]  # the synthetic series needs no flip
 
         def drag(x0, y0, x1, y1):
             page.mouse.move(canvas["x"] + x0 * scale, canvas["y"] + y0 * scale)
@@ -87,16 +103,16 @@ def test_box_and_grade_in_the_browser(server, dicom_cohort, trained_run, tmp_pat
 
         drag(target["x_min"], target["y_min"], target["x_max"], target["y_max"])
         page.wait_for_function("document.getElementById('box-line').textContent.startsWith('1 box saved')")
-        page.keyboard.press("ArrowDown")                                 # a stray box on the next slice ...
+        page.keyboard.press("ArrowDown")  # a stray box on the next slice ...
         drag(10, 10, 30, 30)
         page.wait_for_function("document.getElementById('box-line').textContent.startsWith('2 boxes saved')")
-        page.mouse.click(canvas["x"] + 20 * scale, canvas["y"] + 20 * scale)   # ... selected and deleted
+        page.mouse.click(canvas["x"] + 20 * scale, canvas["y"] + 20 * scale)  # ... selected and deleted
         page.keyboard.press("Delete")
         page.wait_for_function("document.getElementById('box-line').textContent.startsWith('1 box saved')")
         page.keyboard.press("ArrowUp")
         page.click("#grade")
         page.wait_for_selector("#decision")
-        page.wait_for_timeout(500)                                       # the heat layer loads
+        page.wait_for_timeout(500)  # the heat layer loads
         shot = tmp_path / "workstation.png"
         page.screenshot(path=str(shot))
         shown_prob = float(page.text_content("#prob"))
@@ -104,21 +120,30 @@ def test_box_and_grade_in_the_browser(server, dicom_cohort, trained_run, tmp_pat
         assert errors == []
         browser.close()
     if os.environ.get("CCRCC_UPDATE_DOCS") == "1":
-        shutil.copy(shot, REPO / "docs" / "workstation.png")
+        shutil.copy(shot, repo_root / "docs" / "workstation.png")
     (saved,) = _get(f"{url}/api/studies/{sid}/boxes")
     assert saved["sop_instance_uid"] == target["sop_instance_uid"]
-    assert all(abs(saved[c] - target[c]) <= 0.5 for c in ("x_min", "y_min", "x_max", "y_max"))   # drawn by mouse
+    assert all(abs(saved[c] - target[c]) <= 0.5 for c in ("x_min", "y_min", "x_max", "y_max"))  # drawn by mouse
     # predict on the very box the browser saved, through the command line's path
-    src = next(f for f in (dicom_cohort / pid / "parenchymal").glob("*.dcm")
-               if str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) == saved["sop_instance_uid"])
+    src = next(
+        f
+        for f in (dicom_cohort / pid / "parenchymal").glob("*.dcm")
+        if str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) == saved["sop_instance_uid"]
+    )
     with open(tmp_path / "boxes.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["patient_id", "phase", "file", "x_min", "y_min", "x_max", "y_max"])
-        w.writerow([pid, "parenchymal", src.relative_to(dicom_cohort), *(saved[c] for c in
-                                                                          ("x_min", "y_min", "x_max", "y_max"))])
+        w.writerow(
+            [
+                pid,
+                "parenchymal",
+                src.relative_to(dicom_cohort),
+                *(saved[c] for c in ("x_min", "y_min", "x_max", "y_max")),
+            ]
+        )
     ref = predict_patient(trained_run, src.parent, boxes=tmp_path / "boxes.csv", patient_id=pid)
     assert len(ref["slices"]) == 1
-    assert shown_prob == pytest.approx(ref["prob_high"], abs=6e-5)     # the page shows 4 decimals
+    assert shown_prob == pytest.approx(ref["prob_high"], abs=6e-5)  # the page shows 4 decimals
     stored = json.loads((data / sid / "predictions" / "resnet34-parenchymal" / "result.json").read_text())
     assert stored["prob_high"] == pytest.approx(ref["prob_high"], abs=1e-5)
     assert decision == ref["decision"]

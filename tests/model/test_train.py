@@ -1,5 +1,4 @@
-"""Training: the study's protocol learns on the phantom, is deterministic, resumes exactly,
-stops on NaN, checks its inputs, and runs under torchrun with 2 processes."""
+"""ccrcc_grade.model.train: training runs."""
 
 from __future__ import annotations
 
@@ -23,12 +22,19 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.model.inference import read_checkpoint
 from ccrcc_grade.model.train import LOG_COLUMNS, fit
 
-from conftest import CROP, REPO, run_cli
-
 
 def _cfg(work, out, **kw):
-    base = dict(work=str(work), phase="parenchymal", model="resnet34", out=str(out), weights="none", epochs=2,
-                image_size=32, batch_size=16, progress=False)
+    base = dict(
+        work=str(work),
+        phase="parenchymal",
+        model="resnet34",
+        out=str(out),
+        weights="none",
+        epochs=2,
+        image_size=32,
+        batch_size=16,
+        progress=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -36,22 +42,6 @@ def _cfg(work, out, **kw):
 def _log(run):
     with open(Path(run) / "log.csv") as fh:
         return list(csv.DictReader(fh))
-
-
-def test_run_folder_contents(trained_run):
-    for f in ("config.json", "log.csv", "curves.png", "best.pt", "train_summary.json"):
-        assert (trained_run / f).is_file(), f
-    assert not (trained_run / "last.pt").exists()   # the resume state goes once the run is finished
-    rows = _log(trained_run)
-    assert list(rows[0]) == LOG_COLUMNS and len(rows) == 4
-    cfg = json.loads((trained_run / "config.json").read_text())
-    assert cfg["lr"] == 0.001 and cfg["repeats"] == 3 and cfg["rotation"] == 30.0 and cfg["momentum"] == 0.9
-    best = torch.load(trained_run / "best.pt", map_location="cpu", weights_only=True)
-    assert best["classes"] == ["low", "high"] and best["preprocess"]["size"] == CROP
-    assert best["config"]["phase"] == "parenchymal" and 0.0 <= best["threshold"] <= 1.0
-    key = [(float(r["val_auc"]), -float(r["val_loss"])) for r in rows]   # validation AUC, then loss
-    assert best["epoch"] == 1 + max(range(len(key)), key=lambda i: (key[i], -i))
-    assert set(best["splits"]["test"]).isdisjoint(best["splits"]["train"])
 
 
 def chance_margin(work: Path, phase: str, z: float) -> float:
@@ -68,15 +58,38 @@ def chance_margin(work: Path, phase: str, z: float) -> float:
     return 0.5 + z * ((n0 + n1 + 1) / (12 * n0 * n1)) ** 0.5
 
 
+def test_run_folder_contents(crop_size, trained_run):
+    for f in ("config.json", "log.csv", "curves.png", "best.pt", "train_summary.json"):
+        assert (trained_run / f).is_file(), f
+    assert not (trained_run / "last.pt").exists()  # the resume state goes once the run is finished
+    rows = _log(trained_run)
+    assert list(rows[0]) == LOG_COLUMNS and len(rows) == 4
+    cfg = json.loads((trained_run / "config.json").read_text())
+    assert cfg["lr"] == 0.001 and cfg["repeats"] == 3 and cfg["rotation"] == 30.0 and cfg["momentum"] == 0.9
+    best = torch.load(trained_run / "best.pt", map_location="cpu", weights_only=True)
+    assert best["classes"] == ["low", "high"] and best["preprocess"]["size"] == crop_size
+    assert best["config"]["phase"] == "parenchymal" and 0.0 <= best["threshold"] <= 1.0
+    key = [(float(r["val_auc"]), -float(r["val_loss"])) for r in rows]  # validation AUC, then loss
+    assert best["epoch"] == 1 + max(range(len(key)), key=lambda i: (key[i], -i))
+    assert set(best["splits"]["test"]).isdisjoint(best["splits"]["train"])
+
+
 # From scratch (no ImageNet weights offline) a network needs a larger step than the study's
 # fine-tuning lr of 1e-3, as in the `quick` preset. Contrast phases carry a strong grade signal and
 # must beat chance by 3 null SDs (AUC >= ~0.79 for this split; measured 0.97-1.0 after 4 epochs on
 # fp32 AVX2, fp32 AVX-512 and bf16 AMX). SE-ResNet34 shares the data path and is tested on two.
-@pytest.mark.parametrize("model, phase", [("resnet34", "corticomedullary"), ("resnet34", "parenchymal"),
-                                          ("resnet34", "excretory"), ("se_resnet34", "corticomedullary"),
-                                          ("se_resnet34", "parenchymal")])
-def test_learns_every_contrast_phase(work, tmp_path, model, phase):
-    fit(_cfg(work, tmp_path / "r", model=model, phase=phase, epochs=4, image_size=CROP, lr=1e-2))
+@pytest.mark.parametrize(
+    "model, phase",
+    [
+        ("resnet34", "corticomedullary"),
+        ("resnet34", "parenchymal"),
+        ("resnet34", "excretory"),
+        ("se_resnet34", "corticomedullary"),
+        ("se_resnet34", "parenchymal"),
+    ],
+)
+def test_learns_every_contrast_phase(crop_size, work, tmp_path, model, phase):
+    fit(_cfg(work, tmp_path / "r", model=model, phase=phase, epochs=4, image_size=crop_size, lr=1e-2))
     s = json.loads((tmp_path / "r" / "train_summary.json").read_text())
     assert s["best_val"]["val_image_auc"] >= chance_margin(work, phase, 3.0), s["best_val"]
 
@@ -100,9 +113,9 @@ def test_plain_phase_trains_on_its_own_crops(work, tmp_path, model, capsys):
     assert 0.0 <= s["best_val"]["val_image_auc"] <= 1.0 and np.isfinite(s["best_val"]["train_loss"])
 
 
-def test_learns_combined(work, tmp_path):
+def test_learns_combined(crop_size, work, tmp_path):
     """The combined set pools all four phases (4x the crops of one phase)."""
-    fit(_cfg(work, tmp_path / "combined", phase="combined", epochs=2, image_size=CROP, lr=1e-2))
+    fit(_cfg(work, tmp_path / "combined", phase="combined", epochs=2, image_size=crop_size, lr=1e-2))
     s = json.loads((tmp_path / "combined" / "train_summary.json").read_text())
     assert s["best_val"]["val_image_auc"] >= chance_margin(work, "combined", 3.0), s["best_val"]
     best = read_checkpoint(tmp_path / "combined" / "best.pt")
@@ -118,12 +131,30 @@ def test_same_seed_same_metrics(work, tmp_path):
     assert strip(_log(tmp_path / "a")) != strip(_log(tmp_path / "c"))
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(work, tmp_path):
+def test_resume_after_a_kill_matches_an_uninterrupted_run(run_cli, work, tmp_path):
     epochs = 3
     fit(_cfg(work, tmp_path / "full", epochs=epochs))
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "ccrcc_grade", "train", str(work), "--phase", "parenchymal", "--weights", "none",
-           "--epochs", str(epochs), "--image-size", "32", "--batch-size", "16", "--out", str(run), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ccrcc_grade",
+        "train",
+        str(work),
+        "--phase",
+        "parenchymal",
+        "--weights",
+        "none",
+        "--epochs",
+        str(epochs),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -148,14 +179,17 @@ def test_nan_loss_stops_the_run(work, tmp_path):
         fit(_cfg(work, tmp_path / "nan", lr=1e30, epochs=2))
 
 
-def test_bad_training_inputs(work, tmp_path, capsys):
+def test_bad_training_inputs(run_cli, work, tmp_path, capsys):
     w = tmp_path / "w"
     shutil.copytree(work, w)
     (w / "splits.json").unlink()
     assert run_cli("train", w, "--weights", "none", "--epochs", "1") == 2
     assert "no splits file" in capsys.readouterr().err
     s = json.loads((work / "splits.json").read_text())
-    labels = {r["patient_id"]: r["label"] for r in __import__("ccrcc_grade.ingest.cache", fromlist=["x"]).CropCache.load(work).manifest}
+    labels = {
+        r["patient_id"]: r["label"]
+        for r in __import__("ccrcc_grade.ingest.cache", fromlist=["x"]).CropCache.load(work).manifest
+    }
     (w / "splits.json").write_text(json.dumps({**s, "val": []}))
     assert run_cli("train", w, "--weights", "none", "--epochs", "1") == 2
     assert "the val split is empty" in capsys.readouterr().err
@@ -167,10 +201,10 @@ def test_bad_training_inputs(work, tmp_path, capsys):
     assert run_cli("train", w, "--phase", "arterial-ish", "--epochs", "1") == 2
     assert "unknown phase" in capsys.readouterr().err
     assert run_cli("train", w, "--epochs", "0") == 2
-    assert "--epochs must be >= 1" in capsys.readouterr().err
+    assert "epochs (--epochs) must be >= 1" in capsys.readouterr().err
 
 
-def test_phase_without_crops(work, tmp_path, capsys):
+def test_phase_without_crops(run_cli, work, tmp_path, capsys):
     w = tmp_path / "w"
     shutil.copytree(work, w)
     rows = list(csv.DictReader(open(w / "manifest.csv")))
@@ -182,19 +216,38 @@ def test_phase_without_crops(work, tmp_path, capsys):
     assert "no crops of phase 'excretory'" in capsys.readouterr().err
 
 
-def test_torchrun_two_processes(work, tmp_path):
+def test_torchrun_two_processes(repo_root, work, tmp_path):
     run = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port", "29531", "-m", "ccrcc_grade", "train", str(work),
-           "--weights", "none", "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--out", str(run),
-           "--no-progress"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node=2",
+        "--master_port",
+        "29531",
+        "-m",
+        "ccrcc_grade",
+        "train",
+        str(work),
+        "--weights",
+        "none",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=repo_root)
     assert out.returncode == 0, out.stderr[-2000:]
     s = json.loads((run / "train_summary.json").read_text())
     assert s["world_size"] == 2 and len(s["rank_checksums"]) == 2
     assert s["rank_checksums"][0] == s["rank_checksums"][1]
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["best.pt", "config.json", "curves.png", "log.csv", "train_summary.json"])
+        ["best.pt", "config.json", "curves.png", "log.csv", "train_summary.json"]
+    )
 
 
 def test_compiled_training_step_path_on_cpu(work, tmp_path, monkeypatch, capsys):
@@ -215,3 +268,26 @@ def test_failed_compilation_falls_back_to_eager(work, tmp_path, monkeypatch, cap
     s = fit(_cfg(work, tmp_path / "fallback", epochs=1, compile="on", amp="off"))
     assert s["step"].startswith("eager (compilation failed") and math.isfinite(s["best_val"]["train_loss"])
     assert "step eager (compilation failed" in capsys.readouterr().out
+
+
+def test_fit_leaves_the_callers_config_as_it_was(work, tmp_path, monkeypatch):
+    """fit completes its own copy (resolved paths, canonical phase) and writes that copy to the run;
+    the caller's config is not changed."""
+    import copy
+    import os
+
+    monkeypatch.chdir(work.parent)
+    cfg = TrainConfig(
+        work=os.path.relpath(work),
+        phase="NP",
+        out=str(tmp_path / "r"),
+        weights="none",
+        epochs=1,
+        image_size=32,
+        progress=False,
+    )
+    before = copy.deepcopy(cfg)
+    fit(cfg)
+    assert cfg == before
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["phase"] == "parenchymal" and saved["work"] == str(work.resolve())

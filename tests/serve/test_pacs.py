@@ -1,5 +1,4 @@
-"""The workstation against a real PACS: Orthanc with DICOMweb, started by the ``orthanc`` fixture.
-Search (QIDO-RS), load (WADO-RS), grade, store the SR (STOW-RS) and read it back from Orthanc."""
+"""ccrcc_grade.serve.pacs: a real Orthanc PACS over DICOMweb."""
 
 from __future__ import annotations
 
@@ -11,9 +10,6 @@ from fastapi.testclient import TestClient
 
 from ccrcc_grade.serve import create_app
 
-from conftest import free_port
-from test_serve import check_sr, cohort_boxes
-
 
 @pytest.fixture(scope="module")
 def pacs_patient(orthanc, dicom_cohort, trained_run):
@@ -24,7 +20,9 @@ def pacs_patient(orthanc, dicom_cohort, trained_run):
     return pid, str(datasets[0].StudyInstanceUID)
 
 
-def test_search_load_grade_and_store_the_sr(orthanc, pacs_patient, dicom_cohort, trained_run, tmp_path):
+def test_search_load_grade_and_store_the_sr(
+    check_sr, cohort_boxes, orthanc, pacs_patient, dicom_cohort, trained_run, tmp_path
+):
     pid, study_uid = pacs_patient
     with TestClient(create_app([trained_run], tmp_path / "d", pacs_url=orthanc)) as c:
         assert c.get("/api/config").json()["pacs"] is True
@@ -34,8 +32,12 @@ def test_search_load_grade_and_store_the_sr(orthanc, pacs_patient, dicom_cohort,
         r = c.post("/api/studies/pacs", json={"study_uid": study_uid})
         assert r.status_code == 200, r.text
         sid = r.json()["study_id"]
-        assert sorted(x["phase"] for x in r.json()["series"]) == ["corticomedullary", "excretory", "parenchymal",
-                                                                   "plain"]
+        assert sorted(x["phase"] for x in r.json()["series"]) == [
+            "corticomedullary",
+            "excretory",
+            "parenchymal",
+            "plain",
+        ]
         boxes = cohort_boxes(dicom_cohort, pid)
         assert c.put(f"/api/studies/{sid}/boxes", json=boxes).status_code == 200
         res = c.post(f"/api/studies/{sid}/predict", json={}).json()
@@ -50,9 +52,8 @@ def test_search_load_grade_and_store_the_sr(orthanc, pacs_patient, dicom_cohort,
     assert sr.StudyInstanceUID == study_uid and sr.PatientID == pid
 
 
-def test_a_pacs_that_is_down(trained_run, dicom_cohort, tmp_path):
+def test_a_pacs_that_is_down(cohort_boxes, patient_files, free_port, trained_run, dicom_cohort, tmp_path):
     """A clear 502, and the workstation keeps working on uploaded studies."""
-    from test_serve import patient_files
 
     down = f"http://127.0.0.1:{free_port()}/dicom-web"
     pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
@@ -66,4 +67,4 @@ def test_a_pacs_that_is_down(trained_run, dicom_cohort, tmp_path):
         assert c.post(f"/api/studies/{sid}/predict", json={}).status_code == 200
         r = c.post(f"/api/studies/{sid}/sr/store", json={})
         assert r.status_code == 502 and "storing the SR" in r.json()["detail"]
-        assert c.get(f"/api/studies/{sid}/sr").status_code == 200       # the SR can still be downloaded
+        assert c.get(f"/api/studies/{sid}/sr").status_code == 200  # the SR can still be downloaded

@@ -1,4 +1,4 @@
-"""Metrics against references: pROC's aSAH DeLong values and the study's Figure 2 / Table 4."""
+"""ccrcc_grade.stats.metrics: DeLong, bootstrap CIs, McNemar against references."""
 
 from __future__ import annotations
 
@@ -9,20 +9,26 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ccrcc_grade.stats.metrics import bootstrap_metrics, delong, delong_ci, delong_paired_test, mcnemar, point_metrics
 from ccrcc_grade.core.threshold import cut_point
-
-from conftest import survey
+from ccrcc_grade.stats.metrics import bootstrap_metrics, delong, delong_ci, delong_paired_test, mcnemar, point_metrics
 
 
 @pytest.fixture(scope="module")
-def asah():
+def asah(survey):
     rows = list(csv.DictReader(open(survey("proc_aSAH/aSAH.csv"))))
     ref = json.loads(survey("proc_aSAH/pROC_reference_values.json").read_text())
     y = np.array([r["outcome"] == "Poor" for r in rows], dtype=int)
     s = {k: np.array([float(r[k]) for r in rows]) for k in ("wfns", "ndka", "s100b")}
     assert (y.sum(), len(y) - y.sum()) == (ref["n_cases_Poor"], ref["n_controls_Good"])
     return y, s, ref
+
+
+def _figure2():
+    """The study's Figure 2 (ResNet34, parenchymal): 74 low->low, 3 low->high, 7 high->low,
+    14 high->high, as image-level predictions."""
+    y = np.array([0] * 77 + [1] * 21)
+    p = np.array([0.2] * 74 + [0.8] * 3 + [0.3] * 7 + [0.9] * 14)
+    return y, p
 
 
 def test_delong_auc_variance_covariance(asah):
@@ -51,14 +57,6 @@ def test_paired_delong_test(asah, pair):
     assert r["auc_diff_ci95"] == pytest.approx(exp["ci95_of_auc_difference"], abs=1e-6)
 
 
-def _figure2():
-    """The study's Figure 2 (ResNet34, parenchymal): 74 low->low, 3 low->high, 7 high->low,
-    14 high->high, as image-level predictions."""
-    y = np.array([0] * 77 + [1] * 21)
-    p = np.array([0.2] * 74 + [0.8] * 3 + [0.3] * 7 + [0.9] * 14)
-    return y, p
-
-
 def test_study_figure2_reproduces_table4():
     y, p = _figure2()
     m = point_metrics(y, p)
@@ -71,7 +69,7 @@ def test_study_figure2_reproduces_table4():
 
 def test_bootstrap_ci_structure_and_coverage():
     y, p = _figure2()
-    groups = [f"P{i // 6}" for i in range(len(y))]          # ~6 slices per patient
+    groups = [f"P{i // 6}" for i in range(len(y))]  # ~6 slices per patient
     m = bootstrap_metrics(y, p, groups, n_boot=300, seed=0)
     for k in ("accuracy", "balanced_accuracy", "brier"):
         lo, hi = m[k]["ci95"]
@@ -89,20 +87,20 @@ def test_bootstrap_ci_structure_and_coverage():
 def test_small_n_intervals_are_exact_and_say_their_n():
     """Issue #16: '1.000 (1.000-1.000)' on 6 test patients read as certainty."""
     y = np.array([0, 0, 0, 0, 1, 1])
-    p = np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9])          # perfect separation, 2 high-grade patients
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9])  # perfect separation, 2 high-grade patients
     m = bootstrap_metrics(y, p, None, n_boot=200)
     sens = m["high"]["sensitivity"]
     assert sens["value"] == 1.0 and sens["n"] == 2 and sens["ci_method"] == "Clopper-Pearson"
-    assert sens["ci95"] == pytest.approx([0.025 ** 0.5, 1.0])   # exact: 2/2 -> (0.158, 1)
+    assert sens["ci95"] == pytest.approx([0.025**0.5, 1.0])  # exact: 2/2 -> (0.158, 1)
     assert m["high"]["specificity"]["n"] == 4 and m["accuracy"]["n"] == 6
-    assert m["high"]["specificity"]["ci95"] == pytest.approx([0.025 ** 0.25, 1.0])
+    assert m["high"]["specificity"]["ci95"] == pytest.approx([0.025**0.25, 1.0])
     auc = m["high"]["auc"]
     assert auc["value"] == 1.0 and auc["degenerate"] and (auc["n_positive"], auc["n_negative"]) == (2, 4)
-    ref = stats.binomtest(7, 10).proportion_ci(method="exact")   # 7 of 10 patients right
+    ref = stats.binomtest(7, 10).proportion_ci(method="exact")  # 7 of 10 patients right
     m2 = bootstrap_metrics(np.array([1] * 10), np.array([0.9] * 7 + [0.1] * 3), None, n_boot=50)
     assert m2["accuracy"]["ci95"] == pytest.approx([ref.low, ref.high]) and m2["accuracy"]["n"] == 10
     clustered = bootstrap_metrics(y, p, ["a", "a", "b", "b", "c", "c"], n_boot=100)
-    assert clustered["accuracy"]["ci_method"] == "patient bootstrap"   # slices are not independent
+    assert clustered["accuracy"]["ci_method"] == "patient bootstrap"  # slices are not independent
 
 
 def test_mcnemar_exact_and_youden():
@@ -119,11 +117,24 @@ def test_fast_bootstrap_metrics_equal_scikit_learn():
     from ccrcc_grade.stats.metrics import _flatten, fast_flat_metrics
 
     rng = np.random.default_rng(3)
-    cases = [(rng.integers(0, 2, 50), rng.random(50).round(1)),          # ties
-             (np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])),    # everything predicted low
-             (np.array([1, 1, 1]), np.array([0.2, 0.7, 0.9]))]            # one class only
+    cases = [
+        (rng.integers(0, 2, 50), rng.random(50).round(1)),  # ties
+        (np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])),  # everything predicted low
+        (np.array([1, 1, 1]), np.array([0.2, 0.7, 0.9])),
+    ]  # one class only
     for y, p in cases:
         a, b = _flatten(point_metrics(y, p)), fast_flat_metrics(y, p)
         assert a.keys() == b.keys()
         for k in a:
             assert (np.isnan(a[k]) and np.isnan(b[k])) or a[k] == pytest.approx(b[k]), k
+
+
+def test_delong_on_too_few_patients_is_not_estimable():
+    from ccrcc_grade.stats.metrics import delong_paired_test
+
+    y = np.array([0, 0, 1])  # 3 patients: both models separate them perfectly
+    d = delong_paired_test(y, np.array([0.1, 0.2, 0.9]), np.array([0.3, 0.1, 0.8]))
+    assert not d["estimable"] and np.isnan(d["p"]) and "needs >= 3 of each" in d["reason"]
+    y = np.array([0, 0, 0, 1, 1, 1])
+    d = delong_paired_test(y, np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), np.array([0.2, 0.1, 0.3, 0.9, 0.7, 0.8]))
+    assert not d["estimable"] and "zero variance" in d["reason"]

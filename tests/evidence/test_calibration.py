@@ -1,0 +1,62 @@
+"""ccrcc_grade.evidence.calibration: net benefit, Brier, ECE, slope and intercept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ccrcc_grade.evidence.calibration import (
+    calibration_intercept_slope,
+    expected_calibration_error,
+    net_benefit,
+    treat_all,
+)
+
+Y = np.array([1, 1, 0, 0, 1])
+
+
+P = np.array([0.9, 0.4, 0.3, 0.6, 0.8])
+
+
+def test_net_benefit_matches_hand_computation():
+    # pt = 0.5: treated = {0.9, 0.6, 0.8}: TP 2, FP 1 of n 5 -> 2/5 - 1/5 * 0.5/0.5 = 0.2
+    # pt = 0.25: all 5 treated: TP 3, FP 2 -> 3/5 - 2/5 * (1/3) = 0.4667
+    # pt = 0.85: only 0.9 treated: TP 1 -> 1/5 = 0.2
+    nb = net_benefit(Y, P, np.array([0.25, 0.5, 0.85]))
+    assert nb == pytest.approx([0.6 - 0.4 / 3, 0.2, 0.2])
+    # treat all: prevalence 3/5 - 2/5 * pt/(1-pt)
+    assert treat_all(Y, np.array([0.25, 0.5])) == pytest.approx([0.6 - 0.4 / 3, 0.2])
+    # a perfect model's net benefit is the prevalence at every threshold
+    assert net_benefit(Y, Y.astype(float), np.array([0.1, 0.6])) == pytest.approx([0.6, 0.6])
+
+
+def test_brier_and_ece_match_hand_computation():
+    from ccrcc_grade.stats.metrics import point_metrics  # the Brier score every model's table entry reports
+
+    # Brier: ((.1)^2 + (.6)^2 + (.3)^2 + (.6)^2 + (.2)^2) / 5 = (0.01+0.36+0.09+0.36+0.04)/5
+    assert point_metrics(Y, P)["brier"] == pytest.approx(0.86 / 5)
+    # 10 equal-width bins: 0.3 -> bin 3 (y 0), 0.4 -> 4 (y 1), 0.6 -> 6 (y 0), 0.8 -> 8 (y 1), 0.9 -> 9 (y 1)
+    # ECE = (|.3-0| + |.4-1| + |.6-0| + |.8-1| + |.9-1|) / 5
+    assert expected_calibration_error(Y, P) == pytest.approx((0.3 + 0.6 + 0.6 + 0.2 + 0.1) / 5)
+
+
+def test_calibration_slope_and_intercept():
+    from scipy.optimize import minimize_scalar
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    lp = rng.normal(0, 1.5, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-lp))).astype(int)
+    p_true = 1 / (1 + np.exp(-lp))
+    a, b = calibration_intercept_slope(y, p_true)
+    assert abs(b - 1) < 0.1 and abs(a) < 0.1  # well calibrated: slope ~1, intercept ~0
+    over = 1 / (1 + np.exp(-2 * lp))  # overconfident model: slope ~0.5
+    a2, b2 = calibration_intercept_slope(y, over)
+    ref = LogisticRegression(C=np.inf).fit(np.log(over / (1 - over))[:, None], y)  # independent fit
+    assert b2 == pytest.approx(ref.coef_[0, 0], rel=1e-4) and 0.4 < b2 < 0.6
+    # intercept with the slope fixed at 1: maximise the likelihood of a + logit(p) by scipy
+    off = np.log(over / (1 - over))
+    nll = lambda c: -np.sum(y * (c + off) - np.log1p(np.exp(c + off)))  # noqa: E731
+    assert a2 == pytest.approx(minimize_scalar(nll).x, abs=1e-5)
+    # perfect separation: not estimable, never a huge number
+    assert calibration_intercept_slope(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))[1] is None

@@ -1,0 +1,52 @@
+"""ccrcc_grade.stats.compare: paired comparisons."""
+
+from __future__ import annotations
+
+import json
+import math
+
+
+def test_compare_two_runs(run_cli, trained_run, work, tmp_path):
+    from ccrcc_grade.core.config import TrainConfig
+    from ccrcc_grade.model.train import fit
+
+    other = tmp_path / "se"
+    fit(
+        TrainConfig(
+            work=str(work),
+            phase="parenchymal",
+            model="se_resnet34",
+            out=str(other),
+            weights="none",
+            epochs=2,
+            image_size=48,
+            batch_size=16,
+            progress=False,
+        )
+    )
+    assert run_cli("compare", trained_run, other, "--json", tmp_path / "c.json") == 0
+    c = json.loads((tmp_path / "c.json").read_text())
+    for lv in ("patient", "image"):
+        assert set(c[lv]) >= {"n", "auc_a", "auc_b", "auc_diff_ci95", "delong_z", "delong_p", "mcnemar_p"}
+        assert 0 <= c[lv]["mcnemar_p"] <= 1
+        if c[lv]["delong_estimable"]:
+            assert 0 <= c[lv]["delong_p"] <= 1
+        else:  # e.g. 4 test patients, 2 of a grade: DeLong's variance is not estimable, never P = 0
+            assert math.isnan(c[lv]["delong_p"]) and c[lv]["delong_note"].startswith("not estimable")
+    assert c["image"]["delong_estimable"]
+    assert c["image"]["n"] > c["patient"]["n"]
+
+
+def test_compare_partial_overlap(refused, run_cli, tmp_path, capsys):
+    a = "patient_id,label,prob_high\n" + "".join(f"P{i},{i % 2},{0.2 + 0.6 * (i % 2) + 0.01 * i}\n" for i in range(10))
+    b_some = "patient_id,label,prob_high\n" + "".join(f"P{i},{i % 2},{0.5 + 0.01 * i}\n" for i in range(2, 10))
+    b_few = (
+        "patient_id,label,prob_high\n"
+        + "".join(f"P{i},{i % 2},0.5\n" for i in range(8, 10))
+        + "".join(f"Q{i},{i % 2},0.5\n" for i in range(10))
+    )
+    for name, text in (("a.csv", a), ("some.csv", b_some), ("few.csv", b_few)):
+        (tmp_path / name).write_text(text)
+    assert run_cli("compare", tmp_path / "a.csv", tmp_path / "some.csv") == 0
+    assert "only the 8 shared cases are compared (2 only in A, 0 only in B)" in capsys.readouterr().out
+    refused(capsys, ["compare", tmp_path / "a.csv", tmp_path / "few.csv"], "share only 2 of 20 cases")

@@ -1,0 +1,302 @@
+"""ccrcc_grade.study.run: the study end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ccrcc_grade.core.errors import CcrccError
+
+
+@pytest.fixture(scope="module")
+def study_out(run_cli, slices_cohort, tmp_path_factory):
+    """A quick study of the phantom (1 epoch, 32 px) and what it printed."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("study") / "study"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert (
+            run_cli(
+                "study",
+                slices_cohort,
+                "--out",
+                out,
+                "--preset",
+                "quick",
+                "--epochs",
+                "1",
+                "--image-size",
+                "32",
+                "--size",
+                "32",
+            )
+            == 0
+        )
+    return out, buf.getvalue()
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_study_quick_end_to_end_and_resumable(run_cli, study_out, slices_cohort, capsys):
+    out = study_out[0]
+    res = json.loads((out / "results.json").read_text())
+    names = set(res["runs"])
+    assert {f"resnet34-{p}" for p in ("plain", "corticomedullary", "parenchymal", "excretory", "combined")} <= names
+    best = res["best_phase"]
+    assert f"se_resnet34-{best}" in names and len(names) == 6
+    assert res["val_auc_resnet34"][best] == max(res["val_auc_resnet34"].values())
+    assert set(res["comparison"]) >= {"patient", "image"}
+    html = (out / "report.html").read_text()
+    for needed in (
+        "Table 2",
+        "Table 3",
+        "Table 4",
+        "Figure 2",
+        "Figure 3",
+        "Figure 4",
+        "Limitations",
+        "data:image/png;base64",
+        "Synthetic cohort",
+    ):
+        assert needed in html
+    assert "test set holds" in res["limitations"]
+    # issue 13's contract: every model (the six networks included) in one list, same test patients
+    models = {m["name"]: m for m in res["models"]}
+    assert set(res["runs"]) <= set(models) and {"fusion-mean", "multiphase-resnet34", "clinical"} <= set(models)
+    kinds = {m["kind"] for m in res["models"]}
+    assert kinds <= {"phase", "fusion", "radiomics", "clinical", "combined"} and {"phase", "fusion"} <= kinds
+    for m in res["models"]:
+        pt = m["patient"]
+        assert {"auc", "brier", "ece", "calibration_slope", "calibration_intercept"} <= set(pt)
+        assert {"value", "ci95"} <= set(pt["auc"]) and {"value", "ci95"} <= set(pt["brier"])
+        assert "delong_p_vs_best_phase" in m and "delong_p_holm" in m and m["n"] == models[f"resnet34-{best}"]["n"]
+    assert models[f"resnet34-{best}"]["delong_p_vs_best_phase"] is None
+    for name, why in res["evidence"]["skipped"].items():  # too few validation patients: said why
+        assert name not in models and why
+    for needed in ("Model comparison", "TRIPOD+AI summary", "Decision curves", "Reliability diagrams"):
+        assert needed in html
+    for r in res["runs"].values():
+        assert math.isfinite(r["test"]["patient"]["accuracy"]["value"])
+    mtime = (out / "runs" / f"resnet34-{best}" / "best.pt").stat().st_mtime
+    assert (
+        run_cli(
+            "study",
+            slices_cohort,
+            "--out",
+            out,
+            "--preset",
+            "quick",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--size",
+            "32",
+        )
+        == 0
+    )
+    assert (out / "runs" / f"resnet34-{best}" / "best.pt").stat().st_mtime == mtime
+    second = capsys.readouterr().out
+    assert "[study] model 6 of 6: se_resnet34-" in second and "finished earlier, reused" in second
+
+
+def test_study_jobs_give_the_same_numbers_as_sequential(run_cli, study_out, slices_cohort, tmp_path, capsys):
+    """Issue 12: trainings run concurrently (2 processes on this CPU) give the results of the
+    sequential study: same config, seed and data order per run."""
+    seq = json.loads((study_out[0] / "results.json").read_text())
+    out = tmp_path / "parallel"
+    assert (
+        run_cli(
+            "study",
+            slices_cohort,
+            "--out",
+            out,
+            "--preset",
+            "quick",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--size",
+            "32",
+            "--jobs",
+            "2",
+            "--no-evidence",
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "5 trainings, 2 at a time" in printed and "5 of 5 trainings done" in printed
+    par = json.loads((out / "results.json").read_text())
+    assert par["best_phase"] == seq["best_phase"] and set(par["runs"]) == set(seq["runs"])
+    for name, r in seq["runs"].items():
+        assert par["runs"][name]["val_auc"] == pytest.approx(r["val_auc"], abs=1e-6), name
+        for lv in ("image", "patient"):
+            a, b = par["runs"][name]["test"][lv], r["test"][lv]
+            assert a["high"]["auc"]["value"] == pytest.approx(b["high"]["auc"]["value"], abs=1e-6), name
+            assert a["accuracy"]["value"] == b["accuracy"]["value"], name
+    assert (out / "runs" / "resnet34-plain" / "train.log").read_text().count("epoch 1/1") == 1
+    assert "models" not in par  # --no-evidence
+
+
+@pytest.mark.parametrize(
+    "jobs, message",
+    [("0", "--jobs must be auto or a whole number >= 1"), ("many", "--jobs must be auto or a whole number >= 1")],
+)
+def test_study_refuses_bad_jobs(run_cli, jobs, message, slices_cohort, tmp_path, capsys):
+    from ccrcc_grade.study.run import resolve_jobs
+
+    with pytest.raises(CcrccError, match=message):
+        resolve_jobs(jobs, "cpu")
+    assert run_cli("study", slices_cohort, "--out", tmp_path / "s", "--preset", "quick", "--jobs", jobs) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_study_jobs_auto_is_one_on_a_cpu():
+    from ccrcc_grade.study.run import resolve_jobs
+
+    assert resolve_jobs("auto", "cpu") == 1 and resolve_jobs("3", "cpu") == 3
+
+
+@pytest.mark.parametrize(
+    "keys, best, tied, text",
+    [
+        ({"plain": (0.8, 0.7), "parenchymal": (0.9, 0.6)}, "parenchymal", ["parenchymal"], ""),
+        (
+            {"plain": (1.0, 0.7), "corticomedullary": (1.0, 0.9), "parenchymal": (0.9, 1.0)},
+            "corticomedullary",
+            ["plain", "corticomedullary"],
+            "2 phases tie at validation patient AUC 1.000 (plain, corticomedullary); the tie "
+            "was broken by validation image AUC (plain 0.700, corticomedullary 0.900): corticomedullary.",
+        ),
+        (
+            {"plain": (1.0, 0.9), "excretory": (1.0, 0.9)},
+            "plain",
+            ["plain", "excretory"],
+            "by the phase order (first listed): plain.",
+        ),
+    ],
+)
+def test_best_phase_ties_are_said(keys, best, tied, text):
+    from ccrcc_grade.study.run import choose_best_phase
+
+    got, record = choose_best_phase(keys)
+    assert got == best and record["tied"] == tied
+    assert (text in record["text"]) if text else record["text"] == ""
+
+
+def test_study_cross_validation(run_cli, slices_cohort, tmp_path):
+    out = tmp_path / "cv"
+    assert (
+        run_cli(
+            "study",
+            slices_cohort,
+            "--out",
+            out,
+            "--preset",
+            "quick",
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--size",
+            "32",
+        )
+        == 0
+    )
+    res = json.loads((out / "results.json").read_text())
+    cv = res["cross_validation"]
+    assert f"se_resnet34-{res['best_phase']}" in cv and len(cv) == 6
+    for r in cv.values():
+        assert len(r["runs"]) == 2
+        s = r["cv"]["patient"]["auc"]
+        assert len(s["folds"]) == 2 and s["mean"] == pytest.approx(np.nanmean(s["folds"]))
+    tests = [
+        set(__import__("torch").load(f"{r}/best.pt", weights_only=True)["splits"]["test"])
+        for r in cv["resnet34-plain"]["runs"]
+    ]
+    assert not (tests[0] & tests[1]) and len(tests[0] | tests[1]) == 16
+    assert "Cross-validation" in (out / "report.html").read_text()
+
+
+def test_study_on_a_kits_folder(run_cli, kits_dir, tmp_path):
+    """`study --format kits`: one contrast phase, so ResNet34 and SE-ResNet34 on it alone."""
+    out = tmp_path / "ks"
+    assert (
+        run_cli(
+            "study",
+            kits_dir,
+            "--format",
+            "kits",
+            "--out",
+            out,
+            "--preset",
+            "quick",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--size",
+            "32",
+            "--ratios",
+            "1:1:1",
+        )
+        == 0
+    )
+    res = json.loads((out / "results.json").read_text())
+    assert res["best_phase"] == "corticomedullary"
+    assert set(res["runs"]) == {"resnet34-corticomedullary", "se_resnet34-corticomedullary"}
+    assert res["dataset"]["test"]["corticomedullary"]["high"]["patients"] == 1
+    assert (out / "report.html").is_file()
+
+
+def test_a_study_folder_belongs_to_one_cohort(read_rows, refused, run_cli, write_rows, slices_cohort, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(slices_cohort, a)
+    shutil.copytree(slices_cohort, b)
+    out = tmp_path / "study"
+    (out / "work").mkdir(parents=True)
+    assert run_cli("ingest", a, "--out", out / "work", "--size", "32") == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    refused(
+        capsys,
+        ["study", b, "--out", out, "--preset", "quick"],
+        f"holds the study of cohort {a.resolve()}",
+        "give another --out",
+    )
+    rows = read_rows(a / "clinical.csv")
+    rows[0]["who_isup_grade"] = "4" if rows[0]["who_isup_grade"] != "4" else "1"
+    write_rows(a / "clinical.csv", rows)
+    refused(capsys, ["study", a, "--out", out, "--preset", "quick"], "has changed since this study ingested it")
+    assert snapshot(out) == before
+
+
+def test_a_run_of_another_cohort_is_not_reused(refused, run_cli, slices_cohort, tmp_path, capsys):
+    out = tmp_path / "study"
+    (out / "work").mkdir(parents=True)
+    assert run_cli("ingest", slices_cohort, "--out", out / "work", "--size", "32") == 0
+    run = out / "runs" / "resnet34-plain"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"a model of another cohort")
+    (run / "train_summary.json").write_text(json.dumps({"cohort": {"path": "/elsewhere", "fingerprint": "0123abcd"}}))
+    capsys.readouterr()
+    refused(
+        capsys,
+        ["study", slices_cohort, "--out", out, "--preset", "quick"],
+        str(run),
+        "was trained on another cohort (/elsewhere)",
+    )
+    assert (run / "best.pt").read_bytes() == b"a model of another cohort"

@@ -1,0 +1,38 @@
+"""ccrcc_grade.tools.bench: the benchmarks."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_bench_lines(run_cli, capsys):
+    assert run_cli("bench", "--what", "train", "--image-size", "32", "--steps", "2", "--batch-size", "4") == 0
+    line = json.loads(capsys.readouterr().out)
+    assert {"train_img_s", "train_img_s_baseline", "train_speedup", "peak_rss_mb", "data_share", "device"} <= set(line)
+    assert line["train_img_s"] > 0 and 0 <= line["data_share"] < 1
+    assert run_cli("bench", "--what", "predict", "--image-size", "32", "--steps", "5") == 0
+    line = json.loads(capsys.readouterr().out)
+    assert {
+        "predict_ms_p50",
+        "predict_ms_p95",
+        "predict_ms_p50_baseline",
+        "predict_speedup",
+        "patient_ms_p50",
+        "peak_rss_mb",
+        "backend",
+    } <= set(line)
+
+
+def test_bench_study_never_takes_or_removes_a_folder_it_did_not_make(run_cli, tmp_path, monkeypatch, capsys):
+    """The cached benchmark cohort appears only complete (made elsewhere, renamed); a folder of
+    that name without clinical.csv is someone else's: refused, left as it is."""
+    from ccrcc_grade.tools.bench import STUDY_COHORT
+
+    c = STUDY_COHORT
+    theirs = tmp_path / f"study-cohort-{c['patients']}-{c['high']}-{c['matrix']}"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    monkeypatch.setenv("CCRCC_BENCH_DIR", str(tmp_path))
+    assert run_cli("bench", "--what", "study", "--device", "cpu") == 2
+    assert "is not a finished benchmark cohort; move it away" in capsys.readouterr().err
+    assert (theirs / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [theirs.name]

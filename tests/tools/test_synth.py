@@ -1,0 +1,105 @@
+"""ccrcc_grade.tools.synth: the phantom cohort generator."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from ccrcc_grade.core.errors import CcrccError
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_synth_cli_and_its_errors(run_cli, tmp_path, capsys):
+    assert run_cli("synth", tmp_path / "c", "--patients", "3", "--matrix", "64", "--layout", "dicom") == 0
+    assert (tmp_path / "c" / "boxes.csv").is_file()
+    assert run_cli("synth", tmp_path / "d", "--high-fraction", "1.5") == 2
+    assert "--high-fraction" in capsys.readouterr().err
+    assert run_cli("ingest", tmp_path / "nowhere", "--out", tmp_path / "w") == 2
+    assert "cohort folder not found" in capsys.readouterr().err
+    assert run_cli("split", tmp_path / "c") == 2
+    assert "not an ingested cohort" in capsys.readouterr().err
+
+
+def test_realistic_phantom_overlaps_between_grades_and_easy_does_not():
+    """Patient parameters only (no rendering): the grade signal of the corticomedullary
+    enhancement is strong but overlapping in the realistic phantom; label noise exists."""
+    from sklearn.metrics import roc_auc_score
+
+    from ccrcc_grade.tools.synth import synthetic_patient
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 150)
+    pats = [synthetic_patient(rng, f"P{i}", int(y), 256, "realistic") for i, y in enumerate(labels)]
+    cmp = [p.tumour_hu["corticomedullary"] for p in pats]
+    auc = roc_auc_score(labels, -np.array(cmp))
+    assert 0.6 < auc < 0.92, auc
+    size_auc = roc_auc_score(labels, [p.diameter_mm for p in pats])
+    assert 0.55 < size_auc < 0.85, size_auc
+    assert len({p.noise_sd for p in pats}) == 3  # three simulated centres
+    assert any(p.necrosis > 0 for p, y in zip(pats, labels) if y == 0)  # necrosis in low grade too
+    easy = [synthetic_patient(rng, f"E{i}", int(y), 256, "easy") for i, y in enumerate(labels)]
+    assert roc_auc_score(labels, [p.texture for p in easy]) == 1.0
+
+
+def test_synth_difficulty_option(read_rows, run_cli, tmp_path):
+    assert run_cli("synth", tmp_path / "r", "--patients", "2", "--matrix", "64") == 0
+    assert "difficulty=realistic" in (tmp_path / "r" / "README.txt").read_text()
+    rows = read_rows(tmp_path / "r" / "clinical.csv")
+    assert {r["center"] for r in rows} <= {"SYNTH-1", "SYNTH-2", "SYNTH-3"}
+    assert run_cli("synth", tmp_path / "e", "--patients", "2", "--matrix", "64", "--difficulty", "easy") == 0
+    with pytest.raises(SystemExit) as exc:  # argparse: invalid choice, exit status 2
+        run_cli("synth", tmp_path / "x", "--difficulty", "hard")
+    assert exc.value.code == 2 and not (tmp_path / "x").exists()
+
+
+def test_synth_is_deterministic_and_marked_synthetic(tmp_path):
+    from ccrcc_grade.tools.synth import make_cohort
+
+    a = make_cohort(tmp_path / "a", patients=3, seed=5, matrix=64)
+    b = make_cohort(tmp_path / "b", patients=3, seed=5, matrix=64)
+    c = make_cohort(tmp_path / "c", patients=3, seed=6, matrix=64)
+    assert _digest(a) == _digest(b) != _digest(c)
+    assert (a / "README.txt").read_text().startswith("SYNTHETIC")
+    with pytest.raises(CcrccError, match="not empty"):
+        make_cohort(a, patients=3)
+
+
+def test_synth_physiology(dicom_cohort):
+    """Low-grade tumours enhance more than high-grade ones in contrast phases; in the plain phase
+    the difference is small (weak grade signal), and high grade is larger on average."""
+    import csv
+
+    from ccrcc_grade.io.boxes import Box
+    from ccrcc_grade.io.dicom import read_hu
+
+    grades = {r["patient_id"]: int(r["who_isup_grade"]) for r in csv.DictReader(open(dicom_cohort / "clinical.csv"))}
+    mean_hu: dict = {}
+    for r in csv.DictReader(open(dicom_cohort / "boxes.csv")):
+        hu, _ = read_hu(dicom_cohort / r["file"])
+        b = Box(*(float(r[k]) for k in ("x_min", "y_min", "x_max", "y_max")))
+        cx, cy = int((b.x_min + b.x_max) / 2), int((b.y_min + b.y_max) / 2)
+        if b.width < 8:
+            continue
+        core = hu[cy - 2 : cy + 3, cx - 2 : cx + 3]
+        mean_hu.setdefault((r["phase"], grades[r["patient_id"]] >= 3), []).append(float(np.median(core)))
+    m = {k: np.mean(v) for k, v in mean_hu.items()}
+    for phase in ("corticomedullary", "parenchymal"):
+        assert m[(phase, False)] - m[(phase, True)] > 25
+    assert (
+        abs(m[("plain", False)] - m[("plain", True)])
+        < abs(m[("corticomedullary", False)] - m[("corticomedullary", True)]) / 2
+    )
+    sizes = {}
+    for r in csv.DictReader(open(dicom_cohort / "clinical.csv")):
+        sizes.setdefault(int(r["who_isup_grade"]) >= 3, []).append(float(r["tumor_size_cm"]))
+    assert np.mean(sizes[True]) > np.mean(sizes[False])
