@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: setup system-deps test test-fp32 demo bench clean
+.PHONY: setup system-deps lint format test test-fp32 demo bench clean
 
 # The venv is reused when it exists (torch is a ~5.5 GB install); the stamp re-runs pip
 # only when pyproject.toml changes.
@@ -32,7 +32,17 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb chromium; \
 	  else echo "needs: apt-get install orthanc orthanc-dicomweb chromium (as root)"; exit 1; fi; fi
 
-test: setup system-deps
+# ruff: lint (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and the formatter's check;
+# `make format` rewrites the files. Configured in pyproject.toml.
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: setup
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+test: setup system-deps lint
 	$(BIN)/python -m pytest -v --durations=15
 
 # The numeric path of CPUs without bf16 (AMD EPYC / AVX2-only hosts), forced on any x86 CPU:

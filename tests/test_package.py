@@ -123,3 +123,13 @@ def test_subpackages_import_only_the_layers_below():
 )
 def test_the_cycle_finder_finds_cycles(edges, cycle):
     assert _cycle(edges) == cycle
+
+
+@pytest.mark.parametrize("sub", SUBPACKAGES)
+def test_public_exports_resolve(sub):
+    """What a sub-package lists in ``__all__`` can be imported from it (lazily where heavy)."""
+    mod = importlib.import_module(f"ccrcc_grade.{sub}")
+    for name in getattr(mod, "__all__", []):
+        assert getattr(mod, name) is not None, f"ccrcc_grade.{sub}.{name}"
+    with pytest.raises(AttributeError):
+        mod.no_such_name  # noqa: B018

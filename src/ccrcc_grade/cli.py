@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from ccrcc_grade.core.errors import CcrccError
@@ -217,7 +218,7 @@ workflow:
 Research software, not a medical device. `ccrcc-grade COMMAND --help` lists each command's options."""
 
 
-def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
+def _sub(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(
         name,
         help=help,
@@ -229,9 +230,23 @@ def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; option defaults come from the config dataclasses (one source)."""
     from ccrcc_grade import __version__
-    from ccrcc_grade.core.config import PRESETS, PreprocessConfig, TrainConfig, preset_text
+    from ccrcc_grade.core.config import (
+        CLINICAL_NORMALITY,
+        N_BOOT,
+        PRESETS,
+        SPLIT_RATIOS,
+        BenchOptions,
+        PreprocessConfig,
+        ServeOptions,
+        StudyOptions,
+        SynthOptions,
+        TrainConfig,
+        preset_text,
+    )
+    from ccrcc_grade.core.phases import KITS_PHASE
 
-    pre, tc = PreprocessConfig(), TrainConfig()
+    pre, tc, so = PreprocessConfig(), TrainConfig(), StudyOptions()
+    synth, srv, bn = asdict(SynthOptions()), asdict(ServeOptions()), asdict(BenchOptions())
     p = argparse.ArgumentParser(
         prog="ccrcc-grade", description=WORKFLOW, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -240,20 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _sub(sub, "synth", "write a synthetic (phantom) four-phase cohort")
     s.add_argument("out", help="cohort folder to create")
-    s.add_argument("--patients", type=int, default=40, help="number of patients")
-    s.add_argument("--high-fraction", type=float, default=0.25, help="fraction of high-grade patients (0-1)")
+    s.add_argument("--patients", type=int, default=synth["patients"], help="number of patients")
+    s.add_argument(
+        "--high-fraction", type=float, default=synth["high_fraction"], help="fraction of high-grade patients (0-1)"
+    )
     s.add_argument(
         "--layout",
         choices=["slices", "dicom"],
-        default="slices",
+        default=synth["layout"],
         help="exported slices + labelme JSON, or DICOM series + boxes.csv",
     )
-    s.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same cohort)")
-    s.add_argument("--matrix", type=int, default=512, help="image matrix (pixels, square)")
+    s.add_argument("--seed", type=int, default=synth["seed"], help="random seed (the same seed gives the same cohort)")
+    s.add_argument("--matrix", type=int, default=synth["matrix"], help="image matrix (pixels, square)")
     s.add_argument(
         "--difficulty",
         choices=["realistic", "easy"],
-        default="realistic",
+        default=synth["difficulty"],
         help="realistic: grades overlap as in published series, with timing, dose, scanner, partial "
         "volume and label-noise effects (synth.py lists the sources); easy: nearly separable "
         "grades, for fast tests",
@@ -261,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--workers",
         type=int,
-        default=1,
+        default=synth["workers"],
         help="processes rendering patients at once (the cohort is the same for any number)",
     )
     s.set_defaults(func=cmd_synth)
@@ -285,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--format", choices=["cohort", "kits"], default="cohort", help="a cohort folder or a KiTS folder")
     s.add_argument("--clinical", help="KiTS clinical JSON (kits.json / kits23.json; default: found in the folder)")
-    s.add_argument("--phase", default="corticomedullary", help="phase of KiTS scans")
+    s.add_argument("--phase", default=KITS_PHASE, help="phase of KiTS scans")
     s.add_argument(
         "--mask-margin-mm",
         type=float,
@@ -298,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _sub(sub, "split", "patient-level stratified train/val/test split")
     s.add_argument("work", help="ingested WORK folder")
-    s.add_argument("--ratios", default="8:1:1", help="train:val:test patient ratios")
-    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--ratios", default=SPLIT_RATIOS, help="train:val:test patient ratios")
+    s.add_argument("--seed", type=int, default=so.seed, help="random seed")
     s.add_argument("--folds", type=int, default=0, help="also assign K cross-validation folds (0: none)")
     s.set_defaults(func=cmd_split)
 
@@ -375,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["mean", "median", "max"],
         help="slice probabilities -> patient probability (default: the run's, mean)",
     )
-    s.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (over patients) for the CIs")
+    s.add_argument("--bootstrap", type=int, default=N_BOOT, help="bootstrap resamples (over patients) for the CIs")
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     s.set_defaults(func=cmd_evaluate)
 
@@ -392,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--normality",
         choices=["ks", "shapiro"],
-        default="ks",
+        default=CLINICAL_NORMALITY,
         help="normality test per group (Lilliefors-corrected Kolmogorov-Smirnov or Shapiro-Wilk)",
     )
     s.set_defaults(func=cmd_clinical)
@@ -403,25 +420,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--preset",
         choices=list(PRESETS),
-        default="paper",
+        default=so.preset,
         help="; ".join(f"{k}: {preset_text(v)}" for k, v in PRESETS.items()),
     )
-    s.add_argument("--folds", type=int, default=0, help="K-fold cross-validation instead of one split (0: off)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the split and of every training")
+    s.add_argument("--folds", type=int, default=so.folds, help="K-fold cross-validation instead of one split (0: off)")
+    s.add_argument("--seed", type=int, default=so.seed, help="seed of the split and of every training")
     s.add_argument("--weights", default=None, help="override the preset's weights (imagenet | none | PATH)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     s.add_argument("--image-size", type=int, default=None, help="override the preset's network input size")
     s.add_argument("--size", type=int, default=None, help="override the preset's crop size of the cache")
-    s.add_argument("--format", choices=["cohort", "kits"], default="cohort", help="a cohort folder or a KiTS folder")
+    s.add_argument("--format", choices=["cohort", "kits"], default=so.format, help="a cohort folder or a KiTS folder")
     s.add_argument("--external", help="external validation cohort (raw or ingested)")
-    s.add_argument("--ratios", default="8:1:1", help="train:val:test patient ratios")
+    s.add_argument("--ratios", default=so.ratios, help="train:val:test patient ratios")
     s.add_argument(
-        "--threshold", default=tc.threshold, help="decision threshold policy of every model (see train --threshold)"
+        "--threshold", default=so.threshold, help="decision threshold policy of every model (see train --threshold)"
     )
     s.add_argument(
         "--jobs",
-        default="auto",
+        default=so.jobs,
         help="trainings at once (the phase models; every fold with --folds): auto = as many per GPU as "
         "its free memory holds (<= 5) on every visible GPU, 1 on a CPU; or a number",
     )
@@ -462,14 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = _sub(sub, "serve", "the clinician workstation: web page + REST API")
     s.add_argument("--models", nargs="+", required=True, help="run folders, best.pt or .onnx files to serve")
     s.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (anything but loopback needs --token-file)"
+        "--host", default=srv["host"], help="address to listen on (anything but loopback needs --token-file)"
     )
-    s.add_argument("--port", type=int, default=8000, help="TCP port")
-    s.add_argument("--data", default="ccrcc-data", help="folder for studies, boxes, predictions and SRs")
+    s.add_argument("--port", type=int, default=srv["port"], help="TCP port")
+    s.add_argument("--data", default=srv["data"], help="folder for studies, boxes, predictions and SRs")
     s.add_argument("--pacs", help="DICOMweb base URL of the PACS (e.g. http://pacs:8042/dicom-web)")
     s.add_argument("--token-file", help="file holding the bearer token every API call must carry")
-    s.add_argument("--max-upload-mb", type=int, default=2048, help="largest upload (MB)")
-    s.add_argument("--max-files", type=int, default=5000, help="most DICOM files in one upload")
+    s.add_argument("--max-upload-mb", type=int, default=srv["max_upload_mb"], help="largest upload (MB)")
+    s.add_argument("--max-files", type=int, default=srv["max_files"], help="most DICOM files in one upload")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.set_defaults(func=cmd_serve)
 
@@ -481,9 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="which benchmark (all = every one but study, which trains a whole study)",
     )
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    s.add_argument("--steps", type=int, default=6, help="timed training steps")
-    s.add_argument("--image-size", type=int, default=224, help="network input size (pixels)")
-    s.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    s.add_argument("--steps", type=int, default=bn["steps"], help="timed training steps")
+    s.add_argument("--image-size", type=int, default=bn["image_size"], help="network input size (pixels)")
+    s.add_argument("--batch-size", type=int, default=bn["batch_size"], help="training batch size")
     s.add_argument(
         "--preset", default=None, help="study benchmark: the study preset (default: paper on CUDA, quick on a CPU)"
     )

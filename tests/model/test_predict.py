@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 
 import pytest
@@ -20,75 +19,78 @@ def evaluated(run_cli, trained_run):
     return {r["patient_id"]: float(r["prob_high"]) for r in rows}
 
 
-def _err(run_cli, capsys, *args):
-    assert run_cli(*args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    return err
+def _junk_checkpoint(run, cohort, pid, tmp):
+    torch.save({"weights": torch.zeros(2)}, tmp / "junk.pt")
+    return tmp / "junk.pt", cohort / pid
 
 
-def test_predict_matches_evaluate_for_unseen_patients(run_cli, trained_run, slices_cohort, evaluated, tmp_path, capsys):
-    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
-    for pid in ckpt["splits"]["test"]:
-        assert pid not in ckpt["splits"]["train"]
-        assert run_cli("predict", trained_run / "best.pt", slices_cohort / pid, "--json", tmp_path / f"{pid}.json") == 0
-        r = json.loads((tmp_path / f"{pid}.json").read_text())
-        assert r["patient_id"] == pid and r["phase"] == "parenchymal"
-        assert r["prob_high"] == pytest.approx(evaluated[pid], abs=1e-5)
-        assert r["grade"] == ("high" if r["prob_high"] >= r["threshold"] else "low")
-        assert r["threshold"] == pytest.approx(ckpt["threshold"]) == 0.5  # tiny validation: the study default
-        assert r["threshold_policy"]["method"] == "default" and "(study default)" in r["decision"]
-        assert len(r["slices"]) == len(list((slices_cohort / pid / "parenchymal").glob("*.json")))
-        assert r["model"]["architecture"] == "resnet34" and r["model"]["val_auc"] is not None
-    out = capsys.readouterr().out
-    assert "P(high) = " in out and "(study default) -> " in out
-
-
-def test_predict_dicom_series_with_boxes(trained_run, dicom_cohort, slices_cohort, tmp_path):
-    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
-    boxes = tmp_path / "boxes.csv"
-    rows = [r for r in csv.DictReader(open(dicom_cohort / "boxes.csv")) if r["patient_id"] == pid]
-    with open(boxes, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    r = predict_patient(trained_run / "best.pt", dicom_cohort / pid / "parenchymal", boxes=boxes)
-    ref = predict_patient(trained_run / "best.pt", slices_cohort / pid / "parenchymal")
-    assert len(r["slices"]) == len(ref["slices"])
-    assert r["prob_high"] == pytest.approx(ref["prob_high"], abs=0.03)  # DICOM vs exported PNG of the same scan
-
-
-def test_prediction_errors(run_cli, trained_run, slices_cohort, tmp_path, capsys):
-    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
-    junk = tmp_path / "junk.pt"
-    torch.save({"weights": torch.zeros(2)}, junk)
-    assert "not a ccrcc-grade model file" in _err(run_cli, capsys, "predict", junk, slices_cohort / pid)
-    ck = torch.load(trained_run / "best.pt", weights_only=True)
+def _future_checkpoint(run, cohort, pid, tmp):
+    ck = torch.load(run / "best.pt", weights_only=True)
     ck["format_version"] = 99
-    torch.save(ck, tmp_path / "future.pt")
-    assert "incompatible ccrcc-grade version" in _err(
-        run_cli, capsys, "predict", tmp_path / "future.pt", slices_cohort / pid
-    )
-    (tmp_path / "x.onnx").write_bytes(b"nope")
-    assert "not a readable ONNX model" in _err(run_cli, capsys, "predict", tmp_path / "x.onnx", slices_cohort / pid)
-    assert "trained on the parenchymal phase" in _err(
-        run_cli, capsys, "predict", trained_run / "best.pt", slices_cohort / pid / "plain"
-    )
-    p = tmp_path / "pat"
-    shutil.copytree(slices_cohort / pid, p / pid)
-    for j in (p / pid / "parenchymal").glob("*.json"):
+    torch.save(ck, tmp / "future.pt")
+    return tmp / "future.pt", cohort / pid
+
+
+def _broken_onnx(run, cohort, pid, tmp):
+    (tmp / "x.onnx").write_bytes(b"nope")
+    return tmp / "x.onnx", cohort / pid
+
+
+def _other_phase(run, cohort, pid, tmp):
+    return run / "best.pt", cohort / pid / "plain"
+
+
+def _no_boxes(run, cohort, pid, tmp):
+    shutil.copytree(cohort / pid, tmp / pid)
+    for j in (tmp / pid / "parenchymal").glob("*.json"):
         j.unlink()
-    assert "no tumour boxes" in _err(run_cli, capsys, "predict", trained_run / "best.pt", p / pid / "parenchymal")
-    shutil.rmtree(p / pid / "parenchymal")
-    assert "no parenchymal folder" in _err(run_cli, capsys, "predict", trained_run / "best.pt", p / pid)
-    q = tmp_path / "q"
-    shutil.copytree(slices_cohort / pid / "parenchymal", q)
-    img = sorted(q.glob("*.png")) or sorted(q.glob("*.bmp"))
-    for f in img:
+    return run / "best.pt", tmp / pid / "parenchymal"
+
+
+def _no_phase_folder(run, cohort, pid, tmp):
+    shutil.copytree(cohort / pid, tmp / pid)
+    shutil.rmtree(tmp / pid / "parenchymal")
+    return run / "best.pt", tmp / pid
+
+
+def _broken_images(run, cohort, pid, tmp):
+    q = tmp / "q"
+    shutil.copytree(cohort / pid / "parenchymal", q)
+    for f in sorted(q.glob("*.png")) or sorted(q.glob("*.bmp")):
         f.write_bytes(b"\x89PNG broken")
-    assert "unreadable or truncated image" in _err(run_cli, capsys, "predict", trained_run / "best.pt", q)
-    assert "input not found" in _err(run_cli, capsys, "predict", trained_run / "best.pt", tmp_path / "missing")
-    assert "a folder without best.pt" in _err(run_cli, capsys, "predict", tmp_path, slices_cohort / pid)
+    return run / "best.pt", q
+
+
+def _missing_input(run, cohort, pid, tmp):
+    return run / "best.pt", tmp / "missing"
+
+
+def _folder_without_model(run, cohort, pid, tmp):
+    return tmp, cohort / pid
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (_junk_checkpoint, "not a ccrcc-grade model file"),
+        (_future_checkpoint, "incompatible ccrcc-grade version"),
+        (_broken_onnx, "not a readable ONNX model"),
+        (_other_phase, "trained on the parenchymal phase"),
+        (_no_boxes, "no tumour boxes"),
+        (_no_phase_folder, "no parenchymal folder"),
+        (_broken_images, "unreadable or truncated image"),
+        (_missing_input, "input not found"),
+        (_folder_without_model, "a folder without best.pt"),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else None,
+)
+def test_prediction_errors(run_cli, trained_run, slices_cohort, tmp_path, capsys, make, needle):
+    """Every bad model or input of `predict`: exit 2 with one line naming the problem."""
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    model, inp = make(trained_run, slices_cohort, pid, tmp_path)
+    assert run_cli("predict", model, inp) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
 
 
 def test_predict_accepts_a_run_folder(trained_run, slices_cohort):

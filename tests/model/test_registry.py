@@ -74,15 +74,24 @@ def test_local_weights_timm_naming_and_wrapped_state(tmp_path):
     assert torch.equal(m.state_dict()["conv1.weight"], sd["conv1.weight"]) and rep["missing"] == []
 
 
-def test_bad_weight_files(tmp_path):
-    with pytest.raises(CcrccError, match="weights file not found"):
-        create_model("resnet34", weights=str(tmp_path / "nope.pth"))
-    (tmp_path / "junk.pth").write_bytes(b"garbage")
-    with pytest.raises(CcrccError, match="not a readable PyTorch state dict"):
-        create_model("resnet34", weights=str(tmp_path / "junk.pth"))
-    torch.save({"a.weight": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(CcrccError, match="does not look like ResNet34 weights"):
-        create_model("resnet34", weights=str(tmp_path / "other.pth"))
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (None, "weights file not found"),
+        (b"garbage", "not a readable PyTorch state dict"),
+        ({"a.weight": torch.zeros(3)}, "does not look like ResNet34 weights"),
+    ],
+    ids=["missing", "not-torch", "other-network"],
+)
+def test_bad_weight_files(tmp_path, content, needle):
+    path = tmp_path / "w.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(CcrccError, match=needle) as e:
+        create_model("resnet34", weights=str(path))
+    assert str(path) in str(e.value)
 
 
 def test_imagenet_weights_through_torchvisions_cache(tmp_path, monkeypatch):

@@ -179,29 +179,53 @@ def test_nan_loss_stops_the_run(work, tmp_path):
         fit(_cfg(work, tmp_path / "nan", lr=1e30, epochs=2))
 
 
-def test_bad_training_inputs(run_cli, work, tmp_path, capsys):
+def _no_splits(w, s, labels):
+    (w / "splits.json").unlink()
+    return []
+
+
+def _empty_val(w, s, labels):
+    (w / "splits.json").write_text(json.dumps({**s, "val": []}))
+    return []
+
+
+def _one_grade_in_training(w, s, labels):
+    (w / "splits.json").write_text(json.dumps({**s, "train": [p for p in s["train"] if labels[p] == 0]}))
+    return []
+
+
+def _unknown_phase(w, s, labels):
+    return ["--phase", "arterial-ish"]
+
+
+def _zero_epochs(w, s, labels):
+    return ["--epochs", "0"]
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (_no_splits, "no splits file"),
+        (_empty_val, "the val split is empty"),
+        (_one_grade_in_training, "no high-grade parenchymal crops in the training split"),
+        (_unknown_phase, "unknown phase"),
+        (_zero_epochs, "epochs (--epochs) must be >= 1"),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else None,
+)
+def test_bad_training_inputs(run_cli, work, tmp_path, capsys, make, needle):
+    """Every bad training input: exit 2 with one line naming it, before any epoch."""
+    from ccrcc_grade.ingest.cache import CropCache
+
     w = tmp_path / "w"
     shutil.copytree(work, w)
-    (w / "splits.json").unlink()
-    assert run_cli("train", w, "--weights", "none", "--epochs", "1") == 2
-    assert "no splits file" in capsys.readouterr().err
     s = json.loads((work / "splits.json").read_text())
-    labels = {
-        r["patient_id"]: r["label"]
-        for r in __import__("ccrcc_grade.ingest.cache", fromlist=["x"]).CropCache.load(work).manifest
-    }
-    (w / "splits.json").write_text(json.dumps({**s, "val": []}))
-    assert run_cli("train", w, "--weights", "none", "--epochs", "1") == 2
-    assert "the val split is empty" in capsys.readouterr().err
-    only_low = [p for p in s["train"] if labels[p] == 0]
-    (w / "splits.json").write_text(json.dumps({**s, "train": only_low}))
-    assert run_cli("train", w, "--weights", "none", "--epochs", "1") == 2
-    assert "no high-grade parenchymal crops in the training split" in capsys.readouterr().err
-    (w / "splits.json").write_text(json.dumps(s))
-    assert run_cli("train", w, "--phase", "arterial-ish", "--epochs", "1") == 2
-    assert "unknown phase" in capsys.readouterr().err
-    assert run_cli("train", w, "--epochs", "0") == 2
-    assert "epochs (--epochs) must be >= 1" in capsys.readouterr().err
+    labels = {r["patient_id"]: r["label"] for r in CropCache.load(work).manifest}
+    args = ["train", w, "--weights", "none", "--epochs", "1", *make(w, s, labels)]
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not (w / "runs").exists()
 
 
 def test_phase_without_crops(run_cli, work, tmp_path, capsys):

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ccrcc_grade.core.errors import CcrccError, check_number
 
@@ -136,6 +136,7 @@ class StudyProtocol:
         return d
 
 
+SPLIT_RATIOS = "8:1:1"  # the study's train:val:test patient split
 N_BOOT = 2000  # bootstrap resamples of every confidence interval (the paper preset's)
 
 
@@ -160,6 +161,87 @@ PRESETS: dict[str, StudyProtocol] = {
 }
 
 
+@dataclass(frozen=True)
+class SynthOptions:
+    """`synth`: the phantom cohort's defaults."""
+
+    patients: int = 40
+    high_fraction: float = 0.25
+    layout: str = "slices"
+    seed: int = 0
+    matrix: int = 512
+    difficulty: str = "realistic"
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """`serve`: the workstation's defaults (loopback only unless a token file is given)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data: str = "ccrcc-data"
+    max_upload_mb: int = 2048
+    max_files: int = 5000
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """`bench`: timed steps and the study's batch and input size."""
+
+    steps: int = 6
+    image_size: int = TrainConfig.image_size
+    batch_size: int = TrainConfig.batch_size
+
+
+CLINICAL_NORMALITY = "ks"  # Table 2's normality test per group (Lilliefors-corrected KS)
+
+
+def parse_jobs(jobs: str | int) -> int:
+    """``--jobs N``: a whole number >= 1 ('auto' is resolved by the study, which knows the GPUs)."""
+    try:
+        n = int(jobs)
+    except (TypeError, ValueError):
+        raise CcrccError(f"jobs (--jobs) must be auto or a whole number >= 1, got {jobs!r}") from None
+    if n < 1:
+        raise CcrccError(f"jobs (--jobs) must be auto or a whole number >= 1, got {jobs!r}")
+    return n
+
+
+@dataclass
+class StudyOptions:
+    """What `study` is asked to do; ``resolved()`` gives the typed protocol every model uses."""
+
+    preset: str = "paper"
+    folds: int = 0
+    seed: int = 0
+    weights: str | None = None  # overrides of the preset (None: the preset's)
+    device: str = "auto"
+    epochs: int | None = None
+    image_size: int | None = None
+    size: int | None = None
+    format: str = "cohort"
+    external: str | None = None
+    ratios: str = SPLIT_RATIOS
+    threshold: str = TrainConfig.threshold  # the decision-threshold policy of every model (threshold.py)
+    evidence: bool = True  # fusion, multi-phase network, radiomics, clinical models (evidence/)
+    jobs: str = "auto"  # trainings at once: auto (GPUs x what fits; 1 on a CPU) or a number
+
+    def resolved(self) -> StudyProtocol:
+        """The protocol every model is trained with: the preset with this command's overrides.
+        Refuses a bad preset, threshold policy or --jobs before anything is ingested or trained."""
+        if self.preset not in PRESETS:
+            raise CcrccError(f"unknown preset {self.preset!r}; use {' or '.join(PRESETS)}")
+        from ccrcc_grade.core.threshold import parse_spec
+
+        parse_spec(self.threshold)  # refuse a bad policy before hours of training
+        if str(self.jobs) != "auto":
+            parse_jobs(self.jobs)  # and a bad --jobs before the ingest
+        return PRESETS[self.preset].with_overrides(
+            weights=self.weights, epochs=self.epochs, image_size=self.image_size, size=self.size
+        )
+
+
 def preset_text(p: StudyProtocol) -> str:
     """One line describing a study preset (used by --help and the README, so both say the same)."""
     combined = (
@@ -175,7 +257,10 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def from_dict(cls: type, data: dict[str, Any]):
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build a dataclass from a dict, ignoring unknown keys (forward compatibility)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})

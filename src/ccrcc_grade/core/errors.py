@@ -12,7 +12,13 @@ class CcrccError(Exception):
 
 
 def check_number(
-    value, what: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, integer: bool = False
+    value: object,
+    what: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    integer: bool = False,
 ) -> float:
     """A number read from a file or a flag: finite (NaN and infinity pass every comparison
     unnoticed, so they are refused here, where the number enters) and within [lo, hi] (or

@@ -11,7 +11,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import matplotlib.figure
 
 from ccrcc_grade.core.errors import CcrccError
 
@@ -67,7 +70,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
-def atomic_save_figure(fig, path: Path, **kwargs) -> None:
+def atomic_save_figure(fig: matplotlib.figure.Figure, path: Path, **kwargs: object) -> None:
     """Save a matplotlib figure atomically (format taken from the suffix)."""
     fmt = Path(path).suffix.lstrip(".") or "png"
     atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, **kwargs))

@@ -6,6 +6,7 @@ from ccrcc_grade.core.errors import CcrccError
 
 PHASES: tuple[str, ...] = ("plain", "corticomedullary", "parenchymal", "excretory")
 COMBINED = "combined"
+KITS_PHASE = "corticomedullary"  # KiTS scans are late arterial / corticomedullary
 CLASSES: tuple[str, str] = ("low", "high")  # label 0 = WHO/ISUP I-II, label 1 = III-IV
 
 # Case-insensitive aliases (spaces, '-' and '_' are ignored when matching).

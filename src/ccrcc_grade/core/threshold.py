@@ -75,7 +75,7 @@ class ThresholdPolicy:
 DEFAULT_POLICY = ThresholdPolicy("default", DEFAULT_THRESHOLD, "study default")
 
 
-def check_probability(v, what: str) -> float:
+def check_probability(v: object, what: str) -> float:
     """A finite number in [0, 1], or a one-line error naming ``what``."""
     try:
         f = float(v)
@@ -123,7 +123,7 @@ def cut_point(method: str, y: np.ndarray, p: np.ndarray) -> float:
     return float(thr[ok[-1]])
 
 
-def class_counts(y) -> tuple[int, int]:
+def class_counts(y: np.ndarray | list[int]) -> tuple[int, int]:
     y = np.asarray(y).astype(int)
     return int(np.sum(y == 0)), int(np.sum(y == 1))
 
@@ -138,7 +138,13 @@ def estimability(n_low: int, n_high: int) -> str | None:
     return None
 
 
-def fit_policy(spec: str | float, y_val=None, p_val=None, n_boot: int = 1000, seed: int = 0) -> ThresholdPolicy:
+def fit_policy(
+    spec: str | float,
+    y_val: np.ndarray | None = None,
+    p_val: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> ThresholdPolicy:
     """The policy for ``spec`` on validation patients (labels, patient probabilities).
 
     Fitted methods are refused (``CcrccError``) when validation has too few patients of a grade."""

@@ -163,7 +163,7 @@ def combined_model(
     preds = clinical_info["predictor_objects"]
     val = [i for i in splits.get("val", []) if i in dl.val and i in table.labels]
 
-    def design(ids: list[str], scores: dict[str, float], med=None):
+    def design(ids: list[str], scores: dict[str, float], med: np.ndarray | None = None) -> tuple:
         xc, med = _matrix(table, ids, preds, med)
         return np.column_stack([logit(np.array([scores[i] for i in ids])), xc]), med
 

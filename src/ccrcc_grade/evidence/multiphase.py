@@ -186,7 +186,7 @@ def _fit(
     phases: tuple[str, ...],
     images: np.ndarray,
     device: torch.device,
-    amp,
+    amp: torch.dtype | None,
     normalize: bool,
 ) -> MultiPhaseNet:
     train = crops["train"]

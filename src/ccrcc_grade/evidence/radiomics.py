@@ -94,7 +94,7 @@ def crops_to_hu(crops_u8: np.ndarray, level: float, width: float) -> np.ndarray:
     return (level - width / 2 + crops_u8.astype(np.float32) / 255.0 * width).astype(np.float32)
 
 
-def _patient_phase(args) -> tuple[str, str, dict[str, float]]:
+def _patient_phase(args: tuple) -> tuple[str, str, dict[str, float]]:
     pid, phase, crops, level, width = args
     hu = crops_to_hu(crops, level, width)
     return pid, phase, features(hu, box_mask(hu.shape), (1.0, 1.0, 5.0))
@@ -290,7 +290,7 @@ def fit_radiomics(
     ), info
 
 
-def _platt(search, x: np.ndarray, y: np.ndarray, seed: int):
+def _platt(search: object, x: np.ndarray, y: np.ndarray, seed: int) -> object:
     """Platt scaling of the SVM's decision values, fitted on its cross-validated decision values
     on the training patients. SVC(probability=True) does this internally, but on a few dozen
     patients its internal folds can invert the ranking (probabilities that disagree with the

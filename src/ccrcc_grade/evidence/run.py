@@ -5,6 +5,7 @@ comparison table, calibration, decision curves and a nomogram."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from ccrcc_grade.evidence.multiphase import MultiPhaseConfig, train_multiphase
 from ccrcc_grade.evidence.radiomics import radiomics_study
 from ccrcc_grade.evidence.scores import ModelScores
 from ccrcc_grade.ingest.cache import CropCache
-from ccrcc_grade.io.clinical import read_clinical
+from ccrcc_grade.io.clinical import ClinicalTable, read_clinical
 from ccrcc_grade.model.evaluate import run_predictions
 from ccrcc_grade.stats.figures import decision_curve_figure, nomogram_figure, reliability_figure
 from ccrcc_grade.stats.predictions import PATIENT_COLUMNS, patient_level, read_predictions, write_csv
@@ -95,7 +96,7 @@ def evaluate_models(
         if m.name.startswith("resnet34-") and m.name.split("-", 1)[1] in PHASES
     }
 
-    def attempt(name: str, make):
+    def attempt(name: str, make: Callable) -> object:
         if name in skip:
             skipped[name] = "left out (--skip)"
             return None
@@ -225,7 +226,7 @@ def _figures(
     return {"decision_curves": dca, "reliability": rel}
 
 
-def _nomogram(info: dict, table, clin_info: dict, dl: ModelScores, splits: dict, path: Path) -> None:
+def _nomogram(info: dict, table: ClinicalTable, clin_info: dict, dl: ModelScores, splits: dict, path: Path) -> None:
     model = info["model"]
     scaler, lr = model[0], model[-1]
     k = lr.coef_[0] / scaler.scale_

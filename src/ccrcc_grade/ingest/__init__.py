@@ -3,3 +3,29 @@ per folder layout and ``detect_layout`` (``layouts``), phase detection of unsort
 (``phase_detect``), box -> crop (``preprocess``), the cache on disk (``cache``), ``ingest`` that
 validates, crops and writes for every layout (``pipeline``), and patient splits (``splits``).
 """
+
+_EXPORTS = {
+    "Cohort": "cohort",
+    "Roi": "cohort",
+    "CohortSource": "layouts",
+    "detect_layout": "layouts",
+    "read_cohort": "layouts",
+    "READERS": "layouts",
+    "LayoutReader": "layouts",
+    "ingest": "pipeline",
+    "CropCache": "cache",
+    "make_splits": "splits",
+    "load_splits": "splits",
+    "make_crop": "preprocess",
+    "detect_phases": "phase_detect",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    """Public names, imported on first use (so importing the sub-package stays cheap)."""
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def check_output(work: Path, overwrite: bool, source: Path | None = None) -> Non
 
 
 @contextlib.contextmanager
-def work_lock(work: Path):
+def work_lock(work: Path) -> Iterator[None]:
     """An exclusive lock on WORK for one ingest at a time (a second one is refused, not queued),
     and the clean-up of temporary folders that a killed ingest left behind."""
     import fcntl

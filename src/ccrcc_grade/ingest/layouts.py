@@ -26,7 +26,7 @@ import numpy as np
 from ccrcc_grade.core.config import PreprocessConfig
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.paths import WorkDir
-from ccrcc_grade.core.phases import PHASES, canonical_phase, check_phase
+from ccrcc_grade.core.phases import KITS_PHASE, PHASES, canonical_phase, check_phase
 from ccrcc_grade.ingest.cohort import Cohort, Roi, patient_dirs, phase_dirs, reconcile
 from ccrcc_grade.io import kits
 from ccrcc_grade.io.boxes import read_boxes_csv
@@ -36,7 +36,6 @@ from ccrcc_grade.io.labelme import read_labelme
 from ccrcc_grade.io.nifti import axial, load_ras, mask_boxes
 
 LAYOUTS = ("slices", "dicom", "detect", "nifti", "kits")
-KITS_PHASE = "corticomedullary"  # KiTS scans are late arterial / corticomedullary
 
 
 @dataclass(frozen=True)
@@ -368,7 +367,7 @@ def dicom_folder_rois(
 
 def volume_rois(
     volume: Path, mask: Path, pid: str, phase: str, root: Path, margin_mm: float, labels: tuple[int, ...] | None = None
-):
+) -> tuple[list[Roi], int]:
     """ROIs of every axial slice holding tumour in ``mask`` (non-zero, or the given label values).
     Returns (rois, slices without tumour)."""
     vol, vz = load_ras(volume)

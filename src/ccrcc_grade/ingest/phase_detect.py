@@ -18,6 +18,10 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pydicom
 
 from ccrcc_grade.core.phases import PHASES
 
@@ -99,7 +103,7 @@ def detect_phases(series: list[dict]) -> list[dict]:
     return series
 
 
-def series_tags(ds) -> dict:
+def series_tags(ds: pydicom.Dataset) -> dict:
     """The tags phase detection reads from one instance of a series."""
     return {
         "description": str(getattr(ds, "SeriesDescription", "")),

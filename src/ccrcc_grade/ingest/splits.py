@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from ccrcc_grade.core.config import SPLIT_RATIOS
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json
 from ccrcc_grade.core.paths import WorkDir
@@ -108,7 +109,7 @@ def check_disjoint(parts: dict[str, list[str]]) -> None:
             seen[p] = name
 
 
-def make_splits(work: Path, ratios: str = "8:1:1", seed: int = 0, folds: int = 0) -> dict:
+def make_splits(work: Path, ratios: str = SPLIT_RATIOS, seed: int = 0, folds: int = 0) -> dict:
     """Write WORK/splits.json for an ingested cohort and return it."""
     from ccrcc_grade.ingest.cache import CropCache
 

@@ -4,3 +4,29 @@ augmentation (``data``), training (``train``), device/precision choice and check
 patients (``evaluate``), ONNX export and ONNX Runtime (``export``, ``onnx_runtime``), Grad-CAM
 (``explain``) and the model card (``card``).
 """
+
+_EXPORTS = {
+    "create_model": "registry",
+    "fit": "train",
+    "resume": "train",
+    "Predictor": "predict",
+    "load_predictor": "predict",
+    "predict_patient": "predict",
+    "grade_rois": "predict",
+    "evaluate_run": "evaluate",
+    "export_onnx": "export",
+    "gradcam": "explain",
+    "model_card": "card",
+    "resolve_device": "inference",
+    "cpu_backend": "inference",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    """Public names, imported on first use (so importing the sub-package stays cheap)."""
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,10 @@ import io
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
 
 import numpy as np
 import torch
@@ -36,7 +40,7 @@ class ProbabilityModel(nn.Module):
         return torch.softmax(self.model(x), dim=1)[:, 1]
 
 
-def onnx_graph(model: nn.Module, ckpt: dict):
+def onnx_graph(model: nn.Module, ckpt: dict) -> onnx.ModelProto:
     """The ONNX graph (ModelProto) of a network with its input transform and softmax, metadata attached."""
     import onnx
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 import numpy as np
 
@@ -13,7 +17,7 @@ from ccrcc_grade.core.errors import CcrccError
 ONNX_META_KEY = "ccrcc_grade"
 
 
-def onnx_session(path: Path | bytes):
+def onnx_session(path: Path | bytes) -> ort.InferenceSession:
     """An ONNX Runtime CPU session of a file or of a serialized model (bytes)."""
     import onnxruntime as ort
 
@@ -36,6 +40,6 @@ def read_onnx_metadata(path: Path) -> dict:
     return json.loads(raw)
 
 
-def onnx_probs(path: Path, crops_u8: np.ndarray, session=None) -> np.ndarray:
+def onnx_probs(path: Path, crops_u8: np.ndarray, session: ort.InferenceSession | None = None) -> np.ndarray:
     sess = session or onnx_session(path)
     return sess.run(["prob_high"], {"crops": crops_u8.astype(np.float32)})[0].astype(np.float64)

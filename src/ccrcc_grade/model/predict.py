@@ -331,7 +331,7 @@ def format_result(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _f(v) -> str:
+def _f(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 

@@ -176,7 +176,7 @@ def train_one_epoch(
     amp: torch.dtype | None,
     normalize: bool,
     ddp: Dist,
-    scaler=None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict:
     """One pass over every training crop ``cfg.repeats`` times, augmented; returns loss/acc/timings."""
     model.train()
@@ -525,5 +525,5 @@ def _plot_curves(run: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
-def _f(v) -> str:
+def _f(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"

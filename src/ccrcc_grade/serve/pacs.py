@@ -4,6 +4,7 @@ QIDO-RS to search studies, WADO-RS to retrieve one, STOW-RS to store the SR back
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import pydicom
 
@@ -32,7 +33,7 @@ class Pacs:
         self.client = DICOMwebClient(url=self.url, session=session)
         self.client.set_http_retry_params(retry=False)  # a dead PACS answers at once, not after 30 s of back-off
 
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _call(self, what: str, fn: Callable, *args: object, **kwargs: object) -> object:
         import requests
 
         try:

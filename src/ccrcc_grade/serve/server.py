@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from ccrcc_grade.core.config import ServeOptions
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.serve.store import UploadLimits
 
@@ -40,13 +41,13 @@ def read_token(path: str | None, host: str) -> str | None:
 
 def serve(
     models: list[str],
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    data: str = "ccrcc-data",
+    host: str = ServeOptions.host,
+    port: int = ServeOptions.port,
+    data: str = ServeOptions.data,
     pacs: str | None = None,
     token_file: str | None = None,
-    max_upload_mb: int = 2048,
-    max_files: int = 5000,
+    max_upload_mb: int = ServeOptions.max_upload_mb,
+    max_files: int = ServeOptions.max_files,
     device: str = "auto",
 ) -> None:
     import uvicorn

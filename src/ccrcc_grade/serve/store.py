@@ -29,6 +29,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from ccrcc_grade.core.config import ServeOptions
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
 from ccrcc_grade.core.phases import PHASES
@@ -50,8 +51,8 @@ class TooLarge(CcrccError):
 
 @dataclass(frozen=True)
 class UploadLimits:
-    max_bytes: int = 2 * 1024**3  # total size of one upload
-    max_files: int = 5000  # DICOM instances in one upload
+    max_bytes: int = ServeOptions.max_upload_mb * 2**20  # total size of one upload
+    max_files: int = ServeOptions.max_files  # DICOM instances in one upload
 
 
 def _datasets_from_upload(files: list[tuple[str, bytes]], limits: UploadLimits) -> list[pydicom.Dataset]:
@@ -303,7 +304,7 @@ class StudyStore:
         return self.folder(study_id) / "predictions" / model_id
 
 
-def _uid(ds, keyword: str) -> str:
+def _uid(ds: pydicom.Dataset, keyword: str) -> str:
     return str(getattr(ds, keyword, "") or "").strip()
 
 

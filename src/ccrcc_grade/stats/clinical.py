@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from ccrcc_grade.core.config import CLINICAL_NORMALITY
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
 from ccrcc_grade.io.clinical import read_clinical
@@ -46,7 +47,7 @@ def _normal(x: np.ndarray, method: str) -> tuple[bool, float]:
     return bool(p > 0.05), float(p)
 
 
-def clinical_table(path: Path, normality: str = "ks") -> dict:
+def clinical_table(path: Path, normality: str = CLINICAL_NORMALITY) -> dict:
     """Compute Table 2 from a clinical.csv."""
     table = read_clinical(path)
     ids = list(table.rows)
@@ -136,7 +137,7 @@ def table_markdown(t: dict) -> str:
     return "\n".join(lines)
 
 
-def clinical_command(cohort: str, out: str | None = None, normality: str = "ks") -> str:
+def clinical_command(cohort: str, out: str | None = None, normality: str = CLINICAL_NORMALITY) -> str:
     p = Path(cohort)
     path = p if p.is_file() else p / "clinical.csv"
     if not path.is_file():

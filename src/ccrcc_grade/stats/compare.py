@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ccrcc_grade.core.errors import CcrccError
@@ -22,7 +24,7 @@ def _image_key(r: dict) -> tuple:
 MIN_SHARED = 0.5  # below half of the cases shared, two prediction sets are not the same patients
 
 
-def compare_level(a: list[dict], b: list[dict], key) -> dict:
+def compare_level(a: list[dict], b: list[dict], key: Callable[[dict], object]) -> dict:
     """Paired tests on the rows both sides share (matched by ``key``); labels must agree."""
     da = {key(r): r for r in a}
     db = {key(r): r for r in b}

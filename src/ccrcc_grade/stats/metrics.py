@@ -199,7 +199,7 @@ def fast_flat_metrics(y: np.ndarray, p: np.ndarray, threshold: float = DEFAULT_T
     fn = float(np.sum(~pred & yb))
     nan = float("nan")
 
-    def div(a, b):
+    def div(a: float, b: float) -> float:
         return a / b if b else nan
 
     auc = _auc_mw(y, p)

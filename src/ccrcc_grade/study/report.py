@@ -24,7 +24,7 @@ METRIC_COLS = [
 ]
 
 
-def _num(v) -> bool:
+def _num(v: object) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
@@ -283,11 +283,11 @@ SECTIONS = [
 ]
 
 
-def _p(v) -> str:
+def _p(v: float | None) -> str:
     return "-" if v is None or not _num(v) else format_p(v)
 
 
-def _opt(v, fmt: str = "{:.2f}") -> str:
+def _opt(v: float | None, fmt: str = "{:.2f}") -> str:
     return "n/e" if v is None or not _num(v) else fmt.format(v)
 
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ccrcc_grade.core.config import PRESETS, PreprocessConfig, StudyProtocol, TrainConfig
+from ccrcc_grade.core.config import PreprocessConfig, StudyOptions, StudyProtocol, TrainConfig, parse_jobs
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json
 from ccrcc_grade.core.paths import EvalFiles, RunDir, StudyDir, WorkDir, read_json
@@ -36,38 +35,6 @@ from ccrcc_grade.model.evaluate import eval_dir, evaluate_run
 from ccrcc_grade.stats.clinical import clinical_table
 from ccrcc_grade.stats.compare import compare
 from ccrcc_grade.stats.metrics import metric, metric_value
-
-
-@dataclass
-class StudyOptions:
-    preset: str = "paper"
-    folds: int = 0
-    seed: int = 0
-    weights: str | None = None
-    device: str = "auto"
-    epochs: int | None = None
-    image_size: int | None = None
-    size: int | None = None
-    format: str = "cohort"
-    external: str | None = None
-    ratios: str = "8:1:1"
-    threshold: str = "default"  # the decision-threshold policy of every model (threshold.py)
-    evidence: bool = True  # fusion, multi-phase network, radiomics, clinical models (evidence/)
-    jobs: str = "auto"  # trainings at once: auto (GPUs x what fits; 1 on a CPU) or a number
-
-    def resolved(self) -> StudyProtocol:
-        """The protocol every model is trained with: the preset with this command's overrides.
-        Refuses a bad threshold policy or --jobs before anything is ingested or trained."""
-        if self.preset not in PRESETS:
-            raise CcrccError(f"unknown preset {self.preset!r}; use paper or quick")
-        from ccrcc_grade.core.threshold import parse_spec
-
-        parse_spec(self.threshold)  # refuse a bad policy before hours of training
-        if str(self.jobs) != "auto":
-            resolve_jobs(self.jobs, self.device)  # and a bad --jobs before the ingest
-        return PRESETS[self.preset].with_overrides(
-            weights=self.weights, epochs=self.epochs, image_size=self.image_size, size=self.size
-        )
 
 
 def _ensure_work(cohort: Path, study: StudyDir, opts: StudyOptions, protocol: StudyProtocol) -> Path:
@@ -188,13 +155,7 @@ def resolve_jobs(jobs: str | int, device: str) -> int:
     free memory holds (at most 5 per GPU) times the visible GPUs, on a CPU one (a training
     already uses every core)."""
     if str(jobs) != "auto":
-        try:
-            n = int(jobs)
-        except ValueError:
-            raise CcrccError(f"--jobs must be auto or a whole number >= 1, got {jobs!r}") from None
-        if n < 1:
-            raise CcrccError(f"--jobs must be auto or a whole number >= 1, got {jobs!r}")
-        return n
+        return parse_jobs(jobs)
     import torch
 
     if device == "cpu" or not torch.cuda.is_available():

@@ -14,13 +14,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ccrcc_grade.core.config import TrainConfig
+from ccrcc_grade.core.config import BenchOptions, TrainConfig
 from ccrcc_grade.core.paths import RunDir, StudyDir, read_json
 from ccrcc_grade.model.data import augment, class_weights, to_model_input
 from ccrcc_grade.model.inference import CpuBf16Model, amp_dtype, autocast, fast_inference_model, resolve_device
@@ -127,7 +128,7 @@ def cpu_name() -> str:
     return f"{name} ({torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores)"
 
 
-def _latency(fn, n: int) -> np.ndarray:
+def _latency(fn: Callable[[], object], n: int) -> np.ndarray:
     for _ in range(3):
         fn()
     ts = []
@@ -153,7 +154,7 @@ def bench_predict(device: str = "auto", steps: int = 30, image_size: int = Train
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    def run_base(x=one):
+    def run_base(x: torch.Tensor = one) -> torch.Tensor:
         torch.softmax(model(to_model_input(x, image_size, True)), 1)
         sync()
 
@@ -161,7 +162,7 @@ def bench_predict(device: str = "auto", steps: int = 30, image_size: int = Train
     fast_model, amp = fast_inference_model(model, dev)
     cl = not isinstance(fast_model, CpuBf16Model)
 
-    def run_fast(x=one):
+    def run_fast(x: torch.Tensor = one) -> torch.Tensor:
         with autocast(dev, amp):
             torch.softmax(fast_model(to_model_input(x, image_size, True, channels_last=cl)).float(), 1)
         sync()
@@ -402,11 +403,11 @@ def bench_study(device: str = "auto", preset: str | None = None) -> dict:
 def bench(
     what: str,
     device: str = "auto",
-    steps: int = 6,
-    image_size: int = TrainConfig.image_size,
-    batch_size: int = TrainConfig.batch_size,
+    steps: int = BenchOptions.steps,
+    image_size: int = BenchOptions.image_size,
+    batch_size: int = BenchOptions.batch_size,
     preset: str | None = None,
-):
+) -> Iterator[dict]:
     """Yield result lines; 'all' runs each benchmark in a fresh process so peak memory is its own."""
     if what == "all":
         for w in ("ingest", "predict", "serve", "train"):

@@ -52,6 +52,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from ccrcc_grade.core.config import SynthOptions
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.phases import PHASES
 from ccrcc_grade.ingest.preprocess import window_to_uint8
@@ -346,14 +347,14 @@ def write_dicom_slice(path: Path, hu: np.ndarray, p: _Patient, phase: str, k: in
 
 def make_cohort(
     out: Path | str,
-    patients: int = 40,
-    high_fraction: float = 0.25,
-    layout: str = "slices",
-    seed: int = 0,
-    matrix: int = 512,
+    patients: int = SynthOptions.patients,
+    high_fraction: float = SynthOptions.high_fraction,
+    layout: str = SynthOptions.layout,
+    seed: int = SynthOptions.seed,
+    matrix: int = SynthOptions.matrix,
     phases: tuple[str, ...] = PHASES,
-    difficulty: str = "realistic",
-    workers: int = 1,
+    difficulty: str = SynthOptions.difficulty,
+    workers: int = SynthOptions.workers,
 ) -> Path:
     """Write a synthetic cohort to ``out`` and return its path. Deterministic for a seed.
     ``difficulty``: realistic (grades overlap as in published series) or easy (fast tests);
