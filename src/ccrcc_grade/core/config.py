@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ccrcc_grade.core.errors import CcrccError, check_number
+from ccrcc_grade.core.fileio import atomic_write_text
+from ccrcc_grade.core.phases import COMBINED
 
 
 @dataclass
@@ -108,8 +110,6 @@ class StudyProtocol:
     combined_epochs: int | None = None  # the 4x larger combined set, when it differs
 
     def epochs_for(self, phase: str) -> int:
-        from ccrcc_grade.core.phases import COMBINED
-
         return self.combined_epochs or self.epochs if phase == COMBINED else self.epochs
 
     def with_overrides(self, **values) -> StudyProtocol:
@@ -267,7 +267,5 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 
 def save_json(obj: Any, path: Path) -> None:
-    from ccrcc_grade.core.fileio import atomic_write_text
-
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
     atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")

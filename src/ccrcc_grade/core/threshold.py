@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.errors import CcrccError, check_number
 
 DEFAULT_THRESHOLD = 0.5
 MIN_PER_CLASS = 10  # validation patients of each grade needed to fit a cut-point
@@ -76,14 +76,8 @@ DEFAULT_POLICY = ThresholdPolicy("default", DEFAULT_THRESHOLD, "study default")
 
 
 def check_probability(v: object, what: str) -> float:
-    """A finite number in [0, 1], or a one-line error naming ``what``."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise CcrccError(f"{what} must be a number in [0, 1], got {v!r}") from None
-    if not math.isfinite(f) or not 0.0 <= f <= 1.0:
-        raise CcrccError(f"{what} must be a number in [0, 1], got {v!r}")
-    return f
+    """A finite number in [0, 1], or a one-line error naming ``what`` (``errors.check_number``)."""
+    return check_number(v, what, 0.0, 1.0)
 
 
 def parse_spec(spec: str | float) -> str | float:

@@ -12,7 +12,7 @@ import numpy as np
 from ccrcc_grade.core.config import N_BOOT
 from ccrcc_grade.evidence.calibration import calibration_summary
 from ccrcc_grade.evidence.scores import ModelScores
-from ccrcc_grade.stats.metrics import bootstrap_metrics, delong_paired_test
+from ccrcc_grade.stats.metrics import bootstrap_metrics, delong_paired_test, metric
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -39,11 +39,7 @@ def model_entry(m: ModelScores, labels: dict[str, int], n_boot: int, seed: int) 
         "threshold": m.threshold,
         "threshold_source": m.threshold_source,
         "patient": {
-            "auc": met["high"]["auc"],
-            "accuracy": met["accuracy"],
-            "sensitivity": met["high"]["sensitivity"],
-            "specificity": met["high"]["specificity"],
-            "brier": met["brier"],
+            **{k: metric(met, k) for k in ("auc", "accuracy", "sensitivity", "specificity", "brier")},
             **calibration_summary(y, p),
         },
     }

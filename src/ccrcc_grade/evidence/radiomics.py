@@ -36,7 +36,11 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
 from ccrcc_grade.core.paths import WorkDir
 from ccrcc_grade.core.phases import PHASES
+from ccrcc_grade.core.progress import progress
 from ccrcc_grade.evidence.scores import ModelScores
+from ccrcc_grade.ingest.cache import CropCache
+from ccrcc_grade.ingest.splits import load_splits
+from ccrcc_grade.stats.metrics import safe_auc
 
 FEATURE_CLASSES = ("firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 SETTINGS = {
@@ -113,9 +117,6 @@ def cohort_features(
 ) -> tuple[list[str], list[str], np.ndarray]:
     """(patient ids, feature names, matrix) of every patient of a WORK cache, all phases side by
     side (NaN where a patient lacks a phase). Cached in WORK/radiomics/features.csv."""
-    from ccrcc_grade.core.progress import progress
-    from ccrcc_grade.ingest.cache import CropCache
-
     work = Path(work)
     dest = work / "radiomics" / "features.csv"
     cache = CropCache.load(work)
@@ -321,9 +322,6 @@ def _platt(search: object, x: np.ndarray, y: np.ndarray, seed: int) -> object:
 
 def radiomics_study(work: Path, splits: dict | None = None, seed: int = 0, show_progress: bool = True) -> dict:
     """`ccrcc-grade radiomics WORK`: features, both classifiers, scores; written to WORK/radiomics/."""
-    from ccrcc_grade.ingest.cache import CropCache
-    from ccrcc_grade.ingest.splits import load_splits
-
     work = Path(work)
     cache = CropCache.load(work)
     labels = cache.patient_labels()
@@ -345,8 +343,6 @@ def radiomics_study(work: Path, splits: dict | None = None, seed: int = 0, show_
 
 
 def summary(result: dict, labels: dict[str, int]) -> str:
-    from ccrcc_grade.stats.metrics import safe_auc
-
     lines = [
         f"radiomics: {result['n_features']} features of {result['n_patients']} patients ({', '.join(result['phases'])})"
     ]

@@ -15,7 +15,7 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.paths import RunDir, WorkDir
 from ccrcc_grade.core.phases import COMBINED, PHASES
 from ccrcc_grade.core.threshold import ThresholdPolicy, fit_policy, parse_spec
-from ccrcc_grade.evidence.calibration import DCA_THRESHOLDS, net_benefit, treat_all
+from ccrcc_grade.evidence.calibration import DCA_THRESHOLDS, logit, net_benefit, treat_all
 from ccrcc_grade.evidence.clinical_model import clinical_model, combined_model
 from ccrcc_grade.evidence.comparison import compare_models
 from ccrcc_grade.evidence.fusion import fuse_logistic, fuse_mean
@@ -232,7 +232,6 @@ def _nomogram(info: dict, table: ClinicalTable, clin_info: dict, dl: ModelScores
     k = lr.coef_[0] / scaler.scale_
     b0 = float(lr.intercept_[0] - np.sum(lr.coef_[0] * scaler.mean_ / scaler.scale_))
     preds = clin_info["predictor_objects"]
-    from ccrcc_grade.evidence.calibration import logit
 
     lg = logit(np.array(list(dl.val.values()) + list(dl.test.values())))
     ranges = [(float(np.floor(lg.min())), float(np.ceil(lg.max())))]

@@ -28,6 +28,7 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.paths import WorkDir
 from ccrcc_grade.core.phases import KITS_PHASE, PHASES, canonical_phase, check_phase
 from ccrcc_grade.ingest.cohort import Cohort, Roi, patient_dirs, phase_dirs, reconcile
+from ccrcc_grade.ingest.phase_detect import detect_phases, scan_patient
 from ccrcc_grade.io import kits
 from ccrcc_grade.io.boxes import read_boxes_csv
 from ccrcc_grade.io.clinical import read_clinical
@@ -154,8 +155,6 @@ class DetectedPhasesReader(LayoutReader):
     name = "detect"
 
     def read(self, source: CohortSource, cfg: PreprocessConfig) -> Cohort:
-        from ccrcc_grade.ingest.phase_detect import detect_phases, scan_patient
-
         root = source.root
         clinical = read_clinical(root / "clinical.csv")
         if not (root / "boxes.csv").is_file():

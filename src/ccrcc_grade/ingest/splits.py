@@ -18,6 +18,7 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json
 from ccrcc_grade.core.paths import WorkDir
 from ccrcc_grade.core.phases import CLASSES
+from ccrcc_grade.ingest.cache import CropCache
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:
@@ -111,8 +112,6 @@ def check_disjoint(parts: dict[str, list[str]]) -> None:
 
 def make_splits(work: Path, ratios: str = SPLIT_RATIOS, seed: int = 0, folds: int = 0) -> dict:
     """Write WORK/splits.json for an ingested cohort and return it."""
-    from ccrcc_grade.ingest.cache import CropCache
-
     cache = CropCache.load(work)
     labels = cache.patient_labels()
     out: dict = split_patients(labels, parse_ratios(ratios), seed)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ccrcc_grade.core.paths import RunDir
 from ccrcc_grade.core.threshold import policy_of
+from ccrcc_grade.stats.metrics import metric
 
 INTENDED_USE = (
     "Estimates the probability that a clear cell renal cell carcinoma is WHO/ISUP high grade (III-IV) "
@@ -21,7 +22,7 @@ DISCLAIMER = "research software, not a medical device"
 def _metric(m: dict | None, level: str = "patient") -> dict | None:
     if not m or level not in m:
         return None
-    auc = m[level]["high"]["auc"]
+    auc = metric(m[level], "auc")
     return {"auc": auc["value"], "ci95": auc["ci95"], "n": m[level].get("n")}
 
 

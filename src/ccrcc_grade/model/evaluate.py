@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ccrcc_grade.core.config import N_BOOT
+from ccrcc_grade.core.config import N_BOOT, PreprocessConfig, from_dict, to_dict
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json
 from ccrcc_grade.core.paths import EvalFiles, RunDir
@@ -25,10 +25,12 @@ from ccrcc_grade.core.threshold import (
     policy_of,
 )
 from ccrcc_grade.ingest.cache import CropCache
+from ccrcc_grade.ingest.layouts import detect_layout
+from ccrcc_grade.ingest.pipeline import ingest
 from ccrcc_grade.model.predict import Predictor, load_predictor
 from ccrcc_grade.stats.compare import compare, format_comparison
 from ccrcc_grade.stats.figures import calibration_figure, confusion_figure, roc_figure
-from ccrcc_grade.stats.metrics import bootstrap_metrics, calibration
+from ccrcc_grade.stats.metrics import bootstrap_metrics, calibration, metric
 from ccrcc_grade.stats.predictions import (
     IMAGE_COLUMNS,
     PATIENT_COLUMNS,
@@ -54,8 +56,6 @@ def predict_rows(predictor: Predictor, rows: list[dict], cache: CropCache) -> li
     """Run a model (``predict.load_predictor``'s result, so it is loaded and called exactly as
     `predict` does and both give the same numbers) over manifest rows of a cache; returns
     image-level prediction rows."""
-    from ccrcc_grade.core.config import to_dict
-
     pre = predictor.meta["preprocess"]
     differ = {k: (v, pre.get(k)) for k, v in to_dict(cache.preprocess).items() if k in pre and pre[k] != v}
     if differ:
@@ -107,10 +107,6 @@ def run_predictions(
 def external_cache(cohort: Path, ckpt: dict, out: Path | None) -> CropCache:
     """An external cohort as a cache: an ingested WORK folder, or a raw cohort ingested now with
     the model's own preprocessing (into OUT/external_work)."""
-    from ccrcc_grade.core.config import PreprocessConfig, from_dict
-    from ccrcc_grade.ingest.layouts import detect_layout
-    from ccrcc_grade.ingest.pipeline import ingest
-
     layout = detect_layout(cohort)
     if layout == "work":
         return CropCache.load(cohort)
@@ -286,7 +282,7 @@ def summary_line(m: dict) -> str:
     parts = []
     for lv in ("image", "patient"):
         if lv in m:
-            a, acc = m[lv]["high"]["auc"], m[lv]["accuracy"]
+            a, acc = metric(m[lv], "auc"), metric(m[lv], "accuracy")
             parts.append(
                 f"{lv}: n={m[lv]['n']} AUC {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] "
                 f"ACC {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] at 0.5 (study default)"

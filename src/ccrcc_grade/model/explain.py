@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ccrcc_grade.core.fileio import atomic_save_figure, atomic_write
 from ccrcc_grade.model.data import to_model_input
 
 
@@ -58,8 +59,6 @@ def save_overlays(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ccrcc_grade.core.fileio import atomic_save_figure
-
     out.mkdir(parents=True, exist_ok=True)
     ncols = 2 if slice_u8 is not None else 1
     fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 4.2))
@@ -102,8 +101,6 @@ def save_heat_layer(path: Path, heat: np.ndarray) -> None:
     viewer to draw over the slice it belongs to."""
     from matplotlib import colormaps
     from PIL import Image
-
-    from ccrcc_grade.core.fileio import atomic_write
 
     rgba = (colormaps["jet"](heat) * 255).astype(np.uint8)
     rgba[..., 3] = np.where(heat > 0.05, 115, 0).astype(np.uint8)

@@ -23,9 +23,12 @@ from torch import nn
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write, atomic_write_json
 from ccrcc_grade.core.paths import RunDir, WorkDir
+from ccrcc_grade.ingest.cache import CropCache
 from ccrcc_grade.model.card import model_card
 from ccrcc_grade.model.data import to_model_input
+from ccrcc_grade.model.inference import load_model, read_checkpoint
 from ccrcc_grade.model.onnx_runtime import ONNX_META_KEY, onnx_probs
+from ccrcc_grade.stats.metrics import aggregate_patients, safe_auc
 
 
 class ProbabilityModel(nn.Module):
@@ -99,8 +102,6 @@ def export_onnx(model_path: Path, out: Path, check: bool = True, int8: bool = Fa
     validation AUC is within ``INT8_MAX_AUC_LOSS`` of the fp32 model's (recorded in its metadata)."""
     import onnx
 
-    from ccrcc_grade.model.inference import load_model
-
     model_path = Path(model_path)
     if model_path.is_dir():
         model_path = RunDir(model_path).best
@@ -136,8 +137,6 @@ def export_onnx(model_path: Path, out: Path, check: bool = True, int8: bool = Fa
 
 def _cohort_crops(ckpt: dict, part: str) -> tuple[np.ndarray, list[dict]]:
     """The model's own crops of one split part (its phase), from the WORK cache it was trained on."""
-    from ccrcc_grade.ingest.cache import CropCache
-
     work = ckpt.get("config", {}).get("work")
     if not work or not WorkDir(work).is_ingested():
         raise CcrccError(
@@ -159,10 +158,6 @@ def _export_int8(model_path: Path, out: Path) -> dict:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from ccrcc_grade.model.inference import read_checkpoint
-    from ccrcc_grade.model.onnx_runtime import onnx_probs
-    from ccrcc_grade.stats.metrics import aggregate_patients, safe_auc
 
     ckpt = read_checkpoint(model_path)
     train, _ = _cohort_crops(ckpt, "train")

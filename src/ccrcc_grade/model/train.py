@@ -254,7 +254,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     model: nn.Module,
     data: CropSet,
     cfg: TrainConfig,
@@ -403,7 +403,7 @@ def _fit(cfg: TrainConfig, resume_state: dict | None) -> dict | None:
         if ddp.world > 1:  # BN running stats drift per rank after the last forward: take rank 0's
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
-        val, (val_y, val_p) = evaluate(model, val_set, cfg, device, amp, normalize, weights)
+        val, (val_y, val_p) = validate(model, val_set, cfg, device, amp, normalize, weights)
         secs = time.perf_counter() - t0
         row = {
             "epoch": epoch,

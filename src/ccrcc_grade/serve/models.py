@@ -10,6 +10,7 @@ from pathlib import Path
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.model.card import model_card
 from ccrcc_grade.model.predict import load_predictor
+from ccrcc_grade.serve.store import NotFound
 
 
 class ModelRegistry:
@@ -34,8 +35,6 @@ class ModelRegistry:
         if model_id is None and len(self.models) == 1:
             return next(iter(self.models.values()))
         if model_id not in self.models:
-            from ccrcc_grade.serve.store import NotFound
-
             raise NotFound(f"model {model_id!r} not loaded (loaded: {', '.join(self.models)})")
         return self.models[model_id]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ccrcc_grade.core.config import ServeOptions
 from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.serve.app import create_app
 from ccrcc_grade.serve.store import UploadLimits
 
 LOOPBACK_NAMES = {"localhost"}
@@ -51,8 +52,6 @@ def serve(
     device: str = "auto",
 ) -> None:
     import uvicorn
-
-    from ccrcc_grade.serve.app import create_app
 
     if not 1 <= port <= 65535:
         raise CcrccError(f"--port must be 1-65535, got {port}")

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from ccrcc_grade.core.fileio import atomic_save_figure  # noqa: E402
+from ccrcc_grade.stats.metrics import metric
 
 STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 1)), "P")]
 
@@ -32,7 +33,7 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, dict]], path: Pat
         key = (tuple(np.round(fpr, 6)), tuple(np.round(tpr, 6)))
         same = drawn.get(key)
         drawn.setdefault(key, name)
-        auc = m["high"]["auc"]
+        auc = metric(m, "auc")
         ci = auc["ci95"]
         ci_text = "CI degenerate" if auc.get("degenerate") else f"{ci[0]:.2f}-{ci[1]:.2f}"
         ls, marker = STYLES[k % len(STYLES)]

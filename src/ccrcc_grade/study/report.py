@@ -14,6 +14,7 @@ from ccrcc_grade.core.fileio import atomic_write_text
 from ccrcc_grade.core.paths import EvalFiles, RunDir
 from ccrcc_grade.stats.clinical import format_p, table_markdown
 from ccrcc_grade.stats.figures import roc_figure
+from ccrcc_grade.stats.predictions import patient_level, read_predictions
 
 METRIC_COLS = [
     ("auc", "AUC"),
@@ -154,8 +155,6 @@ def _cv_md(cv: dict) -> str:
 
 def _roc_all(results: dict, out: Path) -> list[tuple[str, Path]]:
     """Figure 3 (ResNet34, every phase, patient level) and Figure 4 (ResNet34 vs SE-ResNet34)."""
-    from ccrcc_grade.stats.predictions import patient_level, read_predictions
-
     figs = []
     runs = results.get("runs", {})
     if not runs:

@@ -27,14 +27,19 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json
 from ccrcc_grade.core.paths import EvalFiles, RunDir, StudyDir, WorkDir, read_json
 from ccrcc_grade.core.phases import COMBINED, PHASES
-from ccrcc_grade.ingest.cache import CropCache, summarize
+from ccrcc_grade.evidence.run import evaluate_models
+from ccrcc_grade.ingest.cache import CropCache, cohort_fingerprint, summarize
 from ccrcc_grade.ingest.layouts import detect_layout
 from ccrcc_grade.ingest.pipeline import ingest
 from ccrcc_grade.ingest.splits import make_splits
-from ccrcc_grade.model.evaluate import eval_dir, evaluate_run
+from ccrcc_grade.model.evaluate import eval_dir, evaluate_run, external_cache
+from ccrcc_grade.model.inference import read_checkpoint
+from ccrcc_grade.model.train import cohort_identity, fit, resume
 from ccrcc_grade.stats.clinical import clinical_table
 from ccrcc_grade.stats.compare import compare
 from ccrcc_grade.stats.metrics import metric, metric_value
+from ccrcc_grade.stats.predictions import read_predictions
+from ccrcc_grade.study.report import write_report
 
 
 def _ensure_work(cohort: Path, study: StudyDir, opts: StudyOptions, protocol: StudyProtocol) -> Path:
@@ -79,8 +84,6 @@ class StudyProgress:
 def check_same_cohort(cohort: Path, work: Path) -> None:
     """A study folder belongs to one cohort: reusing its cache and models for another (or for
     the same folder edited since) would report one cohort's numbers under the other's name."""
-    from ccrcc_grade.ingest.cache import cohort_fingerprint
-
     rep = WorkDir(work).read_ingest_report()
     here = str(Path(cohort).resolve())
     if rep.get("cohort") != here:
@@ -104,14 +107,10 @@ def _train(
     fold: int = -1,
     progress: StudyProgress | None = None,
 ) -> Path:
-    from ccrcc_grade.model.train import fit, resume
-
     progress = progress or StudyProgress(1)
     name = f"{model}-{phase}" + (f"-fold{fold}" if fold >= 0 else "")
     run = StudyDir(out).run(name).path
     if RunDir(run).is_finished():
-        from ccrcc_grade.model.train import cohort_identity
-
         made_from = RunDir(run).read_summary().get("cohort") or {}
         if made_from.get("fingerprint") and made_from["fingerprint"] != cohort_identity(work)["fingerprint"]:
             raise CcrccError(
@@ -277,8 +276,6 @@ def _eval(
 
 def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
     """Run (or continue) the whole study; returns the path of report.html."""
-    from ccrcc_grade.study.report import write_report
-
     t0 = time.time()
     protocol = opts.resolved()
     out.mkdir(parents=True, exist_ok=True)
@@ -336,8 +333,6 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
         results["comparison"] = _compare_evals(runs[f"se_resnet34-{best}"], runs[f"resnet34-{best}"])
         results["comparison"]["a"], results["comparison"]["b"] = f"se_resnet34-{best}", f"resnet34-{best}"
         if opts.evidence:
-            from ccrcc_grade.evidence.run import evaluate_models
-
             results.update(
                 evaluate_models(work, out, runs, best, protocol, splits, opts.threshold, opts.device, opts.seed)
             )
@@ -349,17 +344,12 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
 
 def _external_work(out: Path, run: Path, opts: StudyOptions) -> str:
     """Ingest the external cohort once (with the study's preprocessing) for every model."""
-    from ccrcc_grade.model.evaluate import external_cache
-    from ccrcc_grade.model.inference import read_checkpoint
-
     if StudyDir(out).external_work.is_ingested():
         return str(StudyDir(out).external_work.path)
     return str(external_cache(Path(opts.external), read_checkpoint(RunDir(run).best), out).work)
 
 
 def _compare_evals(run_a: Path, run_b: Path) -> dict:
-    from ccrcc_grade.stats.predictions import read_predictions
-
     return compare(
         read_predictions(RunDir(run_a).predictions("test")), read_predictions(RunDir(run_b).predictions("test"))
     )

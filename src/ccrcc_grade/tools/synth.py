@@ -55,6 +55,7 @@ from scipy.ndimage import gaussian_filter
 from ccrcc_grade.core.config import SynthOptions
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.phases import PHASES
+from ccrcc_grade.core.progress import progress
 from ccrcc_grade.ingest.preprocess import window_to_uint8
 
 # Mean HU per phase: (aorta, cortex, medulla, pelvis, liver, tumour low grade, tumour high grade)
@@ -375,7 +376,6 @@ def make_cohort(
     labels = np.array([1] * n_high + [0] * (patients - n_high))
     rng.shuffle(labels)
     out.mkdir(parents=True, exist_ok=True)
-    from ccrcc_grade.core.progress import progress
 
     pats = []
     rows = []
