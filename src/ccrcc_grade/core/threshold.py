@@ -76,8 +76,11 @@ DEFAULT_POLICY = ThresholdPolicy("default", DEFAULT_THRESHOLD, "study default")
 
 
 def check_probability(v: object, what: str) -> float:
-    """A finite number in [0, 1], or a one-line error naming ``what`` (``errors.check_number``)."""
-    return check_number(v, what, 0.0, 1.0)
+    """A finite number in [0, 1] (``errors.check_number``), or one line naming ``what`` and the range."""
+    try:
+        return check_number(v, what, 0.0, 1.0)
+    except CcrccError:
+        raise CcrccError(f"{what} must be a number in [0, 1], got {v!r}") from None
 
 
 def parse_spec(spec: str | float) -> str | float:
