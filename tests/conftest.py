@@ -288,3 +288,38 @@ def kits_dir(tmp_path_factory):
         shutil.copy(survey_file(f"kits23/segmentations/{case}_segmentation.nii.gz"), d / case / "segmentation.nii.gz")
     shutil.copy(survey_file("kits23/kits23.json"), d / "kits23.json")
     return d
+
+
+def folder_snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def snapshot():
+    """``snapshot(folder)``: every file's relative path and size, to show a refused command
+    changed nothing."""
+    return folder_snapshot
+
+
+@pytest.fixture(scope="session")
+def resized_run(tmp_path_factory, work) -> Path:
+    """A 1-epoch ResNet34 whose input size (40 px) differs from the cache's crops (48 px): the
+    antialiased resize it needs is what the ONNX exporter cannot write."""
+    from ccrcc_grade.core.config import TrainConfig
+    from ccrcc_grade.model.train import fit
+
+    run = tmp_path_factory.mktemp("resized") / "r"
+    fit(
+        TrainConfig(
+            work=str(work),
+            phase="parenchymal",
+            model="resnet34",
+            out=str(run),
+            weights="none",
+            epochs=1,
+            image_size=40,
+            batch_size=16,
+            progress=False,
+        )
+    )
+    return run

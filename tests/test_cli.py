@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -18,10 +17,6 @@ def _subcommands():
     parser = build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return parser, action.choices
-
-
-def snapshot(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_module_entry_point_and_help(repo_root):
@@ -85,7 +80,7 @@ def test_readme_and_help_describe_the_presets_from_one_place(repo_root):
         (["train", "{work}", "--threshold", "nan"], "strictly between 0 and 1"),
     ],
 )
-def test_bad_numbers_in_flags(refused, slices_cohort, work, tmp_path, capsys, args, needle):
+def test_bad_numbers_in_flags(snapshot, refused, slices_cohort, work, tmp_path, capsys, args, needle):
     w = tmp_path / "work"
     shutil.copytree(work, w)
     before = snapshot(w)

@@ -5,13 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-
-
-def snapshot(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize(
@@ -25,7 +20,7 @@ def snapshot(folder: Path) -> dict[str, int]:
         "out is a file",
     ],
 )
-def test_ingest_never_destroys_what_it_did_not_create(refused, slices_cohort, work, tmp_path, capsys, case):
+def test_ingest_never_destroys_what_it_did_not_create(snapshot, refused, slices_cohort, work, tmp_path, capsys, case):
     root = tmp_path / "root"
     cohort = root / "cohort"
     shutil.copytree(slices_cohort, cohort)

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.ingest.splits import check_disjoint, fold_split, kfold_patients, split_patients
-
-
-def snapshot(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _labels(n_low, n_high):
@@ -30,7 +25,7 @@ def _labels(n_low, n_high):
         ({"train": "SYN001", "val": [], "test": []}, "missing the 'train' list"),
     ],
 )
-def test_bad_splits_files(refused, work, tmp_path, capsys, splits, needle):
+def test_bad_splits_files(snapshot, refused, work, tmp_path, capsys, splits, needle):
     w = tmp_path / "w"
     shutil.copytree(work, w)
     (w / "splits.json").write_text(json.dumps(splits))

@@ -55,23 +55,7 @@ def test_int8_export_needs_the_training_cohort(run_cli, trained_run, tmp_path, c
     assert "is not there" in capsys.readouterr().err and not (tmp_path / "m8.onnx").exists()
 
 
-def test_export_refuses_a_model_the_exporter_cannot_write(run_cli, work, tmp_path, capsys):
-    from ccrcc_grade.core.config import TrainConfig
-    from ccrcc_grade.model.train import fit
-
-    run = tmp_path / "r"
-    fit(
-        TrainConfig(
-            work=str(work),
-            phase="parenchymal",
-            model="resnet34",
-            out=str(run),
-            weights="none",
-            epochs=1,
-            image_size=40,
-            batch_size=16,
-            progress=False,
-        )
-    )
+def test_export_refuses_a_model_the_exporter_cannot_write(run_cli, resized_run, tmp_path, capsys):
+    run = resized_run
     assert run_cli("export", run, "--onnx", tmp_path / "m.onnx") == 2
     assert "cannot export to ONNX" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()

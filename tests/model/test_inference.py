@@ -81,30 +81,15 @@ def test_cpu_backend_refuses_an_unknown_override(monkeypatch):
         cpu_backend()
 
 
-def test_onnx_backend_falls_back_for_a_model_it_cannot_run(work, tmp_path, monkeypatch):
+def test_onnx_backend_falls_back_for_a_model_it_cannot_run(resized_run, work, monkeypatch):
     """A crop size other than the network's input size needs an antialiased resize that the ONNX
     exporter cannot write: on a CPU without bf16 such a model runs on PyTorch fp32 and says so;
     asking for ONNX Runtime explicitly is refused with the reason."""
 
-    from ccrcc_grade.core.config import TrainConfig
     from ccrcc_grade.ingest.cache import CropCache
     from ccrcc_grade.model.predict import load_predictor
-    from ccrcc_grade.model.train import fit
 
-    run = tmp_path / "r"
-    fit(
-        TrainConfig(
-            work=str(work),
-            phase="parenchymal",
-            model="resnet34",
-            out=str(run),
-            weights="none",
-            epochs=1,
-            image_size=40,
-            batch_size=16,
-            progress=False,
-        )
-    )  # crops are 48 px: resized to 40
+    run = resized_run  # crops are 48 px: resized to 40
     monkeypatch.setenv("CCRCC_CPU_BACKEND", "onnxruntime")
     predictor = load_predictor(run, "cpu")
     fn, meta = predictor, predictor.meta

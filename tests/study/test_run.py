@@ -6,45 +6,11 @@ import json
 import math
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ccrcc_grade.core.errors import CcrccError
-
-
-@pytest.fixture(scope="module")
-def study_out(run_cli, slices_cohort, tmp_path_factory):
-    """A quick study of the phantom (1 epoch, 32 px) and what it printed."""
-    import contextlib
-    import io
-
-    out = tmp_path_factory.mktemp("study") / "study"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert (
-            run_cli(
-                "study",
-                slices_cohort,
-                "--out",
-                out,
-                "--preset",
-                "quick",
-                "--epochs",
-                "1",
-                "--image-size",
-                "32",
-                "--size",
-                "32",
-            )
-            == 0
-        )
-    return out, buf.getvalue()
-
-
-def snapshot(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_study_quick_end_to_end_and_resumable(run_cli, study_out, slices_cohort, capsys):
@@ -266,7 +232,9 @@ def test_study_on_a_kits_folder(run_cli, kits_dir, tmp_path):
     assert (out / "report.html").is_file()
 
 
-def test_a_study_folder_belongs_to_one_cohort(read_rows, refused, run_cli, write_rows, slices_cohort, tmp_path, capsys):
+def test_a_study_folder_belongs_to_one_cohort(
+    snapshot, read_rows, refused, run_cli, write_rows, slices_cohort, tmp_path, capsys
+):
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(slices_cohort, a)
     shutil.copytree(slices_cohort, b)

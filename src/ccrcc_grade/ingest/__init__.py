@@ -4,6 +4,8 @@ per folder layout and ``detect_layout`` (``layouts``), phase detection of unsort
 validates, crops and writes for every layout (``pipeline``), and patient splits (``splits``).
 """
 
+from ccrcc_grade.core.exports import lazy_getattr
+
 _EXPORTS = {
     "Cohort": "cohort",
     "Roi": "cohort",
@@ -21,11 +23,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> object:
-    """Public names, imported on first use (so importing the sub-package stays cheap)."""
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

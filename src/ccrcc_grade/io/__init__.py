@@ -4,6 +4,8 @@ These modules only read files into arrays, HU values and boxes; they know nothin
 caches or models.
 """
 
+from ccrcc_grade.core.exports import lazy_getattr
+
 _EXPORTS = {
     "Box": "boxes",
     "read_boxes_csv": "boxes",
@@ -17,11 +19,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> object:
-    """Public names, imported on first use (so importing the sub-package stays cheap)."""
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

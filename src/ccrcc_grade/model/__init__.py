@@ -5,6 +5,8 @@ patients (``evaluate``), ONNX export and ONNX Runtime (``export``, ``onnx_runtim
 (``explain``) and the model card (``card``).
 """
 
+from ccrcc_grade.core.exports import lazy_getattr
+
 _EXPORTS = {
     "create_model": "registry",
     "fit": "train",
@@ -22,11 +24,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> object:
-    """Public names, imported on first use (so importing the sub-package stays cheap)."""
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

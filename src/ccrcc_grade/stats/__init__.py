@@ -4,6 +4,8 @@ paired comparisons of two runs (``compare``), the clinical characteristics table
 and the figures of all of them (``figures``).
 """
 
+from ccrcc_grade.core.exports import lazy_getattr
+
 _EXPORTS = {
     "bootstrap_metrics": "metrics",
     "delong_paired_test": "metrics",
@@ -16,11 +18,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> object:
-    """Public names, imported on first use (so importing the sub-package stays cheap)."""
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

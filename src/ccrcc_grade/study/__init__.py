@@ -3,6 +3,8 @@ splits -> one model per phase + combined + SE-ResNet34 -> evaluation -> evidence
 the report for a paper (``report``: results.json -> report.md / report.html).
 """
 
+from ccrcc_grade.core.exports import lazy_getattr
+
 _EXPORTS = {
     "run_study": "run",
     "StudyOptions": "run",
@@ -10,11 +12,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> object:
-    """Public names, imported on first use (so importing the sub-package stays cheap)."""
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
