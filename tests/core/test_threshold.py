@@ -197,3 +197,25 @@ def test_legacy_checkpoint_threshold_is_not_used(trained_run, slices_cohort, tmp
     pid = ck["splits"]["test"][0]
     r = predict_patient(tmp_path / "old.pt", slices_cohort / pid)
     assert r["threshold"] == 0.5 and any("0.974" in w for w in r["warnings"])
+
+
+def test_spec_target_is_met_with_probabilities_of_exactly_one():
+    """The audit's case: validation probabilities rounded to 1.0 (six decimals in a CSV). Two of
+    ten low-grade patients at 1.0: no threshold <= 1 reaches 90% specificity - refused, never a
+    threshold of 1.0 whose specificity is 0.80. One at 1.0: the target is met exactly."""
+    rng = np.random.default_rng(0)
+    p_high = np.concatenate([np.ones(4), rng.uniform(0.5, 0.99, 8)])
+    for n_at_one, reachable in ((2, False), (1, True)):
+        p_low = np.concatenate([np.ones(n_at_one), rng.uniform(0.01, 0.6, 10 - n_at_one)])
+        y = np.array([0] * 10 + [1] * 12)
+        p = np.concatenate([p_low, p_high])
+        t = cut_point("spec90", y, p)
+        if reachable:
+            assert np.mean(p[y == 0] < t) >= 0.9
+        else:
+            assert t is None
+            with pytest.raises(CcrccError, match="2 low-grade patients have P\\(high\\) = 1.0"):
+                fit_policy("spec90", np.tile(y, 1), p, n_boot=50)
+    # sens and Youden with ties at 1.0: the achieved values are counted under p >= t
+    t = cut_point("sens90", y, p)
+    assert np.mean(p[y == 1] >= t) >= 0.9

@@ -7,6 +7,7 @@ import pytest
 
 from ccrcc_grade.evidence.calibration import (
     calibration_intercept_slope,
+    calibration_summary,
     expected_calibration_error,
     net_benefit,
     treat_all,
@@ -60,3 +61,37 @@ def test_calibration_slope_and_intercept():
     assert a2 == pytest.approx(minimize_scalar(nll).x, abs=1e-5)
     # perfect separation: not estimable, never a huge number
     assert calibration_intercept_slope(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))[1] is None
+
+
+def test_a_steep_but_estimable_slope_is_estimated_as_statsmodels_does():
+    """The audit's case: a slope of ~56 with SE ~8 is well estimated; the old fit gave up at 50."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(1)
+    lp = rng.uniform(-0.06, 0.06, 600)  # probabilities within ~0.485-0.515 ...
+    y = (rng.random(600) < 1 / (1 + np.exp(-56 * lp))).astype(int)  # ... that are strongly predictive
+    p = 1 / (1 + np.exp(-lp))
+    x = np.log(p / (1 - p))
+    glm = sm.GLM(y, sm.add_constant(x), family=sm.families.Binomial()).fit()
+    assert 35 < glm.params[1] < 80 and glm.bse[1] < 15  # a real, estimable slope
+    _, b = calibration_intercept_slope(y, p)
+    assert b == pytest.approx(glm.params[1], rel=1e-6)
+    # and the intercept (slope fixed at 1) equals statsmodels' GLM with the logit as offset
+    a, _ = calibration_intercept_slope(y, p)
+    off = sm.GLM(y, np.ones((len(y), 1)), family=sm.families.Binomial(), offset=x).fit()
+    assert a == pytest.approx(off.params[0], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("y", "p", "why"),
+    [
+        ([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], "separate the grades completely (every high"),
+        ([0, 1, 0, 1], [0.1, 0.5, 0.5, 0.9], "separate the grades completely (every high"),  # quasi-complete
+        ([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9], "in the wrong direction"),
+        ([0, 1, 0, 1], [0.3, 0.3, 0.3, 0.3], "all equal"),
+    ],
+)
+def test_separation_is_detected_and_said(y, p, why):
+    s = calibration_summary(np.array(y), np.array(p))
+    assert s["calibration_slope"] is None and why in s["calibration_slope_note"]
+    assert s["calibration_intercept"] is not None  # the intercept has an estimate with both grades

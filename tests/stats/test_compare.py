@@ -6,7 +6,7 @@ import json
 import math
 
 
-def test_compare_two_runs(run_cli, trained_run, work, tmp_path):
+def test_compare_two_runs(run_cli, trained_run, work, tmp_path, capsys):
     from ccrcc_grade.core.config import TrainConfig
     from ccrcc_grade.model.train import fit
 
@@ -27,14 +27,19 @@ def test_compare_two_runs(run_cli, trained_run, work, tmp_path):
     assert run_cli("compare", trained_run, other, "--json", tmp_path / "c.json") == 0
     c = json.loads((tmp_path / "c.json").read_text())
     for lv in ("patient", "image"):
-        assert set(c[lv]) >= {"n", "auc_a", "auc_b", "auc_diff_ci95", "delong_z", "delong_p", "mcnemar_p"}
-        assert 0 <= c[lv]["mcnemar_p"] <= 1
-        if c[lv]["delong_estimable"]:
-            assert 0 <= c[lv]["delong_p"] <= 1
-        else:  # e.g. 4 test patients, 2 of a grade: DeLong's variance is not estimable, never P = 0
-            assert math.isnan(c[lv]["delong_p"]) and c[lv]["delong_note"].startswith("not estimable")
-    assert c["image"]["delong_estimable"]
-    assert c["image"]["n"] > c["patient"]["n"]
+        assert set(c[lv]) >= {"unit", "n", "auc_a", "auc_b", "auc_diff_ci95", "auc_test", "auc_p", "accuracy_p"}
+        assert 0 <= c[lv]["accuracy_p"] <= 1
+        if c[lv]["auc_estimable"]:
+            assert 0 <= c[lv]["auc_p"] <= 1
+        else:  # e.g. 4 test patients, 2 of a grade: the variance is not estimable, never P = 0
+            assert math.isnan(c[lv]["auc_p"]) and c[lv]["auc_note"].startswith("not estimable")
+            assert c[lv]["auc_diff_ci_method"] == "none"
+    assert c["patient"]["auc_test"] == "DeLong paired" and c["patient"]["unit"].startswith("patient")
+    assert c["image"]["auc_test"].startswith("Obuchowski") and c["image"]["accuracy_test"].startswith("Durkalski")
+    assert c["image"]["n"] > c["patient"]["n"] and c["image"]["n_patients"] == c["patient"]["n"]
+    printed = capsys.readouterr().out
+    assert "P 0.000" not in printed and "p 0.0000" not in printed
+    assert "slices of" in printed and "Obuchowski" in printed
 
 
 def test_compare_partial_overlap(refused, run_cli, tmp_path, capsys):

@@ -76,7 +76,7 @@ def test_bootstrap_ci_structure_and_coverage():
         assert lo <= m[k]["value"] <= hi
     for c in ("low", "high"):
         assert set(m[c]) == {"auc", "precision", "sensitivity", "specificity", "f1"}
-        assert m[c]["auc"]["ci_method"] == "patient bootstrap"
+        assert m[c]["auc"]["ci_method"] == "patient bootstrap, stratified by grade"
     assert m["n"] == 98 and m["n_patients"] == 17 and m["threshold"] == 0.5
     again = bootstrap_metrics(y, p, groups, n_boot=300, seed=0)
     assert again["accuracy"]["ci95"] == m["accuracy"]["ci95"]
@@ -100,7 +100,7 @@ def test_small_n_intervals_are_exact_and_say_their_n():
     m2 = bootstrap_metrics(np.array([1] * 10), np.array([0.9] * 7 + [0.1] * 3), None, n_boot=50)
     assert m2["accuracy"]["ci95"] == pytest.approx([ref.low, ref.high]) and m2["accuracy"]["n"] == 10
     clustered = bootstrap_metrics(y, p, ["a", "a", "b", "b", "c", "c"], n_boot=100)
-    assert clustered["accuracy"]["ci_method"] == "patient bootstrap"  # slices are not independent
+    assert clustered["accuracy"]["ci_method"] == "patient bootstrap, stratified by grade"  # slices are not independent
 
 
 def test_mcnemar_exact_and_youden():
@@ -138,3 +138,75 @@ def test_delong_on_too_few_patients_is_not_estimable():
     y = np.array([0, 0, 0, 1, 1, 1])
     d = delong_paired_test(y, np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), np.array([0.2, 0.1, 0.3, 0.9, 0.7, 0.8]))
     assert not d["estimable"] and "zero variance" in d["reason"]
+
+
+@pytest.mark.parametrize(
+    ("y", "p", "f1_high", "f1_low"),
+    [
+        ([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], 0.0, 2 / 3),  # nobody called high: no TP, F1 is 0, not NaN
+        ([0, 0, 1, 1], [0.6, 0.7, 0.3, 0.4], 0.0, 0.0),  # everybody wrong
+        ([0, 0, 0], [0.1, 0.2, 0.3], float("nan"), 1.0),  # no case and no call: undefined
+    ],
+)
+def test_f1_is_zero_without_a_true_positive(y, p, f1_high, f1_low):
+    m = point_metrics(np.array(y), np.array(p))
+    for got, want in ((m["high"]["f1"], f1_high), (m["low"]["f1"], f1_low)):
+        assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want)
+
+
+@pytest.mark.parametrize(("n_high", "groups"), [(1, None), (1, "slices"), (0, None)])
+def test_no_auc_interval_with_fewer_than_two_patients_of_a_grade(n_high, groups):
+    """pROC gives no DeLong interval with one case of a class (half of the variance is zero)."""
+    y = np.array([0] * 6 + [1] * n_high)
+    p = np.linspace(0.1, 0.9, len(y))
+    g = None
+    if groups:  # three slices per patient
+        y, p = np.repeat(y, 3), np.repeat(p, 3) + np.tile([0, 0.01, 0.02], len(y))
+        g = [f"P{i // 3}" for i in range(len(y))]
+    auc = bootstrap_metrics(y, p, g, n_boot=100)["high"]["auc"]
+    assert all(np.isnan(auc["ci95"])) and auc["ci_method"] == "none"
+    assert f"{n_high} high- and 6 low-grade patients" in auc["ci_note"]
+    assert delong_ci(np.array([0] * 6 + [1]), np.linspace(0.1, 0.9, 7)) is None
+
+
+def test_bootstrap_is_stratified_and_counts_unusable_resamples():
+    """An image AUC with two high-grade patients: unstratified, ~10% of resamples had no high grade
+    and were dropped silently; stratified, every resample has both grades. Precision with few
+    calls high still has undefined resamples: they are counted."""
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(3, 8, 14)
+    grade = np.array([1, 1] + [0] * 12)
+    y = np.repeat(grade, sizes)
+    p = np.clip(np.repeat(0.3 + 0.3 * grade, sizes) + rng.normal(0, 0.15, len(y)), 0, 1)
+    p[y == 0] = np.minimum(p[y == 0], 0.45)
+    p[np.nonzero(y == 1)[0][:-1]] = 0.4  # one slice of one patient called high
+    g = [f"P{i}" for i, s in enumerate(sizes) for _ in range(s)]
+    m = bootstrap_metrics(y, p, g, n_boot=400, seed=1)
+    auc = m["high"]["auc"]
+    assert auc["resamples_used"] == auc["resamples"] == 400
+    prec = m["high"]["precision"]
+    assert 0 < prec["resamples_used"] < prec["resamples"] == 400  # nobody called high in some resamples
+    assert m["bootstrap"]["stratified_by"] == "grade"
+
+
+@pytest.mark.parametrize(
+    ("p", "text"),
+    [
+        (0.0, "<0.001"),
+        (1e-300, "<0.001"),
+        (0.00099, "<0.001"),
+        (0.001, "0.001"),
+        (0.0496, "0.0496"),
+        (0.04999, "0.04999"),
+        (0.05, "0.050"),
+        (0.0504, "0.050"),
+        (0.399, "0.399"),
+        (1.0, "1.000"),
+        (float("nan"), "n/a"),
+        (None, "n/a"),
+    ],
+)
+def test_format_p_never_prints_zero_nor_crosses_alpha(p, text):
+    from ccrcc_grade.stats.format import format_p
+
+    assert format_p(p) == text

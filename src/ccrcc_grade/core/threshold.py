@@ -25,7 +25,6 @@ import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from ccrcc_grade.core.errors import CcrccError, check_number
 
@@ -107,17 +106,31 @@ def parse_spec(spec: str | float) -> str | float:
     return f
 
 
-def cut_point(method: str, y: np.ndarray, p: np.ndarray) -> float:
-    """The cut-point of a fitted method on labels ``y`` and probabilities ``p`` (both classes present)."""
-    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)  # every cut-point, for sens/spec targets
-    thr = np.clip(thr, 0.0, 1.0)  # sklearn's first threshold is +inf (nobody called high)
+def cut_point(method: str, y: np.ndarray, p: np.ndarray) -> float | None:
+    """The cut-point of a fitted method on labels ``y`` and probabilities ``p`` (both classes
+    present), for the rule "high when P(high) >= threshold"; None when a target cannot be met.
+
+    Exact search: every observed probability is a candidate (plus one above the largest when it is
+    below 1, i.e. nobody called high), and the achieved sensitivity and specificity are counted
+    under the rule itself, so ties (e.g. several probabilities of exactly 1.0 after rounding) can
+    never give a threshold that misses its target."""
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    cand = np.unique(p)
+    if cand[-1] < 1.0:
+        cand = np.append(cand, (cand[-1] + 1.0) / 2)
+    pos, neg = np.sort(p[y == 1]), np.sort(p[y == 0])
+    sens = 1.0 - np.searchsorted(pos, cand, side="left") / len(pos)  # share of cases with p >= t
+    spec = np.searchsorted(neg, cand, side="left") / len(neg)  # share of controls with p < t
     if method == "youden":
-        return float(thr[int(np.argmax(tpr - fpr))])
+        j = sens + spec - 1
+        return float(cand[np.nonzero(j >= j.max() - 1e-12)[0][-1]])  # the highest of the best
     kind, pct = method[:4], int(method[4:]) / 100
-    if kind == "sens":  # the highest threshold whose sensitivity reaches the target
-        return float(thr[int(np.argmax(tpr >= pct - 1e-12))])
-    ok = np.nonzero(1 - fpr >= pct - 1e-12)[0]  # the lowest threshold whose specificity reaches it
-    return float(thr[ok[-1]])
+    ok = np.nonzero((sens if kind == "sens" else spec) >= pct - 1e-12)[0]
+    if not len(ok):
+        return None
+    # sensNN: the highest threshold still reaching the sensitivity; specNN: the lowest reaching it
+    return float(cand[ok[-1]] if kind == "sens" else cand[ok[0]])
 
 
 def class_counts(y: np.ndarray | list[int]) -> tuple[int, int]:
@@ -159,17 +172,28 @@ def fit_policy(
     if not np.all(np.isfinite(p)):
         raise CcrccError("validation probabilities contain NaN or infinity")
     t = cut_point(spec, y, p)
+    if t is None:
+        at_one = int(np.sum((y == 0) & (p >= 1.0)))
+        raise CcrccError(
+            f"threshold {spec!r} refused: no threshold <= 1 reaches the target on validation patients "
+            f"({at_one} low-grade patients have P(high) = 1.0; use the study default 0.5 or a fixed number)"
+        )
     rng = np.random.default_rng(seed)
     lo_idx, hi_idx = np.nonzero(y == 0)[0], np.nonzero(y == 1)[0]
     boots = []
     for _ in range(n_boot):  # stratified: every resample keeps both grades in their numbers
         idx = np.concatenate([rng.choice(lo_idx, len(lo_idx)), rng.choice(hi_idx, len(hi_idx))])
-        boots.append(cut_point(spec, y[idx], p[idx]))
+        b = cut_point(spec, y[idx], p[idx])
+        if b is not None:  # a resample where the target cannot be met is counted, not guessed
+            boots.append(b)
     ci = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
     name = {"youden": "Youden J"}.get(
         spec, f"{spec[4:]}% {'sensitivity' if spec.startswith('sens') else 'specificity'}"
     )
-    return ThresholdPolicy(spec, t, f"{name} on {n_low + n_high} validation patients", ci, n_low, n_high)
+    source = f"{name} on {n_low + n_high} validation patients"
+    if len(boots) < n_boot:
+        source += f" (CI from {len(boots)} of {n_boot} resamples; the others cannot reach the target)"
+    return ThresholdPolicy(spec, t, source, ci, n_low, n_high)
 
 
 def policy_of(meta: dict) -> tuple[ThresholdPolicy, str | None]:

@@ -8,7 +8,6 @@ chi-square, or Fisher's exact test for 2x2 tables with an expected count < 5.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from ccrcc_grade.core.config import CLINICAL_NORMALITY
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
 from ccrcc_grade.io.clinical import read_clinical
+from ccrcc_grade.stats.format import format_p
 
 SKIP = {"patient_id", "who_isup_grade", "grade"}
 
@@ -111,10 +111,6 @@ def clinical_table(path: Path, normality: str = CLINICAL_NORMALITY) -> dict:
         "normality_test": "Kolmogorov-Smirnov (Lilliefors)" if normality == "ks" else "Shapiro-Wilk",
         "rows": rows,
     }
-
-
-def format_p(p: float) -> str:
-    return "n/a" if p is None or math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def table_markdown(t: dict) -> str:

@@ -17,6 +17,7 @@ from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
 
 from ccrcc_grade.core.config import N_BOOT
 from ccrcc_grade.core.threshold import DEFAULT_THRESHOLD
+from ccrcc_grade.stats.resample import strata_members, stratified_cluster_resample
 
 
 def safe_auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -47,12 +48,12 @@ def aggregate_patients(
 # --- DeLong ---------------------------------------------------------------------------------
 
 
-def delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AUCs and their DeLong covariance matrix for one or more score vectors on the same cases.
+def placement_values(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUCs and DeLong's placement values of one or more score vectors on the same cases.
 
-    ``scores`` has shape (n,) or (k, n); returns (aucs (k,), cov (k, k)). Cases are label 1
-    (higher scores expected), controls label 0 - pROC's direction '<'.
-    """
+    ``scores`` has shape (n,) or (k, n); returns (aucs (k,), v10 (k, m), v01 (k, n_controls)):
+    v10 places each case (label 1) among the controls, v01 each control among the cases (ties
+    count 1/2). Cases are expected to score higher - pROC's direction '<'."""
     y = np.asarray(y).astype(int)
     s = np.atleast_2d(np.asarray(scores, dtype=float))
     pos, neg = s[:, y == 1], s[:, y == 0]
@@ -65,13 +66,30 @@ def delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     aucs = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
     v10 = (tz[:, :m] - tx) / n  # placement of each case among the controls
     v01 = 1.0 - (tz[:, m:] - ty) / m  # placement of each control among the cases
-    sx = np.atleast_2d(np.cov(v10)) if m > 1 else np.zeros((len(s), len(s)))
-    sy = np.atleast_2d(np.cov(v01)) if n > 1 else np.zeros((len(s), len(s)))
+    return aucs, v10, v01
+
+
+def delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs and their DeLong covariance matrix for one or more score vectors on the same cases.
+
+    ``scores`` has shape (n,) or (k, n); returns (aucs (k,), cov (k, k)). Cases are label 1
+    (higher scores expected), controls label 0 - pROC's direction '<'."""
+    aucs, v10, v01 = placement_values(y, scores)
+    m, n, k = v10.shape[1], v01.shape[1], len(aucs)
+    sx = np.atleast_2d(np.cov(v10)) if m > 1 else np.zeros((k, k))
+    sy = np.atleast_2d(np.cov(v01)) if n > 1 else np.zeros((k, k))
     return aucs, sx / m + sy / n
 
 
-def delong_ci(y: np.ndarray, p: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """DeLong confidence interval of one AUC (normal approximation, clipped to [0, 1])."""
+MIN_CI_PER_CLASS = 2  # DeLong's variance needs two cases of each class (pROC gives no interval below)
+
+
+def delong_ci(y: np.ndarray, p: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """DeLong confidence interval of one AUC (normal approximation, clipped to [0, 1]); None with
+    fewer than ``MIN_CI_PER_CLASS`` cases of a class, where half of the variance is not estimable."""
+    y = np.asarray(y).astype(int)
+    if min(int(np.sum(y == 1)), int(np.sum(y == 0))) < MIN_CI_PER_CLASS:
+        return None
     auc, cov = delong(y, p)
     z = stats.norm.ppf(0.5 + level / 2)
     se = math.sqrt(max(cov[0, 0], 0.0))
@@ -152,7 +170,7 @@ def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float = DEFAULT_THRES
         prec = tp / (tp + fp) if tp + fp else float("nan")
         sens = tp / (tp + fn) if tp + fn else float("nan")
         spec = tn / (tn + fp) if tn + fp else float("nan")
-        f1 = 2 * prec * sens / (prec + sens) if (prec + sens) and not math.isnan(prec + sens) else float("nan")
+        f1 = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else float("nan")  # 0 when TP = 0
         auc = safe_auc((y == k).astype(int), p if k == 1 else 1 - p)
         per[name] = {
             "auc": float("nan") if auc is None else auc,
@@ -207,7 +225,7 @@ def fast_flat_metrics(y: np.ndarray, p: np.ndarray, threshold: float = DEFAULT_T
     # class high: positives = 1; class low: positives = 0 (tn plays tp)
     for c, (a, b, f_p, f_n) in (("low", (tn, tp, fn, fp)), ("high", (tp, tn, fp, fn))):
         prec, sens, spec = div(a, a + f_p), div(a, a + f_n), div(b, b + f_p)
-        f1 = 2 * prec * sens / (prec + sens) if (prec + sens) and not math.isnan(prec + sens) else nan
+        f1 = div(2 * a, 2 * a + f_p + f_n)  # 0 when TP = 0; undefined only without any case or call
         out.update(
             {f"{c}.auc": auc, f"{c}.precision": prec, f"{c}.sensitivity": sens, f"{c}.specificity": spec, f"{c}.f1": f1}
         )
@@ -232,37 +250,34 @@ def bootstrap_metrics(
     level: float = 0.95,
 ) -> dict:
     """Point metrics with percentile bootstrap CIs, resampling patients (``groups``) with
-    replacement so slices of one patient move together; AUC CIs by DeLong at patient level
-    (one row per patient) and by the cluster bootstrap at image level.
+    replacement within their grade, so slices of one patient move together and every resample
+    holds both grades; AUC CIs by DeLong at patient level (one row per patient) and by the
+    cluster bootstrap at image level, none with fewer than ``MIN_CI_PER_CLASS`` patients of a grade.
 
-    Returns the metrics.json structure: every number is {"value": v, "ci95": [lo, hi]}."""
+    Returns the metrics.json structure: every number is {"value": v, "ci95": [lo, hi], "n": ...};
+    bootstrap intervals also carry "resamples" and "resamples_used" (a resample where a metric is
+    undefined, e.g. precision with nobody called high, is counted, never silently dropped)."""
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=float)
     point = point_metrics(y, p, threshold)
     flat = _flatten(point)
     groups = list(groups) if groups is not None else [str(i) for i in range(len(y))]
-    uniq = sorted(set(groups))
-    members = {g: [] for g in uniq}
-    for i, g in enumerate(groups):
-        members[g].append(i)
-    member_arr = [np.array(members[g]) for g in uniq]
+    strata = strata_members(y, groups)
+    n_patients = sum(len(s) for s in strata)
     rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {k: [] for k in flat}
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(uniq), len(uniq))
-        idx = np.concatenate([member_arr[j] for j in pick])
-        yb, pb = y[idx], p[idx]
-        mb = fast_flat_metrics(yb, pb, threshold)
-        for k, v in mb.items():
-            samples[k].append(v)
+    samples: dict[str, np.ndarray] = {k: np.empty(n_boot) for k in flat}
+    for b in range(n_boot):
+        idx = stratified_cluster_resample(strata, rng)
+        for k, v in fast_flat_metrics(y[idx], p[idx], threshold).items():
+            samples[k][b] = v
     lo_q, hi_q = (1 - level) / 2 * 100, (1 + level) / 2 * 100
 
-    def ci(vals: list[float]) -> list[float]:
-        a = np.asarray(vals, dtype=float)
-        a = a[np.isfinite(a)]
-        return [float(np.percentile(a, lo_q)), float(np.percentile(a, hi_q))] if len(a) else [float("nan")] * 2
+    def ci(vals: np.ndarray) -> tuple[list[float], int]:
+        a = vals[np.isfinite(vals)]
+        return ([float(np.percentile(a, lo_q)), float(np.percentile(a, hi_q))] if len(a) else [math.nan] * 2), len(a)
 
-    one_per_patient = len(uniq) == len(y)
+    one_per_patient = n_patients == len(y)
+    pat_high, pat_low = _patients_per_grade(y, strata)
     pred = p >= threshold
     # denominators: every interval is reported with the number of cases it rests on
     counts = {"accuracy": (np.sum(pred == y.astype(bool)), len(y))}
@@ -271,17 +286,26 @@ def bootstrap_metrics(
         counts[f"{c}.sensitivity"] = (np.sum(called & pos), np.sum(pos))
         counts[f"{c}.specificity"] = (np.sum(~called & ~pos), np.sum(~pos))
         counts[f"{c}.precision"] = (np.sum(called & pos), np.sum(called))
-    boot_method = "patient bootstrap"  # patients resampled, their slices together
+    boot_method = "patient bootstrap, stratified by grade"  # patients resampled, their slices together
     result: dict = {}
 
     def entry_for(key: str) -> dict:
-        e = {"value": flat[key], "ci95": ci(samples[key]), "ci_method": boot_method, "n": int(len(y))}
+        interval, used = ci(samples[key])
+        e = {
+            "value": flat[key],
+            "ci95": interval,
+            "ci_method": boot_method,
+            "resamples": int(n_boot),
+            "resamples_used": int(used),
+            "n": int(len(y)),
+        }
         if key in counts:
             k, n = (int(v) for v in counts[key])
             e["n"] = n
             if one_per_patient and n:  # independent patients: the exact binomial interval, sound at small n
                 e["ci95"] = list(exact_proportion_ci(k, n, level))
                 e["ci_method"] = "Clopper-Pearson"
+                del e["resamples"], e["resamples_used"]
         return e
 
     for k in ("accuracy", "balanced_accuracy", "brier"):
@@ -295,20 +319,36 @@ def bootstrap_metrics(
                     int(np.sum(y == (c == "high"))),
                     int(np.sum(y != (c == "high"))),
                 )
-            if k == "auc" and one_per_patient and len(np.unique(y)) == 2:
-                yc, pc = (y, p) if c == "high" else (1 - y, 1 - p)
-                entry["ci95"] = list(delong_ci(yc, pc, level))
-                entry["ci_method"] = "DeLong"
+                if min(pat_high, pat_low) < MIN_CI_PER_CLASS:
+                    entry["ci95"] = [math.nan, math.nan]
+                    entry["ci_method"] = "none"
+                    entry["ci_note"] = (
+                        f"no CI: {pat_high} high- and {pat_low} low-grade patients; an AUC interval needs "
+                        f">= {MIN_CI_PER_CLASS} of each"
+                    )
+                    entry.pop("resamples", None), entry.pop("resamples_used", None)
+                elif one_per_patient:
+                    yc, pc = (y, p) if c == "high" else (1 - y, 1 - p)
+                    entry["ci95"] = list(delong_ci(yc, pc, level))
+                    entry["ci_method"] = "DeLong"
+                    entry.pop("resamples", None), entry.pop("resamples_used", None)
             lo, hi = entry["ci95"]
             if np.isfinite(lo) and np.isfinite(hi) and lo == hi:
                 entry["degenerate"] = True  # e.g. AUC 1.0 on a few patients: zero variance, not certainty
             result[c][k] = entry
     result["confusion_matrix"] = point["confusion_matrix"]
     result["n"] = int(len(y))
-    result["n_patients"] = len(uniq)
+    result["n_patients"] = n_patients
     result["threshold"] = float(threshold)
-    result["bootstrap"] = {"resamples": n_boot, "seed": seed, "unit": "patient"}
+    result["bootstrap"] = {"resamples": n_boot, "seed": seed, "unit": "patient", "stratified_by": "grade"}
     return result
+
+
+def _patients_per_grade(y: np.ndarray, strata: list[list[np.ndarray]]) -> tuple[int, int]:
+    """Patients with a high-grade unit, patients with a low-grade unit."""
+    high = sum(1 for s in strata for m in s if np.any(y[m] == 1))
+    low = sum(1 for s in strata for m in s if np.any(y[m] == 0))
+    return high, low
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:

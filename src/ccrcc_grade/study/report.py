@@ -12,8 +12,9 @@ import numpy as np
 
 from ccrcc_grade.core.fileio import atomic_write_text
 from ccrcc_grade.core.paths import EvalFiles, RunDir
-from ccrcc_grade.stats.clinical import format_p, table_markdown
+from ccrcc_grade.stats.clinical import table_markdown
 from ccrcc_grade.stats.figures import roc_figure
+from ccrcc_grade.stats.format import format_p
 from ccrcc_grade.stats.predictions import patient_level, read_predictions
 
 METRIC_COLS = [
@@ -116,24 +117,27 @@ def _operating_points_md(runs: dict) -> str:
 
 
 def _comparison_md(c: dict) -> str:
-    """Table 4: A = SE-ResNet34, B = ResNet34; the difference is A minus B as computed."""
+    """Table 4: A = SE-ResNet34, B = ResNet34; the difference is A minus B as computed. Each row
+    names its unit and its tests (the image row's are the clustered ones)."""
     lines = [
-        "| Level | n | AUC SE-ResNet34 | AUC ResNet34 | Difference SE-ResNet34 minus ResNet34 (95% CI) | "
-        "DeLong P | ACC SE-ResNet34 | ACC ResNet34 | McNemar P |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Level (unit) | n | AUC SE-ResNet34 | AUC ResNet34 | Difference SE-ResNet34 minus ResNet34 (95% CI) | "
+        "AUC test | P | ACC SE-ResNet34 | ACC ResNet34 | Accuracy test | P |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lv in ("patient", "image"):
         if lv in c:
             x = c[lv]
             ci = (
-                f"({_signed(x['auc_diff_ci95'][0])} to {_signed(x['auc_diff_ci95'][1])})"
-                if x.get("delong_estimable", True)
+                f"({_signed(x['auc_diff_ci95'][0])} to {_signed(x['auc_diff_ci95'][1])}, {x['auc_diff_ci_method']})"
+                if x["auc_estimable"]
                 else "(CI not estimable)"
             )
-            p = format_p(x["delong_p"]) if x.get("delong_estimable", True) else x["delong_note"]
+            p = format_p(x["auc_p"]) if x["auc_estimable"] else x["auc_note"]
+            n = f"{x['n']} patients" if lv == "patient" else f"{x['n']} slices of {x['n_patients']} patients"
             lines.append(
-                f"| {lv} | {x['n']} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {_signed(x['auc_diff'])} {ci} | "
-                f"{p} | {x['acc_a']:.3f} | {x['acc_b']:.3f} | {format_p(x['mcnemar_p'])} |"
+                f"| {lv} | {n} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {_signed(x['auc_diff'])} {ci} | "
+                f"{x['auc_test']} | {p} | {x['acc_a']:.3f} | {x['acc_b']:.3f} | {x['accuracy_test']} | "
+                f"{format_p(x['accuracy_p'])} |"
             )
     return "\n".join(lines)
 
@@ -233,16 +237,16 @@ def _summary_md(results: dict) -> list[str]:
             f"accuracy {_ci(r['accuracy'])} at the study's threshold 0.5."
         )
         c = results.get("comparison", {}).get("patient")
-        if c and c.get("delong_estimable", True):
+        if c and c["auc_estimable"]:
             lines.append(
                 f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} "
                 f"({_signed(c['auc_diff_ci95'][0])} to {_signed(c['auc_diff_ci95'][1])}), "
-                f"DeLong P = {format_p(c['delong_p'])} on {c['n']} patients."
+                f"DeLong P = {format_p(c['auc_p'])} on {c['n']} patients."
             )
         elif c:
             lines.append(
                 f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} on "
-                f"{c['n']} patients; DeLong's test {c['delong_note']}."
+                f"{c['n']} patients; DeLong's test {c['auc_note']}."
             )
     if results.get("models"):
         ms = results["models"]
@@ -506,8 +510,11 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
             "",
             _comparison_md(results["comparison"]),
             "",
-            "Difference = SE-ResNet34 minus ResNet34 everywhere in this report (paired DeLong); McNemar exact "
-            "test on correctness at 0.5.",
+            "Difference = SE-ResNet34 minus ResNet34 everywhere in this report. The patient level is primary "
+            "(paired DeLong; exact McNemar on correctness at 0.5). The image level keeps each patient's slices "
+            "together: Obuchowski's clustered AUC test, a grade-stratified patient-cluster bootstrap CI and "
+            "Durkalski's clustered McNemar; unclustered image-level tests are not shown because they reject a "
+            "true null far more often than 5%.",
             "",
         ]
     if has_cv:

@@ -37,6 +37,7 @@ from ccrcc_grade.model.inference import read_checkpoint
 from ccrcc_grade.model.train import cohort_identity, fit, resume
 from ccrcc_grade.stats.clinical import clinical_table
 from ccrcc_grade.stats.compare import compare
+from ccrcc_grade.stats.format import format_p
 from ccrcc_grade.stats.metrics import metric, metric_value
 from ccrcc_grade.stats.predictions import read_predictions
 from ccrcc_grade.study.report import write_report
@@ -443,17 +444,19 @@ def limitations(results: dict) -> str:
         c = results.get("comparison", {}).get("patient")
         if c:
             verdict = (
-                f"DeLong P = {c['delong_p']:.3f}, {'significant' if c['delong_p'] < 0.05 else 'not significant'}"
-                if c.get("delong_estimable", True)
-                else f"DeLong's test {c['delong_note']}"
+                f"95% CI {c['auc_diff_ci95'][0] + 0.0:+.3f} to {c['auc_diff_ci95'][1] + 0.0:+.3f}, "
+                f"{c['auc_test']} P = {format_p(c['auc_p'])}, one pre-specified comparison on {c['n']} patients"
+                if c["auc_estimable"]
+                else f"{c['auc_test']} {c['auc_note']}"
             )
             parts.append(
                 f"SE-ResNet34 minus ResNet34 on the {results['best_phase']} phase: patient AUC difference "
                 f"{c['auc_diff'] + 0.0:+.3f} ({verdict})."
             )
     parts.append(
-        "Image-level metrics treat slices of one patient as independent and overstate precision; the "
-        "patient-level results are the clinically meaningful ones. Results come from one cohort"
+        "Image-level intervals and tests keep each patient's slices together (patient-cluster bootstrap, "
+        "Obuchowski's clustered AUC test, Durkalski's clustered McNemar); slices are not independent cases, "
+        "and the patient-level results are the primary ones. Results come from one cohort"
         + (
             " with external validation"
             if any("external" in r for r in results.get("runs", {}).values())

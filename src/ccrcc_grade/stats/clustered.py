@@ -1,0 +1,167 @@
+"""Image-level inference with the patient as the unit of independence.
+
+Slices of one patient share the tumour, the scanner and the reader's box, so their predictions
+are strongly correlated; treating them as independent cases (the study's image-level DeLong
+and McNemar) rejects a true null hypothesis far more often than the nominal 5% (the test suite
+simulates it). What is valid, and what ``compare`` and the report print at image level:
+
+* **Obuchowski's clustered AUC variance** (Obuchowski, Biometrics 1997;53:567-578): DeLong's
+  placement values summed per patient; the covariance of two models' AUCs on the same slices
+  gives a paired Z test. With one slice per patient it equals DeLong's variance (tested).
+* **a patient-cluster bootstrap** of the AUC difference, stratified by grade (high- and
+  low-grade patients resampled separately, each with all its slices), so every resample has
+  both grades and none is dropped.
+* **Durkalski's clustered McNemar** (Durkalski et al., Stat Med 2003;22:2417-2428):
+  X^2 = (sum_k (b_k - c_k))^2 / sum_k (b_k - c_k)^2 over patients k, b_k and c_k the slices only
+  model A or only model B classified correctly.
+
+None of the three is in scipy, statsmodels or scikit-learn, so they are written here on top of
+``metrics.placement_values`` (which pROC's DeLong values validate).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+from ccrcc_grade.core.config import N_BOOT
+from ccrcc_grade.stats.metrics import MIN_DELONG_PER_CLASS, placement_values
+from ccrcc_grade.stats.resample import cluster_index, strata_members, stratified_cluster_resample
+
+
+def obuchowski(y: np.ndarray, scores: np.ndarray, clusters: list[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs and their clustered covariance matrix for one or more score vectors on the same units.
+
+    ``scores`` has shape (n,) or (k, n); ``clusters`` names each unit's patient. A patient may hold
+    units of both classes (Obuchowski's general case); in this project every slice of a patient
+    carries the patient's grade. Raises ValueError with fewer than two clusters of a class."""
+    y = np.asarray(y).astype(int)
+    s = np.atleast_2d(np.asarray(scores, dtype=float))
+    aucs, v10, v01 = placement_values(y, s)
+    inv, n_clusters = cluster_index(clusters)
+    pos, neg = inv[y == 1], inv[y == 0]
+    m_i = np.bincount(pos, minlength=n_clusters).astype(float)
+    n_i = np.bincount(neg, minlength=n_clusters).astype(float)
+    i10, i01 = int(np.sum(m_i > 0)), int(np.sum(n_i > 0))
+    if i10 < 2 or i01 < 2:
+        raise ValueError(f"clustered AUC variance needs >= 2 patients of each class ({i10} and {i01})")
+    big_m, big_n = float(m_i.sum()), float(n_i.sum())
+    k = len(s)
+    d10 = np.zeros((k, n_clusters))
+    d01 = np.zeros((k, n_clusters))
+    for j in range(k):
+        d10[j] = np.bincount(pos, weights=v10[j], minlength=n_clusters) - m_i * aucs[j]
+        d01[j] = np.bincount(neg, weights=v01[j], minlength=n_clusters) - n_i * aucs[j]
+    s10 = i10 / ((i10 - 1) * big_m) * (d10 @ d10.T)
+    s01 = i01 / ((i01 - 1) * big_n) * (d01 @ d01.T)
+    s11 = n_clusters / (n_clusters - 1) * (d10 @ d01.T)
+    cov = s10 / big_m + s01 / big_n + (s11 + s11.T) / (big_m * big_n)
+    return aucs, cov
+
+
+def cluster_counts(y: np.ndarray, clusters: list[str] | np.ndarray) -> tuple[int, int]:
+    """Patients with at least one high-grade unit, patients with at least one low-grade unit."""
+    inv, n_clusters = cluster_index(clusters)
+    y = np.asarray(y).astype(int)
+    return (
+        int(np.sum(np.bincount(inv[y == 1], minlength=n_clusters) > 0)),
+        int(np.sum(np.bincount(inv[y == 0], minlength=n_clusters) > 0)),
+    )
+
+
+def clustered_auc_test(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, clusters: list[str] | np.ndarray) -> dict:
+    """Paired test of AUC(a) = AUC(b) on the same slices with Obuchowski's clustered covariance."""
+    y = np.asarray(y).astype(int)
+    n_high, n_low = cluster_counts(y, clusters)
+    base = {"test": "Obuchowski clustered AUC (patients as clusters)", "n_patients_high": n_high}
+    base["n_patients_low"] = n_low
+    if min(n_high, n_low) < MIN_DELONG_PER_CLASS:
+        aucs = placement_values(y, np.vstack([p_a, p_b]))[0]
+        return base | {
+            "auc_a": float(aucs[0]),
+            "auc_b": float(aucs[1]),
+            "auc_diff": float(aucs[0] - aucs[1]),
+            "z": math.nan,
+            "p": math.nan,
+            "estimable": False,
+            "reason": f"not estimable: {n_high} high- and {n_low} low-grade patients; the clustered test needs "
+            f">= {MIN_DELONG_PER_CLASS} of each",
+        }
+    aucs, cov = obuchowski(y, np.vstack([p_a, p_b]), clusters)
+    diff = float(aucs[0] - aucs[1])
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    out = base | {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "auc_diff": diff}
+    if var <= 1e-15:
+        return out | {
+            "z": math.nan,
+            "p": math.nan,
+            "estimable": False,
+            "reason": "not estimable: zero variance of the AUC difference (both models order the slices alike)",
+        }
+    z = diff / math.sqrt(var)
+    return out | {"z": float(z), "p": float(2 * stats.norm.sf(abs(z))), "se": math.sqrt(var), "estimable": True}
+
+
+def _auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """AUC (Mann-Whitney, ties 1/2) of each row of ``s`` against labels ``y``."""
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    r = stats.rankdata(s, axis=1)
+    return (r[:, y == 1].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def cluster_bootstrap_auc_diff(
+    y: np.ndarray,
+    p_a: np.ndarray,
+    p_b: np.ndarray,
+    clusters: list[str] | np.ndarray,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Percentile CI of AUC(a) - AUC(b) from a grade-stratified patient-cluster bootstrap."""
+    y = np.asarray(y).astype(int)
+    s = np.vstack([np.asarray(p_a, dtype=float), np.asarray(p_b, dtype=float)])
+    strata = strata_members(y, clusters)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = stratified_cluster_resample(strata, rng)
+        yb = y[idx]
+        if yb.min() == yb.max():  # only possible with mixed patients alone; counted below
+            diffs[b] = np.nan
+            continue
+        a = _auc_rows(yb, s[:, idx])
+        diffs[b] = a[0] - a[1]
+    ok = diffs[np.isfinite(diffs)]
+    q = ((1 - level) / 2 * 100, (1 + level) / 2 * 100)
+    ci = [float(np.percentile(ok, q[0])), float(np.percentile(ok, q[1]))] if len(ok) else [math.nan, math.nan]
+    return {
+        "ci95": ci,
+        "method": "patient-cluster bootstrap, stratified by grade",
+        "resamples": int(n_boot),
+        "resamples_used": int(len(ok)),
+        "seed": seed,
+    }
+
+
+def clustered_mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, clusters: list[str] | np.ndarray) -> dict:
+    """Durkalski's McNemar test for clustered matched pairs (slices within patients)."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    inv, n_clusters = cluster_index(clusters)
+    bk = np.bincount(inv, weights=(a & ~b).astype(float), minlength=n_clusters)
+    ck = np.bincount(inv, weights=(~a & b).astype(float), minlength=n_clusters)
+    d = bk - ck
+    out = {
+        "test": "Durkalski clustered McNemar (patients as clusters)",
+        "a_only_correct": int(bk.sum()),
+        "b_only_correct": int(ck.sum()),
+        "discordant_patients": int(np.sum((bk + ck) > 0)),
+    }
+    den = float(np.sum(d**2))
+    if den == 0:  # no patient with more slices right by one model than by the other
+        return out | {"statistic": 0.0, "p": 1.0}
+    x2 = float(d.sum() ** 2 / den)
+    return out | {"statistic": x2, "p": float(stats.chi2.sf(x2, 1))}
