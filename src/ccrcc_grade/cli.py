@@ -31,6 +31,7 @@ def cmd_synth(a: argparse.Namespace) -> None:
         matrix=a.matrix,
         difficulty=a.difficulty,
         workers=a.workers,
+        readers=a.readers,
     )
     print(f"synthetic cohort (phantom, not patient data): {out}")
 
@@ -161,6 +162,7 @@ def cmd_study(a: argparse.Namespace) -> None:
         threshold=a.threshold,
         evidence=not a.no_evidence,
         jobs=a.jobs,
+        second_reader=a.second_reader,
     )
     report = run_study(Path(a.cohort), Path(a.out), opts)
     print(f"report: {report}")
@@ -175,12 +177,25 @@ def cmd_radiomics(a: argparse.Namespace) -> None:
     print(f"wrote {Path(a.work) / 'radiomics'} (features.csv, results.json)")
 
 
+def cmd_agreement(a: argparse.Namespace) -> None:
+    from ccrcc_grade.evidence.agreement import agreement_command
+
+    print(agreement_command(a.readers, model=a.model, json_out=a.json))
+
+
 def cmd_predict(a: argparse.Namespace) -> None:
     from ccrcc_grade.model.predict import predict_command
 
     print(
         predict_command(
-            a.model, a.input, json_out=a.json, cam_dir=a.cam, boxes=a.boxes, patient_id=a.patient_id, device=a.device
+            a.model,
+            a.input,
+            json_out=a.json,
+            cam_dir=a.cam,
+            boxes=a.boxes,
+            patient_id=a.patient_id,
+            device=a.device,
+            box_k=a.box_k,
         )
     )
 
@@ -231,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser; option defaults come from the config dataclasses (one source)."""
     from ccrcc_grade import __version__
     from ccrcc_grade.core.config import (
+        BOX_K,
         CLINICAL_NORMALITY,
         N_BOOT,
         PRESETS,
@@ -280,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=synth["workers"],
         help="processes rendering patients at once (the cohort is the same for any number)",
+    )
+    s.add_argument(
+        "--readers",
+        type=int,
+        default=synth["readers"],
+        help="readers who boxed the cohort: 2+ also writes reader2_boxes.csv, ... (the same slices boxed "
+        "by another reader, perturbed as readers disagree) for `agreement` and `study --second-reader`",
     )
     s.set_defaults(func=cmd_synth)
 
@@ -432,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=None, help="override the preset's crop size of the cache")
     s.add_argument("--format", choices=["cohort", "kits"], default=so.format, help="a cohort folder or a KiTS folder")
     s.add_argument("--external", help="external validation cohort (raw or ingested)")
+    s.add_argument(
+        "--second-reader",
+        help="a second reader's boxes of the same cohort (boxes.csv, file paths relative to its folder, or a "
+        "cohort folder): the report adds the readers' agreement and resamples box shifts from it",
+    )
     s.add_argument("--ratios", default=so.ratios, help="train:val:test patient ratios")
     s.add_argument(
         "--threshold", default=so.threshold, help="decision threshold policy of every model (see train --threshold)"
@@ -455,6 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the inner cross-validation")
     s.set_defaults(func=cmd_radiomics)
 
+    s = _sub(sub, "agreement", "agreement of two or more readers' boxes (ICC, IoU, slice ranges) and of their grades")
+    s.add_argument(
+        "readers",
+        nargs="+",
+        help="each reader's boxes of the same patients: a cohort folder or a boxes.csv (file paths relative to it)",
+    )
+    s.add_argument("--model", help="a run folder, best.pt or .onnx: also compare the grades each reader's boxes give")
+    s.add_argument("--json", help="write the full result (ICC with CIs, IoU, slice ranges, predictions) here")
+    s.set_defaults(func=cmd_agreement)
+
     s = _sub(sub, "predict", "grade a new patient with a trained model")
     s.add_argument("model", help="a run folder, its best.pt, or an exported .onnx")
     s.add_argument("input", help="phase folder, patient folder or NIfTI volume")
@@ -463,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--boxes", help="boxes CSV for a DICOM series (the cohort's boxes.csv format)")
     s.add_argument("--patient-id", help="patient id to report and to pick rows of --boxes (default: folder name)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (evaluate uses the same)")
+    s.add_argument(
+        "--box-k",
+        type=int,
+        default=BOX_K,
+        help=f"plausible boxes (each side moved within the study's 1-2 mm rule) over which P(high) is "
+        f"re-computed to show how much the grade depends on the box; 0 = off (default {BOX_K})",
+    )
     s.set_defaults(func=cmd_predict)
 
     s = _sub(sub, "export", "export a model to ONNX")

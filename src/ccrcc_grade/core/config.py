@@ -138,6 +138,10 @@ class StudyProtocol:
 
 SPLIT_RATIOS = "8:1:1"  # the study's train:val:test patient split
 N_BOOT = 2000  # bootstrap resamples of every confidence interval (the paper preset's)
+# Inverse L2 penalty of the logistic models fitted on standardised predictors (logistic fusion,
+# clinical model, nomogram): scikit-learn's default, stated in the report's methods.
+LOGISTIC_C = 1.0
+BOX_K = 20  # plausible box sets per patient in predict's and the workstation's box robustness
 
 
 # Study presets (`study --preset`); --help and the README describe them from here.
@@ -172,6 +176,7 @@ class SynthOptions:
     matrix: int = 512
     difficulty: str = "realistic"
     workers: int = 1
+    readers: int = 1
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,7 @@ class StudyOptions:
     threshold: str = TrainConfig.threshold  # the decision-threshold policy of every model (threshold.py)
     evidence: bool = True  # fusion, multi-phase network, radiomics, clinical models (evidence/)
     jobs: str = "auto"  # trainings at once: auto (GPUs x what fits; 1 on a CPU) or a number
+    second_reader: str | None = None  # another reader's boxes of the cohort (boxes.csv or cohort folder)
 
     def resolved(self) -> StudyProtocol:
         """The protocol every model is trained with: the preset with this command's overrides.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from ccrcc_grade.core.config import LOGISTIC_C
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.evidence.calibration import logit
 from ccrcc_grade.evidence.fusion import MIN_FIT_PER_CLASS
@@ -123,7 +124,7 @@ def _fit(x: np.ndarray, y: np.ndarray, what: str):
             f"{what}: its fitting patients hold {int(np.sum(y == 0))} low- and {int(np.sum(y == 1))} "
             f"high-grade cases; fitting needs >= {MIN_FIT_PER_CLASS} of each"
         )
-    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)).fit(x, y)
+    return make_pipeline(StandardScaler(), LogisticRegression(C=LOGISTIC_C, max_iter=1000)).fit(x, y)
 
 
 def clinical_model(table: ClinicalTable, splits: dict) -> tuple[ModelScores, dict]:

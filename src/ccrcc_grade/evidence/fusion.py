@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ccrcc_grade.core.config import LOGISTIC_C
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.evidence.calibration import logit
 from ccrcc_grade.evidence.scores import ModelScores
@@ -61,7 +62,7 @@ def fuse_logistic(
     fill = {
         ph: float(np.mean(logit(np.array(list(m.val.values()))))) if m.val else 0.0 for ph, m in phase_scores.items()
     }
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=LOGISTIC_C, max_iter=1000))
     model.fit(_design(phase_scores, val_ids, "val", fill), y)
     test_ids = sorted(set().union(*(m.test for m in phase_scores.values())))
     p_test = model.predict_proba(_design(phase_scores, test_ids, "test", fill))[:, 1]

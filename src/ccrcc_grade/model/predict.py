@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ccrcc_grade.core.config import PreprocessConfig, from_dict
-from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.config import BOX_K, PreprocessConfig, from_dict
+from ccrcc_grade.core.errors import CcrccError, check_number
 from ccrcc_grade.core.fileio import atomic_write_json
 from ccrcc_grade.core.paths import RunDir
 from ccrcc_grade.core.phases import canonical_phase
@@ -24,6 +24,7 @@ from ccrcc_grade.ingest.cohort import Roi
 from ccrcc_grade.ingest.layouts import dicom_folder_rois, slice_folder_rois, volume_rois
 from ccrcc_grade.io.boxes import read_boxes_csv
 from ccrcc_grade.io.images import IMAGE_SUFFIXES
+from ccrcc_grade.model.robustness import box_robustness, robustness_text
 from ccrcc_grade.stats.metrics import aggregate_patients
 
 
@@ -224,6 +225,7 @@ def predict_patient(
     cam_dir: Path | None = None,
     device: str = "auto",
     predictor: Predictor | None = None,
+    box_k: int = BOX_K,
 ) -> dict:
     """Predict one patient from a folder or file; returns the JSON-ready result."""
     t0 = time.perf_counter()
@@ -232,7 +234,7 @@ def predict_patient(
     if phase == "combined":  # trained on all phases: take the phase of the folder given, else parenchymal
         phase = canonical_phase(Path(inp).name) or "parenchymal"
     rois, pid, warnings = find_rois(Path(inp), phase, boxes, patient_id, predictor.preprocess.mask_margin_mm)
-    return grade_rois(predictor, rois, pid, phase, warnings, cam_dir, t0)
+    return grade_rois(predictor, rois, pid, phase, warnings, cam_dir, t0, box_k=box_k)
 
 
 def grade_rois(
@@ -243,9 +245,11 @@ def grade_rois(
     warnings: list[str] | None = None,
     cam_dir: Path | None = None,
     t0: float | None = None,
+    box_k: int = BOX_K,
 ) -> dict:
     """Crop (the ingest code), predict, aggregate and decide for one patient's ROIs: the one path
-    that `predict` and the web workstation share. ``cam_dir``: also write Grad-CAM overlays."""
+    that `predict` and the web workstation share. ``cam_dir``: also write Grad-CAM overlays;
+    ``box_k``: plausible box sets for ``box_robustness`` (0: none)."""
     t0 = time.perf_counter() if t0 is None else t0
     meta = predictor.meta
     warnings = list(warnings or [])
@@ -282,6 +286,9 @@ def grade_rois(
         },
         "warnings": warnings,
     }
+    if box_k:
+        check_number(box_k, "plausible boxes (--box-k)", 2, 1000, integer=True)
+        result["box_robustness"] = box_robustness(predictor, rois, float(pp[0]), policy.threshold, int(box_k))
     if cam_dir is not None:
         if predictor.checkpoint is None:
             raise CcrccError("--cam needs the PyTorch model (best.pt), not an ONNX file")
@@ -327,6 +334,8 @@ def format_result(r: dict) -> str:
         f"patient {r['patient_id']}: {r['decision']}  ({len(r['slices'])} slices, {r['seconds']:.2f} s, "
         f"{r['model'].get('backend') or 'backend n/a'})"
     )
+    if "box_robustness" in r:
+        lines.append(f"box: {robustness_text(r['prob_high'], r['box_robustness'])}")
     lines += [f"warning: {w}" for w in r["warnings"]]
     return "\n".join(lines)
 
@@ -343,9 +352,16 @@ def predict_command(
     boxes: str | None = None,
     patient_id: str | None = None,
     device: str = "auto",
+    box_k: int = BOX_K,
 ) -> str:
     r = predict_patient(
-        Path(model), Path(inp), Path(boxes) if boxes else None, patient_id, Path(cam_dir) if cam_dir else None, device
+        Path(model),
+        Path(inp),
+        Path(boxes) if boxes else None,
+        patient_id,
+        Path(cam_dir) if cam_dir else None,
+        device,
+        box_k=box_k,
     )
     if json_out:
         atomic_write_json(Path(json_out), r)

@@ -42,7 +42,7 @@ from ccrcc_grade.model.inference import (
     resolve_device,
 )
 from ccrcc_grade.model.registry import create_model, uses_imagenet_norm
-from ccrcc_grade.stats.metrics import aggregate_patients, safe_auc
+from ccrcc_grade.stats.metrics import aggregate_patients, delong_ci, safe_auc
 
 LOG_COLUMNS = [
     "epoch",
@@ -288,6 +288,21 @@ def validate(
     return metrics, (pat_y, pat_p)
 
 
+def validation_auc_ci(y: np.ndarray, p: np.ndarray) -> dict:
+    """The validation patient AUC with its DeLong CI and the numbers it rests on (no CI with fewer
+    than two patients of a grade)."""
+    y = np.asarray(y).astype(int)
+    auc = safe_auc(y, p)
+    ci = delong_ci(y, p) if auc is not None else None
+    return {
+        "auc": auc,
+        "ci95": list(ci) if ci else None,
+        "ci_method": "DeLong" if ci else "none (fewer than 2 patients of a grade)",
+        "n": int(len(y)),
+        "n_high": int(np.sum(y == 1)),
+    }
+
+
 def _selection_score(metrics: dict, how: str) -> tuple[float, float]:
     """Higher is better. AUC first; ties (common with few validation patients, where the AUC
     saturates at 1.0) are broken by the lower validation loss."""
@@ -360,7 +375,9 @@ def _fit(cfg: TrainConfig, resume_state: dict | None) -> dict | None:
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
     start_epoch, best_score, best_epoch, log_rows = 1, (-math.inf, -math.inf), 0, []
+    best_val_patients = None
     if resume_state is not None:
+        best_val_patients = resume_state.get("best_val_patients")
         model.load_state_dict(resume_state["state_dict"])
         optimizer.load_state_dict(resume_state["optimizer"])
         start_epoch = resume_state["epoch"] + 1
@@ -418,6 +435,7 @@ def _fit(cfg: TrainConfig, resume_state: dict | None) -> dict | None:
         improved = score > best_score
         if improved:
             best_score, best_epoch = score, epoch
+            best_val_patients = validation_auc_ci(val_y, val_p)
         if ddp.main:
             meta = {**meta_base, "epoch": epoch, "val": val, "best_epoch": best_epoch}
             if improved:  # the threshold policy on this epoch's validation patients (see threshold.py)
@@ -425,7 +443,12 @@ def _fit(cfg: TrainConfig, resume_state: dict | None) -> dict | None:
                 best_meta = {**meta, "threshold": policy.threshold, "threshold_policy": policy.to_dict()}
                 atomic_torch_save(make_checkpoint(model, best_meta), RunDir(run).best)
             last = make_checkpoint(model, meta)
-            last.update(optimizer=optimizer.state_dict(), best_score=list(best_score), log=log_rows)
+            last.update(
+                optimizer=optimizer.state_dict(),
+                best_score=list(best_score),
+                log=log_rows,
+                best_val_patients=best_val_patients,
+            )
             atomic_torch_save(last, RunDir(run).last)
             _write_log(run, log_rows)
             print(
@@ -449,6 +472,7 @@ def _fit(cfg: TrainConfig, resume_state: dict | None) -> dict | None:
             "phase": cfg.phase,
             "best_epoch": best_epoch,
             "best_val": next((r for r in log_rows if r["epoch"] == best_epoch), {}),
+            "best_val_patients": best_val_patients,
             "epochs": cfg.epochs,
             "world_size": ddp.world,
             "rank_checksums": checksums,

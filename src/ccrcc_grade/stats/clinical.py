@@ -2,8 +2,10 @@
 
 Continuous variables: normality by Kolmogorov-Smirnov (Lilliefors-corrected, against a normal
 with the sample's mean and SD; or Shapiro-Wilk) in each group; if both normal, mean +- SD and Student's
-t-test, else median (IQR) and Mann-Whitney U. Categorical variables: counts (%) and Pearson's
-chi-square, or Fisher's exact test for 2x2 tables with an expected count < 5.
+t-test, else median (IQR) and Mann-Whitney U. Categorical variables: counts (%) of the patients
+with a value and Pearson's chi-square, Fisher's exact test for 2x2 tables with an expected count
+< 5, or the Fisher-Freeman-Halton test (Monte Carlo) for sparse larger tables. Each row carries
+its n per grade and its missing counts.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats
+from scipy.special import gammaln
 
 from ccrcc_grade.core.config import CLINICAL_NORMALITY
 from ccrcc_grade.core.errors import CcrccError
@@ -47,8 +50,52 @@ def _normal(x: np.ndarray, method: str) -> tuple[bool, float]:
     return bool(p > 0.05), float(p)
 
 
+FFH_RESAMPLES = 20000  # Monte-Carlo tables of the Fisher-Freeman-Halton test (seeded)
+
+
+def fisher_freeman_halton(ct: np.ndarray, n_sim: int = FFH_RESAMPLES, seed: int = 0) -> float:
+    """Monte-Carlo Fisher-Freeman-Halton exact test of an r x 2 table (categories x grade).
+
+    Tables are drawn under independence with both margins fixed (the grade labels permuted among
+    the patients) and ordered by their hypergeometric probability, as R's
+    ``fisher.test(simulate.p.value = TRUE)``; P = (1 + tables at most as probable) / (1 + n_sim).
+    scipy's exact test covers 2 x 2 only, hence this."""
+    ct = np.asarray(ct, dtype=int)
+    cats = np.repeat(np.arange(ct.shape[0]), ct.sum(axis=1))
+    labels = np.concatenate([np.repeat([0, 1], row) for row in ct])
+    rng = np.random.default_rng(seed)
+
+    def log_prob(high: np.ndarray) -> np.ndarray:  # up to a constant, for fixed margins
+        low = ct.sum(axis=1)[:, None] - high
+        return -(gammaln(high + 1) + gammaln(low + 1)).sum(axis=0)
+
+    obs = log_prob(ct[:, 1:2])[0]
+    onehot = np.eye(ct.shape[0], dtype=np.int64)[cats]  # patients x categories
+    hits, done = 0, 0
+    while done < n_sim:
+        b = min(2000, n_sim - done)
+        perm = rng.permuted(np.tile(labels, (b, 1)), axis=1)  # b permutations of the grade labels
+        hits += int(np.sum(log_prob(onehot.T @ perm.T) <= obs + 1e-7))
+        done += b
+    return (1 + hits) / (1 + n_sim)
+
+
+def _categorical_test(ct: np.ndarray) -> tuple[float, str]:
+    """Pearson's chi-square; Fisher's exact for a sparse 2 x 2 table; Fisher-Freeman-Halton
+    (Monte Carlo) for a sparse larger table (an expected count < 1, or > 20% below 5: Cochran)."""
+    chi = stats.chi2_contingency(ct, correction=True)
+    expected = chi.expected_freq
+    sparse = expected.min() < 1 or np.mean(expected < 5) > 0.2
+    if ct.shape == (2, 2) and expected.min() < 5:
+        return float(stats.fisher_exact(ct).pvalue), "Fisher's exact"
+    if sparse:
+        return fisher_freeman_halton(ct), f"Fisher-Freeman-Halton (Monte Carlo, {FFH_RESAMPLES} tables)"
+    return float(chi.pvalue), "chi-square"
+
+
 def clinical_table(path: Path, normality: str = CLINICAL_NORMALITY) -> dict:
-    """Compute Table 2 from a clinical.csv."""
+    """Compute Table 2 from a clinical.csv. Every row says on how many patients of each grade it
+    rests and how many are missing; percentages are of the patients with a value."""
     table = read_clinical(path)
     ids = list(table.rows)
     labels = np.array([table.labels[i] for i in ids])
@@ -57,7 +104,14 @@ def clinical_table(path: Path, normality: str = CLINICAL_NORMALITY) -> dict:
     for col in table.columns:
         if col.lower() in SKIP:
             continue
-        values = [table.rows[i].get(col, "") for i in ids]
+        values = [table.rows[i].get(col, "").strip() for i in ids]
+        present = np.array([v != "" for v in values])
+        counts = {
+            "n_low": int(np.sum(present & (labels == 0))),
+            "n_high": int(np.sum(present & (labels == 1))),
+            "missing_low": int(np.sum(~present & (labels == 0))),
+            "missing_high": int(np.sum(~present & (labels == 1))),
+        }
         nums = _numbers(values)
         if nums is not None and len(set(nums)) > 5:
             arr = np.array([float(v) if v != "" else np.nan for v in values])
@@ -83,6 +137,7 @@ def clinical_table(path: Path, normality: str = CLINICAL_NORMALITY) -> dict:
                     "test": test,
                     "p": float(p),
                     "normality_p": {"low": pl, "high": ph},
+                    **counts,
                 }
             )
         else:
@@ -90,21 +145,19 @@ def clinical_table(path: Path, normality: str = CLINICAL_NORMALITY) -> dict:
             if len(cats) < 2 or len(cats) > 10:
                 continue
             ct = np.array([[sum(1 for v, y in zip(values, labels) if v == c and y == k) for k in (0, 1)] for c in cats])
-            chi = stats.chi2_contingency(ct, correction=True)
-            expected = chi.expected_freq
-            if ct.shape == (2, 2) and expected.min() < 5:
-                p, test = stats.fisher_exact(ct).pvalue, "Fisher's exact"
-            else:
-                p, test = chi.pvalue, "chi-square"
+            p, test = _categorical_test(ct)
+            nl, nh = max(counts["n_low"], 1), max(counts["n_high"], 1)
             levels = [
                 {
                     "level": c,
-                    "low": f"{ct[i, 0]} ({100 * ct[i, 0] / max(n_low, 1):.1f}%)",
-                    "high": f"{ct[i, 1]} ({100 * ct[i, 1] / max(n_high, 1):.1f}%)",
+                    "low": f"{ct[i, 0]} ({100 * ct[i, 0] / nl:.1f}%)",
+                    "high": f"{ct[i, 1]} ({100 * ct[i, 1] / nh:.1f}%)",
                 }
                 for i, c in enumerate(cats)
             ]
-            rows.append({"variable": col, "type": "categorical", "levels": levels, "test": test, "p": float(p)})
+            rows.append(
+                {"variable": col, "type": "categorical", "levels": levels, "test": test, "p": float(p), **counts}
+            )
     return {
         "n_low": n_low,
         "n_high": n_high,
@@ -113,22 +166,34 @@ def clinical_table(path: Path, normality: str = CLINICAL_NORMALITY) -> dict:
     }
 
 
+def _n_cell(r: dict) -> str:
+    """'58/60' (patients with a value of each grade) and the missing ones."""
+    miss = r.get("missing_low", 0) + r.get("missing_high", 0)
+    text = f"{r['n_low']} / {r['n_high']}"
+    return text + (f" ({r['missing_low']} / {r['missing_high']} missing)" if miss else "")
+
+
 def table_markdown(t: dict) -> str:
     lines = [
-        f"| Variable | Low grade (n={t['n_low']}) | High grade (n={t['n_high']}) | Test | P |",
-        "|---|---|---|---|---|",
+        f"| Variable | n low / high | Low grade (n={t['n_low']}) | High grade (n={t['n_high']}) | Test | P |",
+        "|---|---|---|---|---|---|",
     ]
     for r in t["rows"]:
         if r["type"] == "continuous":
-            lines.append(f"| {r['variable']} | {r['low']} | {r['high']} | {r['test']} | {format_p(r['p'])} |")
+            lines.append(
+                f"| {r['variable']} | {_n_cell(r)} | {r['low']} | {r['high']} | {r['test']} | {format_p(r['p'])} |"
+            )
         else:
-            lines.append(f"| {r['variable']} |  |  | {r['test']} | {format_p(r['p'])} |")
+            lines.append(f"| {r['variable']} | {_n_cell(r)} |  |  | {r['test']} | {format_p(r['p'])} |")
             for lv in r["levels"]:
-                lines.append(f"| &nbsp;&nbsp;{lv['level']} | {lv['low']} | {lv['high']} |  |  |")
+                lines.append(f"| &nbsp;&nbsp;{lv['level']} |  | {lv['low']} | {lv['high']} |  |  |")
     lines.append("")
     lines.append(
         f"Continuous variables: mean ± SD (t-test) when {t['normality_test']} found both groups normal "
-        "(P > 0.05), else median (IQR) and Mann-Whitney U. Categorical: n (%), chi-square or Fisher's exact."
+        "(P > 0.05), else median (IQR) and Mann-Whitney U. Categorical: n (%) of the patients with a value, "
+        "Pearson's chi-square; Fisher's exact test for 2 x 2 tables with an expected count < 5; "
+        f"Fisher-Freeman-Halton by Monte Carlo ({FFH_RESAMPLES} seeded tables) for larger tables with an "
+        "expected count < 1 or more than 20% below 5. Missing values are excluded per variable and counted."
     )
     return "\n".join(lines)
 

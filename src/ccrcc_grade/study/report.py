@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ccrcc_grade.core.config import LOGISTIC_C, N_BOOT
 from ccrcc_grade.core.fileio import atomic_write_text
 from ccrcc_grade.core.paths import EvalFiles, RunDir
 from ccrcc_grade.stats.clinical import table_markdown
@@ -45,7 +46,10 @@ def _ci(e: dict) -> str:
     if e.get("degenerate"):
         return f"{v:.3f} (no CI: zero variance, {n})"
     if not (_num(lo) and _num(hi)):
-        return f"{v:.3f} ({n})"
+        return f"{v:.3f} ({e['ci_note'] if 'ci_note' in e else 'no CI'}, {n})"
+    used = e.get("resamples_used", e.get("resamples"))
+    if used is not None and used < e.get("resamples", used):
+        n += f", {used} of {e['resamples']} resamples usable"
     return f"{v:.3f} ({lo:.3f}-{hi:.3f}, {n})"
 
 
@@ -142,17 +146,37 @@ def _comparison_md(c: dict) -> str:
     return "\n".join(lines)
 
 
+def _val_auc_text(phase: str, auc: float, detail: dict | None) -> str:
+    """'plain 0.812 (0.640-0.930, n=12, 4 high)'; without a CI it says why."""
+    if not detail:
+        return f"{phase} {auc:.3f}"
+    n = f"n={detail['n']}, {detail['n_high']} high"
+    ci = detail.get("ci95")
+    return f"{phase} {auc:.3f} ({ci[0]:.3f}-{ci[1]:.3f}, {n})" if ci else f"{phase} {auc:.3f} (no CI, {n})"
+
+
 def _cv_md(cv: dict) -> str:
-    lines = ["| Model | Level | AUC | ACC | Sensitivity (high) | Specificity (high) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| Model | Level | AUC | ACC | Sensitivity (high) | Specificity (high) | Test patients per fold | "
+        "Pooled out-of-fold patient AUC (DeLong 95% CI) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in cv.items():
+        pooled = r.get("pooled_patient_auc")
+        per_fold = ", ".join(str(n) for n in r.get("n_patients_per_fold", []))
         for lv in ("patient", "image"):
             s = r["cv"][lv]
+            extra = " |  |  |"
+            if lv == "patient" and pooled and pooled["value"] is not None:
+                ci = pooled["ci95"]
+                auc = f"{pooled['value']:.3f} " + (f"({ci[0]:.3f}-{ci[1]:.3f}, " if ci else "(no CI, ")
+                extra = f" | {per_fold} | {auc}n={pooled['n']}, {pooled['n_high']} high) |"
             lines.append(
                 f"| {name} | {lv} | "
                 + " | ".join(
                     f"{s[k]['mean']:.3f} ± {s[k]['sd']:.3f}" for k in ("auc", "accuracy", "sensitivity", "specificity")
                 )
-                + " |"
+                + extra
             )
     return "\n".join(lines)
 
@@ -280,7 +304,10 @@ SECTIONS = [
     ("thresholds", "Decision thresholds"),
     ("table-4", "Table 4. ResNet34 vs SE-ResNet34"),
     ("cv", "Cross-validation"),
+    ("agreement", "Reader agreement"),
+    ("robustness", "Robustness to the box"),
     ("figures", "Figures"),
+    ("methods", "Statistical methods"),
     ("tripod", "TRIPOD+AI summary"),
     ("limitations", "Limitations"),
 ]
@@ -368,6 +395,109 @@ def _models_text(results: dict) -> list[str]:
     return lines + [""]
 
 
+def _icc_cell(e: dict) -> str:
+    if e["value"] is None:
+        return e["note"]
+    return f"{e['value']:.3f} ({e['ci95'][0]:.2f}-{e['ci95'][1]:.2f})"
+
+
+def agreement_md(a: dict) -> list[str]:
+    """The readers' agreement: ICCs of box size and position, IoU, slice ranges, grades."""
+    lines = [
+        f"{len(a['readers'])} readers boxed the same cohort; {a['n_slices']} slices of {a['n_patients']} patients "
+        f"were boxed by both (sizes and positions in {a['unit']}).",
+        "",
+        "| Measure | ICC(2,1), absolute agreement (95% CI) | ICC(3,1), consistency (95% CI) | n slices |",
+        "|---|---|---|---|",
+    ]
+    for m, e in a["icc"].items():
+        lines.append(f"| {m} | {_icc_cell(e['ICC2'])} | {_icc_cell(e['ICC3'])} | {e['n']} |")
+    i, sr = a["iou"], a["slice_range"]
+    lines += ["", f"IoU of the two boxes on a slice: mean {i['mean']:.3f} (SD {i['sd']:.3f}, min {i['min']:.3f})."]
+    if sr["jaccard"]["n"]:
+        lines.append(
+            f"Slice ranges: Jaccard index {sr['jaccard']['mean']:.3f} over {sr['patient_phases']} patient-phases; "
+            f"{sr['slices_one_reader_only']} slices were boxed by one reader only."
+        )
+    pr = a.get("prediction", {})
+    if "icc_prob_high" in pr:
+        kappa = f"{pr['kappa']:.3f}" if pr["kappa"] is not None else pr.get("kappa_note", "n/a")
+        lines.append(
+            f"Grades from each reader's boxes ({pr['phase']} model, {pr['n_patients']} patients): ICC(2,1) of "
+            f"P(high) {_icc_cell(pr['icc_prob_high']['ICC2'])}, Cohen's kappa of the decisions {kappa}, "
+            f"decision differs in {100 * pr['flip_rate']:.1f}% of patients."
+        )
+    return lines
+
+
+def robustness_md(r: dict) -> list[str]:
+    """How much each test patient's P(high) moves over plausible boxes."""
+    if "note" in r:
+        return [f"Robustness to the box: {r['note']}."]
+    lines = [
+        f"P(high) of `{Path(r['model']).name}` ({r['phase']}) for each of the {r['n_patients']} test patients, "
+        f"recomputed over {r['k']} plausible box sets ({r['method']}). Over patients (mean, bootstrap 95% CI "
+        f"over patients, {r['bootstrap']['resamples']} resamples): range of P(high) {r['range']['mean']:.3f} "
+        f"({r['range']['ci95'][0]:.3f}-{r['range']['ci95'][1]:.3f}; largest {r['range']['max']:.3f}), SD "
+        f"{r['sd']['mean']:.3f} ({r['sd']['ci95'][0]:.3f}-{r['sd']['ci95'][1]:.3f}); the decision flips in "
+        f"{100 * r['flip_rate']['mean']:.1f}% of box sets ({100 * r['flip_rate']['ci95'][0]:.1f}-"
+        f"{100 * r['flip_rate']['ci95'][1]:.1f}%), and for {r['patients_with_a_flip']['n']} of "
+        f"{r['n_patients']} patients in at least one set. {r['seconds_per_patient']:.2f} s per patient.",
+        "",
+        "| Patient | Slices | P(high) as drawn | Range over plausible boxes | SD | Decision flips |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in r["patients"]:
+        lines.append(
+            f"| {p['patient_id']} | {p['slices']} | {p['prob_high']:.3f} | {p['p_min']:.3f}-{p['p_max']:.3f} | "
+            f"{p['sd']:.3f} | {100 * p['flip_rate']:.0f}% |"
+        )
+    return lines
+
+
+def methods_md(results: dict) -> list[str]:
+    """The methods paragraph a reviewer checks: every interval, test, penalty and fitting choice,
+    with the numbers (resamples, Holm's m) taken from this run."""
+    st = results["study"]
+    n_boot = st.get("protocol", {}).get("n_boot", N_BOOT)
+    models = results.get("models", [])
+    m_holm = sum(1 for m in models if m.get("delong_p_vs_best_phase") is not None)
+    text = [
+        "- **Unit of analysis.** The patient: a patient's probability is the mean of its slices' probabilities; "
+        "patient-level results are primary. Image-level numbers keep each patient's slices together.",
+        "- **Intervals.** Patient AUC: DeLong; no interval with fewer than 2 patients of a grade (half of the "
+        "variance is then not estimable). Proportions on independent patients: exact Clopper-Pearson. "
+        f"Everything else (image level, Brier score, balanced accuracy): percentile bootstrap with {n_boot} "
+        "resamples (seed 0) of patients drawn within their grade, each with all its slices; where a metric is "
+        "undefined in some resamples (e.g. precision when nobody is called high) the number of usable "
+        "resamples is printed beside the interval.",
+        "- **Comparisons.** Paired DeLong test of patient AUCs and exact McNemar test of correctness at 0.5. "
+        "Image level: Obuchowski's clustered AUC test and Durkalski's clustered McNemar test (patients as "
+        "clusters), the AUC difference's CI by the grade-stratified patient-cluster bootstrap. "
+        + (
+            f"Model comparison: each model against the best phase, Holm's correction over m = {m_holm} tests."
+            if m_holm
+            else "No model comparison with estimable tests."
+        )
+        + " P values below 0.001 are printed as <0.001, never 0.",
+        "- **Calibration.** Intercept (slope fixed at 1) and slope by logistic maximum likelihood on the logit of "
+        "the probability; the slope is not estimable when the probabilities separate the grades (detected, "
+        "not guessed). ECE: 10 equal-width bins [0, 0.1), ..., [0.9, 1.0], weighted by their share of patients. "
+        "Decision curves: net benefit TP/n - FP/n x pt/(1 - pt) for pt 0.05-0.60.",
+        f"- **Fitted models.** Logistic fusion, clinical model and nomogram: L2-penalised logistic regression "
+        f"(C = {LOGISTIC_C:g}, standardised predictors). The fusion and the nomogram are fitted on validation "
+        "patients, so a threshold fitted for them uses in-sample validation probabilities and is optimistic; "
+        "the test patients choose nothing. Radiomics: LASSO-logistic selection inside the training patients.",
+        "- **Thresholds.** The study's 0.5 by default; Youden, 90% sensitivity and 90% specificity cut-points "
+        "only on validation patients with >= 10 of each grade (exact search under the rule P >= threshold), "
+        "with a stratified bootstrap CI (1000 resamples).",
+        "- **Table 2.** Per variable n and missing counts; t-test or Mann-Whitney U after a normality test; "
+        "chi-square, Fisher's exact (2 x 2, expected < 5) or Fisher-Freeman-Halton by Monte Carlo (sparse "
+        "larger tables).",
+    ]
+    return text
+
+
 def tripod_md(results: dict) -> list[str]:
     """A TRIPOD+AI-style summary (Collins et al., BMJ 2024) filled from the run."""
     st, ds = results["study"], results["dataset"]
@@ -451,7 +581,15 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
     st = results["study"]
     has_runs, has_cv = "runs" in results, "cross_validation" in results
     has_models = bool(results.get("models"))
-    shown = {"table-3": has_runs, "thresholds": has_runs, "table-4": has_runs, "cv": has_cv, "models": has_models}
+    shown = {
+        "table-3": has_runs,
+        "thresholds": has_runs,
+        "table-4": has_runs,
+        "cv": has_cv,
+        "models": has_models,
+        "agreement": "agreement" in results,
+        "robustness": "box_robustness" in results,
+    }
     md = ["# ccRCC WHO/ISUP grade from multi-phase CT: study report", ""]
     if st.get("synthetic"):
         md += [
@@ -494,8 +632,11 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
             _metrics_md(results["runs"], "image"),
             "",
             f"Best phase: **{results['best_phase']}** ({results['best_phase_rule']}). {_tie_sentence(results)} "
-            "Validation AUC of ResNet34 per phase: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in results["val_auc_resnet34"].items())
+            "Validation patient AUC of ResNet34 per phase (DeLong 95% CI, validation patients): "
+            + ", ".join(
+                _val_auc_text(k, v, results.get("val_auc_resnet34_ci", {}).get(k))
+                for k, v in results["val_auc_resnet34"].items()
+            )
             + ".",
             "",
             "## Decision thresholds",
@@ -523,13 +664,23 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
             "",
             _cv_md(results["cross_validation"]),
             "",
+            "Mean ± SD over the test folds describe the spread between folds; they carry no confidence "
+            "interval because folds share training patients (their estimates are not independent). The "
+            "pooled column puts every patient's out-of-fold prediction together (each patient tested once) "
+            "and gives DeLong's interval on all of them.",
+            "",
             f"Best phase by mean validation AUC: **{results['best_phase']}**.",
             "",
         ]
+    if "agreement" in results:
+        md += ["## Reader agreement", ""] + agreement_md(results["agreement"]) + [""]
+    if "box_robustness" in results:
+        md += ["## Robustness to the box", ""] + robustness_md(results["box_robustness"]) + [""]
     md += ["## Figures", ""]
     for caption, path in figs:
         if path.is_file():
             md += [f"![{caption}]({path.relative_to(out) if path.is_relative_to(out) else path})", f"*{caption}*", ""]
+    md += ["## Statistical methods", ""] + methods_md(results) + [""]
     md += ["## TRIPOD+AI summary", ""] + tripod_md(results) + [""]
     md += ["## Limitations", "", results["limitations"], ""]
     return "\n".join(md)

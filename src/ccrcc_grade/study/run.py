@@ -27,6 +27,7 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json
 from ccrcc_grade.core.paths import EvalFiles, RunDir, StudyDir, WorkDir, read_json
 from ccrcc_grade.core.phases import COMBINED, PHASES
+from ccrcc_grade.evidence.box_robustness import reader_study, robustness_study
 from ccrcc_grade.evidence.run import evaluate_models
 from ccrcc_grade.ingest.cache import CropCache, cohort_fingerprint, summarize
 from ccrcc_grade.ingest.layouts import detect_layout
@@ -38,8 +39,8 @@ from ccrcc_grade.model.train import cohort_identity, fit, resume
 from ccrcc_grade.stats.clinical import clinical_table
 from ccrcc_grade.stats.compare import compare
 from ccrcc_grade.stats.format import format_p
-from ccrcc_grade.stats.metrics import metric, metric_value
-from ccrcc_grade.stats.predictions import read_predictions
+from ccrcc_grade.stats.metrics import delong_ci, metric, metric_value, safe_auc
+from ccrcc_grade.stats.predictions import patient_level, read_predictions
 from ccrcc_grade.study.report import write_report
 
 
@@ -279,6 +280,8 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
     """Run (or continue) the whole study; returns the path of report.html."""
     t0 = time.time()
     protocol = opts.resolved()
+    if opts.second_reader and not Path(opts.second_reader).exists():
+        raise CcrccError(f"--second-reader {opts.second_reader}: not found (a boxes.csv or a cohort folder)")
     out.mkdir(parents=True, exist_ok=True)
     work = _ensure_work(Path(cohort), StudyDir(out), opts, protocol)
     if not WorkDir(work).splits.is_file():
@@ -319,6 +322,9 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
         val_aucs = {ph: _val_auc(runs[f"resnet34-{ph}"]) for ph in phases}
         best, tie = choose_best_phase({ph: _val_key(runs[f"resnet34-{ph}"]) for ph in phases})
         results["val_auc_resnet34"] = val_aucs
+        results["val_auc_resnet34_ci"] = {
+            ph: RunDir(runs[f"resnet34-{ph}"]).read_summary().get("best_val_patients") for ph in phases
+        }
         results["best_phase"] = best
         results["best_phase_tie"] = tie
         results["best_phase_rule"] = "highest validation patient-level AUC of ResNet34 (test set never used)"
@@ -337,10 +343,32 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
             results.update(
                 evaluate_models(work, out, runs, best, protocol, splits, opts.threshold, opts.device, opts.seed)
             )
+        results.update(_box_evidence(Path(cohort), work, runs[f"resnet34-{best}"], protocol, opts))
     results["limitations"] = limitations(results)
     results["study"]["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(StudyDir(out).results, results)
     return write_report(results, out)
+
+
+def _box_evidence(cohort: Path, work: Path, run: Path, protocol: StudyProtocol, opts: StudyOptions) -> dict:
+    """The readers' agreement (with --second-reader) and the best-phase model's robustness to the
+    box on the test patients; what cannot be computed says why instead."""
+    out: dict = {}
+    shifts = None
+    if detect_layout(cohort) == "work":
+        why = "the study was given an ingested WORK folder, not the cohort with its boxes"
+        return {"box_robustness": {"note": f"not computed: {why}"}}
+    try:
+        if opts.second_reader:
+            out["agreement"] = reader_study(cohort, Path(opts.second_reader), run, opts.device)
+            shifts = np.array(out["agreement"]["side_differences_mm"]["values"])
+        test_ids = list(WorkDir(work).read_splits()["test"])
+        out["box_robustness"] = robustness_study(
+            cohort, run, test_ids, observed_shifts_mm=shifts, n_boot=protocol.n_boot, seed=opts.seed, device=opts.device
+        )
+    except CcrccError as exc:
+        out.setdefault("box_robustness", {"note": f"not computed: {exc}"})
+    return out
 
 
 def _external_work(out: Path, run: Path, opts: StudyOptions) -> str:
@@ -368,6 +396,17 @@ def dataset_counts(cache: CropCache, splits: dict) -> dict:
         ids = set(splits.get(part, []))
         out[part] = summarize([r for r in cache.manifest if r["patient_id"] in ids])
     return out
+
+
+def _pooled_auc(runs: list[Path]) -> dict:
+    """The patient AUC of the out-of-fold predictions pooled over the folds (each patient is tested
+    once), with its DeLong CI: the interval the fold means cannot give (folds share training data)."""
+    rows = [r for run in runs for r in patient_level(read_predictions(RunDir(run).predictions("test")))]
+    y = np.array([r["label"] for r in rows], dtype=int)
+    p = np.array([r["prob_high"] for r in rows], dtype=float)
+    auc = safe_auc(y, p)
+    ci = delong_ci(y, p) if auc is not None else None
+    return {"value": auc, "ci95": list(ci) if ci else None, "n": int(len(y)), "n_high": int(y.sum())}
 
 
 def _cross_validation(work: Path, out: Path, phases: list[str], protocol: StudyProtocol, opts: StudyOptions) -> dict:
@@ -402,6 +441,8 @@ def _cross_validation(work: Path, out: Path, phases: list[str], protocol: StudyP
             "runs": [str(r) for r in rs],
             "cv": summary,
             "val_auc_mean": float(np.mean([_val_auc(r) for r in rs])),
+            "n_patients_per_fold": [int(f["patient"]["n"]) for f in folds],
+            "pooled_patient_auc": _pooled_auc(rs),
         }
     return {
         "best_phase": best,

@@ -356,10 +356,13 @@ def make_cohort(
     phases: tuple[str, ...] = PHASES,
     difficulty: str = SynthOptions.difficulty,
     workers: int = SynthOptions.workers,
+    readers: int = SynthOptions.readers,
 ) -> Path:
     """Write a synthetic cohort to ``out`` and return its path. Deterministic for a seed.
     ``difficulty``: realistic (grades overlap as in published series) or easy (fast tests);
-    ``workers``: processes rendering patients at once (the cohort is the same for any number)."""
+    ``workers``: processes rendering patients at once (the cohort is the same for any number);
+    ``readers``: > 1 also writes ``readerN_boxes.csv`` (N = 2..), the boxes of further readers of the
+    same slices (see ``second_reader_rows``)."""
     out = Path(out)
     if difficulty not in DIFFICULTIES:
         raise CcrccError(f"--difficulty must be {' or '.join(DIFFICULTIES)}, got {difficulty!r}")
@@ -367,6 +370,8 @@ def make_cohort(
         raise CcrccError(f"--layout must be slices or dicom, got {layout!r}")
     if patients < 2 or not 0 < high_fraction < 1:
         raise CcrccError("synth needs >= 2 patients and 0 < --high-fraction < 1")
+    if not 1 <= readers <= 5:
+        raise CcrccError(f"--readers must be 1-5, got {readers}")
     if not 64 <= matrix <= 1024:
         raise CcrccError(f"--matrix must be between 64 and 1024, got {matrix}")
     if out.exists() and any(out.iterdir()):
@@ -394,7 +399,9 @@ def make_cohort(
     box_rows = [r for d in done for r in d]
     _write_csv(out / "clinical.csv", rows)
     if layout == "dicom":
-        _write_csv(out / "boxes.csv", box_rows)
+        _write_csv(out / "boxes.csv", [{k: v for k, v in r.items() if k != "spacing"} for r in box_rows])
+    for n in range(2, readers + 1):
+        _write_csv(out / f"reader{n}_boxes.csv", second_reader_rows(box_rows, np.random.default_rng([seed, n]), matrix))
     (out / "README.txt").write_text(
         "SYNTHETIC PHANTOM COHORT made by `ccrcc-grade synth` - not patient data.\n"
         f"patients={patients} high_fraction={high_fraction} layout={layout} seed={seed} matrix={matrix} "
@@ -426,19 +433,65 @@ def _write_patient(job: tuple) -> list[dict]:
             else:
                 name = f"IM{int(order[k]):04d}_{uids[phase][-6:]}.dcm"  # file names not in slice order
                 write_dicom_slice(folder / name, hu, p, phase, k, uids)
-                if bbox is not None:
-                    box_rows.append(
-                        {
-                            "patient_id": p.pid,
-                            "phase": phase,
-                            "file": f"{p.pid}/{phase}/{name}",
-                            "x_min": round(bbox[0], 2),
-                            "y_min": round(bbox[1], 2),
-                            "x_max": round(bbox[2], 2),
-                            "y_max": round(bbox[3], 2),
-                        }
-                    )
+            if bbox is not None:
+                box_rows.append(
+                    {
+                        "patient_id": p.pid,
+                        "phase": phase,
+                        "file": f"{p.pid}/{phase}/{name}",
+                        "x_min": round(bbox[0], 2),
+                        "y_min": round(bbox[1], 2),
+                        "x_max": round(bbox[2], 2),
+                        "y_max": round(bbox[3], 2),
+                        "spacing": p.spacing if layout == "dicom" else 1.0,  # mm per pixel (slices: pixels)
+                    }
+                )
     return box_rows
+
+
+READER_SIDE_SD_MM = 1.0  # per-side disagreement of two readers following the same rule
+READER_BIAS_SD_MM = 0.5  # a reader's habit: some draw a little wider than others, per patient
+READER_END_SLICE_MISS = 0.25  # chance that a reader leaves out the first or last slice of a tumour
+
+
+def second_reader_rows(rows: list[dict], rng: np.random.Generator, matrix: int) -> list[dict]:
+    """Another reader's boxes of the same slices, perturbed as readers disagree: each side moved by
+    a per-patient habit (N(0, 0.5 mm), outward) plus independent noise (N(0, 1 mm)), and the first
+    or last boxed slice of a tumour (where it is a sliver) left out now and then. Box-size
+    agreement between radiologists is reported at ICC 0.85-0.98 (e.g. Zhao et al., Radiology 2009
+    for lesion diameters; the study: > 0.9), and end slices are where slice ranges differ."""
+    by_series: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_series.setdefault((r["patient_id"], r["phase"]), []).append(r)
+    habit = {pid: rng.normal(0, READER_BIAS_SD_MM) for pid in sorted({r["patient_id"] for r in rows})}
+    out = []
+    for (pid, _), series in by_series.items():
+        series = sorted(series, key=lambda r: r["file"])
+        drop = set()
+        if len(series) > 3:
+            for end in (0, len(series) - 1):
+                if rng.random() < READER_END_SLICE_MISS:
+                    drop.add(end)
+        for i, r in enumerate(series):
+            noise = rng.normal(habit[pid], READER_SIDE_SD_MM, 4) / r["spacing"]  # mm -> pixels, outward
+            if i in drop:
+                continue
+            x0, y0 = max(0.0, r["x_min"] - noise[0]), max(0.0, r["y_min"] - noise[1])
+            x1, y1 = min(matrix - 1.0, r["x_max"] + noise[2]), min(matrix - 1.0, r["y_max"] + noise[3])
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                x0, y0, x1, y1 = r["x_min"], r["y_min"], r["x_max"], r["y_max"]
+            out.append(
+                {
+                    "patient_id": pid,
+                    "phase": r["phase"],
+                    "file": r["file"],
+                    "x_min": round(x0, 2),
+                    "y_min": round(y0, 2),
+                    "x_max": round(x1, 2),
+                    "y_max": round(y1, 2),
+                }
+            )
+    return out
 
 
 def _uid(pid: str, key: str) -> str:
