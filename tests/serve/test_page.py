@@ -117,6 +117,7 @@ def test_box_and_grade_in_the_browser(cohort_boxes, repo_root, server, dicom_coh
         page.screenshot(path=str(shot))
         shown_prob = float(page.text_content("#prob"))
         decision = page.text_content("#decision")
+        robustness = page.text_content("#robustness")
         assert errors == []
         browser.close()
     if os.environ.get("CCRCC_UPDATE_DOCS") == "1":
@@ -147,3 +148,7 @@ def test_box_and_grade_in_the_browser(cohort_boxes, repo_root, server, dicom_coh
     stored = json.loads((data / sid / "predictions" / "resnet34-parenchymal" / "result.json").read_text())
     assert stored["prob_high"] == pytest.approx(ref["prob_high"], abs=1e-5)
     assert decision == ref["decision"]
+    b = stored["box_robustness"]  # the range beside the probability, as the page shows it
+    assert robustness.startswith(
+        f"P(high) {stored['prob_high']:.2f}, {b['p_min']:.2f}-{b['p_max']:.2f} over 20 plausible"
+    )

@@ -28,6 +28,7 @@ from ccrcc_grade.ingest.preprocess import window_to_uint8
 from ccrcc_grade.io.boxes import Box
 from ccrcc_grade.model.card import DISCLAIMER
 from ccrcc_grade.model.predict import grade_rois
+from ccrcc_grade.model.robustness import robustness_text
 from ccrcc_grade.serve.models import ModelRegistry
 from ccrcc_grade.serve.pacs import Pacs, PacsError
 from ccrcc_grade.serve.store import NotFound, StudyStore, TooLarge, UploadLimits
@@ -354,6 +355,13 @@ def report_html(result: dict, card: dict, cam_dir: Path) -> str:
         "border-left:4px solid #e0a000}@media print{button{display:none}}"
     )
     title = f"ccrcc-grade report {e(result['patient_id'])}"
+    b = result.get("box_robustness")
+    robust = (
+        f"<p id='robustness'>{e(robustness_text(result['prob_high'], b))}: how much the grade depends on where "
+        f"exactly the boxes were drawn ({e(b['method'])}).</p>"
+        if b
+        else ""
+    )
     return f"""<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>
 <style>{css}</style></head><body>
 <h1>Predicted WHO/ISUP grade of clear cell RCC</h1>
@@ -363,6 +371,7 @@ a clinician confirms it. {e(card["intended_use"])}</p>
 <p class='grade'>{e(result["decision"])}</p>
 <p>Patient probability of high grade (III-IV): {result["prob_high"]:.3f} (mean of the slices).
 Threshold: {e(result["threshold_policy"]["source"])} ({result["threshold"]:.3f}).</p>
+{robust}
 <h2>Slices</h2><table><tr><th>Slice</th><th>Box (x0, y0, x1, y1)</th><th>P(high)</th><th>Grad-CAM</th></tr>
 {"".join(rows)}</table>
 <h2>Model</h2><p>{e(str(card["architecture"]))} on the {e(str(card["phase"]))} phase, trained {e(str(card["trained"]))};

@@ -3,7 +3,7 @@ urologists), and between the grades their boxes lead to.
 
 * ICC(2,1) (two-way random effects, absolute agreement, single rater; McGraw & Wong's ICC(A,1))
   and ICC(3,1) (two-way mixed, consistency, single rater; ICC(C,1)) with 95% CIs, computed by
-  pingouin (validated in the tests on Shrout & Fleiss's 1979 example);
+  pingouin (validated in the tests on Shrout & Fleiss's 1979 example; its CIs unrounded);
 * IoU of the two boxes on every slice both readers boxed, and the agreement of the slice ranges
   (which slices each reader boxed);
 * for predictions: ICC of P(high) over patients, Cohen's kappa of the decisions (scikit-learn)
@@ -41,7 +41,12 @@ def icc(ratings: np.ndarray) -> dict:
     if why:
         return out | {name: {"value": None, "ci95": None, "note": f"not estimable: {why}"} for name in ICC_TYPES}
     df = pd.DataFrame({"target": np.repeat(np.arange(n), k), "reader": np.tile(np.arange(k), n), "rating": r.ravel()})
-    table = pg.intraclass_corr(df, targets="target", raters="reader", ratings="rating")
+    saved = pg.options.get("round.column.CI95")
+    pg.options["round.column.CI95"] = None  # pingouin rounds CIs to 2 decimals by default: keep them exact
+    try:
+        table = pg.intraclass_corr(df, targets="target", raters="reader", ratings="rating")
+    finally:
+        pg.options["round.column.CI95"] = saved
     for name, spellings in ICC_TYPES.items():
         row = table[table["Type"].isin(spellings)].iloc[0]
         lo, hi = (float(v) for v in row["CI95"])

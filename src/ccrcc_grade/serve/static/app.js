@@ -311,6 +311,14 @@ function renderResult() {
     <div>patient P(high grade) <span id="prob">${r.prob_high.toFixed(4)}</span> from ${r.slices.length} slice(s)</div>
     <table><tr><th>Slice</th><th>P(high)</th></tr>${rows}</table>` +
     (r.warnings.length ? `<p class="hint">${r.warnings.join("<br>")}</p>` : "");
+  if (r.box_robustness) {  // how much the grade depends on where exactly the boxes were drawn
+    const b = r.box_robustness, div = document.createElement("div");
+    div.id = "robustness";
+    div.title = b.method;
+    div.textContent = `P(high) ${r.prob_high.toFixed(2)}, ${b.p_min.toFixed(2)}-${b.p_max.toFixed(2)} over ` +
+      `${b.k} plausible boxes (decision flips in ${Math.round(100 * b.flip_rate)}%)`;
+    $("decision").after(div);
+  }
   document.querySelectorAll("#result tr[data-sop]").forEach((tr) => tr.addEventListener("click", () => {
     state.k = series().sop_instance_uids.indexOf(tr.dataset.sop);
     draw();
