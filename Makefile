@@ -51,14 +51,15 @@ test: setup system-deps lint
 test-fp32: setup system-deps
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -v --durations=15
 
-# The demo: a realistic-difficulty phantom of 60 patients, the quick preset at 48 px (the
-# 256-px phantom's tumours span ~20-40 px, so nothing is lost) and a 6:2:2 split, so the test
-# set holds 4 high-grade patients and every comparison has its DeLong test.
+# The demo: a realistic-difficulty phantom of 60 patients boxed by two readers, the quick preset
+# at 48 px (the 256-px phantom's tumours span ~20-40 px, so nothing is lost) and a 6:2:2 split, so
+# the test set holds 4 high-grade patients and every comparison has its DeLong test.
 demo: setup
 	@if [ ! -f $(DEMO_DIR)/cohort/clinical.csv ]; then \
-	  $(BIN)/ccrcc-grade synth $(DEMO_DIR)/cohort --patients 60 --high-fraction 0.35 --matrix 256 --seed 0 --workers 2; fi
+	  $(BIN)/ccrcc-grade synth $(DEMO_DIR)/cohort --patients 60 --high-fraction 0.35 --matrix 256 --seed 0 --workers 2 \
+	  --readers 2; fi
 	$(BIN)/ccrcc-grade study $(DEMO_DIR)/cohort --out $(DEMO_DIR)/study --preset quick --ratios 6:2:2 \
-	  --size 48 --image-size 48
+	  --size 48 --image-size 48 --second-reader $(DEMO_DIR)/cohort/reader2_boxes.csv
 	@if [ ! -f $(DEMO_DIR)/dicom/boxes.csv ]; then \
 	  $(BIN)/ccrcc-grade synth $(DEMO_DIR)/dicom --layout dicom --patients 4 --high-fraction 0.5 --matrix 256 --seed 1; fi
 	@echo "workstation: $(BIN)/ccrcc-grade serve --models $(DEMO_DIR)/study/runs/resnet34-parenchymal, then open"

@@ -457,8 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--external", help="external validation cohort (raw or ingested)")
     s.add_argument(
         "--second-reader",
-        help="a second reader's boxes of the same cohort (boxes.csv, file paths relative to its folder, or a "
-        "cohort folder): the report adds the readers' agreement and resamples box shifts from it",
+        help="a second reader's boxes of the same cohort (a boxes.csv whose file paths are relative to the cohort "
+        "folder, or a cohort folder): the report adds the readers' agreement and resamples box shifts from it",
     )
     s.add_argument("--ratios", default=so.ratios, help="train:val:test patient ratios")
     s.add_argument(

@@ -95,3 +95,21 @@ def test_separation_is_detected_and_said(y, p, why):
     s = calibration_summary(np.array(y), np.array(p))
     assert s["calibration_slope"] is None and why in s["calibration_slope_note"]
     assert s["calibration_intercept"] is not None  # the intercept has an estimate with both grades
+
+
+# 40 patients and the net benefit dcurves 1.1.7 (Python port of Vickers' dca) computed for them in
+# an independent run: dca(data, outcome="y", modelnames=["p"], thresholds=[0.05, ..., 0.6]).
+DCA_Y = [0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 0, 0, 1]
+DCA_Y += [1, 0, 1, 0]
+DCA_P = [0.394, 0.354, 0.112, 0.291, 0.568, 0.289, 0.419, 0.29, 0.681, 0.259, 0.303, 0.371, 0.01, 0.181, 0.151]
+DCA_P += [0.417, 0.19, 0.844, 0.072, 0.439, 0.01, 0.178, 0.278, 0.362, 0.387, 0.704, 0.175, 0.453, 0.717, 0.207]
+DCA_P += [0.01, 0.018, 0.361, 0.344, 0.273, 0.683, 0.46, 0.277, 0.67, 0.183]
+DCA_PT = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+DCA_MODEL = [0.242105263158, 0.208333333333, 0.16875, 0.178571428571, 0.216666666667, 0.175, 0.15]
+DCA_ALL = [0.236842105263, 0.194444444444, 0.09375, -0.035714285714, -0.208333333333, -0.45, -0.8125]
+
+
+def test_net_benefit_matches_dcurves():
+    y, p, pt = np.array(DCA_Y), np.array(DCA_P), np.array(DCA_PT)
+    assert net_benefit(y, p, pt) == pytest.approx(DCA_MODEL, abs=1e-9)
+    assert treat_all(y, pt) == pytest.approx(DCA_ALL, abs=1e-9)

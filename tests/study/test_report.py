@@ -38,3 +38,35 @@ def test_study_report_reads_correctly(study_out):
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
     assert (out / "work").stat().st_mode & 0o777 == 0o777 & ~umask
     assert not list((out / "runs").glob("*/last.pt"))  # finished runs keep best.pt only
+
+
+def test_report_statistics_a_reviewer_signs_off(study_out):
+    """No printed P value is 0, no NaN, the methods stated, the clustered image-level tests named,
+    the readers' agreement and the robustness to the box shown."""
+    import re
+
+    out, _ = study_out
+    md = (out / "report.md").read_text()
+    res = json.loads((out / "results.json").read_text())
+    assert not re.search(r"P\s*=?\s*0\.0+(?!\d*[1-9])\b", md), "a P value printed as zero"
+    assert "0.0000" not in md and "nan" not in md.lower().replace("nanmean", "")
+    for section in ("## Statistical methods", "## Reader agreement", "## Robustness to the box"):
+        assert section in md
+    methods = md.split("## Statistical methods")[1].split("##")[0]
+    assert "C = 1" in methods and "in-sample" in methods and "10 equal-width bins" in methods
+    m = sum(1 for x in res.get("models", []) if x.get("delong_p_vs_best_phase") is not None)
+    assert (f"Holm's correction over m = {m} tests" if m else "No model comparison with estimable tests") in methods
+    assert f"{res['study']['protocol']['n_boot']} resamples" in methods
+    table4 = md.split("## Table 4")[1].split("##")[0]
+    assert "Obuchowski" in table4 and "Durkalski" in table4 and "slices of" in table4
+    a = res["agreement"]
+    assert a["icc"]["width"]["ICC2"]["value"] > 0.9 and a["prediction"]["n_patients"] > 0
+    b = res["box_robustness"]
+    assert b["k"] == 20 and b["n_patients"] == len(b["patients"]) > 0
+    assert "readers' observed" in b["method"]  # shifts resampled from the two readers
+    assert all(p["p_min"] <= p["p_max"] for p in b["patients"])
+    assert b["range"]["ci95"][0] <= b["range"]["mean"] <= b["range"]["ci95"][1]
+    robust = md.split("## Robustness to the box")[1].split("##")[0]
+    assert robust.count("| SYN") == b["n_patients"]
+    val = md.split("Validation patient AUC of ResNet34 per phase")[1].split("\n")[0]
+    assert "n=" in val

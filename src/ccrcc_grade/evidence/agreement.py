@@ -48,13 +48,14 @@ def _keep_largest(boxes: dict[Key, Box], key: Key, box: Box) -> bool:
     return old is not None
 
 
-def read_reader(path: Path | str) -> Reader:
-    """A reader's boxes from a cohort folder or a boxes.csv file."""
+def read_reader(path: Path | str, root: Path | None = None) -> Reader:
+    """A reader's boxes from a cohort folder or a boxes.csv file (its ``file`` paths relative to
+    ``root``, by default the CSV's folder)."""
     path = Path(path)
     boxes: dict[Key, Box] = {}
     multiple = 0
     if path.is_file():
-        root = path.parent.resolve()
+        root = Path(root or path.parent).resolve()
         for r in read_boxes_csv(path, root):
             key = (r["patient_id"], r["phase"], str(Path(r["file"]).relative_to(root)))
             multiple += _keep_largest(boxes, key, r["box"])
@@ -151,11 +152,12 @@ def reader_predictions(predictor: object, readers: list[Reader], rois: dict[Key,
     return {"patients": ids, "prob_high": np.column_stack(per_reader)}
 
 
-def agreement(paths: list[str], model: str | None = None, device: str = "auto") -> dict:
-    """The ``agreement`` command's result (the JSON contract of the issue)."""
+def agreement(paths: list[str], model: str | None = None, device: str = "auto", root: Path | None = None) -> dict:
+    """The ``agreement`` command's result (the JSON contract of the issue). ``root``: the folder
+    that the CSVs' file paths are relative to (default: each CSV's own folder)."""
     if len(paths) < 2:
         raise CcrccError("agreement needs the boxes of at least two readers")
-    readers = [read_reader(p) for p in paths]
+    readers = [read_reader(p, root) for p in paths]
     rois = template_rois(readers)
     out = box_agreement(readers, rois)
     side_diffs = out.pop("_side_diffs")

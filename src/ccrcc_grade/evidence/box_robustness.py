@@ -72,5 +72,6 @@ def robustness_study(
 
 
 def reader_study(cohort: Path, second_reader: Path, run: Path, device: str = "auto") -> dict:
-    """The readers' agreement for the report (boxes and, with the best-phase model, grades)."""
-    return agreement([str(cohort), str(second_reader)], str(run), device)
+    """The readers' agreement for the report (boxes and, with the best-phase model, grades); the
+    second reader's CSV names files relative to the cohort folder, as the cohort's boxes.csv does."""
+    return agreement([str(cohort), str(second_reader)], str(run), device, root=cohort)

@@ -295,8 +295,8 @@ def validation_auc_ci(y: np.ndarray, p: np.ndarray) -> dict:
     auc = safe_auc(y, p)
     ci = delong_ci(y, p) if auc is not None else None
     return {
-        "auc": auc,
-        "ci95": list(ci) if ci else None,
+        "auc": None if auc is None else float(auc),
+        "ci95": [float(v) for v in ci] if ci else None,  # plain floats: last.pt loads with weights_only
         "ci_method": "DeLong" if ci else "none (fewer than 2 patients of a grade)",
         "n": int(len(y)),
         "n_high": int(np.sum(y == 1)),

@@ -93,7 +93,7 @@ def delong_ci(y: np.ndarray, p: np.ndarray, level: float = 0.95) -> tuple[float,
     auc, cov = delong(y, p)
     z = stats.norm.ppf(0.5 + level / 2)
     se = math.sqrt(max(cov[0, 0], 0.0))
-    return max(0.0, auc[0] - z * se), min(1.0, auc[0] + z * se)
+    return max(0.0, float(auc[0]) - z * se), min(1.0, float(auc[0]) + z * se)
 
 
 MIN_DELONG_PER_CLASS = 3  # fewer cases of a grade give no usable variance estimate
