@@ -6,7 +6,9 @@ it as fixtures and import nothing from here."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,11 +48,27 @@ def write_csv_rows(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+# What no command may print: a P value of zero (a P value is never 0) or an undefined number
+ZERO_P = re.compile(r"\b[Pp](?: value)?\s*=?\s*0\.0+(?![0-9]*[1-9])\b")
+UNDEFINED = re.compile(r"\b(?:nan|NaN|inf)\b")
+
+
 def cli(*args: str) -> int:
-    """Run the CLI in-process and return its exit code (errors print one line to stderr)."""
+    """Run the CLI in-process and return its exit code (errors print one line to stderr). What it
+    prints still reaches capsys, and is checked: no P value of 0, no NaN or infinity."""
+    import contextlib
+    import io
+
     from ccrcc_grade.cli import main
 
-    return main([str(a) for a in args])
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main([str(a) for a in args])
+    text = buf.getvalue()
+    sys.stdout.write(text)
+    assert not ZERO_P.search(text), f"a P value printed as zero: {ZERO_P.search(text).group(0)!r}"
+    assert not UNDEFINED.search(text), f"an undefined number printed: {UNDEFINED.search(text).group(0)!r}"
+    return code
 
 
 @pytest.fixture(scope="session")

@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = _sub(sub, "bench", "speed and memory benchmarks (JSON lines)")
     s.add_argument(
         "--what",
-        choices=["train", "predict", "ingest", "serve", "study", "all"],
+        choices=["train", "predict", "ingest", "serve", "robustness", "study", "all"],
         default="all",
         help="which benchmark (all = every one but study, which trains a whole study)",
     )

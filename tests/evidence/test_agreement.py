@@ -53,7 +53,10 @@ def test_grades_of_each_readers_boxes(run_cli, slices_cohort, trained_run, copy_
     out = tmp_path / "a.json"
     assert run_cli("agreement", cohort, cohort / "reader2_boxes.csv", "--model", trained_run, "--json", out) == 0
     a = json.loads(out.read_text())
-    assert a["icc"]["width"]["ICC3"]["value"] > 0.99 > a["icc"]["width"]["ICC2"]["value"]  # offset, no noise
+    w = a["icc"]["width"]
+    assert w["ICC3"]["value"] > 0.99 > w["ICC2"]["value"]  # a constant offset: consistent, not in agreement
+    c = a["icc"]["center_x"]["ICC2"]  # the same centres: no residual variance, so no interval (never NaN)
+    assert c["value"] == pytest.approx(1.0) and c["ci95"] is None and "no residual variance" in c["ci_note"]
     p = a["prediction"]
     n_patients = len({k[0] for k in reader.boxes if k[1] == "parenchymal"})
     assert p["n_patients"] == len(p["per_patient"]) == n_patients and p["phase"] == "parenchymal"

@@ -61,3 +61,21 @@ def test_predict_reports_box_robustness(run_cli, trained_run, slices_cohort, tmp
 def test_bad_box_k(refused, capsys, trained_run, slices_cohort, k):
     pid = sorted(p.name for p in slices_cohort.iterdir() if p.is_dir())[0]
     refused(capsys, ["predict", trained_run, slices_cohort / pid, "--box-k", k], "--box-k")
+
+
+def test_slow_backends_grade_fewer_boxes_per_slice_within_the_budget(trained_run, slices_cohort):
+    """Where k x slices crops would not fit the 2 s budget at the measured rate, each slice is
+    graded at m < k perturbed boxes (>= 4) and the k sets draw from them."""
+    from ccrcc_grade.model.predict import find_rois, load_predictor
+    from ccrcc_grade.model.robustness import box_robustness
+
+    predictor = load_predictor(trained_run)
+    pid = sorted(p.name for p in slices_cohort.iterdir() if p.is_dir())[0]
+    rois, _, _ = find_rois(slices_cohort / pid, "parenchymal", None, None)
+    full = box_robustness(predictor, rois, 0.5, 0.5, 20)
+    assert full["per_slice_boxes"] == 20
+    slow = box_robustness(predictor, rois, 0.5, 0.5, 20, crops_per_s=1.0)  # 1 crop/s: the minimum
+    assert slow["per_slice_boxes"] == 4 and slow["k"] == 20
+    assert 0 <= slow["p_min"] <= slow["p_max"] <= 1
+    mid = box_robustness(predictor, rois, 0.5, 0.5, 20, crops_per_s=5 * len(rois))  # 10 boxes per slice fit
+    assert mid["per_slice_boxes"] == 10

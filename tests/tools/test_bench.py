@@ -23,6 +23,16 @@ def test_bench_lines(run_cli, capsys):
     } <= set(line)
 
 
+def test_bench_robustness_line(run_cli, capsys):
+    assert run_cli("bench", "--what", "robustness", "--image-size", "32") == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["bench"] == "robustness" and line["k"] == 20 and line["image_size"] == 32
+    for n in (15, 37):
+        r = line[f"slices_{n}"]
+        assert r["grade_s"] > 0 and r["robustness_added_s"] > 0 and r["crops_per_s"] > 0
+    assert line["backend"] and line["cpu"]
+
+
 def test_bench_study_never_takes_or_removes_a_folder_it_did_not_make(run_cli, tmp_path, monkeypatch, capsys):
     """The cached benchmark cohort appears only complete (made elsewhere, renamed); a folder of
     that name without clinical.csv is someone else's: refused, left as it is."""

@@ -178,6 +178,15 @@ def agreement(paths: list[str], model: str | None = None, device: str = "auto", 
     return out
 
 
+def icc_text(x: dict) -> str:
+    """'0.984 [0.978, 0.988]', or why there is no value or no interval."""
+    if x["value"] is None:
+        return x["note"]
+    if x["ci95"] is None:
+        return f"{x['value']:.3f} ({x['ci_note']})"
+    return f"{x['value']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"
+
+
 def format_agreement(a: dict) -> str:
     lines = [
         f"{len(a['readers'])} readers, {a['n_patients']} patients, {a['n_slices']} slices boxed by all "
@@ -185,12 +194,7 @@ def format_agreement(a: dict) -> str:
         f"{'measure':<10}{'ICC(2,1) [95% CI]':>26}{'ICC(3,1) [95% CI]':>26}",
     ]
     for m, e in a["icc"].items():
-        cells = []
-        for t in ("ICC2", "ICC3"):
-            x = e[t]
-            cells.append(
-                f"{x['value']:.3f} [{x['ci95'][0]:.2f}, {x['ci95'][1]:.2f}]" if x["value"] is not None else x["note"]
-            )
+        cells = [icc_text(e[t]) for t in ("ICC2", "ICC3")]
         lines.append(f"{m:<10}{cells[0]:>26}{cells[1]:>26}")
     i = a["iou"]
     if i["n"]:
@@ -203,13 +207,10 @@ def format_agreement(a: dict) -> str:
         )
     pr = a["prediction"]
     if "icc_prob_high" in pr:
-        ic = pr["icc_prob_high"]["ICC2"]
-        icc_text = (
-            f"{ic['value']:.3f} [{ic['ci95'][0]:.2f}, {ic['ci95'][1]:.2f}]" if ic["value"] is not None else ic["note"]
-        )
+        ic = icc_text(pr["icc_prob_high"]["ICC2"])
         kappa = f"{pr['kappa']:.3f}" if pr["kappa"] is not None else pr.get("kappa_note", "n/a")
         lines.append(
-            f"grades ({pr['n_patients']} patients, {pr['phase']}): ICC(2,1) of P(high) {icc_text}; "
+            f"grades ({pr['n_patients']} patients, {pr['phase']}): ICC(2,1) of P(high) {ic}; "
             f"Cohen's kappa {kappa}; decision differs in {100 * pr['flip_rate']:.1f}% of patients"
         )
     else:

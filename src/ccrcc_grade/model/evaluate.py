@@ -8,6 +8,7 @@ specificity, f1 - each {"value", "ci95"} - plus confusion_matrix, n and threshol
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -278,15 +279,24 @@ def evaluate_run(
     )
 
 
+def _value_ci(e: dict) -> str:
+    """'0.812 [0.640, 0.930]'; an undefined value or interval says so instead of printing NaN."""
+    v, (lo, hi) = e["value"], e["ci95"]
+    if v is None or not math.isfinite(v):
+        return "n/a (one grade only)"
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{v:.3f} ({e.get('ci_note', 'no CI')})"
+    used = e.get("resamples_used", e.get("resamples"))
+    extra = f", {used} of {e['resamples']} resamples" if used is not None and used < e.get("resamples", used) else ""
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}{extra}]"
+
+
 def summary_line(m: dict) -> str:
     parts = []
     for lv in ("image", "patient"):
         if lv in m:
             a, acc = metric(m[lv], "auc"), metric(m[lv], "accuracy")
-            parts.append(
-                f"{lv}: n={m[lv]['n']} AUC {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] "
-                f"ACC {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] at 0.5 (study default)"
-            )
+            parts.append(f"{lv}: n={m[lv]['n']} AUC {_value_ci(a)} ACC {_value_ci(acc)} at 0.5 (study default)")
     lines = ["; ".join(parts) + (f" [{m['backend']}]" if m.get("backend") else "")]
     for op in m.get("operating_points", []):
         if not op["estimable"]:

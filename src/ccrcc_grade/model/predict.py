@@ -254,8 +254,10 @@ def grade_rois(
     meta = predictor.meta
     warnings = list(warnings or [])
     pre = predictor.preprocess
+    t_net = time.perf_counter()
     crops = crop_rois(rois, pre, warnings, show_progress=False)
     probs = predictor(crops)
+    rate = len(crops) / max(time.perf_counter() - t_net, 1e-6)  # crops (cropped and graded) per second
     agg = (meta.get("config") or {}).get("patient_aggregate", "mean")
     _, _, pp = aggregate_patients([pid] * len(probs), probs, np.zeros(len(probs), int), agg)
     policy, legacy = policy_of(meta)
@@ -288,7 +290,9 @@ def grade_rois(
     }
     if box_k:
         check_number(box_k, "plausible boxes (--box-k)", 2, 1000, integer=True)
-        result["box_robustness"] = box_robustness(predictor, rois, float(pp[0]), policy.threshold, int(box_k))
+        result["box_robustness"] = box_robustness(
+            predictor, rois, float(pp[0]), policy.threshold, int(box_k), crops_per_s=rate
+        )
     if cam_dir is not None:
         if predictor.checkpoint is None:
             raise CcrccError("--cam needs the PyTorch model (best.pt), not an ONNX file")

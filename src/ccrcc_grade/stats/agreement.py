@@ -51,6 +51,9 @@ def icc(ratings: np.ndarray) -> dict:
         row = table[table["Type"].isin(spellings)].iloc[0]
         lo, hi = (float(v) for v in row["CI95"])
         out[name] = {"value": float(row["ICC"]), "ci95": [lo, hi]}
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # e.g. readers differing by a constant: MSE 0
+            out[name]["ci95"] = None
+            out[name]["ci_note"] = "no CI: no residual variance (the readers differ by a constant, if at all)"
     return out
 
 

@@ -398,7 +398,9 @@ def _models_text(results: dict) -> list[str]:
 def _icc_cell(e: dict) -> str:
     if e["value"] is None:
         return e["note"]
-    return f"{e['value']:.3f} ({e['ci95'][0]:.2f}-{e['ci95'][1]:.2f})"
+    if e["ci95"] is None:
+        return f"{e['value']:.3f} ({e['ci_note']})"
+    return f"{e['value']:.3f} ({e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})"
 
 
 def agreement_md(a: dict) -> list[str]:

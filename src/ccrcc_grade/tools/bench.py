@@ -333,6 +333,65 @@ def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512) -> dic
     }
 
 
+def bench_robustness(
+    device: str = "auto", k: int = 20, slices: tuple[int, ...] = (15, 37), image_size: int = TrainConfig.image_size
+) -> dict:
+    """What the box robustness of predict and the workstation adds per patient: ``k`` plausible
+    box sets of a 15-slice patient and of the study's 37 slices per patient (5,867 boxes / 158
+    patients), ResNet34 at the study's 224 px (``image_size``) through the real predictor (the
+    backend predict uses)."""
+    from PIL import Image
+
+    from ccrcc_grade.core.config import PreprocessConfig, to_dict
+    from ccrcc_grade.ingest.cohort import Roi
+    from ccrcc_grade.io.boxes import Box
+    from ccrcc_grade.model.inference import make_checkpoint
+    from ccrcc_grade.model.predict import grade_rois, load_predictor
+    from ccrcc_grade.model.robustness import box_robustness
+
+    out: dict = {"bench": "robustness", "k": k, "image_size": image_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        model, _ = create_model("resnet34", "none")
+        run = Path(tmp) / "resnet34-parenchymal"
+        run.mkdir()
+        meta = {
+            "model": "resnet34",
+            "classes": ["low", "high"],
+            "config": {},
+            "preprocess": {**to_dict(PreprocessConfig(size=image_size)), "image_size": image_size, "normalize": True},
+            "phase": "parenchymal",
+            "splits": {},
+            "epoch": 0,
+        }
+        torch.save(make_checkpoint(model, meta), run / "best.pt")
+        predictor = load_predictor(run, device)
+        rng = np.random.default_rng(0)
+        rois = []
+        for i in range(max(slices)):
+            f = Path(tmp) / f"{i:03d}.png"
+            Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8)).save(f)
+            rois.append(Roi("BENCH", "parenchymal", f.name, Box(200, 220, 290, 300), "image", f, spacing=(0.7, 0.7)))
+        for n in slices:
+            grade_rois(predictor, rois[:n], "BENCH", "parenchymal", box_k=0)  # warm
+            t0 = time.perf_counter()
+            g = grade_rois(predictor, rois[:n], "BENCH", "parenchymal", box_k=0)
+            plain = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            b = box_robustness(predictor, rois[:n], g["prob_high"], 0.5, k, crops_per_s=n / plain)
+            added = time.perf_counter() - t0
+            out[f"slices_{n}"] = {
+                "grade_s": round(plain, 3),
+                "robustness_added_s": round(added, 3),
+                "network_crops": n * b["per_slice_boxes"],
+                "crops_per_s": round(n * b["per_slice_boxes"] / added, 1),
+            }
+        out["backend"] = predictor.backend
+    out["device"] = str(resolve_device(device))
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
 STUDY_COHORT = dict(patients=158, high=34, matrix=512)  # the study's size: 124 low / 34 high grade
 
 
@@ -410,7 +469,7 @@ def bench(
 ) -> Iterator[dict]:
     """Yield result lines; 'all' runs each benchmark in a fresh process so peak memory is its own."""
     if what == "all":
-        for w in ("ingest", "predict", "serve", "train"):
+        for w in ("ingest", "predict", "serve", "robustness", "train"):
             out = subprocess.run(
                 [
                     sys.executable,
@@ -446,6 +505,8 @@ def bench(
         line = bench_ingest()
     elif what == "study":
         line = bench_study(device, preset)
+    elif what == "robustness":
+        line = bench_robustness(device, image_size=image_size)
     else:
         line = bench_serve(device)
     yield {**line, "cpu": cpu_name()}
