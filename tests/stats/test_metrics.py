@@ -76,7 +76,8 @@ def test_bootstrap_ci_structure_and_coverage():
         assert lo <= m[k]["value"] <= hi
     for c in ("low", "high"):
         assert set(m[c]) == {"auc", "precision", "sensitivity", "specificity", "f1"}
-        assert m[c]["auc"]["ci_method"] == "patient bootstrap, stratified by grade"
+        assert m[c]["auc"]["ci_method"] == "Obuchowski (patients as clusters)"
+        assert m[c]["f1"]["ci_method"] == "patient bootstrap, stratified by grade"
     assert m["n"] == 98 and m["n_patients"] == 17 and m["threshold"] == 0.5
     again = bootstrap_metrics(y, p, groups, n_boot=300, seed=0)
     assert again["accuracy"]["ci95"] == m["accuracy"]["ci95"]
@@ -182,8 +183,9 @@ def test_bootstrap_is_stratified_and_counts_unusable_resamples():
     p[np.nonzero(y == 1)[0][:-1]] = 0.4  # one slice of one patient called high
     g = [f"P{i}" for i, s in enumerate(sizes) for _ in range(s)]
     m = bootstrap_metrics(y, p, g, n_boot=400, seed=1)
-    auc = m["high"]["auc"]
-    assert auc["resamples_used"] == auc["resamples"] == 400
+    bal = m["balanced_accuracy"]  # defined in every resample because every resample has both grades
+    assert bal["resamples_used"] == bal["resamples"] == 400
+    assert m["high"]["auc"]["ci_method"] == "Obuchowski (patients as clusters)"
     prec = m["high"]["precision"]
     assert 0 < prec["resamples_used"] < prec["resamples"] == 400  # nobody called high in some resamples
     assert m["bootstrap"]["stratified_by"] == "grade"

@@ -43,8 +43,9 @@ def icc(ratings: np.ndarray) -> dict:
     df = pd.DataFrame({"target": np.repeat(np.arange(n), k), "reader": np.tile(np.arange(k), n), "rating": r.ravel()})
     saved = pg.options.get("round.column.CI95")
     pg.options["round.column.CI95"] = None  # pingouin rounds CIs to 2 decimals by default: keep them exact
-    try:
-        table = pg.intraclass_corr(df, targets="target", raters="reader", ratings="rating")
+    try:  # zero residual variance (identical ratings) divides by zero there: handled below
+        with np.errstate(divide="ignore", invalid="ignore"):
+            table = pg.intraclass_corr(df, targets="target", raters="reader", ratings="rating")
     finally:
         pg.options["round.column.CI95"] = saved
     for name, spellings in ICC_TYPES.items():

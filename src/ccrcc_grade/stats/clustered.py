@@ -5,9 +5,10 @@ are strongly correlated; treating them as independent cases (the study's image-l
 and McNemar) rejects a true null hypothesis far more often than the nominal 5% (the test suite
 simulates it). What is valid, and what ``compare`` and the report print at image level:
 
-* **Obuchowski's clustered AUC variance** (Obuchowski, Biometrics 1997;53:567-578): DeLong's
-  placement values summed per patient; the covariance of two models' AUCs on the same slices
-  gives a paired Z test. With one slice per patient it equals DeLong's variance (tested).
+* **Obuchowski's clustered AUC variance** (Obuchowski, Biometrics 1997;53:567-578;
+  ``metrics.obuchowski``, which also gives Table 3's image-level AUC CIs): DeLong's placement
+  values summed per patient; the covariance of two models' AUCs on the same slices gives a paired
+  Z test. With one slice per patient it equals DeLong's variance (tested).
 * **a patient-cluster bootstrap** of the AUC difference, stratified by grade (high- and
   low-grade patients resampled separately, each with all its slices), so every resample has
   both grades and none is dropped.
@@ -27,38 +28,8 @@ import numpy as np
 from scipy import stats
 
 from ccrcc_grade.core.config import N_BOOT
-from ccrcc_grade.stats.metrics import MIN_DELONG_PER_CLASS, placement_values
+from ccrcc_grade.stats.metrics import MIN_DELONG_PER_CLASS, obuchowski, placement_values
 from ccrcc_grade.stats.resample import cluster_index, strata_members, stratified_cluster_resample
-
-
-def obuchowski(y: np.ndarray, scores: np.ndarray, clusters: list[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AUCs and their clustered covariance matrix for one or more score vectors on the same units.
-
-    ``scores`` has shape (n,) or (k, n); ``clusters`` names each unit's patient. A patient may hold
-    units of both classes (Obuchowski's general case); in this project every slice of a patient
-    carries the patient's grade. Raises ValueError with fewer than two clusters of a class."""
-    y = np.asarray(y).astype(int)
-    s = np.atleast_2d(np.asarray(scores, dtype=float))
-    aucs, v10, v01 = placement_values(y, s)
-    inv, n_clusters = cluster_index(clusters)
-    pos, neg = inv[y == 1], inv[y == 0]
-    m_i = np.bincount(pos, minlength=n_clusters).astype(float)
-    n_i = np.bincount(neg, minlength=n_clusters).astype(float)
-    i10, i01 = int(np.sum(m_i > 0)), int(np.sum(n_i > 0))
-    if i10 < 2 or i01 < 2:
-        raise ValueError(f"clustered AUC variance needs >= 2 patients of each class ({i10} and {i01})")
-    big_m, big_n = float(m_i.sum()), float(n_i.sum())
-    k = len(s)
-    d10 = np.zeros((k, n_clusters))
-    d01 = np.zeros((k, n_clusters))
-    for j in range(k):
-        d10[j] = np.bincount(pos, weights=v10[j], minlength=n_clusters) - m_i * aucs[j]
-        d01[j] = np.bincount(neg, weights=v01[j], minlength=n_clusters) - n_i * aucs[j]
-    s10 = i10 / ((i10 - 1) * big_m) * (d10 @ d10.T)
-    s01 = i01 / ((i01 - 1) * big_n) * (d01 @ d01.T)
-    s11 = n_clusters / (n_clusters - 1) * (d10 @ d01.T)
-    cov = s10 / big_m + s01 / big_n + (s11 + s11.T) / (big_m * big_n)
-    return aucs, cov
 
 
 def cluster_counts(y: np.ndarray, clusters: list[str] | np.ndarray) -> tuple[int, int]:

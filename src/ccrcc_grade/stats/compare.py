@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from scipy import stats
 
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.stats.clustered import cluster_bootstrap_auc_diff, clustered_auc_test, clustered_mcnemar
@@ -68,9 +69,13 @@ def compare_level(a: list[dict], b: list[dict], key: Callable[[dict], object], c
         pids = [da[k]["patient_id"] for k in common]
         out["n_patients"] = len(set(pids))
         d = clustered_auc_test(y, pa, pb, pids)
+        ci, ci_method = [math.nan, math.nan], "Obuchowski"  # the interval that goes with the test's P
+        if d["estimable"]:
+            h = stats.norm.ppf(0.975) * d["se"]
+            ci = [d["auc_diff"] - h, d["auc_diff"] + h]
         boot = cluster_bootstrap_auc_diff(y, pa, pb, pids)
-        ci, ci_method = boot["ci95"], boot["method"]
-        out["bootstrap"] = {k: boot[k] for k in ("resamples", "resamples_used", "seed")}
+        out["auc_diff_bootstrap_ci95"] = boot["ci95"]
+        out["bootstrap"] = {k: boot[k] for k in ("method", "resamples", "resamples_used", "seed")}
         mc = clustered_mcnemar(ca, cb, pids)
     else:
         out["n_patients"] = len(common)
@@ -125,8 +130,11 @@ def format_comparison(c: dict, name_a: str, name_b: str) -> str:
         x = c[lv]
         if x["auc_estimable"]:
             lo, hi = x["auc_diff_ci95"]
-            auc = f"[{_signed(lo)}, {_signed(hi)}] ({x['auc_diff_ci_method']}); "
-            auc += f"{x['auc_test']} P {format_p(x['auc_p'])}"
+            auc = f"[{_signed(lo)}, {_signed(hi)}] ({x['auc_diff_ci_method']}"
+            if "auc_diff_bootstrap_ci95" in x:
+                blo, bhi = x["auc_diff_bootstrap_ci95"]
+                auc += f"; patient-cluster bootstrap [{_signed(blo)}, {_signed(bhi)}]"
+            auc += f"); {x['auc_test']} P {format_p(x['auc_p'])}"
         else:
             auc = f"{x['auc_test']} {x['auc_note']}"
         n = f"n={x['n']}" + (f" slices of {x['n_patients']} patients" if lv == "image" else " patients")

@@ -17,7 +17,7 @@ from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
 
 from ccrcc_grade.core.config import N_BOOT
 from ccrcc_grade.core.threshold import DEFAULT_THRESHOLD
-from ccrcc_grade.stats.resample import strata_members, stratified_cluster_resample
+from ccrcc_grade.stats.resample import cluster_index, strata_members, stratified_cluster_resample
 
 
 def safe_auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -79,6 +79,47 @@ def delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sx = np.atleast_2d(np.cov(v10)) if m > 1 else np.zeros((k, k))
     sy = np.atleast_2d(np.cov(v01)) if n > 1 else np.zeros((k, k))
     return aucs, sx / m + sy / n
+
+
+def obuchowski(y: np.ndarray, scores: np.ndarray, clusters: list[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs and their clustered covariance matrix for one or more score vectors on the same units.
+
+    ``scores`` has shape (n,) or (k, n); ``clusters`` names each unit's patient. A patient may hold
+    units of both classes (Obuchowski's general case); in this project every slice of a patient
+    carries the patient's grade. Raises ValueError with fewer than two clusters of a class."""
+    y = np.asarray(y).astype(int)
+    s = np.atleast_2d(np.asarray(scores, dtype=float))
+    aucs, v10, v01 = placement_values(y, s)
+    inv, n_clusters = cluster_index(clusters)
+    pos, neg = inv[y == 1], inv[y == 0]
+    m_i = np.bincount(pos, minlength=n_clusters).astype(float)
+    n_i = np.bincount(neg, minlength=n_clusters).astype(float)
+    i10, i01 = int(np.sum(m_i > 0)), int(np.sum(n_i > 0))
+    if i10 < 2 or i01 < 2:
+        raise ValueError(f"clustered AUC variance needs >= 2 patients of each class ({i10} and {i01})")
+    big_m, big_n = float(m_i.sum()), float(n_i.sum())
+    k = len(s)
+    d10 = np.zeros((k, n_clusters))
+    d01 = np.zeros((k, n_clusters))
+    for j in range(k):
+        d10[j] = np.bincount(pos, weights=v10[j], minlength=n_clusters) - m_i * aucs[j]
+        d01[j] = np.bincount(neg, weights=v01[j], minlength=n_clusters) - n_i * aucs[j]
+    s10 = i10 / ((i10 - 1) * big_m) * (d10 @ d10.T)
+    s01 = i01 / ((i01 - 1) * big_n) * (d01 @ d01.T)
+    s11 = n_clusters / (n_clusters - 1) * (d10 @ d01.T)
+    cov = s10 / big_m + s01 / big_n + (s11 + s11.T) / (big_m * big_n)
+    return aucs, cov
+
+
+def obuchowski_ci(
+    y: np.ndarray, p: np.ndarray, clusters: list[str] | np.ndarray, level: float = 0.95
+) -> tuple[float, float]:
+    """Confidence interval of an image-level AUC with Obuchowski's clustered variance (normal
+    approximation, clipped to [0, 1]); needs >= 2 patients of each class."""
+    auc, cov = obuchowski(y, p, clusters)
+    z = stats.norm.ppf(0.5 + level / 2)
+    se = math.sqrt(max(cov[0, 0], 0.0))
+    return max(0.0, float(auc[0]) - z * se), min(1.0, float(auc[0]) + z * se)
 
 
 MIN_CI_PER_CLASS = 2  # DeLong's variance needs two cases of each class (pROC gives no interval below)
@@ -251,8 +292,8 @@ def bootstrap_metrics(
 ) -> dict:
     """Point metrics with percentile bootstrap CIs, resampling patients (``groups``) with
     replacement within their grade, so slices of one patient move together and every resample
-    holds both grades; AUC CIs by DeLong at patient level (one row per patient) and by the
-    cluster bootstrap at image level, none with fewer than ``MIN_CI_PER_CLASS`` patients of a grade.
+    holds both grades; AUC CIs by DeLong at patient level (one row per patient) and by Obuchowski's
+    clustered variance at image level, none with fewer than ``MIN_CI_PER_CLASS`` patients of a grade.
 
     Returns the metrics.json structure: every number is {"value": v, "ci95": [lo, hi], "n": ...};
     bootstrap intervals also carry "resamples" and "resamples_used" (a resample where a metric is
@@ -327,10 +368,10 @@ def bootstrap_metrics(
                         f">= {MIN_CI_PER_CLASS} of each"
                     )
                     entry.pop("resamples", None), entry.pop("resamples_used", None)
-                elif one_per_patient:
+                else:  # DeLong for independent patients, Obuchowski's clustered variance for slices
                     yc, pc = (y, p) if c == "high" else (1 - y, 1 - p)
-                    entry["ci95"] = list(delong_ci(yc, pc, level))
-                    entry["ci_method"] = "DeLong"
+                    entry["ci95"] = list(delong_ci(yc, pc, level) if one_per_patient else obuchowski_ci(yc, pc, groups))
+                    entry["ci_method"] = "DeLong" if one_per_patient else "Obuchowski (patients as clusters)"
                     entry.pop("resamples", None), entry.pop("resamples_used", None)
             lo, hi = entry["ci95"]
             if np.isfinite(lo) and np.isfinite(hi) and lo == hi:

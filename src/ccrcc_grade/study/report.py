@@ -132,7 +132,14 @@ def _comparison_md(c: dict) -> str:
         if lv in c:
             x = c[lv]
             ci = (
-                f"({_signed(x['auc_diff_ci95'][0])} to {_signed(x['auc_diff_ci95'][1])}, {x['auc_diff_ci_method']})"
+                f"({_signed(x['auc_diff_ci95'][0])} to {_signed(x['auc_diff_ci95'][1])}, {x['auc_diff_ci_method']}"
+                + (
+                    f"; patient-cluster bootstrap {_signed(x['auc_diff_bootstrap_ci95'][0])} to "
+                    f"{_signed(x['auc_diff_bootstrap_ci95'][1])}"
+                    if "auc_diff_bootstrap_ci95" in x
+                    else ""
+                )
+                + ")"
                 if x["auc_estimable"]
                 else "(CI not estimable)"
             )
@@ -467,15 +474,17 @@ def methods_md(results: dict) -> list[str]:
     text = [
         "- **Unit of analysis.** The patient: a patient's probability is the mean of its slices' probabilities; "
         "patient-level results are primary. Image-level numbers keep each patient's slices together.",
-        "- **Intervals.** Patient AUC: DeLong; no interval with fewer than 2 patients of a grade (half of the "
-        "variance is then not estimable). Proportions on independent patients: exact Clopper-Pearson. "
+        "- **Intervals.** Patient AUC: DeLong; image-level AUC: Obuchowski's clustered variance (patients as "
+        "clusters); no AUC interval with fewer than 2 patients of a grade (half of the variance is then not "
+        "estimable). Proportions on independent patients: exact Clopper-Pearson. "
         f"Everything else (image level, Brier score, balanced accuracy): percentile bootstrap with {n_boot} "
         "resamples (seed 0) of patients drawn within their grade, each with all its slices; where a metric is "
         "undefined in some resamples (e.g. precision when nobody is called high) the number of usable "
         "resamples is printed beside the interval.",
         "- **Comparisons.** Paired DeLong test of patient AUCs and exact McNemar test of correctness at 0.5. "
         "Image level: Obuchowski's clustered AUC test and Durkalski's clustered McNemar test (patients as "
-        "clusters), the AUC difference's CI by the grade-stratified patient-cluster bootstrap. "
+        "clusters), the AUC difference's CI by Obuchowski's variance (as its P) and, beside it, by the "
+        "grade-stratified patient-cluster bootstrap. "
         + (
             f"Model comparison: each model against the best phase, Holm's correction over m = {m_holm} tests."
             if m_holm
@@ -629,7 +638,8 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
             "",
             _metrics_md(results["runs"], "patient"),
             "",
-            "Image level (slices of one patient are not independent: CIs by bootstrap over patients; n = slices):",
+            "Image level (slices of one patient are not independent: AUC CI by Obuchowski's clustered variance, "
+            "the others by the grade-stratified bootstrap over patients; n = slices):",
             "",
             _metrics_md(results["runs"], "image"),
             "",
@@ -655,9 +665,9 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
             "",
             "Difference = SE-ResNet34 minus ResNet34 everywhere in this report. The patient level is primary "
             "(paired DeLong; exact McNemar on correctness at 0.5). The image level keeps each patient's slices "
-            "together: Obuchowski's clustered AUC test, a grade-stratified patient-cluster bootstrap CI and "
-            "Durkalski's clustered McNemar; unclustered image-level tests are not shown because they reject a "
-            "true null far more often than 5%.",
+            "together: Obuchowski's clustered AUC test with its CI, a grade-stratified patient-cluster bootstrap CI "
+            "beside it and Durkalski's clustered McNemar; unclustered image-level tests are not shown because they "
+            "reject a true null far more often than 5%.",
             "",
         ]
     if has_cv:
