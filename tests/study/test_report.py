@@ -66,6 +66,7 @@ def test_report_statistics_a_reviewer_signs_off(study_out):
     assert "readers' observed" in b["method"]  # shifts resampled from the two readers
     assert all(p["p_min"] <= p["p_max"] for p in b["patients"])
     assert b["range"]["ci95"][0] <= b["range"]["mean"] <= b["range"]["ci95"][1]
+    assert (out / "figures" / "box_robustness.png").stat().st_size > 5000 and "figures/box_robustness.png" in md
     robust = md.split("## Robustness to the box")[1].split("##")[0]
     assert robust.count("| SYN") == b["n_patients"]
     val = md.split("Validation patient AUC of ResNet34 per phase")[1].split("\n")[0]

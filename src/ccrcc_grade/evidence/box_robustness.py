@@ -67,6 +67,7 @@ def robustness_study(
         "flip_rate": {"mean": float(flip.mean()), "ci95": _boot_mean(flip, n_boot, seed)},
         "patients_with_a_flip": {"share": float(any_flip.mean()), "n": int(any_flip.sum())},
         "bootstrap": {"resamples": n_boot, "unit": "patient"},
+        "threshold": policy.threshold,
         "patients": patients,
     }
 

@@ -35,7 +35,13 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, dict]], path: Pat
         drawn.setdefault(key, name)
         auc = metric(m, "auc")
         ci = auc["ci95"]
-        ci_text = "CI degenerate" if auc.get("degenerate") else f"{ci[0]:.2f}-{ci[1]:.2f}"
+        ci_text = (
+            "CI degenerate"
+            if auc.get("degenerate")
+            else f"{ci[0]:.2f}-{ci[1]:.2f}"
+            if ci[0] is not None and np.isfinite(ci[0]) and np.isfinite(ci[1])
+            else "no CI"
+        )
         ls, marker = STYLES[k % len(STYLES)]
         off = 0.008 * k  # a few pixels apart: identical curves do not hide each other
         ax.plot(
@@ -200,4 +206,28 @@ def nomogram_figure(
     ax.set_title(_wrap(title, 90), fontsize=9)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def robustness_figure(patients: list[dict], threshold: float, path: Path, title: str) -> None:
+    """One row per patient: P(high) with the boxes as drawn (dot) and its range over the plausible
+    boxes (bar), against the decision threshold; rows whose range crosses it are drawn in red."""
+    rows = sorted(patients, key=lambda p: p["prob_high"])
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.28 * len(rows)))
+    for i, p in enumerate(rows):
+        crosses = p["p_min"] < threshold <= p["p_max"]
+        color = "#c0392b" if crosses else "#2c3e50"
+        ax.plot([p["p_min"], p["p_max"]], [i, i], color=color, lw=4, alpha=0.45, solid_capstyle="butt")
+        ax.plot([p["prob_high"]], [i], "o", color=color, ms=5)
+    ax.axvline(threshold, color="#7f8c8d", ls="--", lw=1)
+    ax.set_yticks(range(len(rows)), [p["patient_id"] for p in rows], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"P(high grade); dashed: threshold {threshold:.2f}")
+    ax.set_title(_wrap(title, 70), fontsize=9, pad=20)
+    ax.plot([], [], "o", color="#2c3e50", label="boxes as drawn")
+    ax.plot([], [], color="#2c3e50", lw=4, alpha=0.45, label="range over plausible boxes")
+    ax.plot([], [], color="#c0392b", lw=4, alpha=0.45, label="range crosses the threshold")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=130, bbox_inches="tight")
     plt.close(fig)

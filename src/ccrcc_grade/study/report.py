@@ -14,7 +14,7 @@ from ccrcc_grade.core.config import LOGISTIC_C, N_BOOT
 from ccrcc_grade.core.fileio import atomic_write_text
 from ccrcc_grade.core.paths import EvalFiles, RunDir
 from ccrcc_grade.stats.clinical import table_markdown
-from ccrcc_grade.stats.figures import roc_figure
+from ccrcc_grade.stats.figures import robustness_figure, roc_figure
 from ccrcc_grade.stats.format import format_p
 from ccrcc_grade.stats.predictions import patient_level, read_predictions
 
@@ -218,6 +218,19 @@ def _roc_all(results: dict, out: Path) -> list[tuple[str, Path]]:
         f"{best}: ResNet34 vs SE-ResNet34 (test, patient level)",
     )
     figs.append((f"Figure 4. ROC curves of ResNet34 and SE-ResNet34 on the {best} phase", f4))
+    rb = results.get("box_robustness", {})
+    if rb.get("patients"):
+        f5 = out / "figures" / "box_robustness.png"
+        robustness_figure(
+            rb["patients"], rb["threshold"], f5, f"{Path(rb['model']).name}: P(high) over {rb['k']} plausible box sets"
+        )
+        figs.append(
+            (
+                "Robustness to the box: each test patient's P(high) with the boxes as drawn (dot) and its range "
+                "over the plausible box sets (bar); red where the range crosses the decision threshold",
+                f5,
+            )
+        )
     ev = results.get("evidence", {}).get("figures", {})
     if "decision_curves" in ev:
         figs.append(
