@@ -109,3 +109,61 @@ def test_outputs_that_are_folders_or_unwritable(refused, trained_run, slices_coh
     refused(capsys, ["train", w, "--weights", "none", "--epochs", "1"], "preprocess.json: missing or damaged")
     (tmp_path / "empty").mkdir()
     refused(capsys, ["predict", trained_run, tmp_path / "empty"], "empty folder")
+
+
+def _digest(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        # the audit's case: predict --json pointed at the model file would replace the checkpoint with JSON
+        (lambda run, coh, pid, t: (["predict", run, coh / pid, "--json", run / "best.pt"], run / "best.pt"), "--json"),
+        (
+            lambda run, coh, pid, t: (["predict", run, coh / pid, "--json", _first(coh / pid, "*.json")], None),
+            "is a file inside the input",
+        ),
+        (lambda run, coh, pid, t: (["predict", run, coh / pid, "--cam", coh / pid / "cams"], None), "--cam"),
+        (
+            lambda run, coh, pid, t: (["compare", _preds(t), _preds(t), "--json", _preds(t)], _preds(t)),
+            "is the input",
+        ),
+        (lambda run, coh, pid, t: (["export", run, "--onnx", run / "best.pt"], run / "best.pt"), "--onnx"),
+        (
+            lambda run, coh, pid, t: (["evaluate", "--predictions", _preds(t), "--out", t], _preds(t)),
+            "--out",
+        ),
+    ],
+)
+def test_no_command_writes_over_its_inputs(refused, capsys, trained_run, slices_cohort, tmp_path, make, needle):
+    """One line before anything is computed, and the input untouched."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    pid = sorted(p.name for p in slices_cohort.iterdir() if p.is_dir())[0]
+    coh = tmp_path / "cohort"
+    shutil.copytree(slices_cohort / pid, coh / pid)
+    args, protected = make(run, coh, pid, tmp_path)
+    protected = protected or next((a for a in args if str(a).endswith(".json")), None)
+    before = _digest(protected) if protected is not None and protected.is_file() else None
+    refused(capsys, args, needle)
+    if before is not None:
+        assert _digest(protected) == before
+    assert not (coh / pid / "cams").exists()
+
+
+def _first(folder, pattern):
+    return sorted(folder.rglob(pattern))[0]
+
+
+def _preds(tmp):
+    p = tmp / "predictions.csv"
+    if not p.exists():
+        p.write_text(
+            "patient_id,label,prob_high\n" + "".join(f"P{i},{i % 2},{0.3 + 0.4 * (i % 2)}\n" for i in range(8))
+        )
+    return p

@@ -62,6 +62,21 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
         raise
 
 
+def refuse_overwriting_inputs(outputs: list[tuple[str, Path | str | None]], inputs: list[Path | str | None]) -> None:
+    """Refuse, before anything is computed, an output that would replace an input: the same file,
+    or an existing file inside an input folder (e.g. `predict --json RUN/best.pt`). ``outputs``
+    pairs the flag with the file it writes; None entries are skipped."""
+    srcs = [Path(i).resolve() for i in inputs if i is not None]
+    for flag, out in outputs:
+        if out is None:
+            continue
+        o = Path(out).resolve()
+        for src in srcs:
+            if o == src or (src.is_dir() and o.is_relative_to(src) and o.exists()):
+                what = "is the input" if o == src else f"is a file inside the input {src}"
+                raise CcrccError(f"{flag} {out}: {what}; it would be replaced - write the output elsewhere")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 

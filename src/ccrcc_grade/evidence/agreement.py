@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.core.fileio import atomic_write_json
+from ccrcc_grade.core.fileio import atomic_write_json, refuse_overwriting_inputs
 from ccrcc_grade.core.threshold import policy_of
 from ccrcc_grade.ingest.cache import crop_rois
 from ccrcc_grade.ingest.cohort import Roi
@@ -219,12 +219,7 @@ def format_agreement(a: dict) -> str:
 
 
 def agreement_command(paths: list[str], model: str | None = None, json_out: str | None = None) -> str:
-    if json_out:
-        out = Path(json_out).resolve()
-        for p in paths:
-            src = Path(p).resolve()
-            if out == src or (src.is_dir() and out.is_relative_to(src) and out.name in ("boxes.csv", "clinical.csv")):
-                raise CcrccError(f"--json {json_out}: would overwrite the input {p}")
+    refuse_overwriting_inputs([("--json", json_out)], [*paths, model])
     a = agreement(paths, model)
     if json_out:
         atomic_write_json(Path(json_out), a)

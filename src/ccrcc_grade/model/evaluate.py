@@ -15,7 +15,7 @@ import numpy as np
 
 from ccrcc_grade.core.config import N_BOOT, PreprocessConfig, from_dict, to_dict
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.core.fileio import atomic_write_json
+from ccrcc_grade.core.fileio import atomic_write_json, refuse_overwriting_inputs
 from ccrcc_grade.core.paths import EvalFiles, RunDir
 from ccrcc_grade.core.threshold import (
     DEFAULT_POLICY,
@@ -334,6 +334,8 @@ def evaluate_command(
         if not run:
             raise CcrccError("evaluate needs a RUN folder or --predictions CSV")
         dest = Path(out) if out else eval_dir(run, split, cohort)
+    written = (EvalFiles.METRICS, EvalFiles.PREDICTIONS, EvalFiles.PATIENT_PREDICTIONS)
+    refuse_overwriting_inputs([("--out", dest / f) for f in written], [predictions, val_predictions])
     if not out and (dest / EvalFiles.METRICS).is_file():  # never replace an earlier evaluation (e.g. the study's)
         taken = dest
         dest = next(
@@ -363,6 +365,7 @@ def load_side(x: str | Path, split: str = "test") -> list[dict]:
 
 
 def compare_command(a: str, b: str, json_out: str | None = None, split: str = "test") -> str:
+    refuse_overwriting_inputs([("--json", json_out)], [a, b])
     c = compare(load_side(a, split), load_side(b, split))
     c["a"], c["b"] = str(a), str(b)
     if json_out:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.core.fileio import atomic_write, atomic_write_json
+from ccrcc_grade.core.fileio import atomic_write, atomic_write_json, refuse_overwriting_inputs
 from ccrcc_grade.core.paths import RunDir, WorkDir
 from ccrcc_grade.ingest.cache import CropCache
 from ccrcc_grade.model.card import model_card
@@ -105,6 +105,8 @@ def export_onnx(model_path: Path, out: Path, check: bool = True, int8: bool = Fa
     model_path = Path(model_path)
     if model_path.is_dir():
         model_path = RunDir(model_path).best
+    # the checkpoint read; an earlier export in the run folder may be replaced
+    refuse_overwriting_inputs([("--onnx", out), ("--onnx", Path(out).with_suffix(".card.json"))], [model_path])
     if int8:
         return _export_int8(model_path, Path(out))
     model, ckpt = load_model(model_path, "cpu")

@@ -15,7 +15,7 @@ import numpy as np
 
 from ccrcc_grade.core.config import BOX_K, PreprocessConfig, from_dict
 from ccrcc_grade.core.errors import CcrccError, check_number
-from ccrcc_grade.core.fileio import atomic_write_json
+from ccrcc_grade.core.fileio import atomic_write_json, refuse_overwriting_inputs
 from ccrcc_grade.core.paths import RunDir
 from ccrcc_grade.core.phases import canonical_phase
 from ccrcc_grade.core.threshold import decide, policy_of
@@ -358,6 +358,14 @@ def predict_command(
     device: str = "auto",
     box_k: int = BOX_K,
 ) -> str:
+    inputs = [model, inp, boxes]
+    refuse_overwriting_inputs([("--json", json_out)], inputs)
+    if cam_dir:  # overlays are new files, but never inside the model's or the patient's folder
+        cam = Path(cam_dir).resolve()
+        for i in (model, inp):
+            src = Path(i).resolve()
+            if src.is_dir() and (cam == src or cam.is_relative_to(src)):
+                raise CcrccError(f"--cam {cam_dir}: lies inside the input {i}; write the overlays elsewhere")
     r = predict_patient(
         Path(model),
         Path(inp),

@@ -18,7 +18,7 @@ from scipy.special import gammaln
 
 from ccrcc_grade.core.config import CLINICAL_NORMALITY
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
+from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text, refuse_overwriting_inputs
 from ccrcc_grade.io.clinical import read_clinical
 from ccrcc_grade.stats.format import format_p
 
@@ -203,6 +203,10 @@ def clinical_command(cohort: str, out: str | None = None, normality: str = CLINI
     path = p if p.is_file() else p / "clinical.csv"
     if not path.is_file():
         raise CcrccError(f"{cohort}: no clinical.csv")
+    if out:
+        refuse_overwriting_inputs(
+            [("--out", Path(out) / "clinical_table.json"), ("--out", Path(out) / "clinical_table.md")], [path]
+        )
     t = clinical_table(path, normality)
     md = table_markdown(t)
     if out:

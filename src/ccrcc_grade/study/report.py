@@ -366,7 +366,7 @@ def models_md(models: list[dict]) -> str:
         lines.append(
             f"| {m['name']} | {m['kind']} | {_ci(pt['auc'])} | {_ci(pt['accuracy'])} | "
             f"{_ci(pt['sensitivity'])} | {_ci(pt['specificity'])} | {m['threshold']:.2f} | "
-            f"{b['value']:.3f} ({b['ci95'][0]:.3f}-{b['ci95'][1]:.3f}) | {pt['ece']:.3f} | "
+            f"{_ci(b) if 'n' in b else _ci({**b, 'n': m['n']})} | {pt['ece']:.3f} | "
             f"{_opt(pt['calibration_slope'])} | {_opt(pt['calibration_intercept'])} | {diff} | "
             f"{_p(m.get('delong_p_vs_best_phase'))} | {_p(m.get('delong_p_holm'))} |"
         )
