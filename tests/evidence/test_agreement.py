@@ -71,7 +71,7 @@ def test_grades_of_each_readers_boxes(run_cli, slices_cohort, trained_run, copy_
         (lambda c, t: [c], "at least two readers"),
         (lambda c, t: [c, t / "missing.csv"], "reader's boxes not found"),
         (lambda c, t: [c, _other_slices(t)], "share no boxed slice"),
-        (lambda c, t: [c, c / "reader2_boxes.csv", "--json", c / "reader2_boxes.csv"], "would overwrite the input"),
+        (lambda c, t: [c, c / "reader2_boxes.csv", "--json", c / "reader2_boxes.csv"], "it would be replaced"),
         (lambda c, t: [c, _outside(c, t)], "points outside the cohort folder"),
     ],
 )
