@@ -79,3 +79,21 @@ def test_slow_backends_grade_fewer_boxes_per_slice_within_the_budget(trained_run
     assert 0 <= slow["p_min"] <= slow["p_max"] <= 1
     mid = box_robustness(predictor, rois, 0.5, 0.5, 20, crops_per_s=5 * len(rois))  # 10 boxes per slice fit
     assert mid["per_slice_boxes"] == 10
+
+
+@pytest.mark.parametrize(
+    ("prob", "lo", "hi", "text"),
+    [
+        (0.5049, 0.50, 0.51, "P(high) 0.505, 0.500-0.510"),  # 0.50 beside a HIGH would contradict it
+        (0.4999, 0.45, 0.52, "P(high) 0.4999, 0.4500-0.5200"),
+        (0.71, 0.64, 0.78, "P(high) 0.71, 0.64-0.78"),
+    ],
+)
+def test_robustness_text_agrees_with_the_decision(prob, lo, hi, text):
+    from ccrcc_grade.core.threshold import DEFAULT_POLICY, decide
+    from ccrcc_grade.model.robustness import robustness_text
+
+    r = {"k": 20, "p_min": lo, "p_max": hi, "flip_rate": 0.05, "threshold": 0.5}
+    line = robustness_text(prob, r)
+    assert line == f"{text} over 20 plausible boxes (decision flips in 5%)"
+    assert decide(prob, DEFAULT_POLICY).text.startswith(f"P(high) = {text.split(',')[0].split()[-1]} ")

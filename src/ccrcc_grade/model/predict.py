@@ -290,9 +290,8 @@ def grade_rois(
     }
     if box_k:
         check_number(box_k, "plausible boxes (--box-k)", 2, 1000, integer=True)
-        result["box_robustness"] = box_robustness(
-            predictor, rois, float(pp[0]), policy.threshold, int(box_k), crops_per_s=rate
-        )
+        b = box_robustness(predictor, rois, float(pp[0]), policy.threshold, int(box_k), crops_per_s=rate)
+        result["box_robustness"] = b | {"text": robustness_text(float(pp[0]), b)}
     if cam_dir is not None:
         if predictor.checkpoint is None:
             raise CcrccError("--cam needs the PyTorch model (best.pt), not an ONNX file")

@@ -117,14 +117,21 @@ def box_robustness(
             else "each box side moved independently within the study's 1-2 mm rule (triangular, +-1 mm)"
         ),
         "per_slice_boxes": int(m),
+        "threshold": float(threshold),
         "seed": seed,
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
 
 def robustness_text(prob: float, r: dict) -> str:
-    """'P(high) 0.71, 0.64-0.78 over 20 plausible boxes (decision flips in 5%)'."""
+    """'P(high) 0.71, 0.64-0.78 over 20 plausible boxes (decision flips in 5%)', with as many
+    decimals as it takes for the probability to show its side of the threshold (0.5049 against
+    0.50 reads 0.505, never 0.50 beside a HIGH)."""
+    t = r.get("threshold")
+    digits = 2
+    while t is not None and digits < 15 and (round(prob, digits) == round(t, digits)) != (prob == t):
+        digits += 1  # the rule of threshold.decide, so both lines print the same digits
     return (
-        f"P(high) {prob:.2f}, {r['p_min']:.2f}-{r['p_max']:.2f} over {r['k']} plausible boxes "
-        f"(decision flips in {100 * r['flip_rate']:.0f}%)"
+        f"P(high) {prob:.{digits}f}, {r['p_min']:.{digits}f}-{r['p_max']:.{digits}f} over {r['k']} plausible "
+        f"boxes (decision flips in {100 * r['flip_rate']:.0f}%)"
     )

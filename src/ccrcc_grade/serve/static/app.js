@@ -315,8 +315,7 @@ function renderResult() {
     const b = r.box_robustness, div = document.createElement("div");
     div.id = "robustness";
     div.title = b.method;
-    div.textContent = `P(high) ${r.prob_high.toFixed(2)}, ${b.p_min.toFixed(2)}-${b.p_max.toFixed(2)} over ` +
-      `${b.k} plausible boxes (decision flips in ${Math.round(100 * b.flip_rate)}%)`;
+    div.textContent = b.text;  // the server's wording: the same digits as the decision above
     $("decision").after(div);
   }
   document.querySelectorAll("#result tr[data-sop]").forEach((tr) => tr.addEventListener("click", () => {
