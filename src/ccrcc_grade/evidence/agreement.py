@@ -178,13 +178,14 @@ def agreement(paths: list[str], model: str | None = None, device: str = "auto", 
     return out
 
 
-def icc_text(x: dict) -> str:
-    """'0.984 [0.978, 0.988]', or why there is no value or no interval."""
+def icc_text(x: dict, interval: str = "[{lo:.3f}, {hi:.3f}]") -> str:
+    """'0.984 [0.978, 0.988]' (``interval`` sets how the CI reads), or why there is no value or
+    no interval."""
     if x["value"] is None:
         return x["note"]
     if x["ci95"] is None:
         return f"{x['value']:.3f} ({x['ci_note']})"
-    return f"{x['value']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"
+    return f"{x['value']:.3f} " + interval.format(lo=x["ci95"][0], hi=x["ci95"][1])
 
 
 def format_agreement(a: dict) -> str:

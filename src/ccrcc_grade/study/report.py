@@ -13,6 +13,7 @@ import numpy as np
 from ccrcc_grade.core.config import LOGISTIC_C, N_BOOT
 from ccrcc_grade.core.fileio import atomic_write_text
 from ccrcc_grade.core.paths import EvalFiles, RunDir
+from ccrcc_grade.evidence.agreement import icc_text
 from ccrcc_grade.stats.clinical import table_markdown
 from ccrcc_grade.stats.figures import robustness_figure, roc_figure
 from ccrcc_grade.stats.format import format_p
@@ -416,11 +417,7 @@ def _models_text(results: dict) -> list[str]:
 
 
 def _icc_cell(e: dict) -> str:
-    if e["value"] is None:
-        return e["note"]
-    if e["ci95"] is None:
-        return f"{e['value']:.3f} ({e['ci_note']})"
-    return f"{e['value']:.3f} ({e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})"
+    return icc_text(e, "({lo:.3f}-{hi:.3f})")  # the report's interval style
 
 
 def agreement_md(a: dict) -> list[str]:
