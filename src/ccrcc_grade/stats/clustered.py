@@ -29,23 +29,18 @@ from scipy import stats
 
 from ccrcc_grade.core.config import N_BOOT
 from ccrcc_grade.stats.metrics import MIN_DELONG_PER_CLASS, obuchowski, placement_values
-from ccrcc_grade.stats.resample import cluster_index, strata_members, stratified_cluster_resample
-
-
-def cluster_counts(y: np.ndarray, clusters: list[str] | np.ndarray) -> tuple[int, int]:
-    """Patients with at least one high-grade unit, patients with at least one low-grade unit."""
-    inv, n_clusters = cluster_index(clusters)
-    y = np.asarray(y).astype(int)
-    return (
-        int(np.sum(np.bincount(inv[y == 1], minlength=n_clusters) > 0)),
-        int(np.sum(np.bincount(inv[y == 0], minlength=n_clusters) > 0)),
-    )
+from ccrcc_grade.stats.resample import (
+    cluster_index,
+    patients_per_grade,
+    strata_members,
+    stratified_cluster_resample,
+)
 
 
 def clustered_auc_test(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, clusters: list[str] | np.ndarray) -> dict:
     """Paired test of AUC(a) = AUC(b) on the same slices with Obuchowski's clustered covariance."""
     y = np.asarray(y).astype(int)
-    n_high, n_low = cluster_counts(y, clusters)
+    n_high, n_low = patients_per_grade(y, clusters)
     base = {"test": "Obuchowski clustered AUC (patients as clusters)", "n_patients_high": n_high}
     base["n_patients_low"] = n_low
     if min(n_high, n_low) < MIN_DELONG_PER_CLASS:
@@ -72,7 +67,13 @@ def clustered_auc_test(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, clusters
             "reason": "not estimable: zero variance of the AUC difference (both models order the slices alike)",
         }
     z = diff / math.sqrt(var)
-    return out | {"z": float(z), "p": float(2 * stats.norm.sf(abs(z))), "se": math.sqrt(var), "estimable": True}
+    h = stats.norm.ppf(0.975) * math.sqrt(var)
+    return out | {
+        "z": float(z),
+        "p": float(2 * stats.norm.sf(abs(z))),
+        "auc_diff_ci95": [diff - h, diff + h],  # the interval of the same variance, so it agrees with P
+        "estimable": True,
+    }
 
 
 def _auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:

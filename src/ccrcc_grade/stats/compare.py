@@ -8,11 +8,10 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from scipy import stats
 
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.stats.clustered import cluster_bootstrap_auc_diff, clustered_auc_test, clustered_mcnemar
-from ccrcc_grade.stats.format import format_p
+from ccrcc_grade.stats.format import format_p, signed
 from ccrcc_grade.stats.metrics import delong_paired_test, mcnemar
 from ccrcc_grade.stats.predictions import is_image_level, patient_level
 
@@ -69,27 +68,21 @@ def compare_level(a: list[dict], b: list[dict], key: Callable[[dict], object], c
         pids = [da[k]["patient_id"] for k in common]
         out["n_patients"] = len(set(pids))
         d = clustered_auc_test(y, pa, pb, pids)
-        ci, ci_method = [math.nan, math.nan], "Obuchowski"  # the interval that goes with the test's P
-        if d["estimable"]:
-            h = stats.norm.ppf(0.975) * d["se"]
-            ci = [d["auc_diff"] - h, d["auc_diff"] + h]
+        ci_method = "Obuchowski"  # the interval of the test's own variance, so it agrees with its P
         boot = cluster_bootstrap_auc_diff(y, pa, pb, pids)
         out["auc_diff_bootstrap_ci95"] = boot["ci95"]
         out["bootstrap"] = {k: boot[k] for k in ("method", "resamples", "resamples_used", "seed")}
         mc = clustered_mcnemar(ca, cb, pids)
     else:
         out["n_patients"] = len(common)
-        d = delong_paired_test(y, pa, pb)
-        d["test"] = "DeLong paired"
-        ci, ci_method = d["auc_diff_ci95"], "DeLong"
+        d = delong_paired_test(y, pa, pb) | {"test": "DeLong paired"}
+        ci_method = "DeLong"
         mc = mcnemar(ca, cb) | {"test": "McNemar exact (binomial)"}
-    if not d["estimable"]:
-        ci = [math.nan, math.nan]
     return out | {
         "auc_a": d["auc_a"],
         "auc_b": d["auc_b"],
         "auc_diff": d["auc_diff"],
-        "auc_diff_ci95": ci,
+        "auc_diff_ci95": d["auc_diff_ci95"] if d["estimable"] else [math.nan, math.nan],
         "auc_diff_ci_method": ci_method if d["estimable"] else "none",
         "auc_test": d["test"],
         "auc_z": d["z"],
@@ -118,10 +111,6 @@ def compare(a_rows: list[dict], b_rows: list[dict]) -> dict:
     return out
 
 
-def _signed(v: float) -> str:
-    return f"{v + 0.0:+.3f}"  # + 0.0: never '-0.000'
-
-
 def format_comparison(c: dict, name_a: str, name_b: str) -> str:
     lines = [f"A = {name_a}", f"B = {name_b}"]
     for lv in ("patient", "image"):
@@ -130,16 +119,16 @@ def format_comparison(c: dict, name_a: str, name_b: str) -> str:
         x = c[lv]
         if x["auc_estimable"]:
             lo, hi = x["auc_diff_ci95"]
-            auc = f"[{_signed(lo)}, {_signed(hi)}] ({x['auc_diff_ci_method']}"
+            auc = f"[{signed(lo)}, {signed(hi)}] ({x['auc_diff_ci_method']}"
             if "auc_diff_bootstrap_ci95" in x:
                 blo, bhi = x["auc_diff_bootstrap_ci95"]
-                auc += f"; patient-cluster bootstrap [{_signed(blo)}, {_signed(bhi)}]"
+                auc += f"; patient-cluster bootstrap [{signed(blo)}, {signed(bhi)}]"
             auc += f"); {x['auc_test']} P {format_p(x['auc_p'])}"
         else:
             auc = f"{x['auc_test']} {x['auc_note']}"
         n = f"n={x['n']}" + (f" slices of {x['n_patients']} patients" if lv == "image" else " patients")
         lines.append(
-            f"{lv:<8} {n}: AUC A {x['auc_a']:.3f} B {x['auc_b']:.3f} diff {_signed(x['auc_diff'])} {auc}; "
+            f"{lv:<8} {n}: AUC A {x['auc_a']:.3f} B {x['auc_b']:.3f} diff {signed(x['auc_diff'])} {auc}; "
             f"ACC A {x['acc_a']:.3f} B {x['acc_b']:.3f}, {x['accuracy_test']} P {format_p(x['accuracy_p'])}"
         )
         if x["only_in_a"] or x["only_in_b"]:

@@ -21,3 +21,8 @@ def format_p(p: float | None) -> str:
     while digits < 6 and (round(p, digits) < ALPHA) != (p < ALPHA):
         digits += 1
     return f"{p:.{digits}f}"
+
+
+def signed(v: float) -> str:
+    """'+0.344', '-0.016': a difference with its sign, never '-0.000'."""
+    return f"{v + 0.0:+.3f}"

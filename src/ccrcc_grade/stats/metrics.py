@@ -17,7 +17,7 @@ from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
 
 from ccrcc_grade.core.config import N_BOOT
 from ccrcc_grade.core.threshold import DEFAULT_THRESHOLD
-from ccrcc_grade.stats.resample import cluster_index, strata_members, stratified_cluster_resample
+from ccrcc_grade.stats.resample import cluster_index, patients_per_grade, strata_members, stratified_cluster_resample
 
 
 def safe_auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -111,15 +111,20 @@ def obuchowski(y: np.ndarray, scores: np.ndarray, clusters: list[str] | np.ndarr
     return aucs, cov
 
 
+def wald_auc_ci(auc: float, var: float, level: float = 0.95) -> tuple[float, float]:
+    """AUC +- z x SE (normal approximation), clipped to [0, 1]: DeLong's and Obuchowski's intervals."""
+    z = stats.norm.ppf(0.5 + level / 2)
+    se = math.sqrt(max(var, 0.0))
+    return max(0.0, auc - z * se), min(1.0, auc + z * se)
+
+
 def obuchowski_ci(
     y: np.ndarray, p: np.ndarray, clusters: list[str] | np.ndarray, level: float = 0.95
 ) -> tuple[float, float]:
     """Confidence interval of an image-level AUC with Obuchowski's clustered variance (normal
     approximation, clipped to [0, 1]); needs >= 2 patients of each class."""
     auc, cov = obuchowski(y, p, clusters)
-    z = stats.norm.ppf(0.5 + level / 2)
-    se = math.sqrt(max(cov[0, 0], 0.0))
-    return max(0.0, float(auc[0]) - z * se), min(1.0, float(auc[0]) + z * se)
+    return wald_auc_ci(float(auc[0]), float(cov[0, 0]), level)
 
 
 MIN_CI_PER_CLASS = 2  # DeLong's variance needs two cases of each class (pROC gives no interval below)
@@ -132,9 +137,7 @@ def delong_ci(y: np.ndarray, p: np.ndarray, level: float = 0.95) -> tuple[float,
     if min(int(np.sum(y == 1)), int(np.sum(y == 0))) < MIN_CI_PER_CLASS:
         return None
     auc, cov = delong(y, p)
-    z = stats.norm.ppf(0.5 + level / 2)
-    se = math.sqrt(max(cov[0, 0], 0.0))
-    return max(0.0, float(auc[0]) - z * se), min(1.0, float(auc[0]) + z * se)
+    return wald_auc_ci(float(auc[0]), float(cov[0, 0]), level)
 
 
 MIN_DELONG_PER_CLASS = 3  # fewer cases of a grade give no usable variance estimate
@@ -318,7 +321,7 @@ def bootstrap_metrics(
         return ([float(np.percentile(a, lo_q)), float(np.percentile(a, hi_q))] if len(a) else [math.nan] * 2), len(a)
 
     one_per_patient = n_patients == len(y)
-    pat_high, pat_low = _patients_per_grade(y, strata)
+    pat_high, pat_low = patients_per_grade(y, groups)
     pred = p >= threshold
     # denominators: every interval is reported with the number of cases it rests on
     counts = {"accuracy": (np.sum(pred == y.astype(bool)), len(y))}
@@ -360,6 +363,7 @@ def bootstrap_metrics(
                     int(np.sum(y == (c == "high"))),
                     int(np.sum(y != (c == "high"))),
                 )
+                del entry["resamples"], entry["resamples_used"]  # AUC intervals are not bootstrapped
                 if min(pat_high, pat_low) < MIN_CI_PER_CLASS:
                     entry["ci95"] = [math.nan, math.nan]
                     entry["ci_method"] = "none"
@@ -367,12 +371,10 @@ def bootstrap_metrics(
                         f"no CI: {pat_high} high- and {pat_low} low-grade patients; an AUC interval needs "
                         f">= {MIN_CI_PER_CLASS} of each"
                     )
-                    entry.pop("resamples", None), entry.pop("resamples_used", None)
                 else:  # DeLong for independent patients, Obuchowski's clustered variance for slices
                     yc, pc = (y, p) if c == "high" else (1 - y, 1 - p)
                     entry["ci95"] = list(delong_ci(yc, pc, level) if one_per_patient else obuchowski_ci(yc, pc, groups))
                     entry["ci_method"] = "DeLong" if one_per_patient else "Obuchowski (patients as clusters)"
-                    entry.pop("resamples", None), entry.pop("resamples_used", None)
             lo, hi = entry["ci95"]
             if np.isfinite(lo) and np.isfinite(hi) and lo == hi:
                 entry["degenerate"] = True  # e.g. AUC 1.0 on a few patients: zero variance, not certainty
@@ -383,13 +385,6 @@ def bootstrap_metrics(
     result["threshold"] = float(threshold)
     result["bootstrap"] = {"resamples": n_boot, "seed": seed, "unit": "patient", "stratified_by": "grade"}
     return result
-
-
-def _patients_per_grade(y: np.ndarray, strata: list[list[np.ndarray]]) -> tuple[int, int]:
-    """Patients with a high-grade unit, patients with a low-grade unit."""
-    high = sum(1 for s in strata for m in s if np.any(y[m] == 1))
-    low = sum(1 for s in strata for m in s if np.any(y[m] == 0))
-    return high, low
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:

@@ -35,3 +35,13 @@ def stratified_cluster_resample(strata: list[list[np.ndarray]], rng: np.random.G
         pick = rng.integers(0, len(members), len(members))
         parts.extend(members[j] for j in pick)
     return np.concatenate(parts)
+
+
+def patients_per_grade(y: np.ndarray, clusters: list[str] | np.ndarray) -> tuple[int, int]:
+    """Patients with at least one high-grade unit, patients with at least one low-grade unit."""
+    inv, n_clusters = cluster_index(clusters)
+    y = np.asarray(y).astype(int)
+    return (
+        int(np.sum(np.bincount(inv[y == 1], minlength=n_clusters) > 0)),
+        int(np.sum(np.bincount(inv[y == 0], minlength=n_clusters) > 0)),
+    )

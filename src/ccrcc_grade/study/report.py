@@ -16,7 +16,7 @@ from ccrcc_grade.core.paths import EvalFiles, RunDir
 from ccrcc_grade.evidence.agreement import icc_text
 from ccrcc_grade.stats.clinical import table_markdown
 from ccrcc_grade.stats.figures import robustness_figure, roc_figure
-from ccrcc_grade.stats.format import format_p
+from ccrcc_grade.stats.format import format_p, signed
 from ccrcc_grade.stats.predictions import patient_level, read_predictions
 
 METRIC_COLS = [
@@ -52,10 +52,6 @@ def _ci(e: dict) -> str:
     if used is not None and used < e.get("resamples", used):
         n += f", {used} of {e['resamples']} resamples usable"
     return f"{v:.3f} ({lo:.3f}-{hi:.3f}, {n})"
-
-
-def _signed(v: float) -> str:
-    return f"{v + 0.0:+.3f}"  # + 0.0: never '-0.000'
 
 
 def _dataset_md(ds: dict) -> str:
@@ -133,10 +129,10 @@ def _comparison_md(c: dict) -> str:
         if lv in c:
             x = c[lv]
             ci = (
-                f"({_signed(x['auc_diff_ci95'][0])} to {_signed(x['auc_diff_ci95'][1])}, {x['auc_diff_ci_method']}"
+                f"({signed(x['auc_diff_ci95'][0])} to {signed(x['auc_diff_ci95'][1])}, {x['auc_diff_ci_method']}"
                 + (
-                    f"; patient-cluster bootstrap {_signed(x['auc_diff_bootstrap_ci95'][0])} to "
-                    f"{_signed(x['auc_diff_bootstrap_ci95'][1])}"
+                    f"; patient-cluster bootstrap {signed(x['auc_diff_bootstrap_ci95'][0])} to "
+                    f"{signed(x['auc_diff_bootstrap_ci95'][1])}"
                     if "auc_diff_bootstrap_ci95" in x
                     else ""
                 )
@@ -147,7 +143,7 @@ def _comparison_md(c: dict) -> str:
             p = format_p(x["auc_p"]) if x["auc_estimable"] else x["auc_note"]
             n = f"{x['n']} patients" if lv == "patient" else f"{x['n']} slices of {x['n_patients']} patients"
             lines.append(
-                f"| {lv} | {n} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {_signed(x['auc_diff'])} {ci} | "
+                f"| {lv} | {n} | {x['auc_a']:.3f} | {x['auc_b']:.3f} | {signed(x['auc_diff'])} {ci} | "
                 f"{x['auc_test']} | {p} | {x['acc_a']:.3f} | {x['acc_b']:.3f} | {x['accuracy_test']} | "
                 f"{format_p(x['accuracy_p'])} |"
             )
@@ -284,13 +280,13 @@ def _summary_md(results: dict) -> list[str]:
         c = results.get("comparison", {}).get("patient")
         if c and c["auc_estimable"]:
             lines.append(
-                f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} "
-                f"({_signed(c['auc_diff_ci95'][0])} to {_signed(c['auc_diff_ci95'][1])}), "
+                f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {signed(c['auc_diff'])} "
+                f"({signed(c['auc_diff_ci95'][0])} to {signed(c['auc_diff_ci95'][1])}), "
                 f"DeLong P = {format_p(c['auc_p'])} on {c['n']} patients."
             )
         elif c:
             lines.append(
-                f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {_signed(c['auc_diff'])} on "
+                f"- **SE-ResNet34 minus ResNet34 ({best}):** patient AUC {signed(c['auc_diff'])} on "
                 f"{c['n']} patients; DeLong's test {c['auc_note']}."
             )
     if results.get("models"):
@@ -356,9 +352,9 @@ def models_md(models: list[dict]) -> str:
             "reference"
             if d is None
             else (
-                f"{_signed(d['value'])} ({_signed(d['ci95'][0])} to {_signed(d['ci95'][1])})"
+                f"{signed(d['value'])} ({signed(d['ci95'][0])} to {signed(d['ci95'][1])})"
                 if _num(d["ci95"][0])
-                else f"{_signed(d['value'])} (n/e)"
+                else f"{signed(d['value'])} (n/e)"
             )
             if _num(d["value"])
             else "n/e"

@@ -38,7 +38,7 @@ from ccrcc_grade.model.inference import read_checkpoint
 from ccrcc_grade.model.train import cohort_identity, fit, resume
 from ccrcc_grade.stats.clinical import clinical_table
 from ccrcc_grade.stats.compare import compare
-from ccrcc_grade.stats.format import format_p
+from ccrcc_grade.stats.format import format_p, signed
 from ccrcc_grade.stats.metrics import delong_ci, metric, metric_value, safe_auc
 from ccrcc_grade.stats.predictions import patient_level, read_predictions
 from ccrcc_grade.study.report import write_report
@@ -485,14 +485,14 @@ def limitations(results: dict) -> str:
         c = results.get("comparison", {}).get("patient")
         if c:
             verdict = (
-                f"95% CI {c['auc_diff_ci95'][0] + 0.0:+.3f} to {c['auc_diff_ci95'][1] + 0.0:+.3f}, "
+                f"95% CI {signed(c['auc_diff_ci95'][0])} to {signed(c['auc_diff_ci95'][1])}, "
                 f"{c['auc_test']} P = {format_p(c['auc_p'])}, one pre-specified comparison on {c['n']} patients"
                 if c["auc_estimable"]
                 else f"{c['auc_test']} {c['auc_note']}"
             )
             parts.append(
                 f"SE-ResNet34 minus ResNet34 on the {results['best_phase']} phase: patient AUC difference "
-                f"{c['auc_diff'] + 0.0:+.3f} ({verdict})."
+                f"{signed(c['auc_diff'])} ({verdict})."
             )
     parts.append(
         "Image-level intervals and tests keep each patient's slices together (patient-cluster bootstrap, "
