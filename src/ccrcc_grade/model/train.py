@@ -42,7 +42,7 @@ from ccrcc_grade.model.inference import (
     resolve_device,
 )
 from ccrcc_grade.model.registry import create_model, uses_imagenet_norm
-from ccrcc_grade.stats.metrics import aggregate_patients, delong_ci, safe_auc
+from ccrcc_grade.stats.metrics import aggregate_patients, auc_with_ci, safe_auc
 
 LOG_COLUMNS = [
     "epoch",
@@ -288,21 +288,6 @@ def validate(
     return metrics, (pat_y, pat_p)
 
 
-def validation_auc_ci(y: np.ndarray, p: np.ndarray) -> dict:
-    """The validation patient AUC with its DeLong CI and the numbers it rests on (no CI with fewer
-    than two patients of a grade)."""
-    y = np.asarray(y).astype(int)
-    auc = safe_auc(y, p)
-    ci = delong_ci(y, p) if auc is not None else None
-    return {
-        "auc": None if auc is None else float(auc),
-        "ci95": [float(v) for v in ci] if ci else None,  # plain floats: last.pt loads with weights_only
-        "ci_method": "DeLong" if ci else "none (fewer than 2 patients of a grade)",
-        "n": int(len(y)),
-        "n_high": int(np.sum(y == 1)),
-    }
-
-
 def _selection_score(metrics: dict, how: str) -> tuple[float, float]:
     """Higher is better. AUC first; ties (common with few validation patients, where the AUC
     saturates at 1.0) are broken by the lower validation loss."""
@@ -435,7 +420,7 @@ def _fit(cfg: TrainConfig, resume_state: dict | None) -> dict | None:
         improved = score > best_score
         if improved:
             best_score, best_epoch = score, epoch
-            best_val_patients = validation_auc_ci(val_y, val_p)
+            best_val_patients = auc_with_ci(val_y, val_p)
         if ddp.main:
             meta = {**meta_base, "epoch": epoch, "val": val, "best_epoch": best_epoch}
             if improved:  # the threshold policy on this epoch's validation patients (see threshold.py)

@@ -140,6 +140,22 @@ def delong_ci(y: np.ndarray, p: np.ndarray, level: float = 0.95) -> tuple[float,
     return wald_auc_ci(float(auc[0]), float(cov[0, 0]), level)
 
 
+def auc_with_ci(y: np.ndarray, p: np.ndarray) -> dict:
+    """A patient AUC with its DeLong CI and the numbers it rests on - {"value", "ci95", "ci_method",
+    "n", "n_high"} in plain floats (it is stored in checkpoints); value None with one grade, no CI
+    with fewer than ``MIN_CI_PER_CLASS`` patients of a grade."""
+    y = np.asarray(y).astype(int)
+    auc = safe_auc(y, p)
+    ci = delong_ci(y, p) if auc is not None else None
+    return {
+        "value": auc,
+        "ci95": [float(v) for v in ci] if ci else None,
+        "ci_method": "DeLong" if ci else "none (fewer than 2 patients of a grade)",
+        "n": int(len(y)),
+        "n_high": int(np.sum(y == 1)),
+    }
+
+
 MIN_DELONG_PER_CLASS = 3  # fewer cases of a grade give no usable variance estimate
 
 

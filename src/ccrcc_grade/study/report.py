@@ -150,13 +150,13 @@ def _comparison_md(c: dict) -> str:
     return "\n".join(lines)
 
 
-def _val_auc_text(phase: str, auc: float, detail: dict | None) -> str:
-    """'plain 0.812 (0.640-0.930, n=12, 4 high)'; without a CI it says why."""
+def _auc_ci_text(auc: float, detail: dict | None) -> str:
+    """'0.812 (0.640-0.930, n=12, 4 high)' from ``metrics.auc_with_ci``; without a CI it says so."""
     if not detail:
-        return f"{phase} {auc:.3f}"
+        return f"{auc:.3f}"
     n = f"n={detail['n']}, {detail['n_high']} high"
     ci = detail.get("ci95")
-    return f"{phase} {auc:.3f} ({ci[0]:.3f}-{ci[1]:.3f}, {n})" if ci else f"{phase} {auc:.3f} (no CI, {n})"
+    return f"{auc:.3f} ({ci[0]:.3f}-{ci[1]:.3f}, {n})" if ci else f"{auc:.3f} (no CI, {n})"
 
 
 def _cv_md(cv: dict) -> str:
@@ -172,9 +172,7 @@ def _cv_md(cv: dict) -> str:
             s = r["cv"][lv]
             extra = " |  |  |"
             if lv == "patient" and pooled and pooled["value"] is not None:
-                ci = pooled["ci95"]
-                auc = f"{pooled['value']:.3f} " + (f"({ci[0]:.3f}-{ci[1]:.3f}, " if ci else "(no CI, ")
-                extra = f" | {per_fold} | {auc}n={pooled['n']}, {pooled['n_high']} high) |"
+                extra = f" | {per_fold} | {_auc_ci_text(pooled['value'], pooled)} |"
             lines.append(
                 f"| {name} | {lv} | "
                 + " | ".join(
@@ -652,7 +650,7 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
             f"Best phase: **{results['best_phase']}** ({results['best_phase_rule']}). {_tie_sentence(results)} "
             "Validation patient AUC of ResNet34 per phase (DeLong 95% CI, validation patients): "
             + ", ".join(
-                _val_auc_text(k, v, results.get("val_auc_resnet34_ci", {}).get(k))
+                f"{k} {_auc_ci_text(v, results.get('val_auc_resnet34_ci', {}).get(k))}"
                 for k, v in results["val_auc_resnet34"].items()
             )
             + ".",

@@ -39,7 +39,7 @@ from ccrcc_grade.model.train import cohort_identity, fit, resume
 from ccrcc_grade.stats.clinical import clinical_table
 from ccrcc_grade.stats.compare import compare
 from ccrcc_grade.stats.format import format_p, signed
-from ccrcc_grade.stats.metrics import delong_ci, metric, metric_value, safe_auc
+from ccrcc_grade.stats.metrics import auc_with_ci, metric, metric_value
 from ccrcc_grade.stats.predictions import patient_level, read_predictions
 from ccrcc_grade.study.report import write_report
 
@@ -402,11 +402,7 @@ def _pooled_auc(runs: list[Path]) -> dict:
     """The patient AUC of the out-of-fold predictions pooled over the folds (each patient is tested
     once), with its DeLong CI: the interval the fold means cannot give (folds share training data)."""
     rows = [r for run in runs for r in patient_level(read_predictions(RunDir(run).predictions("test")))]
-    y = np.array([r["label"] for r in rows], dtype=int)
-    p = np.array([r["prob_high"] for r in rows], dtype=float)
-    auc = safe_auc(y, p)
-    ci = delong_ci(y, p) if auc is not None else None
-    return {"value": auc, "ci95": list(ci) if ci else None, "n": int(len(y)), "n_high": int(y.sum())}
+    return auc_with_ci(np.array([r["label"] for r in rows]), np.array([r["prob_high"] for r in rows]))
 
 
 def _cross_validation(work: Path, out: Path, phases: list[str], protocol: StudyProtocol, opts: StudyOptions) -> dict:
