@@ -217,6 +217,15 @@ class Decision:
     text: str  # "P(high) = 0.83 >= 0.50 (study default) -> HIGH"
 
 
+def decision_digits(p: float, t: float) -> int:
+    """Decimals (at least 2) that print ``p`` and the threshold ``t`` so they show the comparison
+    that was made: 0.5049 against 0.5 reads 0.505, never 0.50."""
+    digits = 2
+    while digits < 15 and (round(p, digits) == round(t, digits)) != (p == t):
+        digits += 1
+    return digits
+
+
 def decide(prob: float, policy: ThresholdPolicy) -> Decision:
     """The grade for one patient probability, in words that cannot contradict the numbers."""
     p, t = float(prob), policy.threshold
@@ -229,7 +238,5 @@ def decide(prob: float, policy: ThresholdPolicy) -> Decision:
         )
     grade = "high" if p >= t else "low"
     rel = ">=" if grade == "high" else "<"
-    digits = 2  # enough digits that the printed numbers show the comparison that was made
-    while digits < 15 and (round(p, digits) == round(t, digits)) != (p == t):
-        digits += 1
+    digits = decision_digits(p, t)
     return Decision(grade, f"P(high) = {p:.{digits}f} {rel} {t:.{digits}f} ({policy.label}) -> {grade.upper()}")

@@ -338,7 +338,7 @@ def format_result(r: dict) -> str:
         f"{r['model'].get('backend') or 'backend n/a'})"
     )
     if "box_robustness" in r:
-        lines.append(f"box: {robustness_text(r['prob_high'], r['box_robustness'])}")
+        lines.append(f"box: {r['box_robustness']['text']}")
     lines += [f"warning: {w}" for w in r["warnings"]]
     return "\n".join(lines)
 

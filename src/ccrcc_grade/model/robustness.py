@@ -19,6 +19,7 @@ import numpy as np
 
 from ccrcc_grade.core.config import BOX_K
 from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.threshold import decision_digits
 from ccrcc_grade.ingest.cache import crop_rois
 from ccrcc_grade.ingest.cohort import Roi
 from ccrcc_grade.io.boxes import Box
@@ -127,10 +128,7 @@ def robustness_text(prob: float, r: dict) -> str:
     """'P(high) 0.71, 0.64-0.78 over 20 plausible boxes (decision flips in 5%)', with as many
     decimals as it takes for the probability to show its side of the threshold (0.5049 against
     0.50 reads 0.505, never 0.50 beside a HIGH)."""
-    t = r.get("threshold")
-    digits = 2
-    while t is not None and digits < 15 and (round(prob, digits) == round(t, digits)) != (prob == t):
-        digits += 1  # the rule of threshold.decide, so both lines print the same digits
+    digits = decision_digits(prob, r["threshold"])  # as threshold.decide prints the grade's line
     return (
         f"P(high) {prob:.{digits}f}, {r['p_min']:.{digits}f}-{r['p_max']:.{digits}f} over {r['k']} plausible "
         f"boxes (decision flips in {100 * r['flip_rate']:.0f}%)"

@@ -28,7 +28,6 @@ from ccrcc_grade.ingest.preprocess import window_to_uint8
 from ccrcc_grade.io.boxes import Box
 from ccrcc_grade.model.card import DISCLAIMER
 from ccrcc_grade.model.predict import grade_rois
-from ccrcc_grade.model.robustness import robustness_text
 from ccrcc_grade.serve.models import ModelRegistry
 from ccrcc_grade.serve.pacs import Pacs, PacsError
 from ccrcc_grade.serve.store import NotFound, StudyStore, TooLarge, UploadLimits
@@ -357,7 +356,7 @@ def report_html(result: dict, card: dict, cam_dir: Path) -> str:
     title = f"ccrcc-grade report {e(result['patient_id'])}"
     b = result.get("box_robustness")
     robust = (
-        f"<p id='robustness'>{e(robustness_text(result['prob_high'], b))}: how much the grade depends on where "
+        f"<p id='robustness'>{e(b['text'])}: how much the grade depends on where "
         f"exactly the boxes were drawn ({e(b['method'])}).</p>"
         if b
         else ""
