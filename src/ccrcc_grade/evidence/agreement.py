@@ -33,12 +33,14 @@ Key = tuple[str, str, str]  # patient, phase, file relative to the reader's root
 
 @dataclasses.dataclass
 class Reader:
-    """One reader's boxes: key -> box, and the cohort (for images) when the reader is a folder."""
+    """One reader's boxes: key -> box; the cohort folder whose images they box, when there is one,
+    and its ROIs when this reader was read from it (so the cohort is read once)."""
 
     name: str
     boxes: dict[Key, Box]
     cohort_root: Path | None
     multiple: int = 0  # slices where this reader drew more than one box (the largest is compared)
+    rois: dict[Key, Roi] | None = None
 
 
 def _keep_largest(boxes: dict[Key, Box], key: Key, box: Box) -> bool:
@@ -60,16 +62,19 @@ def read_reader(path: Path | str, root: Path | None = None) -> Reader:
             key = (r["patient_id"], r["phase"], str(Path(r["file"]).relative_to(root)))
             multiple += _keep_largest(boxes, key, r["box"])
         cohort_root = root if (root / "clinical.csv").is_file() else None
+        rois = None
     elif path.is_dir():
-        cohort = read_cohort(path)
-        for roi in cohort.rois:
-            multiple += _keep_largest(boxes, (roi.patient_id, roi.phase, roi.source), roi.box)
+        rois = {}
+        for roi in read_cohort(path).rois:
+            key = (roi.patient_id, roi.phase, roi.source)
+            multiple += _keep_largest(boxes, key, roi.box)
+            rois[key] = roi
         cohort_root = path.resolve()
     else:
         raise CcrccError(f"{path}: reader's boxes not found (give a cohort folder or a boxes.csv file)")
     if not boxes:
         raise CcrccError(f"{path}: no boxes")
-    return Reader(str(path), boxes, cohort_root, multiple)
+    return Reader(str(path), boxes, cohort_root, multiple, rois)
 
 
 def _spacing(rois: dict[Key, Roi], key: Key) -> tuple[float, float]:
@@ -116,18 +121,20 @@ def box_agreement(readers: list[Reader], rois: dict[Key, Roi] | None = None) -> 
             "slices_one_reader_only": int(sum(r["slices_one_reader_only"] for r in ranges)),
             "slices_per_reader": [len(r.boxes) for r in readers],
         },
-        "side_differences_mm": summary(side_diffs),
+        "side_differences_mm": summary(side_diffs) | {"values": [round(v, 3) for v in side_diffs]},
         "multiple_boxes_per_slice": [r.multiple for r in readers],
-        "_side_diffs": side_diffs,
     }
 
 
 def template_rois(readers: list[Reader]) -> dict[Key, Roi]:
-    """The ROIs (how to decode each slice) of the first reader with a cohort folder."""
-    root = next((r.cohort_root for r in readers if r.cohort_root is not None), None)
-    if root is None:
+    """The ROIs (how to decode each slice) of the first reader with a cohort folder: those it was
+    read with, or - for a CSV lying in a cohort folder - the cohort's, read now."""
+    first = next((r for r in readers if r.cohort_root is not None), None)
+    if first is None:
         return {}
-    return {(r.patient_id, r.phase, r.source): r for r in read_cohort(root).rois}
+    if first.rois is not None:
+        return first.rois
+    return {(r.patient_id, r.phase, r.source): r for r in read_cohort(first.cohort_root).rois}
 
 
 def reader_predictions(predictor: object, readers: list[Reader], rois: dict[Key, Roi]) -> dict:
@@ -160,7 +167,6 @@ def agreement(paths: list[str], model: str | None = None, device: str = "auto", 
     readers = [read_reader(p, root) for p in paths]
     rois = template_rois(readers)
     out = box_agreement(readers, rois)
-    side_diffs = out.pop("_side_diffs")
     if model:
         from ccrcc_grade.model.predict import load_predictor
 
@@ -174,7 +180,6 @@ def agreement(paths: list[str], model: str | None = None, device: str = "auto", 
         }
     else:
         out["prediction"] = {"note": "no --model given: the grades of the readers' boxes were not compared"}
-    out["side_differences_mm"]["values"] = [round(v, 3) for v in side_diffs]
     return out
 
 
