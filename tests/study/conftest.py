@@ -16,10 +16,10 @@ def second_reader(slices_cohort, tmp_path_factory):
     from ccrcc_grade.evidence.agreement import read_reader
     from ccrcc_grade.tools.synth import second_reader_rows
 
-    rows = [
+    rows = [  # the phantom's slice files are named in slice order
         {"patient_id": pid, "phase": ph, "file": f, **dict(zip(("x_min", "y_min", "x_max", "y_max"), b.as_tuple()))}
-        | {"spacing": 1.0}
-        for (pid, ph, f), b in read_reader(slices_cohort).boxes.items()
+        | {"spacing": 1.0, "slice": i}
+        for i, ((pid, ph, f), b) in enumerate(sorted(read_reader(slices_cohort).boxes.items()))
     ]
     path = tmp_path_factory.mktemp("reader2") / "reader2_boxes.csv"
     with open(path, "w", newline="") as fh:

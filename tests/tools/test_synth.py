@@ -103,3 +103,26 @@ def test_synth_physiology(dicom_cohort):
     for r in csv.DictReader(open(dicom_cohort / "clinical.csv")):
         sizes.setdefault(int(r["who_isup_grade"]) >= 3, []).append(float(r["tumor_size_cm"]))
     assert np.mean(sizes[True]) > np.mean(sizes[False])
+
+
+def test_second_reader_leaves_out_only_end_slices_in_anatomical_order(tmp_path, read_rows):
+    """DICOM file names are shuffled: the second reader's missing slices are the tumour's first or
+    last by ImagePositionPatient, not by file name."""
+    import pydicom
+
+    from ccrcc_grade.tools.synth import make_cohort
+
+    out = make_cohort(tmp_path / "c", patients=6, matrix=64, layout="dicom", seed=2, readers=2, difficulty="easy")
+    first = read_rows(out / "boxes.csv")
+    second = {(r["patient_id"], r["phase"], r["file"]) for r in read_rows(out / "reader2_boxes.csv")}
+    series: dict = {}
+    for r in first:
+        z = float(pydicom.dcmread(out / r["file"], stop_before_pixels=True).ImagePositionPatient[2])
+        series.setdefault((r["patient_id"], r["phase"]), []).append((z, r["file"]))
+    dropped = 0
+    for (pid, ph), files in series.items():
+        ordered = [f for _, f in sorted(files)]
+        missing = [f for f in ordered if (pid, ph, f) not in second]
+        assert set(missing) <= {ordered[0], ordered[-1]}, (pid, ph, missing)
+        dropped += len(missing)
+    assert dropped > 0  # the reader did leave some end slices out

@@ -399,7 +399,7 @@ def make_cohort(
     box_rows = [r for d in done for r in d]
     _write_csv(out / "clinical.csv", rows)
     if layout == "dicom":
-        _write_csv(out / "boxes.csv", [{k: v for k, v in r.items() if k != "spacing"} for r in box_rows])
+        _write_csv(out / "boxes.csv", [{c: r[c] for c in BOX_COLUMNS} for r in box_rows])
     for n in range(2, readers + 1):
         _write_csv(out / f"reader{n}_boxes.csv", second_reader_rows(box_rows, np.random.default_rng([seed, n]), matrix))
     (out / "README.txt").write_text(
@@ -444,11 +444,13 @@ def _write_patient(job: tuple) -> list[dict]:
                         "x_max": round(bbox[2], 2),
                         "y_max": round(bbox[3], 2),
                         "spacing": p.spacing if layout == "dicom" else 1.0,  # mm per pixel (slices: pixels)
+                        "slice": k,  # anatomical order (DICOM file names are shuffled)
                     }
                 )
     return box_rows
 
 
+BOX_COLUMNS = ("patient_id", "phase", "file", "x_min", "y_min", "x_max", "y_max")  # boxes.csv
 READER_SIDE_SD_MM = 1.0  # per-side disagreement of two readers following the same rule
 READER_BIAS_SD_MM = 0.5  # a reader's habit: some draw a little wider than others, per patient
 READER_END_SLICE_MISS = 0.25  # chance that a reader leaves out the first or last slice of a tumour
@@ -466,7 +468,7 @@ def second_reader_rows(rows: list[dict], rng: np.random.Generator, matrix: int) 
     habit = {pid: rng.normal(0, READER_BIAS_SD_MM) for pid in sorted({r["patient_id"] for r in rows})}
     out = []
     for (pid, _), series in by_series.items():
-        series = sorted(series, key=lambda r: r["file"])
+        series = sorted(series, key=lambda r: r["slice"])  # the tumour's first and last slices
         drop = set()
         if len(series) > 3:
             for end in (0, len(series) - 1):
