@@ -272,3 +272,13 @@ def test_a_run_of_another_cohort_is_not_reused(refused, run_cli, slices_cohort, 
         "was trained on another cohort (/elsewhere)",
     )
     assert (run / "best.pt").read_bytes() == b"a model of another cohort"
+
+
+def test_study_refuses_a_missing_second_reader_before_anything(refused, capsys, slices_cohort, tmp_path):
+    refused(
+        capsys,
+        ["study", slices_cohort, "--out", tmp_path / "s", "--preset", "quick", "--second-reader", tmp_path / "no.csv"],
+        "--second-reader",
+        "not found",
+    )
+    assert not (tmp_path / "s").exists()

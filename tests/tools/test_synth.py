@@ -126,3 +126,9 @@ def test_second_reader_leaves_out_only_end_slices_in_anatomical_order(tmp_path, 
         assert set(missing) <= {ordered[0], ordered[-1]}, (pid, ph, missing)
         dropped += len(missing)
     assert dropped > 0  # the reader did leave some end slices out
+
+
+@pytest.mark.parametrize("readers", ["0", "6", "-1"])
+def test_synth_refuses_a_bad_number_of_readers(refused, capsys, tmp_path, readers):
+    refused(capsys, ["synth", tmp_path / "c", "--patients", "3", "--readers", readers], "--readers must be 1-5")
+    assert not (tmp_path / "c").exists()
