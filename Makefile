@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: setup system-deps lint format test test-fp32 demo bench clean
+.PHONY: setup system-deps vendor lint format test test-fp32 demo bench clean
 
 # The venv is reused when it exists (torch is a ~5.5 GB install); the stamp re-runs pip
 # only when pyproject.toml changes.
@@ -23,14 +23,31 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# The workstation's API page (/docs) serves Swagger UI from its own files, never from a CDN: the
+# npm package, pinned by version and the registry's SHA-512, unpacked into static/vendor/
+# (git-ignored). Without npm the rest works and /docs says how to get it.
+SWAGGER_UI := 5.35.0
+SWAGGER_UI_SHA512 := U06rpMtW9V3XPGOBeamTUSr0Z09jMX4IJuANpE/EZbAhw0G8CgwrzU4YmXkn/h0wCDNsXdGarTNNHC3sU8yVUQ==
+VENDOR := src/ccrcc_grade/serve/static/vendor
+vendor: $(VENDOR)/swagger-ui/swagger-ui-bundle.js
+
+$(VENDOR)/swagger-ui/swagger-ui-bundle.js:
+	@command -v npm >/dev/null || { echo "needs npm (apt-get install npm) for the API page's Swagger UI"; exit 1; }
+	rm -rf $(VENDOR)/.tmp && mkdir -p $(VENDOR)/.tmp
+	cd $(VENDOR)/.tmp && npm pack --silent swagger-ui-dist@$(SWAGGER_UI) >/dev/null
+	@test "$$(openssl dgst -sha512 -binary $(VENDOR)/.tmp/swagger-ui-dist-$(SWAGGER_UI).tgz | base64 -w0)" = "$(SWAGGER_UI_SHA512)" \
+	  || { echo "swagger-ui-dist-$(SWAGGER_UI).tgz: SHA-512 differs from the pinned one"; rm -rf $(VENDOR)/.tmp; exit 1; }
+	tar -xzf $(VENDOR)/.tmp/swagger-ui-dist-$(SWAGGER_UI).tgz -C $(VENDOR)/.tmp package/swagger-ui-bundle.js package/swagger-ui.css package/LICENSE
+	mkdir -p $(VENDOR)/swagger-ui && mv $(VENDOR)/.tmp/package/* $(VENDOR)/swagger-ui/ && rm -rf $(VENDOR)/.tmp
+
 # What the tests start for real: Orthanc with its DICOMweb plugin (the PACS) and Chromium (the
 # browser tests, driven by Playwright with executable_path=/usr/bin/chromium).
 system-deps:
-	@if ! command -v Orthanc >/dev/null || ! command -v chromium >/dev/null \
+	@if ! command -v Orthanc >/dev/null || ! command -v chromium >/dev/null || ! command -v npm >/dev/null \
 	    || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb chromium; \
-	  else echo "needs: apt-get install orthanc orthanc-dicomweb chromium (as root)"; exit 1; fi; fi
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb chromium npm; \
+	  else echo "needs: apt-get install orthanc orthanc-dicomweb chromium npm (as root)"; exit 1; fi; fi
 
 # ruff: lint (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and the formatter's check;
 # `make format` rewrites the files. Configured in pyproject.toml.
@@ -42,19 +59,20 @@ format: setup
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
-test: setup system-deps lint
+test: setup system-deps vendor lint
 	$(BIN)/python -m pytest -v --durations=15
 
 # The numeric path of CPUs without bf16 (AMD EPYC / AVX2-only hosts), forced on any x86 CPU:
 # PyTorch's kernels and oneDNN limited to AVX2, so bf16 autocast and the bf16 inference runner
 # are off exactly as they are there.
-test-fp32: setup system-deps
+test-fp32: setup system-deps vendor
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -v --durations=15
 
 # The demo: a realistic-difficulty phantom of 60 patients boxed by two readers, the quick preset
 # at 48 px (the 256-px phantom's tumours span ~20-40 px, so nothing is lost) and a 6:2:2 split, so
 # the test set holds 4 high-grade patients and every comparison has its DeLong test.
 demo: setup
+	@$(MAKE) -s vendor || echo "(no npm here: the workstation's /docs page will say how to add Swagger UI)"
 	@if [ ! -f $(DEMO_DIR)/cohort/clinical.csv ]; then \
 	  $(BIN)/ccrcc-grade synth $(DEMO_DIR)/cohort --patients 60 --high-fraction 0.35 --matrix 256 --seed 0 --workers 2 \
 	  --readers 2; fi

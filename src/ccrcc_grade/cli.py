@@ -48,7 +48,13 @@ def cmd_ingest(a: argparse.Namespace) -> None:
     from ccrcc_grade.ingest.pipeline import ingest
 
     layout = "kits" if a.format == "kits" else "detect" if a.detect_phases else a.layout
-    source = CohortSource(Path(a.cohort), layout, clinical=Path(a.clinical) if a.clinical else None, phase=a.phase)
+    source = CohortSource(
+        Path(a.cohort),
+        layout,
+        clinical=Path(a.clinical) if a.clinical else None,
+        phase=a.phase,
+        allow_derived=a.allow_derived,
+    )
     report = ingest(source, a.out, cfg, overwrite=a.overwrite)
     print(format_summary(report["summary"]))
     print(
@@ -196,6 +202,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
             patient_id=a.patient_id,
             device=a.device,
             box_k=a.box_k,
+            allow_derived=a.allow_derived,
         )
     )
 
@@ -210,7 +217,18 @@ def cmd_export(a: argparse.Namespace) -> None:
 def cmd_serve(a: argparse.Namespace) -> None:
     from ccrcc_grade.serve.server import serve
 
-    serve(a.models, a.host, a.port, a.data, a.pacs, a.token_file, a.max_upload_mb, a.max_files, a.device)
+    serve(
+        a.models,
+        a.host,
+        a.port,
+        a.data,
+        a.pacs,
+        a.token_file,
+        a.max_upload_mb,
+        a.max_files,
+        a.device,
+        allowed_hosts=a.allowed_host,
+    )
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
@@ -333,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="margin of boxes derived from tumour masks (NIfTI layout, KiTS)",
     )
     s.add_argument("--detect-phases", action="store_true", help="assign DICOM series to phases from their tags")
+    s.add_argument(
+        "--allow-derived",
+        action="store_true",
+        help="DICOM: also take derived, secondary, reformatted (MPR/MIP), localizer, non-axial images (refused by "
+        "default: the model was made for original axial slices); the report and result say so",
+    )
     s.add_argument("--overwrite", action="store_true", help="replace an existing WORK folder")
     s.set_defaults(func=cmd_ingest)
 
@@ -508,6 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"plausible boxes (each side moved within the study's 1-2 mm rule) over which P(high) is "
         f"re-computed to show how much the grade depends on the box; 0 = off (default {BOX_K})",
     )
+    s.add_argument(
+        "--allow-derived",
+        action="store_true",
+        help="DICOM: also take derived, secondary, reformatted (MPR/MIP), localizer, non-axial images (refused by "
+        "default: the model was made for original axial slices); the report and result say so",
+    )
     s.set_defaults(func=cmd_predict)
 
     s = _sub(sub, "export", "export a model to ONNX")
@@ -530,6 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=srv["data"], help="folder for studies, boxes, predictions and SRs")
     s.add_argument("--pacs", help="DICOMweb base URL of the PACS (e.g. http://pacs:8042/dicom-web)")
     s.add_argument("--token-file", help="file holding the bearer token every API call must carry")
+    s.add_argument(
+        "--allowed-host",
+        nargs="+",
+        help="names clients use to reach the server (Host header) besides the --host address and the loopback "
+        "names; any other Host is refused (DNS rebinding)",
+    )
     s.add_argument("--max-upload-mb", type=int, default=srv["max_upload_mb"], help="largest upload (MB)")
     s.add_argument("--max-files", type=int, default=srv["max_files"], help="most DICOM files in one upload")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

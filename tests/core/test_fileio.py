@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from ccrcc_grade.core.errors import CcrccError
@@ -43,3 +44,31 @@ def test_an_output_that_would_replace_an_input_is_refused(tree, out, inputs, nee
 )
 def test_outputs_beside_the_inputs_are_allowed(tree, out, inputs):
     refuse_overwriting_inputs([("--json", tree / out if out else None)], [tree / i for i in inputs])
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (float("nan"), "NaN: not defined for these data"),
+        (float("inf"), "inf: not a finite number"),
+        (-float("inf"), "-inf: not a finite number"),
+        (np.float32("nan"), "NaN: not defined for these data"),
+        (np.array([1.0, np.nan]), "NaN: not defined for these data"),
+    ],
+)
+def test_json_is_strict_with_the_reason_for_every_null(tmp_path, value, reason):
+    import json
+
+    from ccrcc_grade.core.fileio import atomic_write_json
+
+    atomic_write_json(tmp_path / "r.json", {"runs": {"a": {"auc": value, "n": 3}}, "list": [1.5, value]})
+    text = (tmp_path / "r.json").read_text()
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON literal {token}")
+
+    data = json.loads(text, parse_constant=refuse)  # a strict parser: NaN/Infinity would fail here
+    assert data["runs"]["a"]["n"] == 3 and data["list"][0] == 1.5
+    where = "runs.a.auc" if not isinstance(value, np.ndarray) else "runs.a.auc[1]"
+    assert data["null_reasons"][where] == reason
+    assert len(data["null_reasons"]) == 2

@@ -62,3 +62,25 @@ def test_one_ingest_at_a_time_and_stale_temporary_folders(refused, run_cli, slic
         assert stale.exists() and not w.exists()
     assert run_cli("ingest", slices_cohort, "--out", w, "--size", "32") == 0
     assert not stale.exists() and (w / "manifest.csv").is_file()
+
+
+@pytest.mark.parametrize("size_mm, warned", [(3.5, True), (4.8, True), (8.0, False)])
+def test_boxes_far_smaller_than_a_tumour_are_warned_about(
+    read_rows, write_rows, run_cli, dicom_cohort, tmp_path, size_mm, warned
+):
+    """A box of a few millimetres is named in the ingest report, once per patient."""
+    import pydicom
+
+    c = tmp_path / "c"
+    shutil.copytree(dicom_cohort, c)
+    rows = read_rows(c / "boxes.csv")
+    r = rows[0]
+    size_px = size_mm / float(pydicom.dcmread(c / r["file"], stop_before_pixels=True).PixelSpacing[0])
+    r["x_max"], r["y_max"] = str(float(r["x_min"]) + size_px), str(float(r["y_min"]) + size_px)
+    write_rows(c / "boxes.csv", rows)
+    assert run_cli("ingest", c, "--out", tmp_path / "w") == 0
+    warnings = json.loads((tmp_path / "w" / "ingest_report.json").read_text())["warnings"]
+    hits = [w for w in warnings if "smaller than 5 mm, far smaller than a renal tumour" in w]
+    assert (hits != []) is warned
+    if warned:
+        assert len(hits) == 1 and hits[0].startswith(f"{r['patient_id']}: 1 box(es)") and r["file"] in hits[0]

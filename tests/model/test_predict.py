@@ -109,15 +109,17 @@ def test_predict_uses_only_the_patients_own_boxes(
     from ccrcc_grade.model.predict import predict_patient
 
     pid, other = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][:2]
-    rows = read_rows(dicom_cohort / "boxes.csv")
-    write_rows(tmp_path / "mixed.csv", [r for r in rows if r["patient_id"] in (pid, other)])
-    r = predict_patient(trained_run, dicom_cohort / pid / "parenchymal", boxes=tmp_path / "mixed.csv")
+    c = tmp_path / "c"  # the CSVs beside the cohort, whose paths they name
+    shutil.copytree(dicom_cohort, c)
+    rows = read_rows(c / "boxes.csv")
+    write_rows(c / "mixed.csv", [r for r in rows if r["patient_id"] in (pid, other)])
+    r = predict_patient(trained_run, c / pid / "parenchymal", boxes=c / "mixed.csv")
     own = [x for x in rows if x["patient_id"] == pid and x["phase"] == "parenchymal"]
     assert len(r["slices"]) == len(own)  # not the other patient's boxes matched by file name
-    write_rows(tmp_path / "other.csv", [x for x in rows if x["patient_id"] == other])
+    write_rows(c / "other.csv", [x for x in rows if x["patient_id"] == other])
     refused(
         capsys,
-        ["predict", trained_run, dicom_cohort / pid / "parenchymal", "--boxes", tmp_path / "other.csv"],
+        ["predict", trained_run, c / pid / "parenchymal", "--boxes", c / "other.csv"],
         "other.csv",
         f"no parenchymal boxes for patient '{pid}'",
     )

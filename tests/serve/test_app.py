@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import csv
 import io
 import json
 import logging
@@ -31,7 +30,7 @@ def app_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(trained_run, app_data):
-    with TestClient(create_app([trained_run], app_data)) as c:
+    with TestClient(create_app([trained_run], app_data), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -117,12 +116,7 @@ def test_slice_png_is_the_windowed_slice(graded, client, dicom_cohort):
 
 def test_grading_equals_predict_on_the_same_boxes(graded, dicom_cohort, trained_run, tmp_path):
     pid, sid, boxes, res = graded
-    rows = [r for r in csv.DictReader(open(dicom_cohort / "boxes.csv")) if r["patient_id"] == pid]
-    with open(tmp_path / "boxes.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    ref = predict_patient(trained_run, dicom_cohort / pid / "parenchymal", boxes=tmp_path / "boxes.csv")
+    ref = predict_patient(trained_run, dicom_cohort / pid / "parenchymal", boxes=dicom_cohort / "boxes.csv")
     assert res["prob_high"] == pytest.approx(ref["prob_high"], abs=1e-5)
     assert sorted(s["prob_high"] for s in res["slices"]) == pytest.approx(
         sorted(s["prob_high"] for s in ref["slices"]), abs=1e-5
@@ -171,7 +165,7 @@ def test_export_as_a_research_cohort(graded, client, tmp_path):
 
 def test_restart_keeps_studies_and_boxes(graded, trained_run, app_data):
     _, sid, boxes, _ = graded
-    with TestClient(create_app([trained_run], app_data)) as again:
+    with TestClient(create_app([trained_run], app_data), base_url="http://127.0.0.1") as again:
         assert again.get(f"/api/studies/{sid}").status_code == 200
         assert [b["sop_instance_uid"] for b in again.get(f"/api/studies/{sid}/boxes").json()] == [
             b["sop_instance_uid"] for b in boxes
@@ -194,7 +188,10 @@ def test_parallel_predictions_match_sequential(cohort_boxes, patient_files, clie
 
 def test_the_log_names_no_patient(cohort_boxes, patient_files, trained_run, dicom_cohort, test_pids, tmp_path, caplog):
     pid = test_pids[0]
-    with caplog.at_level(logging.INFO), TestClient(create_app([trained_run], tmp_path / "d")) as c:
+    with (
+        caplog.at_level(logging.INFO),
+        TestClient(create_app([trained_run], tmp_path / "d"), base_url="http://127.0.0.1") as c,
+    ):
         sid = c.post("/api/studies", files=patient_files(dicom_cohort, pid)).json()["study_id"]
         c.put(f"/api/studies/{sid}/boxes", json=cohort_boxes(dicom_cohort, pid))
         c.post(f"/api/studies/{sid}/predict", json={})
@@ -203,7 +200,9 @@ def test_the_log_names_no_patient(cohort_boxes, patient_files, trained_run, dico
 
 
 def test_bearer_token(trained_run, tmp_path):
-    with TestClient(create_app([trained_run], tmp_path / "d", token="s3cret-token-0123456789")) as c:
+    with TestClient(
+        create_app([trained_run], tmp_path / "d", token="s3cret-token-0123456789"), base_url="http://127.0.0.1"
+    ) as c:
         r = c.get("/api/models")
         assert r.status_code == 401 and "bearer token" in r.json()["detail"]
         assert c.get("/api/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -211,23 +210,34 @@ def test_bearer_token(trained_run, tmp_path):
         assert c.get("/").status_code == 200  # the page itself asks for the token
 
 
+STRONG = "Zk3q-8vYw_p2LmX0rT6uBn4c"
+
+
 @pytest.mark.parametrize(
-    "host, token, message",
+    "host, token, mode, extra, message",
     [
-        ("0.0.0.0", None, "give --token-file"),
-        ("192.0.2.1", None, "give --token-file"),
-        ("0.0.0.0", "short", "at least 16 characters"),
-        ("0.0.0.0", "missing", "token file not found"),
+        ("0.0.0.0", None, None, [], "give --token-file"),
+        ("192.0.2.1", None, None, [], "give --token-file"),
+        ("0.0.0.0", "abc", 0o600, [], "at least 16 characters"),
+        ("0.0.0.0", "missing", None, [], "token file not found"),
+        ("192.0.2.1", STRONG, 0o644, [], "other users can read the token file"),
+        ("192.0.2.1", STRONG, 0o640, [], "other users can read the token file"),
+        ("192.0.2.1", "a" * 40, 0o600, [], "the token is guessable"),
+        ("192.0.2.1", "ab" * 20, 0o600, [], "the token is guessable"),
+        ("192.0.2.1", "0123456789abcdef", 0o600, [], "the token is guessable"),
+        ("0.0.0.0", STRONG, 0o600, [], "--allowed-host"),
     ],
 )
-def test_serve_refuses_an_open_address_without_a_token(run_cli, trained_run, tmp_path, capsys, host, token, message):
-
-    args = ["serve", "--models", trained_run, "--host", host, "--data", tmp_path / "d"]
-    if token == "short":
-        (tmp_path / "t").write_text("abc\n")
-        args += ["--token-file", tmp_path / "t"]
-    elif token == "missing":
+def test_serve_refuses_an_open_address_without_a_safe_token(
+    run_cli, trained_run, tmp_path, capsys, host, token, mode, extra, message
+):
+    args = ["serve", "--models", trained_run, "--host", host, "--data", tmp_path / "d", *extra]
+    if token == "missing":
         args += ["--token-file", tmp_path / "nope"]
+    elif token is not None:
+        (tmp_path / "t").write_text(token + "\n")
+        (tmp_path / "t").chmod(mode)
+        args += ["--token-file", tmp_path / "t"]
     assert run_cli(*args) == 2
     assert message in capsys.readouterr().err
 
@@ -257,10 +267,14 @@ def test_bad_uploads(patient_files, client, dicom_cohort, test_pids, app_data, c
 
 
 def test_upload_limits(patient_files, trained_run, dicom_cohort, test_pids, tmp_path):
-    with TestClient(create_app([trained_run], tmp_path / "d", limits=UploadLimits(max_files=3))) as c:
+    with TestClient(
+        create_app([trained_run], tmp_path / "d", limits=UploadLimits(max_files=3)), base_url="http://127.0.0.1"
+    ) as c:
         r = c.post("/api/studies", files=patient_files(dicom_cohort, test_pids[0]))
         assert r.status_code == 413 and "more than 3 files" in r.json()["detail"]
-    with TestClient(create_app([trained_run], tmp_path / "e", limits=UploadLimits(max_bytes=1000))) as c:
+    with TestClient(
+        create_app([trained_run], tmp_path / "e", limits=UploadLimits(max_bytes=1000)), base_url="http://127.0.0.1"
+    ) as c:
         r = c.post("/api/studies", files=patient_files(dicom_cohort, test_pids[0]))
         assert r.status_code == 413 and "exceeds the limit" in r.json()["detail"]
     assert not [p for p in (tmp_path / "d").iterdir()] and not [p for p in (tmp_path / "e").iterdir()]

@@ -24,7 +24,7 @@ def test_search_load_grade_and_store_the_sr(
     check_sr, cohort_boxes, orthanc, pacs_patient, dicom_cohort, trained_run, tmp_path
 ):
     pid, study_uid = pacs_patient
-    with TestClient(create_app([trained_run], tmp_path / "d", pacs_url=orthanc)) as c:
+    with TestClient(create_app([trained_run], tmp_path / "d", pacs_url=orthanc), base_url="http://127.0.0.1") as c:
         assert c.get("/api/config").json()["pacs"] is True
         found = c.post("/api/pacs/search", json={"patient_id": pid}).json()
         assert [s["study_uid"] for s in found] == [study_uid] and found[0]["patient_id"] == pid
@@ -57,7 +57,7 @@ def test_a_pacs_that_is_down(cohort_boxes, patient_files, free_port, trained_run
 
     down = f"http://127.0.0.1:{free_port()}/dicom-web"
     pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
-    with TestClient(create_app([trained_run], tmp_path / "d", pacs_url=down)) as c:
+    with TestClient(create_app([trained_run], tmp_path / "d", pacs_url=down), base_url="http://127.0.0.1") as c:
         r = c.post("/api/pacs/search", json={"patient_id": "X"})
         assert r.status_code == 502 and r.json()["detail"] == f"the PACS at {down} is not reachable (study search)"
         r = c.post("/api/studies/pacs", json={"study_uid": "1.2.3"})

@@ -80,6 +80,7 @@ def test_box_and_grade_in_the_browser(cohort_boxes, repo_root, server, dicom_coh
         page = browser.new_page(viewport={"width": 1140, "height": 780})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: "Content Security Policy" in m.text and errors.append(m.text))
         page.goto(url)
         page.set_input_files("#files", files)
         page.wait_for_selector("#series tbody tr:nth-child(4)")
@@ -102,13 +103,13 @@ def test_box_and_grade_in_the_browser(cohort_boxes, repo_root, server, dicom_coh
             page.mouse.up()
 
         drag(target["x_min"], target["y_min"], target["x_max"], target["y_max"])
-        page.wait_for_function("document.getElementById('box-line').textContent.startsWith('1 box saved')")
+        page.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('1 box saved')")
         page.keyboard.press("ArrowDown")  # a stray box on the next slice ...
         drag(10, 10, 30, 30)
-        page.wait_for_function("document.getElementById('box-line').textContent.startsWith('2 boxes saved')")
+        page.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('2 boxes saved')")
         page.mouse.click(canvas["x"] + 20 * scale, canvas["y"] + 20 * scale)  # ... selected and deleted
         page.keyboard.press("Delete")
-        page.wait_for_function("document.getElementById('box-line').textContent.startsWith('1 box saved')")
+        page.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('1 box saved')")
         page.keyboard.press("ArrowUp")
         page.click("#grade")
         page.wait_for_selector("#decision")
@@ -138,7 +139,7 @@ def test_box_and_grade_in_the_browser(cohort_boxes, repo_root, server, dicom_coh
             [
                 pid,
                 "parenchymal",
-                src.relative_to(dicom_cohort),
+                src.name,  # relative to the folder graded
                 *(saved[c] for c in ("x_min", "y_min", "x_max", "y_max")),
             ]
         )
@@ -152,3 +153,59 @@ def test_box_and_grade_in_the_browser(cohort_boxes, repo_root, server, dicom_coh
     assert robustness == b["text"] and " over 20 plausible boxes (decision flips in " in robustness
     shown = robustness.split(",")[0].split()[-1]  # the same digits as the decision line above it
     assert f"P(high) = {shown} " in decision
+
+
+HOSTILE = '<img src=x onerror="window.__pwned=1"><b>bold</b>'
+
+
+def test_hostile_dicom_text_shows_as_text(server, dicom_cohort, trained_run, tmp_path):
+    """Series descriptions and notes from a DICOM header carrying markup reach the page as the
+    characters they are: no element is created from them and no script runs."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][1]
+    files = []
+    for f in sorted((dicom_cohort / pid).rglob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.SeriesDescription = f"{f.parent.name[:4]}{HOSTILE}"[:64]
+        ds.save_as(tmp_path / f"{f.parent.name}-{f.name}")
+        files.append(str(tmp_path / f"{f.parent.name}-{f.name}"))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1140, "height": 780})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.set_input_files("#files", files)
+        page.wait_for_selector("#series tbody tr:nth-child(4)")
+        cells = page.eval_on_selector_all("#series tbody td:first-child", "tds => tds.map((t) => t.textContent)")
+        options = page.eval_on_selector_all("#view-series option", "os => os.map((o) => o.textContent)")
+        made = page.evaluate("document.querySelectorAll('#series img, #series b, #view-series img').length")
+        pwned = page.evaluate("window.__pwned === undefined")
+        page.screenshot(path=str(tmp_path / "hostile.png"))
+        browser.close()
+    assert errors == [] and pwned and made == 0
+    assert len(cells) == 4 and all("<img src=x onerror=" in c for c in cells)
+    assert all("<img src=x onerror=" in o for o in options)
+
+
+def test_api_documentation_is_served_from_local_files(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1140, "height": 780})
+        requests, problems = [], []
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("console", lambda m: "Content Security Policy" in m.text and problems.append(m.text))
+        page.goto(f"{url}/docs")
+        page.wait_for_selector(".swagger-ui .info .title")
+        page.wait_for_selector(".opblock-summary-path[data-path='/api/studies/{study_id}/predict']")
+        title = page.text_content(".swagger-ui .info .title")
+        page.screenshot(path=str(tmp_path / "docs.png"))
+        browser.close()
+    assert "ccrcc-grade workstation" in title and problems == []
+    assert requests and all(r.startswith(url) or r.startswith("data:") for r in requests), requests

@@ -88,3 +88,37 @@ def test_sparse_tables_get_an_exact_test_and_missing_values_are_counted(tmp_path
         assert sum(float(lv[side].split("(")[1].rstrip("%)")) for lv in sm["levels"]) == pytest.approx(100, abs=0.2)
     md = table_markdown(t)
     assert "8 / 6 (4 / 2 missing)" in md and "Fisher-Freeman-Halton by Monte Carlo" in md
+
+
+@pytest.mark.parametrize(
+    "age_cell, reported",
+    [("unknown", False), ("NA", False), ("", False), ("65 y", True), ("sixty", True), ("inf", True)],
+)
+def test_a_cell_that_is_not_a_number_is_missing_not_a_new_type(tmp_path, age_cell, reported):
+    rng = np.random.default_rng(1)
+    n = 40
+    grade = rng.integers(1, 5, n)
+    age = rng.normal(60, 8, n).round(1)
+    sex = rng.choice(["Male", "male ", "MALE", "Female", "female"], n)
+    with open(tmp_path / "clinical.csv", "w") as fh:
+        fh.write("patient_id,who_isup_grade,age,sex\n")
+        for i in range(n):
+            fh.write(f"P{i},{grade[i]},{age_cell if i == 4 else age[i]},{sex[i]}\n")
+    t = clinical_table(tmp_path / "clinical.csv")
+    rows = {r["variable"]: r for r in t["rows"]}
+    hi = grade >= 3
+    keep = np.arange(n) != 4
+    assert rows["age"]["type"] == "continuous"
+    assert rows["age"]["missing_low"] + rows["age"]["missing_high"] == 1
+    ref = (stats.ttest_ind if rows["age"]["test"] == "t-test" else stats.mannwhitneyu)(age[keep & ~hi], age[keep & hi])
+    assert rows["age"]["p"] == pytest.approx(ref.pvalue)
+    levels = rows["sex"]["levels"]  # five spellings, two levels, each in its most frequent spelling
+    assert sorted(lv["level"].casefold() for lv in levels) == ["female", "male"]
+    for lv in levels:
+        spellings = [v for v in sex if v.strip().casefold() == lv["level"].casefold()]
+        assert lv["level"] == max(set(spellings), key=spellings.count).strip()
+    if reported:
+        assert t["cell_problems"] == [f"clinical.csv:6: age {age_cell!r} is not a number; counted as missing"]
+        assert t["cell_problems"][0] in table_markdown(t)
+    else:
+        assert t["cell_problems"] == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 
 def test_compare_two_runs(run_cli, trained_run, work, tmp_path, capsys):
@@ -32,7 +31,8 @@ def test_compare_two_runs(run_cli, trained_run, work, tmp_path, capsys):
         if c[lv]["auc_estimable"]:
             assert 0 <= c[lv]["auc_p"] <= 1
         else:  # e.g. 4 test patients, 2 of a grade: the variance is not estimable, never P = 0
-            assert math.isnan(c[lv]["auc_p"]) and c[lv]["auc_note"].startswith("not estimable")
+            assert c[lv]["auc_p"] is None and c[lv]["auc_note"].startswith("not estimable")  # strict JSON
+            assert c["null_reasons"][f"{lv}.auc_p"].startswith("NaN")
             assert c[lv]["auc_diff_ci_method"] == "none"
     assert c["patient"]["auc_test"] == "DeLong paired" and c["patient"]["unit"].startswith("patient")
     assert c["image"]["auc_test"].startswith("Obuchowski") and c["image"]["accuracy_test"].startswith("Durkalski")

@@ -282,3 +282,57 @@ def test_study_refuses_a_missing_second_reader_before_anything(refused, capsys, 
         "not found",
     )
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "move, message",
+    [
+        (("val", 1, "train"), "the val patients have no high-grade patient with a"),
+        (("test", 0, "train"), "the test patients have no low-grade patient with a"),
+        (("train", 1, "test"), "the train patients have no high-grade patient with a"),
+    ],
+)
+def test_preflight_refuses_a_study_a_model_could_not_learn_or_be_tested_on(work, move, message):
+    """Before any training: a part without a grade is named, with its phase."""
+    from ccrcc_grade.core.errors import CcrccError
+    from ccrcc_grade.ingest.cache import CropCache
+    from ccrcc_grade.study.run import preflight
+
+    cache = CropCache.load(work)
+    splits = json.loads((work / "splits.json").read_text())
+    labels = {r["patient_id"]: int(r["label"]) for r in cache.manifest}
+    src, grade, dst = move
+    gone = [p for p in splits[src] if labels[p] == grade]
+    splits[src] = [p for p in splits[src] if p not in gone]
+    splits[dst] = splits[dst] + gone
+    preflight(cache, json.loads((work / "splits.json").read_text()), cache.phases(), None)  # as split: fine
+    with pytest.raises(CcrccError, match=message):
+        preflight(cache, splits, cache.phases(), None)
+
+
+def test_the_study_says_how_long_it_will_take_before_it_starts(work):
+    from ccrcc_grade.core.config import StudyOptions
+    from ccrcc_grade.ingest.cache import CropCache
+    from ccrcc_grade.study.run import estimate_seconds
+
+    cache = CropCache.load(work)
+    splits = json.loads((work / "splits.json").read_text())
+    opts = StudyOptions(preset="quick", device="cpu")
+    protocol = opts.resolved()
+    e = estimate_seconds(cache, splits, ["parenchymal", "plain"], protocol, opts)
+    train = set(splits["train"])
+    per_model = [len(cache.select(ph, train)) * protocol.repeats * protocol.epochs for ph in ("parenchymal", "plain")]
+    assert e["train_images"] == sum(per_model) + max(per_model)  # + the SE-ResNet34 of one phase
+    assert 0 < e["images_per_second"] < 1e5 and e["seconds"] == round(e["train_images"] / e["images_per_second"] * 1.25)
+    assert e["text"].startswith("estimated training time") and "images/s on cpu" in e["text"]
+
+
+@pytest.mark.parametrize("n_high, said", [(1, True), (2, True), (3, False)])
+def test_limitations_say_when_a_conclusion_rests_on_one_or_two_patients(n_high, said):
+    from ccrcc_grade.study.run import limitations
+
+    test = {"combined": {"low": {"patients": 9, "crops": 90}, "high": {"patients": n_high, "crops": 10}}}
+    text = limitations({"dataset": {"test": test}, "study": {}})
+    assert ("rests on one or two patients" in text) is said
+    if said:
+        assert f"{n_high} high-grade patient" in text

@@ -188,6 +188,8 @@ class ServeOptions:
     data: str = "ccrcc-data"
     max_upload_mb: int = 2048
     max_files: int = 5000
+    max_boxes: int = 4000  # four phases of 500+ slices, every slice boxed twice over
+    max_uploads: int = 2  # uploads read at the same time (each is held in memory while parsed)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,15 @@ class CcrccError(Exception):
     """An error caused by the user's input or request, reported as one line (exit code 2)."""
 
 
+class CannotWrite(CcrccError):
+    """A file could not be written (a full disk, no permission): one line, never a traceback;
+    ``reason`` is the system's words without the path (the workstation answers HTTP 507 with it)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def check_number(
     value: object,
     what: str,

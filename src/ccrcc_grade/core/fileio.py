@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import matplotlib.figure
 
-from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.errors import CannotWrite, CcrccError
 
 
 def _umask() -> int:
@@ -44,7 +44,7 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # read-only disk, no permission, a file where a folder should be
-        raise CcrccError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+        raise CannotWrite(f"{path}: cannot write here ({exc.strerror or exc})", exc.strerror or "error") from None
     try:
         normal_mode(Path(tmp))
         with os.fdopen(fd, "wb") as fh:
@@ -55,7 +55,9 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
     except OSError as exc:  # a full disk: the old file (if any) stays as it was
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise CcrccError(f"{path}: cannot write ({exc.strerror or exc}); nothing was replaced") from None
+        raise CannotWrite(
+            f"{path}: cannot write ({exc.strerror or exc}); nothing was replaced", exc.strerror or "error"
+        ) from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -82,7 +84,43 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    """Strict JSON (RFC 8259: no NaN or Infinity literals, which most parsers outside Python
+    refuse): a non-finite number is written as null, and a top-level object says where and why
+    under ``null_reasons``."""
+    clean, nulls = finite_only(data)
+    if nulls and isinstance(clean, dict):
+        clean["null_reasons"] = {**clean.get("null_reasons", {}), **nulls}
+    atomic_write_text(path, json.dumps(clean, indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+def finite_only(data: Any, where: str = "") -> tuple[Any, dict[str, str]]:
+    """``data`` with every NaN or infinite float (numpy's too) replaced by None, and
+    {JSON path: reason} for each, e.g. {"runs.a.test.auc": "NaN: not defined for these data"}."""
+    import math
+
+    import numpy as np
+
+    if isinstance(data, (float, np.floating)):
+        f = float(data)
+        if math.isfinite(f):
+            return f, {}
+        return None, {where or "$": "NaN: not defined for these data" if f != f else f"{f}: not a finite number"}
+    if isinstance(data, dict):
+        out, nulls = {}, {}
+        for k, v in data.items():
+            out[k], sub = finite_only(v, f"{where}.{k}" if where else str(k))
+            nulls |= sub
+        return out, nulls
+    if isinstance(data, (list, tuple)):
+        items, nulls = [], {}
+        for i, v in enumerate(data):
+            item, sub = finite_only(v, f"{where}[{i}]")
+            items.append(item)
+            nulls |= sub
+        return items, nulls
+    if isinstance(data, np.ndarray):
+        return finite_only(data.tolist(), where)
+    return data, {}
 
 
 def atomic_save_figure(fig: matplotlib.figure.Figure, path: Path, **kwargs: object) -> None:

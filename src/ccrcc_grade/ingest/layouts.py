@@ -32,6 +32,7 @@ from ccrcc_grade.ingest.phase_detect import detect_phases, scan_patient
 from ccrcc_grade.io import kits
 from ccrcc_grade.io.boxes import read_boxes_csv
 from ccrcc_grade.io.clinical import read_clinical
+from ccrcc_grade.io.dicom import check_one_patient
 from ccrcc_grade.io.images import IMAGE_SUFFIXES
 from ccrcc_grade.io.labelme import read_labelme
 from ccrcc_grade.io.nifti import axial, load_ras, mask_boxes
@@ -49,6 +50,7 @@ class CohortSource:
     phases: tuple[str, ...] = PHASES
     clinical: Path | None = None
     phase: str = KITS_PHASE
+    allow_derived: bool = False  # DICOM: grade derived/reformatted images too (the report says so)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -135,15 +137,21 @@ class DicomBoxesReader(LayoutReader):
             if r["phase"] in source.phases:
                 by_folder[(r["patient_id"], r["phase"])].append(r)
         pdirs = {p.name: p for p in patient_dirs(cohort.root)}
+        seen: dict[str, list] = defaultdict(list)
         for (pid, phase), boxes in sorted(by_folder.items(), key=lambda kv: (kv[0][0], PHASES.index(kv[0][1]))):
             if pid not in pdirs:
                 raise CcrccError(f"{boxes[0]['where']}: patient folder {pid!r} not found in {cohort.root}")
             folders = phase_dirs(pdirs[pid], source.phases, cohort.warnings)
             if phase not in folders:
                 raise CcrccError(f"{boxes[0]['where']}: no {phase} folder for patient {pid!r}")
-            rois, skipped = dicom_folder_rois(folders[phase], pid, phase, boxes, cohort.root)
+            rois, skipped = dicom_folder_rois(
+                folders[phase], pid, phase, boxes, cohort.root, allow_derived=source.allow_derived, seen=seen[pid]
+            )
             cohort.rois += rois
             cohort.skipped_slices += skipped
+        for pid, items in seen.items():
+            check_one_patient(items, f"the folder of patient {pid} ({pdirs[pid]})")
+        derived_note(cohort, source)
         reconcile(cohort)
         return cohort
 
@@ -163,8 +171,9 @@ class DetectedPhasesReader(LayoutReader):
         cohort = Cohort(root, "dicom", clinical, [])
         assignment = []
         file_phase: dict[Path, tuple[str, dict]] = {}
+        pdirs = {p.name: p.resolve() for p in patient_dirs(root)}
         for pdir in patient_dirs(root):
-            groups = scan_patient(pdir)
+            groups = scan_patient(pdir, source.allow_derived)
             for s in detect_phases(list(groups.values())):
                 assignment.append(
                     {
@@ -188,6 +197,13 @@ class DetectedPhasesReader(LayoutReader):
         for r in boxes:
             if r["file"] not in file_phase:
                 raise CcrccError(f"{r['where']}: {r['file']} is not a DICOM file of the cohort")
+            own = pdirs.get(r["patient_id"])
+            if own is None or not r["file"].is_relative_to(own):
+                raise CcrccError(
+                    f"{r['where']}: {r['file']} lies outside the folder of patient {r['patient_id']!r}"
+                    + ("" if own else " (no such patient folder)")
+                    + ": a box is graded under its row's patient, so it must be that patient's image"
+                )
             phase, (pos, spacing, flip) = file_phase[r["file"]]
             if phase is None or phase not in source.phases:
                 continue
@@ -205,6 +221,7 @@ class DetectedPhasesReader(LayoutReader):
             )
         cohort.rois.sort(key=lambda r: (r.patient_id, PHASES.index(r.phase), r.source))
         cohort.skipped_slices = len(file_phase) - len({r.path for r in cohort.rois})
+        derived_note(cohort, source)
         reconcile(cohort)
         cohort.report["phase_assignment"] = assignment
         return cohort
@@ -337,22 +354,44 @@ def slice_folder_rois(fdir: Path, pid: str, phase: str, root: Path, warnings: li
 
 
 def dicom_folder_rois(
-    folder: Path, pid: str, phase: str, boxes: list[dict], root: Path, by_name: bool = False
+    folder: Path,
+    pid: str,
+    phase: str,
+    boxes: list[dict],
+    root: Path,
+    match_sop: bool = False,
+    allow_derived: bool = False,
+    seen: list | None = None,
 ) -> tuple[list[Roi], int]:
     """DICOM layout, one series folder + its boxes rows -> ROIs in slice order; returns
-    (rois, slices without a box). ``by_name`` also matches box files by file name alone."""
-    from ccrcc_grade.io.dicom import scan_series
+    (rois, slices without a box). ``match_sop`` (predict): a row's file is also looked up relative
+    to the folder graded, and a row naming an existing file elsewhere (the cohort's copy of the
+    folder) matches the image of this folder with the same SOPInstanceUID - never a file name
+    alone, which recurs in every patient's series. ``seen`` collects (file, header) of the
+    series for the patient-level checks."""
+    from ccrcc_grade.io.dicom import read_header, scan_series
 
     root = Path(root).resolve()
-    series = {s.path.resolve(): s for s in scan_series(folder)}
-    names = {p.name: p for p in series}
+    scanned = scan_series(folder, allow_derived)
+    if seen is not None:
+        seen += [(s.path, s.header) for s in scanned]
+    series = {s.path.resolve(): s for s in scanned}
+    by_sop = {s.sop_uid: p for p, s in series.items()}
     order = {p: i for i, p in enumerate(series)}
     rois = []
     used = set()
     for r in boxes:
         f = r["file"]
-        if f not in series and by_name and f.name in names:
-            f = names[f.name]
+        if f not in series and match_sop and (Path(folder) / r.get("file_text", "")).resolve() in series:
+            f = (Path(folder) / r["file_text"]).resolve()
+        elif f not in series and match_sop and f.is_file():
+            sop = str(getattr(read_header(f), "SOPInstanceUID", "") or "")
+            if sop not in by_sop:
+                raise CcrccError(
+                    f"{r['where']}: {r['file']} (SOPInstanceUID {sop or 'none'}) is not an image of {folder}: "
+                    "the row boxes another series than the one graded"
+                )
+            f = by_sop[sop]
         if f not in series:
             raise CcrccError(f"{r['where']}: {r['file']} is not a DICOM file of {folder}")
         r["_resolved"] = f
@@ -362,6 +401,15 @@ def dicom_folder_rois(
         source = str(f.relative_to(root)) if f.is_relative_to(root) else f.name
         rois.append(Roi(pid, phase, source, r["box"], "dicom", f, spacing=series[f].pixel_spacing, flip=series[f].flip))
     return rois, len(series) - len(used)
+
+
+def derived_note(cohort: Cohort, source: CohortSource) -> None:
+    """With --allow-derived the ingest report says that derived images were allowed in."""
+    if source.allow_derived:
+        cohort.warnings.append(
+            "--allow-derived: derived, reformatted or localizer DICOM images were not refused; the model "
+            "was made for original axial CT slices"
+        )
 
 
 def volume_rois(

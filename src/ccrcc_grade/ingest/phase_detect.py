@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pydicom
 
+from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.phases import PHASES
 
 KEYWORDS = {
@@ -50,8 +51,18 @@ def _seconds(t: str) -> float | None:
 
 
 def detect_phases(series: list[dict]) -> list[dict]:
-    """``series``: dicts with uid, description, protocol, contrast (bool), time (s or None).
-    Returns the same dicts with ``phase`` (or None) and ``rule``."""
+    """``series``: dicts with uid, description, protocol, contrast (bool), time (s or None) and
+    optionally ``problem`` (why its images are not original axial slices: such a series is never
+    assigned a phase). Returns the same dicts with ``phase`` (or None) and ``rule``."""
+    for s in series:
+        if s.get("problem"):
+            s["phase"], s["rule"] = None, f"{s['problem']}: not assigned to a phase"
+    assign_phases([s for s in series if not s.get("problem")])
+    return series
+
+
+def assign_phases(series: list[dict]) -> None:
+    """The rules of ``detect_phases`` on the series that may take a phase."""
     for s in series:
         words = _tokens(s.get("description", ""), s.get("protocol", ""))
         hits = [ph for ph, kw in KEYWORDS.items() if words & kw]
@@ -100,7 +111,6 @@ def detect_phases(series: list[dict]) -> list[dict]:
         if len(ss) > 1:
             for s in ss:
                 s["phase"], s["rule"] = None, f"ambiguous: {len(ss)} series look {ph}"
-    return series
 
 
 def series_tags(ds: pydicom.Dataset) -> dict:
@@ -113,15 +123,43 @@ def series_tags(ds: pydicom.Dataset) -> dict:
     }
 
 
-def scan_patient(pdir: Path) -> dict[str, dict]:
-    """Every DICOM file under a patient folder grouped by series with the tags used above."""
-    from ccrcc_grade.io.dicom import display_flips, pixel_spacing, read_header, slice_position
+def scan_patient(pdir: Path, allow_derived: bool = False) -> dict[str, dict]:
+    """Every DICOM file under a patient folder grouped by series with the tags used above;
+    checked to be one patient with every image and series UID once. A series of derived,
+    reformatted or localizer images is kept out of phase detection (its ``problem`` says why)
+    unless ``allow_derived``."""
+    from ccrcc_grade.io.dicom import (
+        check_one_patient,
+        display_flips,
+        image_problem,
+        pixel_bytes_problem,
+        pixel_spacing,
+        read_header,
+        slice_position,
+    )
 
     groups: dict[str, dict] = {}
+    items = []
     for f in sorted(p for p in pdir.rglob("*") if p.is_file() and not p.name.startswith(".")):
         ds = read_header(f)
+        if pixel_bytes_problem(ds):
+            raise CcrccError(f"{f}: {pixel_bytes_problem(ds)}")
+        items.append((f, ds))
         uid = str(getattr(ds, "SeriesInstanceUID", ""))
-        g = groups.setdefault(uid, {"uid": uid, **series_tags(ds), "files": {}})
+        g = groups.setdefault(uid, {"uid": uid, **series_tags(ds), "files": {}, "problem": None})
+        if not allow_derived and g["problem"] is None:
+            g["problem"] = image_problem(ds)
         spacing = pixel_spacing(ds, f)
         g["files"][f.resolve()] = (slice_position(ds), spacing, display_flips(ds))
+    check_one_patient(items, f"the folder of patient {pdir.name} ({pdir})")
+    for g in groups.values():  # two slices at one position: series (or patients) interleaved
+        seen: dict[float, Path] = {}
+        for f, (pos, _, _) in g["files"].items():
+            key = round(pos, 3)
+            if pos == pos and key in seen:
+                raise CcrccError(
+                    f"{f}: at the same position ({pos:.2f} mm) as {seen[key].name} in series {g['uid']}: two "
+                    "series or two patients interleaved"
+                )
+            seen.setdefault(key, f)
     return groups

@@ -71,5 +71,14 @@ def read_boxes_csv(path: Path, root: Path, require_phase: bool = True) -> list[d
         f = (Path(root) / row["file"]).resolve()
         if not f.is_relative_to(Path(root).resolve()):
             raise CcrccError(f"{where}: file {row['file']!r} points outside the cohort folder")
-        rows.append({"patient_id": row["patient_id"].strip(), "phase": phase, "file": f, "box": box, "where": where})
+        rows.append(
+            {
+                "patient_id": row["patient_id"].strip(),
+                "phase": phase,
+                "file": f,
+                "file_text": row["file"],
+                "box": box,
+                "where": where,
+            }
+        )
     return rows

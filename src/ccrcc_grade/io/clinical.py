@@ -16,6 +16,7 @@ class ClinicalTable:
     rows: dict[str, dict[str, str]]  # patient_id -> row (all columns, as text)
     labels: dict[str, int]  # patient_id -> 0 (low, I-II) / 1 (high, III-IV)
     grades: dict[str, str]  # patient_id -> '1'..'4' or 'low'/'high'
+    lines: dict[str, int] | None = None  # patient_id -> line of the file (for messages per cell)
 
 
 def grade_to_label(value: str, where: str) -> tuple[str, int]:
@@ -64,6 +65,7 @@ def read_clinical(path: Path) -> ClinicalTable:
     rows: dict[str, dict[str, str]] = {}
     labels: dict[str, int] = {}
     grades: dict[str, str] = {}
+    lines: dict[str, int] = {}
     for lineno, raw in enumerate(reader, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         pid = row.get(pid_col, "")
@@ -77,6 +79,7 @@ def read_clinical(path: Path) -> ClinicalTable:
             raise CcrccError(f"{path}:{lineno}: patient {pid!r} has no grade")
         grades[pid], labels[pid] = grade_to_label(row[grade_col], f"{path}:{lineno}")
         rows[pid] = row
+        lines[pid] = lineno
     if not rows:
         raise CcrccError(f"{path}: no patients")
-    return ClinicalTable(path, columns, rows, labels, grades)
+    return ClinicalTable(path, columns, rows, labels, grades, lines)

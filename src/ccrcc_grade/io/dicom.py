@@ -62,9 +62,96 @@ def slice_position(ds: pydicom.Dataset) -> float:
     return float(np.dot(ipp, normal))
 
 
-def scan_series(folder: Path) -> list[DicomSlice]:
-    """Every DICOM file in ``folder`` (any names, any order), checked to be ONE series and
-    sorted along the slice normal (InstanceNumber when positions are missing)."""
+DERIVED_TERMS = ("DERIVED", "SECONDARY", "MPR", "MIP", "MINIP", "LOCALIZER", "PROJECTION", "REFORMATTED", "VOLUME")
+MAX_PIXELS = 4096 * 4096  # a CT slice is 512 x 512; beyond this a header is hostile or not a CT slice
+
+
+def image_problem(ds: pydicom.Dataset) -> str | None:
+    """Why an image is not what the model was made for (an original axial CT slice), or None:
+    derived, secondary, reformatted, projected or localizer images (ImageType), a non-axial
+    orientation, or a multi-frame object the pipeline does not split."""
+    kinds = [str(v).strip().upper() for v in (getattr(ds, "ImageType", None) or [])]
+    bad = [t for t in kinds if t in DERIVED_TERMS]
+    if bad:
+        return f"ImageType {'/'.join(kinds)} marks a {bad[0].lower()} image, not an original axial slice"
+    frames = str(getattr(ds, "NumberOfFrames", "") or "1").strip()
+    if frames not in ("", "1"):
+        return f"a multi-frame object ({frames} frames) that the pipeline does not split into slices"
+    try:
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=float)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    normal = np.cross(iop[:3], iop[3:])
+    if iop.size == 6 and np.all(np.isfinite(normal)) and abs(normal[2]) < 0.9 * max(np.linalg.norm(normal), 1e-9):
+        return f"orientation {', '.join(f'{v:g}' for v in iop)} is not axial (a reformatted plane)"
+    return None
+
+
+def pixel_bytes_problem(ds: pydicom.Dataset) -> str | None:
+    """A header whose image would decode to more than MAX_PIXELS pixels per frame (a decompression
+    bomb: a few kilobytes of JPEG 2000 can claim 65535 x 65535), before anything is decoded."""
+    try:
+        rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    except (TypeError, ValueError):
+        return "Rows/Columns are not whole numbers"
+    if rows * cols > MAX_PIXELS:
+        return f"{rows} x {cols} pixels is larger than any CT slice (at most {MAX_PIXELS} pixels)"
+    return None
+
+
+def patient_identity(ds: pydicom.Dataset) -> tuple[str, str]:
+    """(PatientID, PatientName + birth date) as written; empty strings where absent."""
+    pid = str(getattr(ds, "PatientID", "") or "").strip()
+    name = str(getattr(ds, "PatientName", "") or "").strip()
+    born = str(getattr(ds, "PatientBirthDate", "") or "").strip()
+    return pid, f"{name} {born}".strip()
+
+
+def check_one_patient(items: list[tuple[object, pydicom.Dataset]], where: str) -> None:
+    """One patient, and every image and series once, in a set of DICOM headers (a patient folder,
+    an upload): refuses, naming the files, PatientIDs (or names and birth dates where IDs are
+    blank) that differ, the same SOPInstanceUID twice and two series folders sharing one
+    SeriesInstanceUID (``items``: (file or folder/file name, header))."""
+    ids: dict[str, object] = {}
+    names: dict[str, object] = {}
+    blank_id = False
+    sops: dict[str, object] = {}
+    folders: dict[str, str] = {}
+    for f, ds in items:
+        pid, name = patient_identity(ds)
+        if pid:
+            ids.setdefault(pid, f)
+        blank_id |= not pid
+        if name:
+            names.setdefault(name, f)
+        sop = str(getattr(ds, "SOPInstanceUID", "") or "").strip()
+        if sop and sop in sops:
+            raise CcrccError(
+                f"{f}: SOPInstanceUID {sop} is also the image {sops[sop]}: the same image twice in {where}"
+            )
+        sops.setdefault(sop, f)
+        series = str(getattr(ds, "SeriesInstanceUID", "") or "").strip()
+        folder = str(Path(str(f)).parent)
+        if series and folders.setdefault(series, folder) != folder:
+            raise CcrccError(
+                f"{f}: SeriesInstanceUID {series} is also the series of {folders[series]}: two series share "
+                f"one UID in {where}"
+            )
+    for what, seen in (("PatientID", ids), ("patient name and birth date", names)):
+        if len(seen) > 1:
+            (a, fa), (b, fb) = list(seen.items())[:2]
+            raise CcrccError(
+                f"{where}: images of {len(seen)} patients ({what} {a!r} in {fa}, {b!r} in {fb}); one patient per folder"
+            )
+        if what == "PatientID" and not blank_id:
+            return  # one ID on every image: names may be spelt differently between series
+
+
+def scan_series(folder: Path, allow_derived: bool = False) -> list[DicomSlice]:
+    """Every DICOM file in ``folder`` (any names, any order), checked to be ONE series of
+    original axial CT slices (``allow_derived``: derived, reformatted or localizer images too)
+    and sorted along the slice normal (InstanceNumber when positions are missing); two slices
+    at one position (two series or two patients interleaved) are refused."""
     files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise CcrccError(f"{folder}: no DICOM files")
@@ -75,6 +162,12 @@ def scan_series(folder: Path) -> list[DicomSlice]:
             raise CcrccError(f"{f}: DICOM file has no image")
         if str(getattr(ds, "Modality", "CT") or "CT") != "CT":
             raise CcrccError(f"{f}: Modality is {ds.Modality}, not CT; the grade model reads CT only")
+        problem = pixel_bytes_problem(ds) or (None if allow_derived else image_problem(ds))
+        if problem:
+            raise CcrccError(
+                f"{f}: {problem}; the model was made for original axial CT slices"
+                + ("" if pixel_bytes_problem(ds) else " (--allow-derived grades it anyway, and the result says so)")
+            )
         spacing = pixel_spacing(ds, f)
         slices.append(
             DicomSlice(
@@ -92,8 +185,15 @@ def scan_series(folder: Path) -> list[DicomSlice]:
     if len(uids) > 1:
         counts = ", ".join(f"{u} ({sum(s.series_uid == u for s in slices)} files)" for u in uids)
         raise CcrccError(f"{folder}: {len(uids)} DICOM series mixed in one phase folder: {counts}")
+    check_one_patient([(s.path, s.header) for s in slices], f"the series {folder}")
     if all(np.isfinite(s.position) for s in slices):
         slices.sort(key=lambda s: (s.position, s.instance))
+        for a, b in zip(slices, slices[1:]):
+            if abs(a.position - b.position) < 1e-3:
+                raise CcrccError(
+                    f"{b.path}: at the same position ({b.position:.2f} mm) as {a.path.name}: two series or two "
+                    "patients interleaved in one folder"
+                )
     else:
         slices.sort(key=lambda s: (s.instance, s.path.name))
     return slices

@@ -39,6 +39,7 @@ def model_card(path: Path, meta: dict) -> dict:
         "phase": meta.get("phase"),
         "trained": meta.get("created"),
         "package_version": meta.get("package_version"),
+        "weights_sha256": meta.get("weights_sha256"),
         "epoch": meta.get("epoch"),
         "data": {
             "train_patients": len(splits.get("train", [])),

@@ -27,7 +27,7 @@ from ccrcc_grade.ingest.cache import CropCache
 from ccrcc_grade.model.card import model_card
 from ccrcc_grade.model.data import to_model_input
 from ccrcc_grade.model.inference import load_model, read_checkpoint
-from ccrcc_grade.model.onnx_runtime import ONNX_META_KEY, onnx_probs
+from ccrcc_grade.model.onnx_runtime import ONNX_META_KEY, onnx_probs, onnx_weights_sha256
 from ccrcc_grade.stats.metrics import aggregate_patients, safe_auc
 
 
@@ -66,7 +66,8 @@ def onnx_graph(model: nn.Module, ckpt: dict) -> onnx.ModelProto:
         )
     proto = onnx.load_from_string(buf.getvalue())
     meta = proto.metadata_props.add()
-    meta.key, meta.value = ONNX_META_KEY, json.dumps(onnx_metadata(ckpt))
+    meta.key = ONNX_META_KEY
+    meta.value = json.dumps({**onnx_metadata(ckpt), "onnx_weights_sha256": onnx_weights_sha256(proto)})
     return proto
 
 
@@ -88,6 +89,7 @@ def onnx_metadata(ckpt: dict) -> dict:
             "epoch",
             "best_epoch",
             "val",
+            "weights_sha256",
         )
     }
 
@@ -124,7 +126,7 @@ def export_onnx(model_path: Path, out: Path, check: bool = True, int8: bool = Fa
     onnx.checker.check_model(proto)
     atomic_write(Path(out), lambda fh: fh.write(proto.SerializeToString()))
     card = Path(out).with_suffix(".card.json")  # the workstation's model card, beside the file
-    atomic_write_json(card, model_card(Path(model_path), ckpt))
+    atomic_write_json(card, {**model_card(Path(model_path), ckpt), "onnx_weights_sha256": _meta_value(proto)})
     info = {"onnx": str(out), "card": str(card), "model": ckpt["model"], "phase": ckpt["phase"]}
     if check:
         crops = np.random.default_rng(1).integers(0, 256, (8, size, size)).astype(np.uint8)
@@ -135,6 +137,10 @@ def export_onnx(model_path: Path, out: Path, check: bool = True, int8: bool = Fa
         if info["max_abs_diff"] > 1e-3:
             raise CcrccError(f"{out}: ONNX Runtime and PyTorch disagree (max |diff| {info['max_abs_diff']:.2e})")
     return info
+
+
+def _meta_value(proto: onnx.ModelProto) -> str:
+    return json.loads(next(m for m in proto.metadata_props if m.key == ONNX_META_KEY).value)["onnx_weights_sha256"]
 
 
 def _cohort_crops(ckpt: dict, part: str) -> tuple[np.ndarray, list[dict]]:
@@ -217,8 +223,10 @@ def _export_int8(model_path: Path, out: Path) -> dict:
             )
         proto = onnx.load(str(q))
         meta = next(m for m in proto.metadata_props if m.key == ONNX_META_KEY)
-        meta.value = json.dumps({**json.loads(meta.value), "int8": record})
+        meta.value = json.dumps(
+            {**json.loads(meta.value), "int8": record, "onnx_weights_sha256": onnx_weights_sha256(proto)}
+        )
         atomic_write(out, lambda fh: fh.write(proto.SerializeToString()))
     card = out.with_suffix(".card.json")
-    atomic_write_json(card, {**model_card(model_path, ckpt), "int8": record})
+    atomic_write_json(card, {**model_card(model_path, ckpt), "int8": record, "onnx_weights_sha256": _meta_value(proto)})
     return {"onnx": str(out), "card": str(card), "model": ckpt["model"], "phase": ckpt["phase"], "int8": record}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import time
@@ -67,6 +68,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and bytes (in name order): the checksum a
+    checkpoint, its ONNX export's card and the workstation carry, verified on every load."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def make_checkpoint(model: nn.Module, meta: dict) -> dict:
     """A checkpoint is plain data (tensors, numbers, strings) so it loads with weights_only=True."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -75,8 +87,9 @@ def make_checkpoint(model: nn.Module, meta: dict) -> dict:
         "format_version": CHECKPOINT_VERSION,
         "package_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "state_dict": state,
         **meta,
+        "state_dict": state,
+        "weights_sha256": weights_sha256(state),
     }
 
 
@@ -95,6 +108,12 @@ def read_checkpoint(path: Path) -> dict:
         raise CcrccError(
             f"{path}: saved by an incompatible ccrcc-grade version "
             f"(checkpoint format {ckpt.get('format_version')}, this version reads {CHECKPOINT_VERSION})"
+        )
+    want = ckpt.get("weights_sha256")
+    if want is not None and weights_sha256(ckpt["state_dict"]) != want:
+        raise CcrccError(
+            f"{path}: the weights do not match the checksum stored with them (damaged or altered after "
+            "training); this model is not used"
         )
     return ckpt
 

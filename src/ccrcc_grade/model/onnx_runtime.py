@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import onnx
     import onnxruntime as ort
 
 import numpy as np
@@ -28,6 +29,36 @@ def onnx_session(path: Path | bytes) -> ort.InferenceSession:
     )
 
 
+def onnx_weights_sha256(proto: onnx.ModelProto) -> str:
+    """SHA-256 over an ONNX graph's initializers (names, types, shapes, values) in name order:
+    the weights an exported model carries, as the metadata records them."""
+    import hashlib
+
+    from onnx import numpy_helper
+
+    h = hashlib.sha256()
+    for init in sorted(proto.graph.initializer, key=lambda i: i.name):
+        a = numpy_helper.to_array(init)
+        h.update(f"{init.name}|{a.dtype}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def verify_onnx_weights(path: Path, meta: dict) -> None:
+    """An exported model's weights against the checksum in its metadata (exports before the
+    checksum existed carry none and are read as before)."""
+    import onnx
+
+    want = meta.get("onnx_weights_sha256")
+    if want is None:
+        return
+    if onnx_weights_sha256(onnx.load(str(path))) != want:
+        raise CcrccError(
+            f"{path}: the weights do not match the checksum in its metadata (damaged or altered after "
+            "export); this model is not used"
+        )
+
+
 def read_onnx_metadata(path: Path) -> dict:
     """The checkpoint metadata stored in an exported model; CcrccError when it is not ours."""
     try:
@@ -37,7 +68,9 @@ def read_onnx_metadata(path: Path) -> dict:
     raw = sess.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
     if not raw:
         raise CcrccError(f"{path}: not an ONNX model exported by ccrcc-grade (no {ONNX_META_KEY} metadata)")
-    return json.loads(raw)
+    meta = json.loads(raw)
+    verify_onnx_weights(path, meta)
+    return meta
 
 
 def onnx_probs(path: Path, crops_u8: np.ndarray, session: ort.InferenceSession | None = None) -> np.ndarray:

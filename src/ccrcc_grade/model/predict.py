@@ -18,7 +18,7 @@ from ccrcc_grade.core.errors import CcrccError, check_number
 from ccrcc_grade.core.fileio import atomic_write_json, refuse_overwriting_inputs
 from ccrcc_grade.core.paths import RunDir
 from ccrcc_grade.core.phases import canonical_phase
-from ccrcc_grade.core.threshold import decide, policy_of
+from ccrcc_grade.core.threshold import decide, decision_digits, policy_of
 from ccrcc_grade.ingest.cache import crop_rois
 from ccrcc_grade.ingest.cohort import Roi
 from ccrcc_grade.ingest.layouts import dicom_folder_rois, slice_folder_rois, volume_rois
@@ -53,6 +53,16 @@ class Predictor:
     @property
     def backend(self) -> str | None:
         return self.meta.get("backend")
+
+    @property
+    def weights_sha256(self) -> str:
+        """The checksum of the weights (verified when loaded); for files saved before checksums
+        existed, the file's modification time and size stand in."""
+        m = self.meta
+        if m.get("onnx_weights_sha256") or m.get("weights_sha256"):
+            return m.get("onnx_weights_sha256") or m["weights_sha256"]
+        st = Path(m["path"]).stat()
+        return f"unsummed:{st.st_mtime_ns}:{st.st_size}"
 
 
 def load_predictor(model_path: Path, device: str = "auto", backend: str = "auto") -> Predictor:
@@ -138,6 +148,7 @@ def find_rois(
     boxes: Path | None,
     patient_id: str | None,
     mask_margin_mm: float = PreprocessConfig.mask_margin_mm,
+    allow_derived: bool = False,
 ) -> tuple[list[Roi], str, list[str]]:
     """ROIs of the model's phase in a phase folder, a patient folder, or a NIfTI file."""
     warnings: list[str] = []
@@ -182,7 +193,12 @@ def find_rois(
                 f"{boxes}: no {phase} boxes for patient {pid!r} (give --patient-id when the folder "
                 "name is not the patient id)"
             )
-        rois, _ = dicom_folder_rois(folder, pid, phase, rows, folder, by_name=True)
+        rois, _ = dicom_folder_rois(folder, pid, phase, rows, folder, match_sop=True, allow_derived=allow_derived)
+        if allow_derived:
+            warnings.append(
+                "--allow-derived: derived, reformatted or localizer images were not refused; the model was "
+                "made for original axial CT slices"
+            )
     if not rois:
         raise CcrccError(f"{folder}: no tumour boxes (labelme rectangles or boxes CSV rows) for the {phase} phase")
     return rois, pid, warnings
@@ -226,6 +242,7 @@ def predict_patient(
     device: str = "auto",
     predictor: Predictor | None = None,
     box_k: int = BOX_K,
+    allow_derived: bool = False,
 ) -> dict:
     """Predict one patient from a folder or file; returns the JSON-ready result."""
     t0 = time.perf_counter()
@@ -233,7 +250,9 @@ def predict_patient(
     phase = predictor.phase
     if phase == "combined":  # trained on all phases: take the phase of the folder given, else parenchymal
         phase = canonical_phase(Path(inp).name) or "parenchymal"
-    rois, pid, warnings = find_rois(Path(inp), phase, boxes, patient_id, predictor.preprocess.mask_margin_mm)
+    rois, pid, warnings = find_rois(
+        Path(inp), phase, boxes, patient_id, predictor.preprocess.mask_margin_mm, allow_derived=allow_derived
+    )
     return grade_rois(predictor, rois, pid, phase, warnings, cam_dir, t0, box_k=box_k)
 
 
@@ -271,6 +290,7 @@ def grade_rois(
         "grade": decision.grade,
         "decision": decision.text,
         "threshold": policy.threshold,
+        "digits": decision_digits(float(pp[0]), policy.threshold),  # decimals that show the comparison made
         "threshold_policy": policy.to_dict(),
         "slices": [
             {"source": r.source, "box": [round(v, 2) for v in r.box.as_tuple()], "prob_high": float(p)}
@@ -356,6 +376,7 @@ def predict_command(
     patient_id: str | None = None,
     device: str = "auto",
     box_k: int = BOX_K,
+    allow_derived: bool = False,
 ) -> str:
     inputs = [model, inp, boxes]
     refuse_overwriting_inputs([("--json", json_out)], inputs)
@@ -373,6 +394,7 @@ def predict_command(
         Path(cam_dir) if cam_dir else None,
         device,
         box_k=box_k,
+        allow_derived=allow_derived,
     )
     if json_out:
         atomic_write_json(Path(json_out), r)

@@ -5,11 +5,14 @@ user's input is a JSON ``{"detail": "<one line>"}`` with a 4xx status (502 for t
 from __future__ import annotations
 
 import base64
+import errno
+import hashlib
 import hmac
 import html
 import io
 import json
 import logging
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,8 +24,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.errors import CannotWrite, CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json
+from ccrcc_grade.core.threshold import decision_digits
 from ccrcc_grade.ingest.cohort import Roi
 from ccrcc_grade.ingest.preprocess import window_to_uint8
 from ccrcc_grade.io.boxes import Box
@@ -30,6 +34,7 @@ from ccrcc_grade.model.card import DISCLAIMER
 from ccrcc_grade.model.predict import grade_rois
 from ccrcc_grade.serve.models import ModelRegistry
 from ccrcc_grade.serve.pacs import Pacs, PacsError
+from ccrcc_grade.serve.security import LOOPBACK_HOSTS, Guard
 from ccrcc_grade.serve.store import NotFound, StudyStore, TooLarge, UploadLimits
 
 STATIC = Path(__file__).parent / "static"
@@ -70,7 +75,10 @@ def create_app(
     token: str | None = None,
     limits: UploadLimits | None = None,
     device: str = "auto",
+    hosts: list[str] | None = None,
 ) -> FastAPI:
+    """The workstation. ``hosts``: the names the server answers to in the Host header (loopback
+    names by default; `serve` adds the address it listens on and --allowed-host)."""
     registry = ModelRegistry(models, device)
     store = StudyStore(Path(data), limits)
     pacs = Pacs(pacs_url) if pacs_url else None
@@ -79,7 +87,17 @@ def create_app(
         version="1",
         description=f"Grade clear cell RCC (WHO/ISUP low I-II / high III-IV) from boxed CT slices. "
         f"{DISCLAIMER[0].upper() + DISCLAIMER[1:]}.",
+        docs_url=None,  # served below from local files: the stock page loads Swagger UI from a CDN
+        redoc_url=None,
     )
+    app.add_middleware(
+        Guard,
+        hosts=list(hosts or LOOPBACK_HOSTS),
+        max_body=store.limits.max_bytes,
+        max_uploads=store.limits.max_uploads,
+    )
+    private = [str(store.root.resolve()), str(Path.home())]  # never named in an answer
+    private += [str(Path(m["path"]).parent) for m in registry.models.values()]
 
     def auth(request: Request) -> None:
         if token is None:
@@ -92,6 +110,9 @@ def create_app(
 
     @app.exception_handler(CcrccError)
     async def _errors(request: Request, exc: CcrccError):
+        if isinstance(exc, CannotWrite):
+            log.error("cannot write: %s", exc)
+            return JSONResponse({"detail": f"the server cannot write ({exc.reason}); nothing was saved"}, 507)
         status = (
             401
             if isinstance(exc, Unauthorized)
@@ -103,9 +124,20 @@ def create_app(
             if isinstance(exc, PacsError)
             else 422
             if isinstance(exc, Unprocessable)
+            else 409
+            if isinstance(exc, Stale)
             else 400
         )
-        return JSONResponse({"detail": str(exc).splitlines()[0]}, status_code=status)
+        return JSONResponse({"detail": public_text(str(exc).splitlines()[0], private)}, status_code=status)
+
+    @app.exception_handler(OSError)
+    async def _os_errors(request: Request, exc: OSError):  # a write outside atomic_write: a full disk
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return JSONResponse(
+            {"detail": f"the server cannot {'write' if full else 'read or write'} ({exc.strerror or 'error'})"},
+            507 if full else 500,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -116,6 +148,12 @@ def create_app(
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        if not (STATIC / "vendor" / "swagger-ui" / "swagger-ui-bundle.js").is_file():
+            raise NotFound("the API documentation page needs Swagger UI in static/vendor (`make vendor`)")
+        return FileResponse(STATIC / "docs.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -129,13 +167,9 @@ def create_app(
 
     @app.post("/api/studies", dependencies=api)
     async def upload(files: list[UploadFile] = File(...)) -> dict:
-        blobs, total = [], 0
-        for f in files:
-            data = await f.read()
-            total += len(data)
-            if total > store.limits.max_bytes:
-                raise TooLarge(f"upload exceeds the limit of {store.limits.max_bytes / 1e6:.0f} MB")
-            blobs.append((f.filename or "upload", data))
+        # the parts arrive spooled to temporary files (bounded by the Guard's Content-Length check);
+        # they are read from there one by one, never all into memory at once
+        blobs = [(f.filename or "upload", f.file) for f in files]
         summary = await run_in_threadpool(store.add_upload, blobs)  # parsing and writing off the event loop
         log.info("study %s uploaded: %d series", summary["study_id"], len(summary["series"]))
         return summary
@@ -146,7 +180,8 @@ def create_app(
 
     @app.post("/api/studies/pacs", dependencies=api)
     def pacs_load(q: PacsLoadIn) -> dict:
-        summary = store.add_datasets(need_pacs().retrieve(q.study_uid))
+        datasets = need_pacs().retrieve(q.study_uid)
+        summary = store.add_datasets([(f"PACS instance {n + 1}", ds) for n, ds in enumerate(datasets)])
         log.info("study %s loaded from the PACS: %d series", summary["study_id"], len(summary["series"]))
         return summary
 
@@ -166,8 +201,8 @@ def create_app(
         return s
 
     @app.put("/api/studies/{study_id}/phases", dependencies=api)
-    def phases(study_id: str, assignment: dict[str, str | None]) -> dict:
-        return store.set_phases(study_id, assignment)
+    def phases(study_id: str, assignment: dict[str, str | None], allow_derived: bool = False) -> dict:
+        return store.set_phases(study_id, assignment, allow_derived)
 
     @lru_cache(maxsize=96)
     def hu(study_id: str, series_uid: str, k: int) -> np.ndarray:
@@ -189,7 +224,7 @@ def create_app(
     def put_boxes(study_id: str, boxes: list[BoxIn]) -> list[dict]:
         return store.set_boxes(study_id, [b.model_dump() for b in boxes])
 
-    def rois_for(study_id: str, phase: str) -> tuple[list[Roi], dict]:
+    def rois_for(study_id: str, phase: str, notes: list[str]) -> tuple[list[Roi], dict]:
         raw = store.raw(study_id)
         series = [x for x in raw["series"] if x["phase"] == phase]
         if not series:
@@ -202,6 +237,11 @@ def create_app(
         s = series[0]
         folder = store.folder(study_id) / "series" / s["folder"]
         rois, where = [], {}
+        if s.get("override"):
+            notes.append(
+                f"graded on a series the model was not made for ({s['problem']}): assigned to the {phase} "
+                "phase by the user's override"
+            )
         for b in store.boxes(study_id):
             if b["sop_instance_uid"] not in s["sop_instance_uids"]:
                 continue
@@ -230,9 +270,11 @@ def create_app(
         phase = m["card"]["phase"]
         if phase == "combined":
             raise Unprocessable("a combined-phase model needs a phase; serve per-phase models")
-        rois, where = rois_for(study_id, phase)
+        notes: list[str] = []
+        inputs = inputs_digest(study_id, m)
+        rois, where = rois_for(study_id, phase, notes)
         out = store.prediction_dir(study_id, m["id"])
-        result = grade_rois(m["predictor"], rois, study_id, phase, [], out / "cam" if cam else None)
+        result = grade_rois(m["predictor"], rois, study_id, phase, notes, out / "cam" if cam else None)
         for i, s in enumerate(result["slices"]):
             series_uid, k, sop = where[i]
             s.update(series_uid=series_uid, slice_index=k, sop_instance_uid=sop)
@@ -243,6 +285,7 @@ def create_app(
                 s["heat_url"] = f"/api/studies/{study_id}/cam/{m['id']}/{name[:-4]}_heat.png"
         result["model"].update(id=m["id"], path=m["id"])  # no server paths in the answer
         result["patient_id"] = study_id
+        result["inputs_sha256"] = inputs  # what the grade was computed from: checked before a report or SR
         atomic_write_json(out / "result.json", result)
         log.info("study %s graded with %s: %s", study_id, m["id"], result["grade"])
         return result
@@ -259,12 +302,26 @@ def create_app(
             raise NotFound(f"no Grad-CAM image {name!r} (grade with cam first)")
         return FileResponse(files[name], media_type="image/png")
 
+    def inputs_digest(study_id: str, m: dict) -> str:
+        """A digest of everything a grade depends on: the model's weights, the phase assignment
+        and the boxes. A report or SR is only made while it is unchanged."""
+        raw = store.raw(study_id)
+        phases = sorted((x["series_uid"], x["phase"] or "", bool(x.get("override"))) for x in raw["series"])
+        state = {"model": m["predictor"].weights_sha256, "phases": phases, "boxes": store.boxes(study_id)}
+        return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
     def last_result(study_id: str, model_id: str | None) -> tuple[dict, dict]:
         m = registry.get(model_id)
         f = store.prediction_dir(study_id, m["id"]) / "result.json"
         if not f.is_file():
             raise Unprocessable(f"study {study_id} has not been graded with {m['id']} yet")
-        return json.loads(f.read_text()), m
+        result = json.loads(f.read_text())
+        if result.get("inputs_sha256") != inputs_digest(study_id, m):
+            raise Stale(
+                f"the boxes, the phases or the model changed since study {study_id} was graded with {m['id']}; "
+                "grade it again before a report or SR is made"
+            )
+        return result, m
 
     def sr_dataset(study_id: str, model_id: str | None):
         import pydicom
@@ -302,9 +359,11 @@ def create_app(
         return report_html(result, m["card"], store.prediction_dir(study_id, m["id"]) / "cam")
 
     @app.get("/api/studies/{study_id}/export", dependencies=api)
-    def export(study_id: str) -> Response:
+    def export(study_id: str, identifiable: bool = False) -> Response:
+        """The study as a research cohort: de-identified (pseudonym, PS3.15 basic profile) unless
+        ``identifiable=true`` is asked for explicitly."""
         return Response(
-            store.export_cohort(study_id),
+            store.export_cohort(study_id, identifiable),
             media_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="cohort-{study_id}.zip"'},
         )
@@ -318,6 +377,22 @@ class Unauthorized(CcrccError):
 
 class Unprocessable(CcrccError):
     """A well-formed request the study cannot serve yet (HTTP 422)."""
+
+
+class Stale(CcrccError):
+    """A report or SR asked for after its inputs changed (HTTP 409)."""
+
+
+PATH = re.compile(r"(?<![\w.])(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)")
+
+
+def public_text(text: str, private: list[str]) -> str:
+    """A message fit for an HTTP answer: no server path (the folders given in ``private``, and
+    any absolute path, are cut down to the file's name)."""
+    for p in sorted(private, key=len, reverse=True):
+        if len(p) > 1:
+            text = text.replace(p + "/", "").replace(p, "<server folder>")
+    return PATH.sub(r"\1", text)
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -351,9 +426,10 @@ def report_html(result: dict, card: dict, cam_dir: Path) -> str:
         "body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 8px;vertical-align:top}"
         ".grade{font-size:1.4em;font-weight:600;margin:.6em 0}.warn{background:#fff4d6;padding:.5em;"
-        "border-left:4px solid #e0a000}@media print{button{display:none}}"
+        "border-left:4px solid #e0a000}@media print{.print{display:none}}"
     )
     title = f"ccrcc-grade report {e(result['patient_id'])}"
+    digits = max(3, decision_digits(result["prob_high"], result["threshold"]))  # never contradicts the decision
     b = result.get("box_robustness")
     robust = (
         f"<p id='robustness'>{e(b['text'])}: how much the grade depends on where "
@@ -368,13 +444,13 @@ def report_html(result: dict, card: dict, cam_dir: Path) -> str:
 a clinician confirms it. {e(card["intended_use"])}</p>
 <p>Study {e(result["patient_id"])} - phase {e(result["phase"])} - {len(result["slices"])} boxed slices</p>
 <p class='grade'>{e(result["decision"])}</p>
-<p>Patient probability of high grade (III-IV): {result["prob_high"]:.3f} (mean of the slices).
-Threshold: {e(result["threshold_policy"]["source"])} ({result["threshold"]:.3f}).</p>
+<p>Patient probability of high grade (III-IV): {result["prob_high"]:.{digits}f} (mean of the slices).
+Threshold: {e(result["threshold_policy"]["source"])} ({result["threshold"]:.{digits}f}).</p>
 {robust}
 <h2>Slices</h2><table><tr><th>Slice</th><th>Box (x0, y0, x1, y1)</th><th>P(high)</th><th>Grad-CAM</th></tr>
 {"".join(rows)}</table>
 <h2>Model</h2><p>{e(str(card["architecture"]))} on the {e(str(card["phase"]))} phase, trained {e(str(card["trained"]))};
 {card["data"]["train_patients"]} training, {card["data"]["validation_patients"]} validation and
 {card["data"]["test_patients"]} test patients; test patient AUC {e(auc)}.</p>
-<button onclick='window.print()'>Print / save as PDF</button>
+<p class='print'>Print or save as PDF with the browser's print command (Ctrl+P / Cmd+P).</p>
 </body></html>"""

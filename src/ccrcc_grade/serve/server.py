@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import math
+import stat
+from collections import Counter
 from pathlib import Path
 
 from ccrcc_grade.core.config import ServeOptions
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.serve.app import create_app
+from ccrcc_grade.serve.security import LOOPBACK_HOSTS
 from ccrcc_grade.serve.store import UploadLimits
 
 LOOPBACK_NAMES = {"localhost"}
@@ -34,10 +38,36 @@ def read_token(path: str | None, host: str) -> str | None:
     p = Path(path)
     if not p.is_file():
         raise CcrccError(f"{p}: token file not found")
+    mode = stat.S_IMODE(p.stat().st_mode)
+    if mode & 0o077 and not is_loopback(host):
+        raise CcrccError(
+            f"{p}: other users can read the token file (mode {mode:o}); chmod 600 {p} before serving "
+            "beyond this machine"
+        )
     token = p.read_text(encoding="utf-8", errors="replace").strip()
     if len(token) < 16 or any(c.isspace() for c in token):
         raise CcrccError(f"{p}: the token must be one line of at least 16 characters without spaces")
+    bits = token_bits(token)
+    if bits < MIN_TOKEN_BITS:
+        raise CcrccError(
+            f"{p}: the token is guessable (about {bits:.0f} bits of entropy, at least {MIN_TOKEN_BITS} needed); "
+            'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+        )
     return token
+
+
+MIN_TOKEN_BITS = 80
+
+
+def token_bits(token: str) -> float:
+    """A conservative estimate of a token's entropy: the Shannon entropy of its characters times
+    the number of characters that do not merely continue a run (``aaaa``, ``abcd``, ``9876``), so
+    ``aaaa...``, ``abab...`` and ``0123456789abcdef`` score low, ``secrets.token_urlsafe(32)`` ~ 190."""
+    counts = Counter(token)
+    per_char = -sum(c / len(token) * math.log2(c / len(token)) for c in counts.values())
+    steps = [ord(b) - ord(a) for a, b in zip(token, token[1:])]
+    runs = sum(1 for s, t in zip(steps, steps[1:]) if s == t and abs(s) <= 1)
+    return per_char * (len(token) - runs)
 
 
 def serve(
@@ -50,6 +80,7 @@ def serve(
     max_upload_mb: int = ServeOptions.max_upload_mb,
     max_files: int = ServeOptions.max_files,
     device: str = "auto",
+    allowed_hosts: list[str] | None = None,
 ) -> None:
     import uvicorn
 
@@ -58,7 +89,13 @@ def serve(
     if max_upload_mb < 1 or max_files < 1:
         raise CcrccError("--max-upload-mb and --max-files must be >= 1")
     token = read_token(token_file, host)
-    app = create_app(models, data, pacs, token, UploadLimits(max_upload_mb * 1024**2, max_files), device)
+    hosts = [*LOOPBACK_HOSTS, *([] if host in ("0.0.0.0", "::") else [host]), *(allowed_hosts or [])]
+    if host in ("0.0.0.0", "::") and not allowed_hosts:
+        raise CcrccError(
+            f"--host {host} listens on every address: name the ones clients use with --allowed-host "
+            "(e.g. --allowed-host grading.hospital.org 10.1.2.3), so a foreign name in the Host header is refused"
+        )
+    app = create_app(models, data, pacs, token, UploadLimits(max_upload_mb * 1024**2, max_files), device, hosts=hosts)
     print(
         f"ccrcc-grade workstation on http://{host}:{port}/ (API documentation: /docs); "
         f"studies in {Path(data).resolve()}"

@@ -20,22 +20,32 @@ import json
 import re
 import secrets
 import shutil
+import stat
 import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+from zlib import error as zlib_error
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ccrcc_grade.core.config import ServeOptions
-from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.errors import CannotWrite, CcrccError
 from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
 from ccrcc_grade.core.phases import PHASES
 from ccrcc_grade.ingest.phase_detect import detect_phases, series_tags
 from ccrcc_grade.io.boxes import Box
-from ccrcc_grade.io.dicom import display_flips, read_hu, slice_position
+from ccrcc_grade.io.dicom import (
+    check_one_patient,
+    display_flips,
+    image_problem,
+    pixel_bytes_problem,
+    read_hu,
+    slice_position,
+)
 
 STUDY_ID = re.compile(r"^[0-9a-f]{16}$")
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -51,46 +61,63 @@ class TooLarge(CcrccError):
 
 @dataclass(frozen=True)
 class UploadLimits:
-    max_bytes: int = ServeOptions.max_upload_mb * 2**20  # total size of one upload
+    max_bytes: int = ServeOptions.max_upload_mb * 2**20  # total size of one upload, unpacked
     max_files: int = ServeOptions.max_files  # DICOM instances in one upload
+    max_boxes: int = ServeOptions.max_boxes  # boxes in one study
+    max_uploads: int = ServeOptions.max_uploads  # uploads read at the same time
 
 
-def _datasets_from_upload(files: list[tuple[str, bytes]], limits: UploadLimits) -> list[pydicom.Dataset]:
-    """Read every uploaded file (DICOM files or zips of them) as DICOM; anything else is a 400
-    naming the file. Names are only used in messages."""
-    total = sum(len(b) for _, b in files)
-    if total > limits.max_bytes:
-        raise TooLarge(f"upload of {total / 1e6:.0f} MB exceeds the limit of {limits.max_bytes / 1e6:.0f} MB")
-    out: list[pydicom.Dataset] = []
+def _datasets_from_upload(files: list[tuple[str, BinaryIO]], limits: UploadLimits) -> list[tuple[str, pydicom.Dataset]]:
+    """Read every uploaded file (DICOM files or zips of them, as spooled file objects) as DICOM;
+    anything else is a 400 naming the file. Names are only used in messages. Memory is bounded:
+    a zip member is read only up to its declared size and the declared sizes together stay
+    within the upload limit; no pixel data are decoded here, and an image header claiming more
+    pixels than a CT slice has (a decompression bomb) is refused before it could be."""
+    out: list[tuple[str, pydicom.Dataset]] = []
+    total = 0
 
-    def add(name: str, data: bytes) -> None:
+    def add(name: str, fh: BinaryIO) -> None:
         if len(out) >= limits.max_files:
             raise TooLarge(f"upload holds more than {limits.max_files} files")
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
-        except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, OSError) as exc:
+            ds = pydicom.dcmread(fh)
+        except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, OSError, KeyError) as exc:
             raise CcrccError(f"{name}: not a DICOM file ({exc.__class__.__name__})") from None
         if "PixelData" not in ds:
             raise CcrccError(f"{name}: DICOM file without an image")
+        if pixel_bytes_problem(ds):
+            raise TooLarge(f"{name}: {pixel_bytes_problem(ds)}")
         if not _uid(ds, "SOPInstanceUID") and not _uid(
             getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPInstanceUID"
         ):
             raise CcrccError(f"{name}: DICOM file without a SOPInstanceUID (in the dataset or its file meta)")
-        out.append(ds)
+        out.append((name, ds))
 
-    for name, data in files:
-        if data[:4] == b"PK\x03\x04":
+    for name, fh in files:
+        fh.seek(0, io.SEEK_END)
+        size = fh.tell()
+        fh.seek(0)
+        total += size
+        if total > limits.max_bytes:
+            raise TooLarge(f"upload exceeds the limit of {limits.max_bytes / 1e6:.0f} MB")
+        if fh.read(4) == b"PK\x03\x04":
+            fh.seek(0)
             try:
-                with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                with zipfile.ZipFile(fh) as zf:
                     members = [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX")]
-                    if sum(m.file_size for m in members) > limits.max_bytes:
+                    total += sum(m.file_size for m in members) - size
+                    if total > limits.max_bytes:
                         raise TooLarge(f"{name}: unpacks to more than {limits.max_bytes / 1e6:.0f} MB")
                     for m in members:
-                        add(f"{name}:{m.filename}", zf.read(m))
-            except zipfile.BadZipFile:
-                raise CcrccError(f"{name}: a damaged zip file") from None
+                        with zf.open(m) as member:  # yields at most the declared size
+                            add(f"{name}:{m.filename}", io.BytesIO(member.read(m.file_size + 1)))
+            except (zipfile.BadZipFile, NotImplementedError, EOFError, zlib_error) as exc:
+                raise CcrccError(
+                    f"{name}: a damaged zip file or one packed in a way zip cannot read ({exc.__class__.__name__})"
+                ) from None
         else:
-            add(name, data)
+            fh.seek(0)
+            add(name, fh)
     if not out:
         raise CcrccError("no DICOM files in the upload")
     return out
@@ -101,7 +128,18 @@ class StudyStore:
 
     def __init__(self, root: Path, limits: UploadLimits | None = None):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise CcrccError(f"--data {self.root}: is a file, not a folder")
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CcrccError(f"--data {self.root}: cannot create the folder ({exc.strerror or exc})") from None
+        mode = stat.S_IMODE(self.root.stat().st_mode)
+        if mode & 0o077:
+            raise CcrccError(
+                f"--data {self.root}: other users can open this folder (mode {mode:o}); patient images are kept "
+                f"there, so it must be the owner's only: chmod 700 {self.root}, or give a new folder"
+            )
         self.limits = limits or UploadLimits()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -116,12 +154,21 @@ class StudyStore:
         return self.root / study_id
 
     # --- create ------------------------------------------------------------------------
-    def add_upload(self, files: list[tuple[str, bytes]]) -> dict:
+    def add_upload(self, files: list[tuple[str, BinaryIO]]) -> dict:
         return self.add_datasets(_datasets_from_upload(files, self.limits))
 
-    def add_datasets(self, datasets: list[pydicom.Dataset]) -> dict:
-        """A new study from DICOM datasets (one study; several series): written in a temporary
-        folder and renamed into place, so a failure leaves nothing behind."""
+    def add_datasets(self, named: list[tuple[str, pydicom.Dataset]]) -> dict:
+        """A new study from (name, DICOM dataset) pairs - one patient, one study, several series:
+        written in a temporary folder and renamed into place, so a failure leaves nothing behind.
+        Two patients (even anonymised with blank UIDs), the same image twice, two slices at one
+        position of a series (interleaved series) are refused naming the files; a series of
+        derived, reformatted or localizer images is kept but never assigned a phase."""
+        for name, ds in named:
+            if pixel_bytes_problem(ds):
+                raise TooLarge(f"{name}: {pixel_bytes_problem(ds)}")
+        check_one_patient([(f"upload/{name}", ds) for name, ds in named], "this upload")
+        datasets = [ds for _, ds in named]
+        names = {id(ds): name for name, ds in named}
         notes = complete_uids(datasets)
         studies = {str(ds.StudyInstanceUID) for ds in datasets}
         if len(studies) > 1:
@@ -134,7 +181,10 @@ class StudyStore:
             by_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
         study_id = secrets.token_hex(8)
         tmp = self.root / f".{study_id}.upload"
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise CannotWrite(f"{tmp}: cannot write ({exc.strerror})", exc.strerror or "error") from None
         try:
             series = []
             for n, (uid, group) in enumerate(sorted(by_series.items())):
@@ -142,10 +192,21 @@ class StudyStore:
                 sops = [str(d.SOPInstanceUID) for d in group]
                 if len(set(sops)) != len(sops):
                     raise CcrccError(f"series {uid}: the same SOPInstanceUID twice")
+                for a, b in zip(group, group[1:]):
+                    if abs(slice_position(a) - slice_position(b)) < 1e-3:
+                        raise CcrccError(
+                            f"{names[id(b)]}: at the same position ({slice_position(b):.2f} mm) as {names[id(a)]} "
+                            f"in series {uid}: two series or two patients interleaved; upload one series per "
+                            "SeriesInstanceUID"
+                        )
+                problem = next((p for p in map(image_problem, group) if p), None)
                 folder = tmp / "series" / str(n)
                 folder.mkdir(parents=True)
                 for k, d in enumerate(group):
-                    d.save_as(folder / f"{k}.dcm", enforce_file_format=True)
+                    try:
+                        d.save_as(folder / f"{k}.dcm", enforce_file_format=True)
+                    except OSError as exc:  # a full disk: the temporary folder goes, nothing is left
+                        raise CannotWrite(f"{folder}: cannot write ({exc.strerror})", exc.strerror or "error") from None
                 first = group[0]
                 series.append(
                     {
@@ -159,10 +220,14 @@ class StudyStore:
                         "columns": int(first.Columns),
                         "pixel_spacing": [float(v) for v in getattr(first, "PixelSpacing", [1.0, 1.0])],
                         "flip": list(display_flips(first)),
+                        "problem": problem,
+                        "override": False,
                     }
                 )
             for s in detect_phases(series):
                 s["phase_reason"] = s.pop("rule")
+                if s["problem"]:
+                    notes.append(f"series {s['description'] or s['series_uid']}: {s['problem']}; not assigned a phase")
             order = {p: i for i, p in enumerate(PHASES)}  # shown in phase order, unassigned last
             series.sort(key=lambda s: (order.get(s["phase"], len(PHASES)), s["description"], s["series_uid"]))
             first = datasets[0]
@@ -188,7 +253,18 @@ class StudyStore:
     def summary(self, study_id: str) -> dict:
         """The public summary (no file layout): study id and its series with their phases."""
         s = self.raw(study_id)
-        keys = ("series_uid", "description", "phase", "phase_reason", "slices", "rows", "columns", "pixel_spacing")
+        keys = (
+            "series_uid",
+            "description",
+            "phase",
+            "phase_reason",
+            "slices",
+            "rows",
+            "columns",
+            "pixel_spacing",
+            "problem",
+            "override",
+        )
         return {
             "study_id": s["study_id"],
             "series": [{k: x.get(k) for k in keys} for x in s["series"]],
@@ -218,19 +294,28 @@ class StudyStore:
         raise CcrccError(f"SOPInstanceUID {sop_uid!r} is not an image of study {study_id}")
 
     # --- change ------------------------------------------------------------------------
-    def set_phases(self, study_id: str, assignment: dict[str, str | None]) -> dict:
+    def set_phases(self, study_id: str, assignment: dict[str, str | None], allow_derived: bool = False) -> dict:
+        """Assign series to phases. A series of derived, reformatted or localizer images takes a
+        phase only with ``allow_derived`` (the user's explicit override, which its grade states)."""
         with self.lock(study_id):
             s = self.raw(study_id)
-            uids = {x["series_uid"] for x in s["series"]}
+            by_uid = {x["series_uid"]: x for x in s["series"]}
             for uid, phase in assignment.items():
-                if uid not in uids:
+                if uid not in by_uid:
                     raise NotFound(f"series {uid!r} not in study {study_id}")
                 if phase is not None and phase not in PHASES:
                     raise CcrccError(f"unknown phase {phase!r} (use one of {', '.join(PHASES)} or null)")
+                problem = by_uid[uid].get("problem")
+                if phase is not None and problem and not allow_derived:
+                    raise CcrccError(
+                        f"series {by_uid[uid]['description'] or uid}: {problem}; the model was made for original "
+                        "axial CT slices (assign it anyway with allow_derived=true; its grade then says so)"
+                    )
             for x in s["series"]:
                 if x["series_uid"] in assignment:
                     x["phase"] = assignment[x["series_uid"]]
-                    x["phase_reason"] = "set by the user"
+                    x["phase_reason"] = "set by the user" + (" (derived images: override)" if x.get("problem") else "")
+                    x["override"] = bool(x.get("problem")) and x["phase"] is not None
             taken = [x["phase"] for x in s["series"] if x["phase"]]
             dup = sorted({p for p in taken if taken.count(p) > 1})
             if dup:
@@ -247,6 +332,8 @@ class StudyStore:
         with a positive area; saved atomically as JSON and as ingest's boxes.csv."""
         clean = []
         s = self.raw(study_id)
+        if len(boxes) > self.limits.max_boxes:
+            raise TooLarge(f"{len(boxes)} boxes: a study takes at most {self.limits.max_boxes}")
         for i, b in enumerate(boxes):
             series, _ = self.locate(study_id, str(b["sop_instance_uid"]))
             box = Box.from_corners(b["x_min"], b["y_min"], b["x_max"], b["y_max"])
@@ -280,23 +367,60 @@ class StudyStore:
             )
         atomic_write_text(self.folder(study_id) / "cohort" / "boxes.csv", "\n".join(lines) + "\n")
 
-    def export_cohort(self, study_id: str) -> bytes:
+    def export_cohort(self, study_id: str, identifiable: bool = False) -> bytes:
         """A zip in the cohort layout B (COHORT/<patient>/<phase>/*.dcm + boxes.csv + a clinical.csv
-        template whose grade the research team fills in), for research after grading."""
+        template whose grade the research team fills in), for research after grading.
+
+        De-identified by default: every image goes through dicognito (a maintained implementation
+        of the PS3.15 Basic Application Level Confidentiality Profile: names, IDs, dates, UIDs and
+        institution replaced consistently within the export) and the patient folder, boxes.csv and
+        clinical.csv use the pseudonym; PatientIdentityRemoved and the de-identification method
+        are recorded in every file. ``identifiable`` exports the images as stored (the caller's
+        explicit choice)."""
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence
+
         s = self.raw(study_id)
         folder = self.folder(study_id)
         pid = _csv_id(s["patient_id"])
+        anonymizer = None
+        if not identifiable:
+            from dicognito.anonymizer import Anonymizer
+
+            anonymizer = Anonymizer(seed=secrets.token_hex(16))  # a fresh pseudonym per export
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for x in s["series"]:
                 name = x["phase"] or f"unassigned-{x['folder']}"
                 for k in range(x["slices"]):
-                    zf.write(folder / "series" / x["folder"] / f"{k}.dcm", f"{pid}/{name}/{k}.dcm")
+                    path = folder / "series" / x["folder"] / f"{k}.dcm"
+                    if anonymizer is None:
+                        zf.write(path, f"{pid}/{name}/{k}.dcm")
+                        continue
+                    ds = pydicom.dcmread(path)
+                    anonymizer.anonymize(ds)
+                    ds.PatientIdentityRemoved = "YES"
+                    method = Dataset()
+                    method.CodeValue, method.CodingSchemeDesignator = "113100", "DCM"
+                    method.CodeMeaning = "Basic Application Confidentiality Profile"
+                    ds.DeidentificationMethod = "dicognito (PS3.15 basic profile)"
+                    ds.DeidentificationMethodCodeSequence = Sequence([method])
+                    pseudonym = _csv_id(str(ds.PatientID))
+                    out = io.BytesIO()
+                    ds.save_as(out, enforce_file_format=True)
+                    zf.writestr(f"{pseudonym}/{name}/{k}.dcm", out.getvalue())
+            if anonymizer is not None and s["series"]:
+                pid, old = pseudonym, pid
+            else:
+                old = pid
             csv_path = folder / "cohort" / "boxes.csv"
-            zf.writestr(
-                "boxes.csv",
-                csv_path.read_text() if csv_path.is_file() else "patient_id,phase,file,x_min,y_min,x_max,y_max\n",
-            )
+            text = csv_path.read_text() if csv_path.is_file() else "patient_id,phase,file,x_min,y_min,x_max,y_max\n"
+            if pid != old:  # rows are "<id>,<phase>,<id>/<phase>/<k>.dcm,...": the pseudonym in both places
+                text = "\n".join(
+                    line.replace(f"{old},", f"{pid},", 1).replace(f",{old}/", f",{pid}/", 1) if n else line
+                    for n, line in enumerate(text.split("\n"))
+                )
+            zf.writestr("boxes.csv", text)
             zf.writestr("clinical.csv", f"patient_id,who_isup_grade\n{pid},\n")
         return buf.getvalue()
 

@@ -10,6 +10,7 @@ its n per grade and its missing counts.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +26,49 @@ from ccrcc_grade.stats.format import format_p
 SKIP = {"patient_id", "who_isup_grade", "grade"}
 
 
-def _numbers(values: list[str]) -> list[float] | None:
-    out = []
-    for v in values:
-        if v == "":
-            continue
-        try:
-            out.append(float(v))
-        except ValueError:
-            return None
-    return out
+MISSING = {"", "na", "n/a", "nan", "none", "null", "unknown", "not known", "missing", "-", "--", "?", "."}
+NUMERIC_SHARE = 0.8  # a column is a number when at least this share of its given cells are numbers
+
+
+def _number(v: str) -> float | None:
+    """A cell as a finite number ('65', '65.5', '65,5'), else None."""
+    try:
+        f = float(v.replace(",", ".") if v.count(",") == 1 and "." not in v else v)
+    except ValueError:
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _level(v: str) -> str:
+    """A category's spelling normalised: case and spaces ('Male ', 'male', 'MALE' are one level)."""
+    return " ".join(v.split()).casefold()
+
+
+def typed_column(col: str, values: list[str], lines: list[int], path: Path) -> tuple[str, list, list[str]]:
+    """(type, values with None where missing, problems per cell). Explicit missing markers (NA,
+    unknown, -) are missing; a numeric column's cells that are not numbers are reported by line
+    and counted as missing, so one 'unknown' or '65 y' no longer turns age into a category."""
+    given = [v for v in values if v.strip().casefold() not in MISSING]
+    nums = [_number(v) for v in given]
+    numeric = given and sum(n is not None for n in nums) >= NUMERIC_SHARE * len(given)
+    problems: list[str] = []
+    out: list = []
+    for v, line in zip(values, lines):
+        if v.strip().casefold() in MISSING:
+            out.append(None)
+        elif numeric:
+            n = _number(v)
+            if n is None:
+                problems.append(f"{path.name}:{line}: {col} {v!r} is not a number; counted as missing")
+            out.append(n)
+        else:
+            out.append(_level(v))
+    if not numeric:  # each level shown in its most frequent spelling
+        spellings: dict[str, Counter] = {}
+        for v in given:
+            spellings.setdefault(_level(v), Counter())[" ".join(v.split())] += 1
+        out = [None if v is None else spellings[v].most_common(1)[0][0] for v in out]
+    return ("numeric" if numeric else "categorical"), out, problems
 
 
 def _normal(x: np.ndarray, method: str) -> tuple[bool, float]:
@@ -100,21 +134,23 @@ def clinical_table(path: Path, normality: str = CLINICAL_NORMALITY) -> dict:
     ids = list(table.rows)
     labels = np.array([table.labels[i] for i in ids])
     n_low, n_high = int((labels == 0).sum()), int((labels == 1).sum())
-    rows = []
+    rows, problems = [], []
+    lines = [(table.lines or {}).get(i, 0) for i in ids]
     for col in table.columns:
         if col.lower() in SKIP:
             continue
-        values = [table.rows[i].get(col, "").strip() for i in ids]
-        present = np.array([v != "" for v in values])
+        raw = [table.rows[i].get(col, "").strip() for i in ids]
+        kind, typed, bad = typed_column(col, raw, lines, Path(path))
+        problems += bad
+        present = np.array([v is not None for v in typed])
         counts = {
             "n_low": int(np.sum(present & (labels == 0))),
             "n_high": int(np.sum(present & (labels == 1))),
             "missing_low": int(np.sum(~present & (labels == 0))),
             "missing_high": int(np.sum(~present & (labels == 1))),
         }
-        nums = _numbers(values)
-        if nums is not None and len(set(nums)) > 5:
-            arr = np.array([float(v) if v != "" else np.nan for v in values])
+        if kind == "numeric" and len({v for v in typed if v is not None}) > 5:
+            arr = np.array([np.nan if v is None else v for v in typed], dtype=float)
             lo, hi = arr[(labels == 0) & ~np.isnan(arr)], arr[(labels == 1) & ~np.isnan(arr)]
             if len(lo) < 2 or len(hi) < 2:
                 continue
@@ -141,6 +177,7 @@ def clinical_table(path: Path, normality: str = CLINICAL_NORMALITY) -> dict:
                 }
             )
         else:
+            values = ["" if v is None else _fmt_level(v) for v in typed]
             cats = sorted({v for v in values if v != ""})
             if len(cats) < 2 or len(cats) > 10:
                 continue
@@ -163,7 +200,13 @@ def clinical_table(path: Path, normality: str = CLINICAL_NORMALITY) -> dict:
         "n_high": n_high,
         "normality_test": "Kolmogorov-Smirnov (Lilliefors)" if normality == "ks" else "Shapiro-Wilk",
         "rows": rows,
+        "cell_problems": problems,
     }
+
+
+def _fmt_level(v: float | str) -> str:
+    """A level as shown: numbers of a few-valued column without a trailing .0."""
+    return f"{v:g}" if isinstance(v, float) else v
 
 
 def _n_cell(r: dict) -> str:
@@ -195,6 +238,10 @@ def table_markdown(t: dict) -> str:
         f"Fisher-Freeman-Halton by Monte Carlo ({FFH_RESAMPLES} seeded tables) for larger tables with an "
         "expected count < 1 or more than 20% below 5. Missing values are excluded per variable and counted."
     )
+    if t.get("cell_problems"):
+        lines.append("")
+        lines.append(f"Cells counted as missing because they do not fit their column ({len(t['cell_problems'])}):")
+        lines += [f"- {p}" for p in t["cell_problems"]]
     return "\n".join(lines)
 
 

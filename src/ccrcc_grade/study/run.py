@@ -304,6 +304,9 @@ def run_study(cohort: Path, out: Path, opts: StudyOptions) -> Path:
             "synthetic": _is_synthetic(Path(cohort)),
         }
     }
+    preflight(cache, splits, phases, opts.folds)
+    results["estimate"] = estimate_seconds(cache, splits, phases, protocol, opts)
+    print(f"[study] {results['estimate']['text']}", flush=True)
     results["dataset"] = dataset_counts(cache, splits)
     results["clinical"] = clinical_table(WorkDir(work).clinical)
     ingest_report = WorkDir(work).read_ingest_report()
@@ -389,6 +392,59 @@ def _is_synthetic(cohort: Path) -> bool:
     return f.is_file() and f.read_text(errors="replace").startswith("SYNTHETIC")
 
 
+def preflight(cache: CropCache, splits: dict, phases: list[str], folds: int | None) -> None:
+    """Before any training: every model must have crops of both grades in each part it uses
+    (train, validation, test; each fold's training and validation patients with --folds), on its
+    phase. Otherwise a model would train on one grade or report an AUC that cannot exist hours
+    later; the refusal names the phase and the part."""
+    labels = {r["patient_id"]: int(r["label"]) for r in cache.manifest}
+    parts = {p: set(splits.get(p, [])) for p in ("train", "val", "test")}
+    if folds and "folds" in splits:
+        parts = {"test": parts["test"]}
+        fold_of = splits["folds"]  # patient -> fold
+        for k in sorted(set(fold_of.values())):
+            held = {p for p, f in fold_of.items() if f == k}
+            parts |= {f"fold {k + 1} training": set(fold_of) - held, f"fold {k + 1} validation": held}
+    for ph in phases:
+        have = {r["patient_id"] for r in cache.select(ph)}
+        for part, ids in parts.items():
+            grades = {labels[i] for i in ids & have}
+            if grades != {0, 1}:
+                missing = " and ".join(n for k, n in ((0, "low"), (1, "high")) if k not in grades)
+                raise CcrccError(
+                    f"the {part} patients have no {missing}-grade patient with a {ph} crop: the {ph} model "
+                    "needs both grades in every part (more patients of that grade, other --ratios or --seed)"
+                )
+
+
+def estimate_seconds(
+    cache: CropCache, splits: dict, phases: list[str], protocol: StudyProtocol, opts: StudyOptions
+) -> dict:
+    """The study's training time before it starts: the training images of every model (epochs
+    x repeats x its phase's training crops; the SE-ResNet34 as a second model of one phase) at
+    the speed of a few timed training steps of ResNet34 on this device."""
+    from ccrcc_grade.model.train import train_images_per_second
+
+    train = set(splits.get("train", []))
+    images = sum(len(cache.select(ph, train)) * protocol.repeats * protocol.epochs_for(ph) for ph in phases)
+    images += max((len(cache.select(ph, train)) for ph in phases if ph != COMBINED), default=0) * (
+        protocol.repeats * protocol.epochs
+    )
+    if opts.folds:
+        images *= opts.folds
+    speed = train_images_per_second(opts.device, protocol.image_size)
+    seconds = images / speed * 1.25  # validation passes and evaluation on top of the training steps
+    minutes = seconds / 60
+    span = f"~{minutes:.0f} min" if minutes >= 1.5 else "under 2 min"
+    return {
+        "train_images": int(images),
+        "images_per_second": round(speed, 1),
+        "seconds": round(seconds),
+        "text": f"estimated training time {span}: {images} training images at {speed:.0f} images/s "
+        f"on {opts.device} ({len(phases) + 1} models; reused models cost nothing)",
+    }
+
+
 def dataset_counts(cache: CropCache, splits: dict) -> dict:
     """Crops and patients per phase and class, overall and per split part."""
     out = {"all": summarize(cache.manifest)}
@@ -461,11 +517,18 @@ def limitations(results: dict) -> str:
             f"rests on few patients: one misclassified high-grade patient moves high-grade sensitivity by "
             f"{100 / max(n_high, 1):.0f} percentage points."
         )
+        few = [(n, g) for n, g in ((n_low, "low"), (n_high, "high")) if n <= 2]
+        if few:
+            parts.append(
+                " and ".join(f"{n} {g}-grade patient{'s' if n != 1 else ''}" for n, g in few).capitalize()
+                + " in the test set: every test conclusion about that grade (its sensitivity, the AUC, "
+                "the comparisons) rests on one or two patients and would change with one of them."
+            )
     if "runs" in results:
         widths = []
         for r in results["runs"].values():
             auc = metric(r["test"]["patient"], "auc")
-            if all(np.isfinite(auc["ci95"])):
+            if all(v is not None and np.isfinite(v) for v in auc["ci95"]):  # null in a resumed study's JSON
                 widths.append(auc["ci95"][1] - auc["ci95"][0])
         if widths:
             parts.append(

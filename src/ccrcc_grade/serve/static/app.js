@@ -1,8 +1,22 @@
 // ccrcc-grade workstation page: plain JavaScript and a canvas; every action goes through the REST API.
+// Every string from DICOM, the PACS, file names or the user reaches the page as text (el() and
+// textContent), never as HTML: the page has no innerHTML, and its Content-Security-Policy forbids
+// inline script, so a header such as <img src=x onerror=...> shows as the characters it is.
 "use strict";
 
 const PHASES = ["plain", "corticomedullary", "parenchymal", "excretory"];
 const $ = (id) => document.getElementById(id);
+
+// el("td", {className: "x", dataset: {uid}}, "text", child...): an element built from text nodes
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (k === "dataset") Object.assign(node.dataset, v);
+    else node[k] = v;
+  }
+  for (const c of children) if (c !== null && c !== undefined && c !== false) node.append(c instanceof Node ? c : String(c));
+  return node;
+}
 const canvas = $("canvas");
 const ctx = canvas.getContext("2d");
 
@@ -49,8 +63,7 @@ async function init() {
   $("pacs").hidden = !cfg.pacs;
   $("sr-store").hidden = !cfg.pacs;
   state.models = await api("GET", "/api/models");
-  $("model").innerHTML = state.models.map((m) =>
-    `<option value="${m.id}">${m.id} (${m.model}, ${m.phase})</option>`).join("");
+  $("model").replaceChildren(...state.models.map((m) => el("option", { value: m.id }, `${m.id} (${m.model}, ${m.phase})`)));
   showCard();
   const m = location.hash.match(/study=([0-9a-f]{16})/);
   if (m) await guarded(() => loadStudy(m[1]));
@@ -81,28 +94,32 @@ async function loadStudy(id) {
 
 // ---------------------------------------------------------------- series and phases
 function renderSeries() {
-  const rows = state.study.series.map((s, i) => {
-    const opts = ['<option value="">ambiguous / none</option>'].concat(PHASES.map((p) =>
-      `<option value="${p}" ${s.phase === p ? "selected" : ""}>${p}</option>`)).join("");
-    return `<tr title="${s.phase_reason || ""}"><td class="${s.phase ? "" : "ambiguous"}">${s.description || s.series_uid}` +
-      `${s.phase ? "" : " (ambiguous)"}</td><td>${s.slices}</td>` +
-      `<td><select data-uid="${s.series_uid}" class="phase">${opts}</select></td></tr>`;
+  const rows = state.study.series.map((s) => {
+    const sel = el("select", { className: "phase", dataset: { uid: s.series_uid } },
+      el("option", { value: "" }, "ambiguous / none"),
+      ...PHASES.map((p) => el("option", { value: p, selected: s.phase === p }, p)));
+    sel.addEventListener("change", () => guarded(async () => {
+      const derived = s.problem && sel.value &&
+        confirm(`${s.description || s.series_uid}: ${s.problem}. Grade it anyway? The result will say so.`);
+      if (s.problem && sel.value && !derived) { renderSeries(); return; }
+      const q = derived ? "?allow_derived=true" : "";
+      const r = await api("PUT", `/api/studies/${state.study.study_id}/phases${q}`, { [sel.dataset.uid]: sel.value || null });
+      r.series.forEach((x, i) => { Object.assign(state.study.series[i], x); });
+      renderSeries();
+    }));
+    return el("tr", { title: s.phase_reason || "" },
+      el("td", { className: s.phase ? "" : "ambiguous" }, s.description || s.series_uid,
+        s.phase ? "" : (s.problem ? " (not an original axial series)" : " (ambiguous)")),
+      el("td", {}, s.slices), el("td", {}, sel));
   });
-  document.querySelector("#series tbody").innerHTML = rows.join("");
-  document.querySelectorAll("select.phase").forEach((sel) => sel.addEventListener("change", () => guarded(async () => {
-    const s = await api("PUT", `/api/studies/${state.study.study_id}/phases`, { [sel.dataset.uid]: sel.value || null });
-    s.series.forEach((x, i) => { Object.assign(state.study.series[i], x); });
-    renderSeries();
-    renderViewSelect();
-  })));
+  document.querySelector("#series tbody").replaceChildren(...rows);
   renderViewSelect();
   $("grade").disabled = false;
 }
 
 function renderViewSelect() {
-  $("view-series").innerHTML = state.study.series.map((s, i) =>
-    `<option value="${i}" ${i === state.series ? "selected" : ""}>${s.phase || "unassigned"}: ` +
-    `${s.description || s.series_uid}</option>`).join("");
+  $("view-series").replaceChildren(...state.study.series.map((s, i) =>
+    el("option", { value: i, selected: i === state.series }, `${s.phase || "unassigned"}: ${s.description || s.series_uid}`)));
 }
 
 function showSeries(i) {
@@ -284,11 +301,11 @@ function showCard() {
   const m = currentModel();
   if (!m) return;
   const c = m.card, t = c.test;
-  $("card").innerHTML = `<b>${m.id}</b>: ${c.architecture} on the ${c.phase} phase, trained ${c.trained};
-    ${c.data.train_patients}/${c.data.validation_patients}/${c.data.test_patients} train/validation/test patients;
-    test patient AUC ${t && t.auc != null ? `${t.auc.toFixed(3)} (95% CI ${t.ci95[0].toFixed(2)}-${t.ci95[1].toFixed(2)}, n=${t.n})` : "n/a"};
-    threshold ${c.threshold.threshold.toFixed(2)} (${c.threshold.source}); runs on ${m.backend || "n/a"}.
-    <i>${c.disclaimer}.</i>`;
+  $("card").replaceChildren(el("b", {}, m.id), `: ${c.architecture} on the ${c.phase} phase, trained ${c.trained}; ` +
+    `${c.data.train_patients}/${c.data.validation_patients}/${c.data.test_patients} train/validation/test patients; ` +
+    `test patient AUC ${t && t.auc != null ? `${t.auc.toFixed(3)} (95% CI ${t.ci95[0].toFixed(2)}-${t.ci95[1].toFixed(2)}, n=${t.n})` : "n/a"}; ` +
+    `threshold ${c.threshold.threshold.toFixed(2)} (${c.threshold.source}); runs on ${m.backend || "n/a"}. `,
+    el("i", {}, `${c.disclaimer}.`));
 }
 
 async function grade() {
@@ -304,13 +321,19 @@ async function grade() {
 function renderResult() {
   const r = state.result;
   $("outputs").hidden = !r;
-  if (!r) { $("result").innerHTML = ""; return; }
-  const rows = r.slices.map((s) => `<tr data-sop="${s.sop_instance_uid}"><td>${s.source}</td>` +
-    `<td>${s.prob_high.toFixed(3)}</td></tr>`).join("");
-  $("result").innerHTML = `<div class="decision ${r.grade}" id="decision">${r.decision}</div>
-    <div>patient P(high grade) <span id="prob">${r.prob_high.toFixed(4)}</span> from ${r.slices.length} slice(s)</div>
-    <table><tr><th>Slice</th><th>P(high)</th></tr>${rows}</table>` +
-    (r.warnings.length ? `<p class="hint">${r.warnings.join("<br>")}</p>` : "");
+  if (!r) { $("result").replaceChildren(); return; }
+  const rows = r.slices.map((s) => {
+    const tr = el("tr", { dataset: { sop: s.sop_instance_uid } }, el("td", {}, s.source), el("td", {}, s.prob_high.toFixed(3)));
+    tr.addEventListener("click", () => { state.k = series().sop_instance_uids.indexOf(tr.dataset.sop); draw(); });
+    return tr;
+  });
+  // the probability with the digits of the decision's wording, so the two never disagree
+  const digits = Math.max(4, r.digits || 0);
+  $("result").replaceChildren(
+    el("div", { className: `decision ${r.grade}`, id: "decision" }, r.decision),
+    el("div", {}, "patient P(high grade) ", el("span", { id: "prob" }, r.prob_high.toFixed(digits)), ` from ${r.slices.length} slice(s)`),
+    el("table", {}, el("tr", {}, el("th", {}, "Slice"), el("th", {}, "P(high)")), ...rows),
+    r.warnings.length ? el("p", { className: "hint" }, ...r.warnings.flatMap((w, i) => (i ? [el("br"), w] : [w]))) : null);
   if (r.box_robustness) {  // how much the grade depends on where exactly the boxes were drawn
     const b = r.box_robustness, div = document.createElement("div");
     div.id = "robustness";
@@ -318,10 +341,6 @@ function renderResult() {
     div.textContent = b.text;  // the server's wording: the same digits as the decision above
     $("decision").after(div);
   }
-  document.querySelectorAll("#result tr[data-sop]").forEach((tr) => tr.addEventListener("click", () => {
-    state.k = series().sop_instance_uids.indexOf(tr.dataset.sop);
-    draw();
-  }));
   const q = `?model=${encodeURIComponent(r.model.id)}`, base = `/api/studies/${state.study.study_id}`;
   $("report").onclick = (ev) => { ev.preventDefault(); guarded(() => openBlob(base + "/report" + q, null)); };
   $("sr").onclick = (ev) => { ev.preventDefault(); guarded(() => openBlob(base + "/sr" + q, `ccrcc-grade-${state.study.study_id}.dcm`)); };
@@ -358,13 +377,15 @@ document.querySelectorAll("button.win").forEach((b) => b.addEventListener("click
 }));
 $("q-go").addEventListener("click", () => guarded(async () => {
   const found = await api("POST", "/api/pacs/search", { patient_id: $("q-id").value, name: $("q-name").value, date: $("q-date").value });
-  $("q-results").innerHTML = found.length ? found.map((s) =>
-    `<li data-uid="${s.study_uid}">${s.patient_id} ${s.patient_name} ${s.date} ${s.description}</li>`).join("") : "<li>no studies</li>";
-  document.querySelectorAll("#q-results li[data-uid]").forEach((li) => li.addEventListener("click", () => guarded(async () => {
-    say("loading from the PACS...", true);
-    const s = await api("POST", "/api/studies/pacs", { study_uid: li.dataset.uid });
-    await loadStudy(s.study_id);
-    say("study loaded from the PACS", true);
-  })));
+  $("q-results").replaceChildren(...(found.length ? found.map((s) => {
+    const li = el("li", { dataset: { uid: s.study_uid } }, `${s.patient_id} ${s.patient_name} ${s.date} ${s.description}`);
+    li.addEventListener("click", () => guarded(async () => {
+      say("loading from the PACS...", true);
+      const r = await api("POST", "/api/studies/pacs", { study_uid: li.dataset.uid });
+      await loadStudy(r.study_id);
+      say("study loaded from the PACS", true);
+    }));
+    return li;
+  }) : [el("li", {}, "no studies")]));
 }));
 init().catch((e) => say(e.message));
