@@ -10,7 +10,7 @@ from pathlib import Path
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.model.card import model_card
 from ccrcc_grade.model.predict import load_predictor
-from ccrcc_grade.serve.store import NotFound
+from ccrcc_grade.serve.errors import NotFound
 
 
 class ModelRegistry:

@@ -14,6 +14,8 @@ from ccrcc_grade.core.errors import CcrccError
 class PacsError(CcrccError):
     """The PACS is unreachable or answered with an error (HTTP 502)."""
 
+    http_status = 502
+
 
 def _value(item: dict, tag: str) -> str:
     v = item.get(tag, {}).get("Value", [""])[0]

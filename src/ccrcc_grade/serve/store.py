@@ -46,17 +46,10 @@ from ccrcc_grade.io.dicom import (
     read_hu,
     slice_position,
 )
+from ccrcc_grade.serve.errors import NotFound, TooLarge
 
 STUDY_ID = re.compile(r"^[0-9a-f]{16}$")
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
-class NotFound(CcrccError):
-    """A study, series, slice or model that does not exist (HTTP 404)."""
-
-
-class TooLarge(CcrccError):
-    """An upload over the configured limits (HTTP 413)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,59 @@
+"""Results: grade a study, its Grad-CAM images, the printable report and the DICOM SR (download
+or store to the PACS); a report or SR only while the grade matches the current inputs."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from fastapi import APIRouter, params
+from fastapi.responses import FileResponse, HTMLResponse, Response
+
+from ccrcc_grade.serve.errors import NotFound
+from ccrcc_grade.serve.report import report_html
+from ccrcc_grade.serve.schemas import PredictIn, StoreSrIn
+from ccrcc_grade.serve.workstation import Workstation
+
+log = logging.getLogger("ccrcc_grade.serve")
+
+
+def router(ws: Workstation, auth: params.Depends) -> APIRouter:
+    r = APIRouter(dependencies=[auth])
+    store = ws.store
+
+    @r.post("/api/studies/{study_id}/predict")
+    def predict(study_id: str, q: PredictIn) -> dict:
+        return ws.grade(study_id, q.model, q.cam)
+
+    @r.get("/api/studies/{study_id}/cam/{model_id}/{name}")
+    def cam_png(study_id: str, model_id: str, name: str) -> FileResponse:
+        folder = store.prediction_dir(study_id, ws.registry.get(model_id)["id"]) / "cam"
+        files = {p.name: p for p in folder.glob("*.png")} if folder.is_dir() else {}
+        if name not in files:  # only names the server wrote; never a path from the request
+            raise NotFound(f"no Grad-CAM image {name!r} (grade with cam first)")
+        return FileResponse(files[name], media_type="image/png")
+
+    @r.get("/api/studies/{study_id}/sr")
+    def sr(study_id: str, model: str | None = None) -> Response:
+        ds = ws.sr_dataset(study_id, model)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return Response(
+            buf.getvalue(),
+            media_type="application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="ccrcc-grade-{study_id}.dcm"'},
+        )
+
+    @r.post("/api/studies/{study_id}/sr/store")
+    def sr_store(study_id: str, q: StoreSrIn) -> dict:
+        ds = ws.sr_dataset(study_id, q.model)
+        ws.need_pacs().store(ds)
+        log.info("study %s: SR stored to the PACS", study_id)
+        return {"stored": True, "sop_instance_uid": str(ds.SOPInstanceUID)}
+
+    @r.get("/api/studies/{study_id}/report", response_class=HTMLResponse)
+    def report(study_id: str, model: str | None = None) -> str:
+        result, m = ws.last_result(study_id, model)
+        return report_html(result, m["card"], store.prediction_dir(study_id, m["id"]) / "cam")
+
+    return r

@@ -1,0 +1,90 @@
+"""Studies: upload or PACS load, the summary and phase assignment, windowed slices, boxes, and
+the research-cohort export."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+from fastapi import APIRouter, File, UploadFile, params
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from ccrcc_grade.ingest.preprocess import window_to_uint8
+from ccrcc_grade.serve.errors import Unprocessable
+from ccrcc_grade.serve.schemas import BoxIn, PacsLoadIn
+from ccrcc_grade.serve.workstation import Workstation
+
+log = logging.getLogger("ccrcc_grade.serve")
+
+
+def png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def router(ws: Workstation, auth: params.Depends) -> APIRouter:
+    r = APIRouter(dependencies=[auth])
+    store = ws.store
+
+    @r.post("/api/studies")
+    async def upload(files: list[UploadFile] = File(...)) -> dict:
+        # the parts arrive spooled to temporary files (bounded by the Guard's Content-Length check);
+        # they are read from there one by one, never all into memory at once
+        blobs = [(f.filename or "upload", f.file) for f in files]
+        summary = await run_in_threadpool(store.add_upload, blobs)  # parsing and writing off the event loop
+        log.info("study %s uploaded: %d series", summary["study_id"], len(summary["series"]))
+        return summary
+
+    @r.post("/api/studies/pacs")
+    def pacs_load(q: PacsLoadIn) -> dict:
+        datasets = ws.need_pacs().retrieve(q.study_uid)
+        summary = store.add_datasets([(f"PACS instance {n + 1}", ds) for n, ds in enumerate(datasets)])
+        log.info("study %s loaded from the PACS: %d series", summary["study_id"], len(summary["series"]))
+        return summary
+
+    @r.get("/api/studies/{study_id}")
+    def study(study_id: str) -> dict:
+        s = store.summary(study_id)
+        raw = store.raw(study_id)
+        for pub, x in zip(s["series"], raw["series"]):
+            pub["flip"] = x["flip"]
+            pub["sop_instance_uids"] = x["sop_instance_uids"]
+            pub["positions"] = x["positions"]
+        return s
+
+    @r.put("/api/studies/{study_id}/phases")
+    def phases(study_id: str, assignment: dict[str, str | None], allow_derived: bool = False) -> dict:
+        return store.set_phases(study_id, assignment, allow_derived)
+
+    @r.get("/api/studies/{study_id}/series/{series_uid}/slices/{k}.png")
+    def slice_png(study_id: str, series_uid: str, k: int, level: float = 40.0, width: float = 290.0) -> Response:
+        if not (np.isfinite(level) and np.isfinite(width) and width > 0 and abs(level) < 1e5 and width < 1e5):
+            raise Unprocessable(f"window level {level} / width {width}: the width must be positive and both finite")
+        store.slice_path(study_id, series_uid, k)  # 404 before the cache sees it
+        img = window_to_uint8(ws.hu(study_id, series_uid, k), level, width)  # stored orientation: boxes live there
+        return Response(png(img), media_type="image/png")
+
+    @r.get("/api/studies/{study_id}/boxes")
+    def get_boxes(study_id: str) -> list[dict]:
+        return store.boxes(study_id)
+
+    @r.put("/api/studies/{study_id}/boxes")
+    def put_boxes(study_id: str, boxes: list[BoxIn]) -> list[dict]:
+        return store.set_boxes(study_id, [b.model_dump() for b in boxes])
+
+    @r.get("/api/studies/{study_id}/export")
+    def export(study_id: str, identifiable: bool = False) -> Response:
+        """The study as a research cohort: de-identified (pseudonym, PS3.15 basic profile) unless
+        ``identifiable=true`` is asked for explicitly."""
+        return Response(
+            store.export_cohort(study_id, identifiable),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="cohort-{study_id}.zip"'},
+        )
+
+    return r

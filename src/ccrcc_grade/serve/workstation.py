@@ -1,0 +1,139 @@
+"""The workstation's services behind the routes: the study store, the models, the PACS, and the
+grading path shared with `predict` (one instance per app, handed to every router)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import pydicom
+
+from ccrcc_grade.core.fileio import atomic_write_json
+from ccrcc_grade.ingest.cohort import Roi
+from ccrcc_grade.io.boxes import Box
+from ccrcc_grade.model.predict import grade_rois
+from ccrcc_grade.serve.errors import Stale, Unprocessable
+from ccrcc_grade.serve.models import ModelRegistry
+from ccrcc_grade.serve.pacs import Pacs
+from ccrcc_grade.serve.store import StudyStore
+
+log = logging.getLogger("ccrcc_grade.serve")
+
+
+class Workstation:
+    """The store, the model registry and the PACS client (None without --pacs), and what the
+    routes do with them: grade a study, check a stored grade still matches its inputs, build the SR."""
+
+    def __init__(self, registry: ModelRegistry, store: StudyStore, pacs: Pacs | None):
+        self.registry, self.store, self.pacs = registry, store, pacs
+        self.hu = lru_cache(maxsize=96)(store.slice_hu)  # decoded slices for the viewer's window changes
+
+    def private_paths(self) -> list[str]:
+        """Server folders never named in an answer."""
+        paths = [str(self.store.root.resolve()), str(Path.home())]
+        return paths + [str(Path(m["path"]).parent) for m in self.registry.models.values()]
+
+    def need_pacs(self) -> Pacs:
+        if self.pacs is None:
+            raise Unprocessable("no PACS configured (start serve with --pacs URL)")
+        return self.pacs
+
+    def rois_for(self, study_id: str, phase: str, notes: list[str]) -> tuple[list[Roi], dict]:
+        raw = self.store.raw(study_id)
+        series = [x for x in raw["series"] if x["phase"] == phase]
+        if not series:
+            assigned = ", ".join(
+                f"{x['description'] or x['series_uid']}: {x['phase'] or 'unassigned'}" for x in raw["series"]
+            )
+            raise Unprocessable(
+                f"the model was trained on the {phase} phase and no series of this study is assigned to it ({assigned})"
+            )
+        s = series[0]
+        folder = self.store.folder(study_id) / "series" / s["folder"]
+        rois, where = [], {}
+        if s.get("override"):
+            notes.append(
+                f"graded on a series the model was not made for ({s['problem']}): assigned to the {phase} "
+                "phase by the user's override"
+            )
+        for b in self.store.boxes(study_id):
+            if b["sop_instance_uid"] not in s["sop_instance_uids"]:
+                continue
+            k = s["sop_instance_uids"].index(b["sop_instance_uid"])
+            box = Box(b["x_min"], b["y_min"], b["x_max"], b["y_max"])
+            rois.append(
+                Roi(
+                    study_id,
+                    phase,
+                    f"{s['folder']}/{k}.dcm",
+                    box,
+                    "dicom",
+                    folder / f"{k}.dcm",
+                    spacing=tuple(s["pixel_spacing"]),
+                    flip=tuple(s["flip"]),
+                )
+            )
+            where[len(rois) - 1] = (s["series_uid"], k, b["sop_instance_uid"])
+        if not rois:
+            raise Unprocessable(f"no boxes on the {phase} series; draw the tumour's box on its slices first")
+        order = sorted(range(len(rois)), key=lambda i: (where[i][1], rois[i].box.as_tuple()))
+        return [rois[i] for i in order], {n: where[i] for n, i in enumerate(order)}
+
+    def grade(self, study_id: str, model_id: str | None, cam: bool) -> dict:
+        m = self.registry.get(model_id)
+        phase = m["card"]["phase"]
+        if phase == "combined":
+            raise Unprocessable("a combined-phase model needs a phase; serve per-phase models")
+        notes: list[str] = []
+        inputs = self.inputs_digest(study_id, m)
+        rois, where = self.rois_for(study_id, phase, notes)
+        out = self.store.prediction_dir(study_id, m["id"])
+        result = grade_rois(m["predictor"], rois, study_id, phase, notes, out / "cam" if cam else None)
+        for i, s in enumerate(result["slices"]):
+            series_uid, k, sop = where[i]
+            s.update(series_uid=series_uid, slice_index=k, sop_instance_uid=sop)
+            s["source"] = f"slice {k + 1}"
+            if cam:
+                name = Path(s.pop("cam")).name
+                s["cam_url"] = f"/api/studies/{study_id}/cam/{m['id']}/{name}"
+                s["heat_url"] = f"/api/studies/{study_id}/cam/{m['id']}/{name[:-4]}_heat.png"
+        result["model"].update(id=m["id"], path=m["id"])  # no server paths in the answer
+        result["patient_id"] = study_id
+        result["inputs_sha256"] = inputs  # what the grade was computed from: checked before a report or SR
+        atomic_write_json(out / "result.json", result)
+        log.info("study %s graded with %s: %s", study_id, m["id"], result["grade"])
+        return result
+
+    def inputs_digest(self, study_id: str, m: dict) -> str:
+        """A digest of everything a grade depends on: the model's weights, the phase assignment
+        and the boxes. A report or SR is only made while it is unchanged."""
+        raw = self.store.raw(study_id)
+        phases = sorted((x["series_uid"], x["phase"] or "", bool(x.get("override"))) for x in raw["series"])
+        state = {"model": m["predictor"].weights_sha256, "phases": phases, "boxes": self.store.boxes(study_id)}
+        return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+    def last_result(self, study_id: str, model_id: str | None) -> tuple[dict, dict]:
+        m = self.registry.get(model_id)
+        f = self.store.prediction_dir(study_id, m["id"]) / "result.json"
+        if not f.is_file():
+            raise Unprocessable(f"study {study_id} has not been graded with {m['id']} yet")
+        result = json.loads(f.read_text())
+        if result.get("inputs_sha256") != self.inputs_digest(study_id, m):
+            raise Stale(
+                f"the boxes, the phases or the model changed since study {study_id} was graded with {m['id']}; "
+                "grade it again before a report or SR is made"
+            )
+        return result, m
+
+    def sr_dataset(self, study_id: str, model_id: str | None) -> pydicom.Dataset:
+        from ccrcc_grade.serve.sr import build_sr
+
+        result, m = self.last_result(study_id, model_id)
+        sources = {}
+        for s in result["slices"]:
+            path = self.store.slice_path(study_id, s["series_uid"], s["slice_index"])
+            sources[s["sop_instance_uid"]] = pydicom.dcmread(path, stop_before_pixels=True)
+        return build_sr(result, sources, m["id"])
