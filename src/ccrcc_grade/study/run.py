@@ -432,7 +432,10 @@ def estimate_seconds(
     )
     if opts.folds:
         images *= opts.folds
+    from ccrcc_grade.model.inference import resolve_device
+
     speed = train_images_per_second(opts.device, protocol.image_size)
+    device = resolve_device(opts.device).type
     seconds = images / speed * 1.25  # validation passes and evaluation on top of the training steps
     minutes = seconds / 60
     span = f"~{minutes:.0f} min" if minutes >= 1.5 else "under 2 min"
@@ -441,7 +444,7 @@ def estimate_seconds(
         "images_per_second": round(speed, 1),
         "seconds": round(seconds),
         "text": f"estimated training time {span}: {images} training images at {speed:.0f} images/s "
-        f"on {opts.device} ({len(phases) + 1} models; reused models cost nothing)",
+        f"on {device} ({len(phases) + 1} models; reused models cost nothing)",
     }
 
 
