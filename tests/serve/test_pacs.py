@@ -29,6 +29,11 @@ def test_search_load_grade_and_store_the_sr(
         found = c.post("/api/pacs/search", json={"patient_id": pid}).json()
         assert [s["study_uid"] for s in found] == [study_uid] and found[0]["patient_id"] == pid
         assert c.post("/api/pacs/search", json={"patient_id": "NOBODY"}).json() == []
+        name = pydicom.dcmread(next((dicom_cohort / pid).rglob("*.dcm")), stop_before_pixels=True).PatientName
+        for pattern in (f"{str(name)[:5]}*", f"{str(name)[:3]}?{str(name)[4:6]}*"):  # wildcards reach Orthanc as such
+            by_name = c.post("/api/pacs/search", json={"name": pattern}).json()
+            assert study_uid in [s["study_uid"] for s in by_name], pattern
+        assert c.post("/api/pacs/search", json={"name": "NOBODY*"}).json() == []
         r = c.post("/api/studies/pacs", json={"study_uid": study_uid})
         assert r.status_code == 200, r.text
         sid = r.json()["study_id"]

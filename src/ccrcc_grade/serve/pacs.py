@@ -32,6 +32,7 @@ class Pacs:
         self.url = url.rstrip("/")
         session = requests.Session()
         session.request = functools.partial(session.request, timeout=timeout)  # never hang on a dead PACS
+        self.session = session
         self.client = DICOMwebClient(url=self.url, session=session)
         self.client.set_http_retry_params(retry=False)  # a dead PACS answers at once, not after 30 s of back-off
 
@@ -49,14 +50,26 @@ class Pacs:
             raise PacsError(f"the PACS at {self.url} answered HTTP {code} ({what})") from None
 
     def search(self, patient_id: str = "", name: str = "", date: str = "") -> list[dict]:
-        """Studies matching a patient id, a name (wildcards allowed) and/or a date (YYYYMMDD or a range)."""
+        """Studies matching a patient id, a name (wildcards * and ? allowed) and/or a date
+        (YYYYMMDD or a range). The QIDO-RS query is written here rather than by dicomweb-client,
+        which percent-encodes the wildcards (``%2A``): Orthanc 1.10 then matches them literally
+        and a name search finds nothing."""
+        from urllib.parse import quote
+
         filters = {k: v for k, v in (("PatientID", patient_id), ("PatientName", name), ("StudyDate", date)) if v}
-        found = self._call(
-            "study search",
-            self.client.search_for_studies,
-            search_filters=filters,
-            fields=["StudyDescription", "NumberOfStudyRelatedSeries"],
-        )
+        query = [f"{k}={quote(v, safe='*?^-')}" for k, v in filters.items()]
+        query += [f"includefield={f}" for f in ("StudyDescription", "NumberOfStudyRelatedSeries")]
+        url = f"{self.url}/studies?{'&'.join(query)}"
+
+        def get() -> list[dict]:
+            r = self.session.get(url, headers={"Accept": "application/dicom+json"})
+            r.raise_for_status()
+            try:
+                return r.json() if r.content else []
+            except ValueError:
+                raise PacsError(f"the PACS at {self.url} answered the study search with something not JSON") from None
+
+        found = self._call("study search", get)
         return [
             {
                 "study_uid": _value(s, "0020000D"),
