@@ -209,3 +209,71 @@ def test_api_documentation_is_served_from_local_files(server, tmp_path):
         browser.close()
     assert "ccrcc-grade workstation" in title and problems == []
     assert requests and all(r.startswith(url) or r.startswith("data:") for r in requests), requests
+
+
+def test_boxes_cannot_fail_unseen_and_keys_never_relabel_a_phase(server, dicom_cohort, trained_run, tmp_path):
+    """Right-drag draws nothing; a corner dragged onto the opposite one keeps the box's size; a
+    save the server refuses stays on the page in red until a later save of every box succeeds;
+    after a phase menu is used, ArrowDown scrolls slices and never relabels the phase."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][2]
+    files = [str(f) for f in sorted((dicom_cohort / pid).rglob("*.dcm"))]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1140, "height": 780})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.set_input_files("#files", files)
+        page.wait_for_selector("#series tbody tr:nth-child(4)")
+        sid = page.evaluate("state.study.study_id")
+        plain = next(s for s in _get(f"{url}/api/studies/{sid}")["series"] if s["phase"] == "plain")
+        menu = f"select.phase[data-uid='{plain['series_uid']}']"
+        page.select_option(menu, "")  # the plain series set to "none" by its menu ...
+        page.wait_for_function(f"() => document.querySelector(\"{menu}\").value === ''")
+        page.keyboard.press("ArrowDown")  # ... and the next key press is not a phase change
+        page.keyboard.press("ArrowDown")
+        page.wait_for_timeout(300)
+        assert (
+            next(s for s in _get(f"{url}/api/studies/{sid}")["series"] if s["series_uid"] == plain["series_uid"])[
+                "phase"
+            ]
+            is None
+        )
+        box = page.locator("#canvas").bounding_box()
+
+        def drag(x0, y0, x1, y1, button="left"):
+            page.mouse.move(box["x"] + x0, box["y"] + y0)
+            page.mouse.down(button=button)
+            page.mouse.move(box["x"] + x1, box["y"] + y1, steps=5)
+            page.mouse.up(button=button)
+
+        drag(100, 100, 200, 200, button="right")
+        page.wait_for_timeout(300)
+        assert page.text_content("#box-line").startswith("0 boxes saved")
+        drag(100, 100, 200, 200)
+        page.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('1 box saved')")
+        before = _get(f"{url}/api/studies/{sid}/boxes")
+        drag(200, 200, 100, 100)  # the lower-right corner onto the upper-left one
+        page.wait_for_timeout(300)
+        assert _get(f"{url}/api/studies/{sid}/boxes") == before and "1 box saved" in page.text_content("#box-line")
+        page.route(
+            "**/boxes",
+            lambda route: (
+                route.fulfill(status=507, content_type="application/json", body='{"detail": "disk full"}')
+                if route.request.method == "PUT"
+                else route.continue_()
+            ),
+        )
+        drag(300, 300, 380, 380)
+        page.wait_for_function("() => document.getElementById('box-line').textContent.includes('NOT SAVED')")
+        failed = page.text_content("#box-line")
+        page.screenshot(path=str(tmp_path / "not-saved.png"))
+        page.unroute("**/boxes")
+        drag(400, 100, 460, 160)
+        page.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('3 boxes saved')")
+        browser.close()
+    assert failed.startswith("2 boxes NOT SAVED") and "disk full" in failed and errors == []
+    assert len(_get(f"{url}/api/studies/{sid}/boxes")) == 3  # the box of the failed save was not dropped

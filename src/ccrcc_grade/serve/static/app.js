@@ -99,6 +99,7 @@ function renderSeries() {
       el("option", { value: "" }, "ambiguous / none"),
       ...PHASES.map((p) => el("option", { value: p, selected: s.phase === p }, p)));
     sel.addEventListener("change", () => guarded(async () => {
+      sel.blur();  // arrow keys meant for the slices must never relabel a phase
       const derived = s.problem && sel.value &&
         confirm(`${s.description || s.series_uid}: ${s.problem}. Grade it anyway? The result will say so.`);
       if (s.problem && sel.value && !derived) { renderSeries(); return; }
@@ -207,17 +208,22 @@ function draw() {
   $("slice-line").textContent = `slice ${state.k + 1} / ${g.s.slices}` +
     (Number.isFinite(pos) ? `  position ${pos.toFixed(1)} mm` : "") + `  W ${width} L ${level}`;
   const n = state.boxes.length;
-  $("box-line").textContent = `${n} box${n === 1 ? "" : "es"} saved` +
-    (n ? ` on ${new Set(state.boxes.map((b) => b.sop_instance_uid)).size} slice(s)` : "");
+  $("box-line").textContent = `${n} box${n === 1 ? "" : "es"} ${state.saveError ? "NOT SAVED" : "saved"}` +
+    (n ? ` on ${new Set(state.boxes.map((b) => b.sop_instance_uid)).size} slice(s)` : "") +
+    (state.saveError ? `: ${state.saveError}` : "");
+  $("box-line").className = state.saveError ? "error" : "";
 }
 
 // ---------------------------------------------------------------- boxes
+// A failed save stays on the page (the box line turns red and says why) until a later save of
+// all boxes succeeds: every save sends every box, so nothing drawn after a failure is dropped.
 let saving = Promise.resolve();
 function saveBoxes() {
   const body = state.boxes.map((b) => ({ sop_instance_uid: b.sop_instance_uid, x_min: b.x_min, y_min: b.y_min,
     x_max: b.x_max, y_max: b.y_max }));
   saving = saving.then(() => api("PUT", `/api/studies/${state.study.study_id}/boxes`, body))
-    .then((saved) => { state.boxes = saved; draw(); }).catch((e) => say(e.message));
+    .then((saved) => { state.boxes = saved; state.saveError = null; draw(); })
+    .catch((e) => { state.saveError = e.message; say(e.message); draw(); });
   return saving;
 }
 
@@ -226,8 +232,9 @@ function canvasPoint(ev) {
   return [(ev.clientX - r.left) * canvas.width / r.width, (ev.clientY - r.top) * canvas.height / r.height];
 }
 
+canvas.addEventListener("contextmenu", (ev) => ev.preventDefault());
 canvas.addEventListener("mousedown", (ev) => {
-  if (!state.study) return;
+  if (!state.study || ev.button !== 0) return;  // only the left button draws, moves or resizes
   canvas.focus();
   const [x, y] = canvasPoint(ev);
   for (const [b, i] of sliceBoxes().reverse()) {
@@ -235,7 +242,7 @@ canvas.addEventListener("mousedown", (ev) => {
     const corner = [[x0, y0], [x1, y0], [x0, y1], [x1, y1]].findIndex(([cx, cy]) => Math.abs(cx - x) < 8 && Math.abs(cy - y) < 8);
     if (corner >= 0) {   // resize: the opposite corner stays
       const [ax, ay] = [[x1, y1], [x0, y1], [x1, y0], [x0, y0]][corner];
-      state.selected = i; state.drag = { mode: "resize", i, ax, ay }; draw(); return;
+      state.selected = i; state.drag = { mode: "resize", i, ax, ay, start: { ...b } }; draw(); return;
     }
     if (x > x0 && x < x1 && y > y0 && y < y1) {
       state.selected = i; state.drag = { mode: "move", i, x, y, start: { ...b } }; draw(); return;
@@ -267,6 +274,15 @@ window.addEventListener("mouseup", () => {
   const d = state.drag;
   if (!d) return;
   state.drag = null;
+  if (d.mode === "resize") {   // a corner dragged onto the opposite one: the box keeps its last real size
+    const b = state.boxes[d.i];
+    if (b.x_max - b.x_min < 1 || b.y_max - b.y_min < 1) {
+      Object.assign(b, d.start);
+      say("a box needs an area of at least one pixel each way; it keeps its size");
+      draw();
+      return;
+    }
+  }
   if (d.mode === "new") {
     if (Math.abs(d.x1 - d.x0) < 4 || Math.abs(d.y1 - d.y0) < 4) { draw(); return; }   // a click, not a box
     const g = geometry();
