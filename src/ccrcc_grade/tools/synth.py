@@ -319,6 +319,14 @@ def write_dicom_slice(path: Path, hu: np.ndarray, p: _Patient, phase: str, k: in
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
     ds.Modality, ds.PatientID, ds.PatientName = "CT", p.pid, "SYNTHETIC^PHANTOM"
+    # the CT Image IOD's type 2 attributes (present, empty where a phantom has no value), so that
+    # dciodvfy finds no error in what synth writes
+    ds.PatientBirthDate, ds.PatientSex = "", "O"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20250101", "090000", "1", ""
+    ds.ReferringPhysicianName = ""
+    ds.Manufacturer, ds.PositionReferenceIndicator, ds.PatientPosition = "ccrcc-grade synth (phantom)", "", "HFS"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.AcquisitionNumber, ds.KVP = 1, 120
     ds.StudyInstanceUID = uids["study"]
     ds.SeriesInstanceUID = uids[phase]
     ds.FrameOfReferenceUID = uids["frame"]
@@ -334,7 +342,8 @@ def write_dicom_slice(path: Path, hu: np.ndarray, p: _Patient, phase: str, k: in
     ds.SeriesTime = ds.AcquisitionTime
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     n = hu.shape[0]
-    ds.ImagePositionPatient = [-n * p.spacing / 2, -n * p.spacing / 2, -(k * 5.0)]  # head-first: z decreases
+    corner = round(-n * p.spacing / 2, 4)  # a DS value holds at most 16 characters
+    ds.ImagePositionPatient = [corner, corner, -(k * 5.0)]  # head-first: z decreases
     ds.SliceThickness = 5.0
     ds.PixelSpacing = [round(p.spacing, 6), round(p.spacing, 6)]
     ds.Rows, ds.Columns = hu.shape
