@@ -251,6 +251,12 @@ workflow:
 Research software, not a medical device. `ccrcc-grade COMMAND --help` lists each command's options."""
 
 
+ALLOW_DERIVED_HELP = (
+    "DICOM: also take derived, secondary, reformatted (MPR/MIP), localizer, non-axial images (refused by "
+    "default: the model was made for original axial slices); the report and result say so"
+)
+
+
 def _sub(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(
         name,
@@ -351,12 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="margin of boxes derived from tumour masks (NIfTI layout, KiTS)",
     )
     s.add_argument("--detect-phases", action="store_true", help="assign DICOM series to phases from their tags")
-    s.add_argument(
-        "--allow-derived",
-        action="store_true",
-        help="DICOM: also take derived, secondary, reformatted (MPR/MIP), localizer, non-axial images (refused by "
-        "default: the model was made for original axial slices); the report and result say so",
-    )
+    s.add_argument("--allow-derived", action="store_true", help=ALLOW_DERIVED_HELP)
     s.add_argument("--overwrite", action="store_true", help="replace an existing WORK folder")
     s.set_defaults(func=cmd_ingest)
 
@@ -532,12 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"plausible boxes (each side moved within the study's 1-2 mm rule) over which P(high) is "
         f"re-computed to show how much the grade depends on the box; 0 = off (default {BOX_K})",
     )
-    s.add_argument(
-        "--allow-derived",
-        action="store_true",
-        help="DICOM: also take derived, secondary, reformatted (MPR/MIP), localizer, non-axial images (refused by "
-        "default: the model was made for original axial slices); the report and result say so",
-    )
+    s.add_argument("--allow-derived", action="store_true", help=ALLOW_DERIVED_HELP)
     s.set_defaults(func=cmd_predict)
 
     s = _sub(sub, "export", "export a model to ONNX")

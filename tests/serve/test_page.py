@@ -155,6 +155,23 @@ def test_box_and_grade_in_the_browser(cohort_boxes, repo_root, server, dicom_coh
     assert f"P(high) = {shown} " in decision
 
 
+def _open_page(p, errors: list[str]):
+    """Debian's Chromium with a page that records script errors and Content-Security-Policy
+    violations in ``errors``."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+    page = browser.new_page(viewport={"width": 1140, "height": 780})
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: "Content Security Policy" in m.text and errors.append(m.text))
+    return browser, page
+
+
+def _load_study(page, url: str, files: list[str]) -> None:
+    """The workstation opened and a patient's four series dropped on it."""
+    page.goto(url)
+    page.set_input_files("#files", files)
+    page.wait_for_selector("#series tbody tr:nth-child(4)")
+
+
 HOSTILE = '<img src=x onerror="window.__pwned=1"><b>bold</b>'
 
 
@@ -171,14 +188,10 @@ def test_hostile_dicom_text_shows_as_text(server, dicom_cohort, trained_run, tmp
         ds.SeriesDescription = f"{f.parent.name[:4]}{HOSTILE}"[:64]
         ds.save_as(tmp_path / f"{f.parent.name}-{f.name}")
         files.append(str(tmp_path / f"{f.parent.name}-{f.name}"))
+    errors: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1140, "height": 780})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url)
-        page.set_input_files("#files", files)
-        page.wait_for_selector("#series tbody tr:nth-child(4)")
+        browser, page = _open_page(p, errors)
+        _load_study(page, url, files)
         cells = page.eval_on_selector_all("#series tbody td:first-child", "tds => tds.map((t) => t.textContent)")
         options = page.eval_on_selector_all("#view-series option", "os => os.map((o) => o.textContent)")
         made = page.evaluate("document.querySelectorAll('#series img, #series b, #view-series img').length")
@@ -194,13 +207,10 @@ def test_api_documentation_is_served_from_local_files(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url, _ = server
+    requests, problems = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1140, "height": 780})
-        requests, problems = [], []
+        browser, page = _open_page(p, problems)
         page.on("request", lambda r: requests.append(r.url))
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.on("console", lambda m: "Content Security Policy" in m.text and problems.append(m.text))
         page.goto(f"{url}/docs")
         page.wait_for_selector(".swagger-ui .info .title")
         page.wait_for_selector(".opblock-summary-path[data-path='/api/studies/{study_id}/predict']")
@@ -220,14 +230,10 @@ def test_boxes_cannot_fail_unseen_and_keys_never_relabel_a_phase(server, dicom_c
     url, _ = server
     pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][2]
     files = [str(f) for f in sorted((dicom_cohort / pid).rglob("*.dcm"))]
+    errors: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1140, "height": 780})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url)
-        page.set_input_files("#files", files)
-        page.wait_for_selector("#series tbody tr:nth-child(4)")
+        browser, page = _open_page(p, errors)
+        _load_study(page, url, files)
         sid = page.evaluate("state.study.study_id")
         plain = next(s for s in _get(f"{url}/api/studies/{sid}")["series"] if s["phase"] == "plain")
         menu = f"select.phase[data-uid='{plain['series_uid']}']"

@@ -32,7 +32,7 @@ from ccrcc_grade.ingest.phase_detect import detect_phases, scan_patient
 from ccrcc_grade.io import kits
 from ccrcc_grade.io.boxes import read_boxes_csv
 from ccrcc_grade.io.clinical import read_clinical
-from ccrcc_grade.io.dicom import check_one_patient
+from ccrcc_grade.io.dicom import ALLOW_DERIVED_NOTE, check_one_patient
 from ccrcc_grade.io.images import IMAGE_SUFFIXES
 from ccrcc_grade.io.labelme import read_labelme
 from ccrcc_grade.io.nifti import axial, load_ras, mask_boxes
@@ -406,10 +406,7 @@ def dicom_folder_rois(
 def derived_note(cohort: Cohort, source: CohortSource) -> None:
     """With --allow-derived the ingest report says that derived images were allowed in."""
     if source.allow_derived:
-        cohort.warnings.append(
-            "--allow-derived: derived, reformatted or localizer DICOM images were not refused; the model "
-            "was made for original axial CT slices"
-        )
+        cohort.warnings.append(ALLOW_DERIVED_NOTE)
 
 
 def volume_rois(

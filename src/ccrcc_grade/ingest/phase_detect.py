@@ -129,6 +129,7 @@ def scan_patient(pdir: Path, allow_derived: bool = False) -> dict[str, dict]:
     reformatted or localizer images is kept out of phase detection (its ``problem`` says why)
     unless ``allow_derived``."""
     from ccrcc_grade.io.dicom import (
+        check_distinct_positions,
         check_one_patient,
         display_flips,
         image_problem,
@@ -142,8 +143,8 @@ def scan_patient(pdir: Path, allow_derived: bool = False) -> dict[str, dict]:
     items = []
     for f in sorted(p for p in pdir.rglob("*") if p.is_file() and not p.name.startswith(".")):
         ds = read_header(f)
-        if pixel_bytes_problem(ds):
-            raise CcrccError(f"{f}: {pixel_bytes_problem(ds)}")
+        if too_large := pixel_bytes_problem(ds):
+            raise CcrccError(f"{f}: {too_large}")
         items.append((f, ds))
         uid = str(getattr(ds, "SeriesInstanceUID", ""))
         g = groups.setdefault(uid, {"uid": uid, **series_tags(ds), "files": {}, "problem": None})
@@ -152,14 +153,6 @@ def scan_patient(pdir: Path, allow_derived: bool = False) -> dict[str, dict]:
         spacing = pixel_spacing(ds, f)
         g["files"][f.resolve()] = (slice_position(ds), spacing, display_flips(ds))
     check_one_patient(items, f"the folder of patient {pdir.name} ({pdir})")
-    for g in groups.values():  # two slices at one position: series (or patients) interleaved
-        seen: dict[float, Path] = {}
-        for f, (pos, _, _) in g["files"].items():
-            key = round(pos, 3)
-            if pos == pos and key in seen:
-                raise CcrccError(
-                    f"{f}: at the same position ({pos:.2f} mm) as {seen[key].name} in series {g['uid']}: two "
-                    "series or two patients interleaved"
-                )
-            seen.setdefault(key, f)
+    for g in groups.values():
+        check_distinct_positions([(f, pos) for f, (pos, _, _) in g["files"].items()], f"series {g['uid']}")
     return groups

@@ -147,6 +147,26 @@ def check_one_patient(items: list[tuple[object, pydicom.Dataset]], where: str) -
             return  # one ID on every image: names may be spelt differently between series
 
 
+def check_distinct_positions(slices: list[tuple[object, float]], where: str) -> None:
+    """No two slices of one series at one position (within 1 micrometre): that is two series or two
+    patients interleaved (anonymised exports with blank UIDs fall into one group), refused naming
+    both files. ``slices``: (file or upload name, position along the normal); slices without a
+    position are not compared."""
+    known = sorted((pos, str(f)) for f, pos in slices if np.isfinite(pos))
+    for (pa, fa), (pb, fb) in zip(known, known[1:]):
+        if pb - pa < 1e-3:
+            raise CcrccError(
+                f"{fb}: at the same position ({pb:.2f} mm) as {Path(fa).name} in {where}: two series or two "
+                "patients interleaved"
+            )
+
+
+ALLOW_DERIVED_NOTE = (
+    "--allow-derived: derived, reformatted or localizer DICOM images were not refused; the model was made "
+    "for original axial CT slices"
+)
+
+
 def scan_series(folder: Path, allow_derived: bool = False) -> list[DicomSlice]:
     """Every DICOM file in ``folder`` (any names, any order), checked to be ONE series of
     original axial CT slices (``allow_derived``: derived, reformatted or localizer images too)
@@ -162,11 +182,12 @@ def scan_series(folder: Path, allow_derived: bool = False) -> list[DicomSlice]:
             raise CcrccError(f"{f}: DICOM file has no image")
         if str(getattr(ds, "Modality", "CT") or "CT") != "CT":
             raise CcrccError(f"{f}: Modality is {ds.Modality}, not CT; the grade model reads CT only")
-        problem = pixel_bytes_problem(ds) or (None if allow_derived else image_problem(ds))
-        if problem:
+        if too_large := pixel_bytes_problem(ds):
+            raise CcrccError(f"{f}: {too_large}")
+        if not allow_derived and (problem := image_problem(ds)):
             raise CcrccError(
-                f"{f}: {problem}; the model was made for original axial CT slices"
-                + ("" if pixel_bytes_problem(ds) else " (--allow-derived grades it anyway, and the result says so)")
+                f"{f}: {problem}; the model was made for original axial CT slices "
+                "(--allow-derived grades it anyway, and the result says so)"
             )
         spacing = pixel_spacing(ds, f)
         slices.append(
@@ -186,14 +207,9 @@ def scan_series(folder: Path, allow_derived: bool = False) -> list[DicomSlice]:
         counts = ", ".join(f"{u} ({sum(s.series_uid == u for s in slices)} files)" for u in uids)
         raise CcrccError(f"{folder}: {len(uids)} DICOM series mixed in one phase folder: {counts}")
     check_one_patient([(s.path, s.header) for s in slices], f"the series {folder}")
+    check_distinct_positions([(s.path, s.position) for s in slices], f"the series {folder}")
     if all(np.isfinite(s.position) for s in slices):
         slices.sort(key=lambda s: (s.position, s.instance))
-        for a, b in zip(slices, slices[1:]):
-            if abs(a.position - b.position) < 1e-3:
-                raise CcrccError(
-                    f"{b.path}: at the same position ({b.position:.2f} mm) as {a.path.name}: two series or two "
-                    "patients interleaved in one folder"
-                )
     else:
         slices.sort(key=lambda s: (s.instance, s.path.name))
     return slices

@@ -23,6 +23,7 @@ from ccrcc_grade.ingest.cache import crop_rois
 from ccrcc_grade.ingest.cohort import Roi
 from ccrcc_grade.ingest.layouts import dicom_folder_rois, slice_folder_rois, volume_rois
 from ccrcc_grade.io.boxes import read_boxes_csv
+from ccrcc_grade.io.dicom import ALLOW_DERIVED_NOTE
 from ccrcc_grade.io.images import IMAGE_SUFFIXES
 from ccrcc_grade.model.robustness import box_robustness, robustness_text
 from ccrcc_grade.stats.metrics import aggregate_patients
@@ -195,10 +196,7 @@ def find_rois(
             )
         rois, _ = dicom_folder_rois(folder, pid, phase, rows, folder, match_sop=True, allow_derived=allow_derived)
         if allow_derived:
-            warnings.append(
-                "--allow-derived: derived, reformatted or localizer images were not refused; the model was "
-                "made for original axial CT slices"
-            )
+            warnings.append(ALLOW_DERIVED_NOTE)
     if not rois:
         raise CcrccError(f"{folder}: no tumour boxes (labelme rectangles or boxes CSV rows) for the {phase} phase")
     return rois, pid, warnings

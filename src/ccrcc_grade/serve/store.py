@@ -39,6 +39,7 @@ from ccrcc_grade.core.phases import PHASES
 from ccrcc_grade.ingest.phase_detect import detect_phases, series_tags
 from ccrcc_grade.io.boxes import Box
 from ccrcc_grade.io.dicom import (
+    check_distinct_positions,
     check_one_patient,
     display_flips,
     image_problem,
@@ -78,8 +79,6 @@ def _datasets_from_upload(files: list[tuple[str, BinaryIO]], limits: UploadLimit
             raise CcrccError(f"{name}: not a DICOM file ({exc.__class__.__name__})") from None
         if "PixelData" not in ds:
             raise CcrccError(f"{name}: DICOM file without an image")
-        if pixel_bytes_problem(ds):
-            raise TooLarge(f"{name}: {pixel_bytes_problem(ds)}")
         if not _uid(ds, "SOPInstanceUID") and not _uid(
             getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPInstanceUID"
         ):
@@ -156,9 +155,9 @@ class StudyStore:
         Two patients (even anonymised with blank UIDs), the same image twice, two slices at one
         position of a series (interleaved series) are refused naming the files; a series of
         derived, reformatted or localizer images is kept but never assigned a phase."""
-        for name, ds in named:
-            if pixel_bytes_problem(ds):
-                raise TooLarge(f"{name}: {pixel_bytes_problem(ds)}")
+        for name, ds in named:  # uploads and PACS retrievals alike, before any pixel is decoded
+            if too_large := pixel_bytes_problem(ds):
+                raise TooLarge(f"{name}: {too_large}")
         check_one_patient([(f"upload/{name}", ds) for name, ds in named], "this upload")
         datasets = [ds for _, ds in named]
         names = {id(ds): name for name, ds in named}
@@ -185,13 +184,7 @@ class StudyStore:
                 sops = [str(d.SOPInstanceUID) for d in group]
                 if len(set(sops)) != len(sops):
                     raise CcrccError(f"series {uid}: the same SOPInstanceUID twice")
-                for a, b in zip(group, group[1:]):
-                    if abs(slice_position(a) - slice_position(b)) < 1e-3:
-                        raise CcrccError(
-                            f"{names[id(b)]}: at the same position ({slice_position(b):.2f} mm) as {names[id(a)]} "
-                            f"in series {uid}: two series or two patients interleaved; upload one series per "
-                            "SeriesInstanceUID"
-                        )
+                check_distinct_positions([(names[id(d)], slice_position(d)) for d in group], f"series {uid}")
                 problem = next((p for p in map(image_problem, group) if p), None)
                 folder = tmp / "series" / str(n)
                 folder.mkdir(parents=True)

@@ -49,18 +49,17 @@ def typed_column(col: str, values: list[str], lines: list[int], path: Path) -> t
     unknown, -) are missing; a numeric column's cells that are not numbers are reported by line
     and counted as missing, so one 'unknown' or '65 y' no longer turns age into a category."""
     given = [v for v in values if v.strip().casefold() not in MISSING]
-    nums = [_number(v) for v in given]
-    numeric = given and sum(n is not None for n in nums) >= NUMERIC_SHARE * len(given)
+    nums = {v: _number(v) for v in given}  # each distinct spelling parsed once
+    numeric = given and sum(nums[v] is not None for v in given) >= NUMERIC_SHARE * len(given)
     problems: list[str] = []
     out: list = []
     for v, line in zip(values, lines):
-        if v.strip().casefold() in MISSING:
+        if v not in nums:  # a missing marker
             out.append(None)
         elif numeric:
-            n = _number(v)
-            if n is None:
+            if nums[v] is None:
                 problems.append(f"{path.name}:{line}: {col} {v!r} is not a number; counted as missing")
-            out.append(n)
+            out.append(nums[v])
         else:
             out.append(_level(v))
     if not numeric:  # each level shown in its most frequent spelling
