@@ -146,6 +146,29 @@ def copy_tree(tmp_path):
     return _copy
 
 
+# pixelmed's XSLT exceeds the XPath operator limits of newer JREs (JAXP0801003); lifted for it only
+PIXELMED_JAVA = "-Djdk.xml.xpathExprOpLimit=0 -Djdk.xml.xpathExprGrpLimit=0 -Djdk.xml.xpathTotalOpLimit=0"
+
+
+def dicom_errors(path: Path, sr: bool = False) -> list[str]:
+    """The error lines dicom3tools' dciodvfy (and for an SR pixelmed's DicomSRValidator) print
+    for a DICOM file; both installed by `make system-deps`, their absence is a failure."""
+    import subprocess
+
+    tools = [["dciodvfy", str(path)]] + ([["DicomSRValidator", str(path)]] if sr else [])
+    errors = []
+    for cmd in tools:
+        if shutil.which(cmd[0]) is None:
+            pytest.fail(f"{cmd[0]} is not installed: run `make system-deps` (dicom3tools, pixelmed-apps)")
+        env = {**os.environ, "JAVA_TOOL_OPTIONS": PIXELMED_JAVA}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        text = out.stdout + out.stderr
+        if cmd[0] == "DicomSRValidator" and "Root Template Validation Complete" not in text:
+            errors.append(f"DicomSRValidator did not validate: {text[-500:]}")
+        errors += [f"{cmd[0]}: {line}" for line in text.splitlines() if line.lstrip().startswith("Error")]
+    return errors
+
+
 def any_free_port() -> int:
     import socket
 
@@ -245,6 +268,39 @@ def write_rows():
 @pytest.fixture(scope="session")
 def free_port():
     return any_free_port
+
+
+def _real_ct_slice(k: int = 10):
+    """Slice k (by position) of the real TotalSegmentator CT series of ../shared (upper abdomen,
+    contrast-enhanced; no kidney on these slices): HU, pixel spacing and TotalSegmentator's
+    117-class labels of the slice in the DICOM's pixel grid (the NIfTI's i, j are the column and
+    the row counted from the bottom)."""
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+
+    from ccrcc_grade.io.dicom import read_hu
+
+    folder = survey_file("ct/totalsegmentator/example_ct_dicom")
+
+    def z(f: Path) -> float:
+        return float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+
+    hu, spacing = read_hu(sorted(folder.iterdir(), key=z)[k])
+    seg = np.asarray(nib.load(survey_file("ct/totalsegmentator/example_seg_dicom.nii.gz")).dataobj)
+    return hu, spacing, seg[:, ::-1, k].T
+
+
+@pytest.fixture(scope="session")
+def real_ct_slice():
+    """``real_ct_slice(k=10)``: (HU, spacing, labels) of a real CT slice, or skip without ../shared."""
+    return _real_ct_slice
+
+
+@pytest.fixture(scope="session")
+def validate_dicom():
+    """``validate_dicom(path, sr=False)``: the validators' error lines (an empty list: valid)."""
+    return dicom_errors
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,9 @@ def _check_sr(sr: pydicom.Dataset, res: dict, boxes: list[dict]) -> None:
     (patient,) = report.content.get_image_measurement_groups()
     assert float(patient.get_measurements()[0].value) == pytest.approx(res["prob_high"])
     (grade,) = patient.get_qualitative_evaluations()
-    assert grade.value.meaning.startswith({"high": "High grade", "low": "Low grade"}.get(res["grade"], "Uncertain"))
+    assert grade.value.meaning.startswith(
+        {"high": "High WHO/ISUP", "low": "Low WHO/ISUP"}.get(res["grade"], "Uncertain")
+    )
     assert "ccrcc-grade resnet34-parenchymal" in _text_values(sr)  # the model, as the algorithm
     evidence = {
         i.ReferencedSOPInstanceUID

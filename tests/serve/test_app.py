@@ -385,3 +385,128 @@ def test_a_real_ct_series_uploaded_as_a_zip(check_sr, survey, client, trained_ru
     assert res["prob_high"] == pytest.approx(ref["prob_high"], abs=1e-5) and 0 <= res["prob_high"] <= 1
     sr = pydicom.dcmread(io.BytesIO(client.get(f"/api/studies/{sid}/sr").content))
     check_sr(sr, res, [box])
+
+
+def test_patient_banner_hu_slices_and_launch_by_study_uid(graded, client, dicom_cohort):
+    """The study carries the patient as the DICOM says; a slice in HU is the stored slice's HU;
+    the StudyInstanceUID finds the stored study (the page opened from the PACS by URL)."""
+    pid, sid, boxes, _ = graded
+    s = client.get(f"/api/studies/{sid}").json()
+    f = sorted((dicom_cohort / pid / "parenchymal").glob("*.dcm"))[0]
+    ds = pydicom.dcmread(f, stop_before_pixels=True)
+    assert s["patient"]["name"] == str(ds.PatientName) and s["patient"]["patient_id"] == ds.PatientID
+    assert s["patient"]["study_date"] == ds.StudyDate and s["patient"]["sex"] == ds.PatientSex
+    assert s["study_uid"] == ds.StudyInstanceUID
+    assert sid in client.get("/api/studies", params={"study_uid": ds.StudyInstanceUID}).json()
+    assert client.get("/api/studies", params={"study_uid": "1.2.3.4"}).json() == []
+    series = next(x for x in s["series"] if x["phase"] == "parenchymal")
+    assert series["slice_thickness"] == float(ds.SliceThickness)
+    k = series["sop_instance_uids"].index(str(ds.SOPInstanceUID))
+    r = client.get(f"/api/studies/{sid}/series/{series['series_uid']}/slices/{k}.hu")
+    got = np.frombuffer(r.content, "<i2").reshape(series["rows"], series["columns"])
+    assert np.array_equal(got, np.rint(read_hu(f)[0]).astype(np.int16))
+
+
+def test_every_model_says_how_far_to_trust_it(client):
+    """The red banner's condition: the test AUC's CI includes 0.5 (or there is none)."""
+    (m,) = client.get("/api/models").json()
+    t, test = m["trust"], m["card"]["test"]
+    ci = (test or {}).get("ci95") or [None, None]
+    assert (t["warning"] is not None) == (ci[0] is None or ci[0] <= 0.5)
+    assert "AUC" in t["text"] or "unknown" in t["text"]
+
+
+def test_fast_grade_without_heat_map_or_robustness(graded, client):
+    _, sid, _, res = graded
+    fast = client.post(f"/api/studies/{sid}/predict", json={"box_k": 0}).json()
+    assert fast["prob_high"] == pytest.approx(res["prob_high"], abs=1e-6) and fast["decision"] == res["decision"]
+    assert "box_robustness" not in fast and all("heat_url" not in s for s in fast["slices"])
+    assert fast["assessable"] and fast["trust"]["text"] and {s["drawn_by"] for s in fast["slices"]} == {"person"}
+    assert client.post(f"/api/studies/{sid}/predict", json={"box_k": 1}).status_code == 400  # 2-1000 plausible boxes
+
+
+def test_sign_off_and_sr_versions(
+    check_sr, cohort_boxes, patient_files, client, dicom_cohort, test_pids, validate_dicom, tmp_path
+):
+    """Grade -> SR v1 UNVERIFIED (asked twice: one instance) -> sign-off -> v2 VERIFIED with the
+    person observer, same series, v1 as predecessor -> a box changed and graded again -> v3
+    UNVERIFIED, v2 as predecessor. Every version passes dciodvfy and DicomSRValidator."""
+    import highdicom as hd
+
+    pid = test_pids[1]
+    sid = _study(patient_files, client, dicom_cohort, pid)
+    boxes = cohort_boxes(dicom_cohort, pid)
+    client.put(f"/api/studies/{sid}/boxes", json=boxes)
+    res = client.post(f"/api/studies/{sid}/predict", json={}).json()
+    r = client.post(f"/api/studies/{sid}/signoff", json={"observer": "x"})
+    assert r.status_code == 422  # a name of at least two characters
+    versions = []
+
+    def sr():
+        ds = pydicom.dcmread(io.BytesIO(client.get(f"/api/studies/{sid}/sr").content))
+        f = tmp_path / f"sr-{len(versions)}.dcm"
+        ds.save_as(f, enforce_file_format=True)
+        assert validate_dicom(f, sr=True) == []
+        return ds
+
+    v1 = sr()
+    versions.append(v1)
+    assert v1.VerificationFlag == "UNVERIFIED" and sr().SOPInstanceUID == v1.SOPInstanceUID  # no duplicate
+    check_sr(v1, res, boxes)
+    signed = client.post(f"/api/studies/{sid}/signoff", json={"observer": "Dr Jane Roe"}).json()
+    assert signed["observer"] == "Dr Jane Roe" and signed["grade"] == res["grade"]
+    v2 = sr()
+    versions.append(v2)
+    assert (
+        v2.VerificationFlag == "VERIFIED"
+        and str(v2.VerifyingObserverSequence[0].VerifyingObserverName) == "Roe^Jane^^Dr"
+    )
+    assert v2.SeriesInstanceUID == v1.SeriesInstanceUID and v2.InstanceNumber == 2
+    pred = v2.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert pred.ReferencedSOPInstanceUID == v1.SOPInstanceUID
+    doc = hd.sr.Comprehensive3DSR.from_dataset(v2)
+    observers = [
+        i for i in doc.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121008"
+    ]  # Person Observer Name
+    assert [str(i.PersonName) for i in observers] == ["Roe^Jane^^Dr"]
+    for g in doc.content.get_planar_roi_measurement_groups():  # who drew each box
+        (who,) = g.get_qualitative_evaluations()
+        assert who.name.meaning == "Region of interest drawn by" and who.value.value == "PERSON"
+        (site,) = [i for i in g[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "363698007"]
+        assert site.ConceptCodeSequence[0].CodeMeaning == "Kidney"
+    assert v2.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99CCRCC"
+    assert all(
+        "grade" not in str(g.tracking_identifier).lower() or "patient-level" in str(g.tracking_identifier)
+        for g in doc.content.get_image_measurement_groups()
+    )
+    moved = [dict(boxes[0], x_max=boxes[0]["x_max"] - 1)] + boxes[1:]
+    client.put(f"/api/studies/{sid}/boxes", json=moved)
+    assert client.get(f"/api/studies/{sid}/sr").status_code == 409  # grade again first
+    client.post(f"/api/studies/{sid}/predict", json={"box_k": 0})
+    v3 = sr()
+    assert v3.VerificationFlag == "UNVERIFIED" and v3.InstanceNumber == 3  # the sign-off was for other boxes
+    pred = v3.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert pred.ReferencedSOPInstanceUID == v2.SOPInstanceUID and v3.SeriesInstanceUID == v1.SeriesInstanceUID
+
+
+@pytest.mark.parametrize(
+    ("box", "reason"),
+    [
+        ((64, 64, 65, 65), "far smaller than a renal tumour"),
+        ((0, 0, 20, 20), "is air"),
+    ],
+)
+def test_not_assessable(patient_files, client, dicom_cohort, test_pids, box, reason):
+    """A box the model cannot grade: 200 with grade "not assessable" and the reason; nothing is
+    stored, so neither report nor SR is made from it."""
+    sid = _study(patient_files, client, dicom_cohort, test_pids[2])
+    s = client.get(f"/api/studies/{sid}").json()
+    series = next(x for x in s["series"] if x["phase"] == "parenchymal")
+    x0, y0, x1, y1 = box
+    b = {"sop_instance_uid": series["sop_instance_uids"][2], "x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1}
+    assert client.put(f"/api/studies/{sid}/boxes", json=[b]).status_code == 200
+    r = client.post(f"/api/studies/{sid}/predict", json={}).json()
+    assert r["assessable"] is False and r["grade"] == "not assessable" and r["prob_high"] is None
+    assert reason in r["decision"] and reason in r["plausibility"]["problems"][0]
+    assert client.get(f"/api/studies/{sid}/sr").status_code == 422
+    assert client.get(f"/api/studies/{sid}/report").status_code == 422

@@ -111,19 +111,38 @@ def decode_roi(roi: Roi, warnings: list[str]) -> tuple[np.ndarray, bool]:
 
 
 def crop_rois(
-    rois: list[Roi], cfg: PreprocessConfig, warnings: list[str], show_progress: bool = True, desc: str = "ingest"
+    rois: list[Roi],
+    cfg: PreprocessConfig,
+    warnings: list[str],
+    show_progress: bool = True,
+    desc: str = "ingest",
+    stats: list[dict | None] | None = None,
 ) -> np.ndarray:
     """Decode each slice once (several boxes on a slice share the decode) and crop every ROI.
-    Boxes far smaller than a renal tumour are named in ``warnings`` (one line per patient)."""
+    Boxes far smaller than a renal tumour are named in ``warnings`` (one line per patient).
+    ``stats``: a list filled with each ROI's `plausibility.box_stats` (None for 8-bit slices),
+    the training reference a model carries."""
     small_box_warnings(rois, warnings)
+    if stats is not None:
+        stats[:] = [None] * len(rois)
     out = np.empty((len(rois), cfg.size, cfg.size), dtype=np.uint8)
     by_slice: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(rois):
         by_slice[(str(r.path), r.slice_index, r.source)].append(i)
     for idxs in progress(by_slice.values(), total=len(by_slice), desc=desc, unit="slice", enable=show_progress):
         image, is_hu = decode_roi(rois[idxs[0]], warnings)
+        spine = None
+        if stats is not None and is_hu:
+            from ccrcc_grade.ingest.anatomy import spine_centre
+
+            spine = spine_centre(image, rois[idxs[0]].spacing or (1.0, 1.0))
         for i in idxs:
             r = rois[i]
+            if stats is not None and is_hu:
+                from ccrcc_grade.ingest.anatomy import box_stats
+
+                spacing = r.spacing[1] if r.spacing else None
+                stats[i] = box_stats(image, r.box, r.spacing, spine) | {"pixel_spacing": spacing}
             out[i] = make_crop(
                 image, r.box, cfg, is_hu=is_hu, spacing=r.spacing, source=r.source, warnings=warnings, flip=r.flip
             )

@@ -49,6 +49,35 @@ def model_card(path: Path, meta: dict) -> dict:
         "validation": {"patient_auc": val.get("val_auc"), "image_auc": val.get("val_image_auc")},
         "test": _metric(test),
         "threshold": policy.to_dict(),
+        "reference": meta.get("reference"),  # the training boxes and scanners (plausibility checks)
         "intended_use": INTENDED_USE,
         "disclaimer": DISCLAIMER,
     }
+
+
+def trust_statement(card: dict) -> dict:
+    """How far to trust the model, in words, from its card's test result: the patient AUC with
+    its 95% CI and n, and ``warning`` (a red banner on the page and report) when that CI
+    includes 0.5 or there is no test result: the model has not shown that it separates low from
+    high grade."""
+    t = card.get("test") or {}
+    auc, ci, n = t.get("auc"), t.get("ci95"), t.get("n")
+    if auc is None or not ci or ci[0] is None or ci[1] is None:
+        return {
+            "auc": auc,
+            "ci95": ci,
+            "n": n,
+            "text": "This model has no test result with a confidence interval: how well it grades is unknown.",
+            "warning": "this model has not shown that it separates low from high grade (no test result)",
+        }
+    text = (
+        f"On {n} test patients the model ranked a random high-grade patient above a random low-grade one "
+        f"{auc:.0%} of the time (patient AUC {auc:.2f}, 95% CI {ci[0]:.2f}-{ci[1]:.2f}; 0.5 is chance)."
+    )
+    warning = None
+    if ci[0] <= 0.5:
+        warning = (
+            f"this model has not shown that it separates low from high grade: its test AUC's 95% CI "
+            f"({ci[0]:.2f}-{ci[1]:.2f}) includes 0.5, chance"
+        )
+    return {"auc": auc, "ci95": ci, "n": n, "text": text, "warning": warning}

@@ -90,6 +90,7 @@ def onnx_metadata(ckpt: dict) -> dict:
             "best_epoch",
             "val",
             "weights_sha256",
+            "reference",
         )
     }
 

@@ -383,6 +383,7 @@ def _fit(cfg: TrainConfig, resume_state: dict | None) -> dict | None:
         "preprocess": {**to_dict(pre), "image_size": cfg.image_size, "normalize": normalize},
         "phase": cfg.phase,
         "splits": {k: splits[k] for k in ("train", "val", "test")},
+        "reference": training_reference(Path(cfg.work), cfg.phase),
     }
     if ddp.main:
         print(
@@ -503,6 +504,17 @@ def cohort_identity(work: Path) -> dict:
     except (OSError, json.JSONDecodeError):
         rep = {}
     return {"path": rep.get("cohort"), "fingerprint": rep.get("cohort_fingerprint")}
+
+
+def training_reference(work: Path, phase: str) -> dict | None:
+    """The training boxes' reference of a phase from the ingest report (the model carries it
+    for the workstation's plausibility checks); None for caches made before it existed."""
+    f = WorkDir(work).ingest_report
+    try:
+        rep = json.loads(f.read_text()) if f.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return None
+    return (rep.get("reference") or {}).get(phase)
 
 
 def _write_log(run: Path, rows: list[dict]) -> None:

@@ -8,11 +8,50 @@ import html
 from pathlib import Path
 
 from ccrcc_grade.core.threshold import decision_digits
+from ccrcc_grade.model.card import trust_statement
+
+BANNER = (
+    ("Patient", "name"),
+    ("ID", "patient_id"),
+    ("Born", "birth_date"),
+    ("Sex", "sex"),
+    ("Study date", "study_date"),
+    ("Accession", "accession"),
+    ("Study", "study_description"),
+)
 
 
-def report_html(result: dict, card: dict, cam_dir: Path) -> str:
-    """A printable one-page report (the browser prints it to PDF)."""
+def dicom_date(value: str) -> str:
+    """YYYYMMDD as YYYY-MM-DD (anything else as it is)."""
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
+
+
+def banner_value(key: str, value: str) -> str:
+    """A banner field as people read it: dates with dashes, DICOM name components with spaces."""
+    return dicom_date(value) if "date" in key else value.replace("^", " ").strip()
+
+
+def report_html(
+    result: dict, card: dict, cam_dir: Path, patient: dict | None = None, signoff: dict | None = None
+) -> str:
+    """A printable one-page report (the browser prints it to PDF): the patient banner from the
+    DICOM, the grade with its trust statement, the boxes and the sign-off."""
     e = html.escape
+    patient = patient or {}
+    banner = " &middot; ".join(
+        f"{label} <b>{e(banner_value(key, patient[key]))}</b>" for label, key in BANNER if patient.get(key)
+    )
+    trust = trust_statement(card)
+    trust_html = f"<p id='trust'>{e(trust['text'])}</p>" + (
+        f"<p class='danger' id='trust-warning'>{e(trust['warning'][0].upper() + trust['warning'][1:])}.</p>"
+        if trust["warning"]
+        else ""
+    )
+    signed = (
+        f"<p id='signoff'>Reviewed and signed by <b>{e(signoff['observer'])}</b> at {e(signoff['time'])}.</p>"
+        if signoff
+        else "<p id='signoff'>Not signed off: the result is unverified until a clinician confirms it.</p>"
+    )
     rows = []
     for s in result["slices"]:
         img = ""
@@ -33,6 +72,8 @@ def report_html(result: dict, card: dict, cam_dir: Path) -> str:
         "body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 8px;vertical-align:top}"
         ".grade{font-size:1.4em;font-weight:600;margin:.6em 0}.warn{background:#fff4d6;padding:.5em;"
+        ".danger{background:#b3261e;color:#fff;padding:.5em;font-weight:600}"
+        ".banner{background:#1f3a5f;color:#fff;padding:.5em}"
         "border-left:4px solid #e0a000}@media print{.print{display:none}}"
     )
     title = f"ccrcc-grade report {e(result['patient_id'])}"
@@ -46,6 +87,7 @@ def report_html(result: dict, card: dict, cam_dir: Path) -> str:
     )
     return f"""<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>
 <style>{css}</style></head><body>
+<p class='banner' id='patient'>{banner or "no patient data in the DICOM"}</p>
 <h1>Predicted WHO/ISUP grade of clear cell RCC</h1>
 <p class='warn'><b>{e(card["disclaimer"][0].upper() + card["disclaimer"][1:])}.</b> The result is unverified until
 a clinician confirms it. {e(card["intended_use"])}</p>
@@ -54,6 +96,8 @@ a clinician confirms it. {e(card["intended_use"])}</p>
 <p>Patient probability of high grade (III-IV): {result["prob_high"]:.{digits}f} (mean of the slices).
 Threshold: {e(result["threshold_policy"]["source"])} ({result["threshold"]:.{digits}f}).</p>
 {robust}
+{trust_html}
+{signed}
 <h2>Slices</h2><table><tr><th>Slice</th><th>Box (x0, y0, x1, y1)</th><th>P(high)</th><th>Grad-CAM</th></tr>
 {"".join(rows)}</table>
 <h2>Model</h2><p>{e(str(card["architecture"]))} on the {e(str(card["phase"]))} phase, trained {e(str(card["trained"]))};

@@ -1,13 +1,20 @@
 """The grade as a DICOM Structured Report (highdicom): a Comprehensive 3D SR holding a TID 1500
-measurement report.
+measurement report that a PACS shows correctly.
 
-- one patient-level entry (TID 1501): the predicted grade as a qualitative evaluation and P(high
-  grade) as a measurement, with the decision threshold and its origin in the tracking identifier;
+- one patient-level group (TID 1501, tracking identifier "patient-level WHO/ISUP grade"): the
+  predicted WHO/ISUP nuclear grade as a coded qualitative evaluation (the decision lives in
+  that code, never in the tracking identifier), P(high grade) as a measurement, the finding
+  site kidney with its laterality;
 - one planar ROI (TID 1410) per box: the rectangle as a closed POLYLINE on its source image
-  (referenced by SOP Instance UID) with that slice's P(high grade);
-- the model as the algorithm (name, version, parameters: phase, threshold); the observer is a
-  device (ccrcc-grade); VerificationFlag UNVERIFIED: a clinician has to verify it.
-Concepts without a standard code use the private scheme ``99CCRCC``.
+  (referenced by SOP Instance UID), that slice's P(high grade), the finding site, and who drew
+  the box (a person, interpolation, the proposal model) as a coded evaluation;
+- the model as the algorithm (name, version, parameters: phase, threshold, architecture); the
+  observer is the device, plus the radiologist as a person observer once signed off:
+  VerificationFlag VERIFIED with the Verifying Observer; UNVERIFIED before;
+- versions: every SR of a study and model lives in one series; a changed grade or a sign-off
+  makes a new instance that names the previous one in PredecessorDocumentsSequence.
+Concepts without a standard code use the private scheme ``99CCRCC``, declared in the
+Coding Scheme Identification Sequence.
 """
 
 from __future__ import annotations
@@ -50,9 +57,42 @@ def _with_type2(ds: pydicom.Dataset) -> pydicom.Dataset:
     return ds
 
 
-def build_sr(result: dict, sources: dict[str, pydicom.Dataset], model_name: str) -> pydicom.Dataset:
-    """``result``: a `predict --json` object whose slices carry ``sop_instance_uid``; ``sources``:
-    the header of every referenced image by SOP Instance UID (the evidence)."""
+def person_name(text: str) -> str:
+    """A name as typed ("Jane Roe", "Dr Jane Roe") in DICOM PN form (family^given^^prefix);
+    a name already holding ^ is kept."""
+    text = " ".join(text.split())
+    if "^" in text:
+        return text
+    words = text.split(" ")
+    prefix = (
+        words.pop(0) if len(words) > 1 and words[0].rstrip(".").lower() in {"dr", "prof", "mr", "mrs", "ms"} else ""
+    )
+    family = words.pop() if words else ""
+    name = "^".join([family, " ".join(words), "", prefix]).rstrip("^") or text
+    return name if "^" in name else name + "^"  # a family name alone, said so
+
+
+DRAWN_BY = {
+    "person": ("PERSON", "Person (workstation user)"),
+    "interpolation": ("INTERPOLATED", "Interpolated between boxes drawn by a person"),
+    "proposal model": ("PROPOSED", "Proposed by the tumour proposal model"),
+}
+
+
+def build_sr(
+    result: dict,
+    sources: dict[str, pydicom.Dataset],
+    model_name: str,
+    signoff: dict | None = None,
+    series_uid: str | None = None,
+    instance_number: int = 1,
+    previous: list[pydicom.Dataset] | None = None,
+) -> pydicom.Dataset:
+    """``result``: a `predict --json` object whose slices carry ``sop_instance_uid`` (and
+    ``laterality`` "left"/"right", ``drawn_by``); ``sources``: the header of every referenced
+    image by SOP Instance UID (the evidence); ``signoff``: ``{"observer", "organization"}`` of
+    the radiologist who verified it; ``series_uid``/``instance_number``/``previous``: the SR
+    series of this study and model, this version's number and the versions it replaces."""
     import highdicom as hd
 
     algo = hd.sr.AlgorithmIdentification(
@@ -73,23 +113,42 @@ def build_sr(result: dict, sources: dict[str, pydicom.Dataset], model_name: str)
             model_name=model_name[:64],
         ),
     )
-    context = hd.sr.ObservationContext(observer_device_context=observer)
-    prob_name = _code("P-HIGH", "Probability of high WHO/ISUP grade (III-IV)")
+    person = None
+    if signoff:
+        person = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Person,
+            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+                name=person_name(signoff["observer"])
+            ),
+        )
+    context = hd.sr.ObservationContext(observer_person_context=person, observer_device_context=observer)
+    prob_name = _code("P-HIGH", "Probability of high WHO/ISUP nuclear grade (III-IV)")
     unit = codes.UCUM.NoUnits
-    grade_name = _code("ISUP-PRED", "Predicted WHO/ISUP grade group")
+    grade_name = _code("WHO-ISUP", "Predicted WHO/ISUP nuclear grade")
     grade_value = {
-        "high": _code("HIGH", "High grade (III-IV)"),
-        "low": _code("LOW", "Low grade (I-II)"),
-        "uncertain": _code("UNCERTAIN", "Uncertain: probability inside the threshold's CI"),
+        "high": _code("HIGH", "High WHO/ISUP nuclear grade (III-IV)"),
+        "low": _code("LOW", "Low WHO/ISUP nuclear grade (I-II)"),
+        "uncertain": _code("UNCERTAIN", "Uncertain WHO/ISUP grade: probability near the threshold"),
     }[result["grade"]]
+    drawn_name = _code("ROI-SOURCE", "Region of interest drawn by")
+
+    def sites(sides: set) -> list:
+        side = {"left": codes.SCT.Left, "right": codes.SCT.Right}
+        if len(sides) == 1 and next(iter(sides)) in side:
+            return [hd.sr.FindingSite(anatomic_location=codes.SCT.Kidney, laterality=side[next(iter(sides))])]
+        return [hd.sr.FindingSite(anatomic_location=codes.SCT.Kidney)]
+
     patient_level = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"grade: {result['decision']}"[:64]),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="patient-level WHO/ISUP grade"),
         finding_type=codes.SCT.Neoplasm,
         algorithm_id=algo,
+        finding_sites=sites({s.get("laterality") for s in result["slices"]}),
         measurements=[
             hd.sr.Measurement(name=prob_name, value=float(result["prob_high"]), unit=unit, algorithm_id=algo)
         ],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=grade_name, value=grade_value)],
+        # the images the grade comes from (also what tells validators this group is TID 1501, not 1410)
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources.values()],
     )
     rois = []
     for i, s in enumerate(result["slices"]):
@@ -105,8 +164,12 @@ def build_sr(result: dict, sources: dict[str, pydicom.Dataset], model_name: str)
                 referenced_region=region,
                 finding_type=codes.SCT.Neoplasm,
                 algorithm_id=algo,
+                finding_sites=sites({s.get("laterality")}),
                 measurements=[
                     hd.sr.Measurement(name=prob_name, value=float(s["prob_high"]), unit=unit, algorithm_id=algo)
+                ],
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(name=drawn_name, value=_code(*DRAWN_BY[s.get("drawn_by", "person")]))
                 ],
             )
         )
@@ -116,16 +179,25 @@ def build_sr(result: dict, sources: dict[str, pydicom.Dataset], model_name: str)
         imaging_measurements=[patient_level, *rois],
     )
     evidence = [_with_type2(ds) for ds in sources.values()]
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_uid or hd.UID(),
         series_number=900,
         sop_instance_uid=hd.UID(),
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer="ccrcc-grade",
-        series_description="ccrcc-grade WHO/ISUP grade (research, unverified)",
         is_complete=True,
         is_final=False,
-        is_verified=False,
+        is_verified=bool(signoff),
+        verifying_observer_name=person_name(signoff["observer"]) if signoff else None,
+        verifying_organization=(signoff.get("organization") or "unknown") if signoff else None,
+        previous_versions=previous or None,
     )
+    sr.SeriesDescription = "ccrcc-grade WHO/ISUP grade: research use only, not diagnosis"
+    scheme = pydicom.Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE
+    scheme.CodingSchemeName = "ccrcc-grade private concepts"
+    scheme.CodingSchemeResponsibleOrganization = "ccrcc-grade project"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr

@@ -5,9 +5,10 @@ Layout of ``DATA/<study_id>/`` (ids are generated; uploaded file names are never
 
     study.json                 series summary (uid, description, phase, reason, slices in order)
     series/<n>/<k>.dcm         the series' instances, k in slice order (the order of the viewer)
-    boxes.json                 [{"sop_instance_uid", "x_min", "y_min", "x_max", "y_max"}]
+    boxes.json                 [{"sop_instance_uid", "x_min", "y_min", "x_max", "y_max", "source"}]
     cohort/boxes.csv           the same boxes in ingest's cohort format (file relative to cohort/)
-    predictions/<model>/...    the last prediction per model (JSON, Grad-CAM overlays)
+    predictions/<model>/...    the last prediction per model (JSON, Grad-CAM overlays), its
+                               sign-off (signoff.json) and every SR version made (sr/<n>.dcm)
 
 Every write is atomic; a failed upload removes its half-written study folder, so nothing of it
 is left behind; a server restart finds every study and box as it was.
@@ -206,6 +207,7 @@ class StudyStore:
                         "columns": int(first.Columns),
                         "pixel_spacing": [float(v) for v in getattr(first, "PixelSpacing", [1.0, 1.0])],
                         "flip": list(display_flips(first)),
+                        "slice_thickness": _number(first, "SliceThickness"),
                         "problem": problem,
                         "override": False,
                     }
@@ -221,6 +223,7 @@ class StudyStore:
                 "study_id": study_id,
                 "study_uid": str(getattr(first, "StudyInstanceUID", "")),
                 "patient_id": str(getattr(first, "PatientID", "") or study_id),
+                "patient": patient_banner(first),
                 "series": series,
                 "notes": notes,
             }
@@ -248,11 +251,14 @@ class StudyStore:
             "rows",
             "columns",
             "pixel_spacing",
+            "slice_thickness",
             "problem",
             "override",
         )
         return {
             "study_id": s["study_id"],
+            "study_uid": s.get("study_uid", ""),
+            "patient": s.get("patient") or {},
             "series": [{k: x.get(k) for k in keys} for x in s["series"]],
             "notes": s.get("notes", []),
         }
@@ -271,6 +277,14 @@ class StudyStore:
 
     def slice_hu(self, study_id: str, series_uid: str, k: int) -> np.ndarray:
         return read_hu(self.slice_path(study_id, series_uid, k))[0]
+
+    def find(self, study_uid: str) -> list[str]:
+        """Ids of the stored studies of a StudyInstanceUID (launch from the PACS by URL)."""
+        out = []
+        for f in sorted(self.root.glob("*/study.json")):
+            if STUDY_ID.match(f.parent.name) and json.loads(f.read_text()).get("study_uid") == study_uid:
+                out.append(f.parent.name)
+        return out
 
     def locate(self, study_id: str, sop_uid: str) -> tuple[dict, int]:
         """(series, slice index) of an instance of the study."""
@@ -334,6 +348,7 @@ class StudyStore:
                 {
                     "sop_instance_uid": str(b["sop_instance_uid"]),
                     **{k: round(float(v), 2) for k, v in zip(("x_min", "y_min", "x_max", "y_max"), box.as_tuple())},
+                    "source": str(b.get("source") or "person"),
                 }
             )
         with self.lock(study_id):
@@ -412,6 +427,32 @@ class StudyStore:
 
     def prediction_dir(self, study_id: str, model_id: str) -> Path:
         return self.folder(study_id) / "predictions" / model_id
+
+
+BANNER = {
+    "name": "PatientName",
+    "patient_id": "PatientID",
+    "birth_date": "PatientBirthDate",
+    "sex": "PatientSex",
+    "study_date": "StudyDate",
+    "accession": "AccessionNumber",
+    "study_description": "StudyDescription",
+    "institution": "InstitutionName",
+}
+
+
+def patient_banner(ds: pydicom.Dataset) -> dict:
+    """Who and which study, as the DICOM says (the viewer's, worklist's and report's banner):
+    text only, shown as text; empty where the header is silent."""
+    return {key: str(getattr(ds, kw, "") or "").strip()[:128] for key, kw in BANNER.items()}
+
+
+def _number(ds: pydicom.Dataset, keyword: str) -> float | None:
+    try:
+        v = float(getattr(ds, keyword))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
 
 
 def _uid(ds: pydicom.Dataset, keyword: str) -> str:

@@ -6,14 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
 import pydicom
 
-from ccrcc_grade.core.fileio import atomic_write_json
+from ccrcc_grade.core.fileio import atomic_write, atomic_write_json
+from ccrcc_grade.ingest.anatomy import spine_centre
 from ccrcc_grade.ingest.cohort import Roi
 from ccrcc_grade.io.boxes import Box
+from ccrcc_grade.model.card import trust_statement
+from ccrcc_grade.model.plausibility import assess
 from ccrcc_grade.model.predict import grade_rois
 from ccrcc_grade.serve.errors import Stale, Unprocessable
 from ccrcc_grade.serve.models import ModelRegistry
@@ -82,7 +86,17 @@ class Workstation:
         order = sorted(range(len(rois)), key=lambda i: (where[i][1], rois[i].box.as_tuple()))
         return [rois[i] for i in order], {n: where[i] for n, i in enumerate(order)}
 
-    def grade(self, study_id: str, model_id: str | None, cam: bool) -> dict:
+    def check(self, study_id: str, rois: list[Roi], where: dict, phase: str, ref: dict | None) -> dict:
+        """`model.plausibility.assess` on the boxes about to be graded (HU from the viewer's cache)."""
+        series = self.store.series(study_id, where[0][0])
+        boxes = [
+            (f"box on slice {where[i][1] + 1}", self.hu(study_id, where[i][0], where[i][1]), r.box, r.spacing)
+            for i, r in enumerate(rois)
+        ]
+        geometry = {"pixel_spacing_mm": series["pixel_spacing"][1], "slice_thickness_mm": series.get("slice_thickness")}
+        return assess(boxes, phase, ref, geometry)
+
+    def grade(self, study_id: str, model_id: str | None, cam: bool, box_k: int | None = None) -> dict:
         m = self.registry.get(model_id)
         phase = m["card"]["phase"]
         if phase == "combined":
@@ -90,12 +104,35 @@ class Workstation:
         notes: list[str] = []
         inputs = self.inputs_digest(study_id, m)
         rois, where = self.rois_for(study_id, phase, notes)
+        checked = self.check(study_id, rois, where, phase, m["card"].get("reference"))
+        trust = trust_statement(m["card"])
+        if not checked["assessable"]:  # nothing is stored: a report or SR needs a grade
+            return {
+                "patient_id": study_id,
+                "phase": phase,
+                "assessable": False,
+                "grade": "not assessable",
+                "decision": "Not assessable: " + checked["problems"][0],
+                "prob_high": None,
+                "slices": [],
+                "plausibility": checked,
+                "warnings": checked["problems"] + checked["warnings"] + notes,
+                "trust": trust,
+                "model": {"id": m["id"]},
+            }
         out = self.store.prediction_dir(study_id, m["id"])
-        result = grade_rois(m["predictor"], rois, study_id, phase, notes, out / "cam" if cam else None)
+        k = {} if box_k is None else {"box_k": box_k}
+        result = grade_rois(
+            m["predictor"], rois, study_id, phase, notes + checked["warnings"], out / "cam" if cam else None, **k
+        )
+        result.update(assessable=True, plausibility=checked, trust=trust)
+        sources = {b["sop_instance_uid"]: b.get("source", "person") for b in self.store.boxes(study_id)}
         for i, s in enumerate(result["slices"]):
             series_uid, k, sop = where[i]
             s.update(series_uid=series_uid, slice_index=k, sop_instance_uid=sop)
             s["source"] = f"slice {k + 1}"
+            s["drawn_by"] = sources.get(sop, "person")
+            s["laterality"] = self.laterality(study_id, series_uid, k, rois[i].box)
             if cam:
                 name = Path(s.pop("cam")).name
                 s["cam_url"] = f"/api/studies/{study_id}/cam/{m['id']}/{name}"
@@ -106,6 +143,49 @@ class Workstation:
         atomic_write_json(out / "result.json", result)
         log.info("study %s graded with %s: %s", study_id, m["id"], result["grade"])
         return result
+
+    def laterality(self, study_id: str, series_uid: str, k: int, box: Box) -> str | None:
+        """ "left" or "right": the patient side of the box's centre against the vertebral body's
+        (patient x of both through ImagePositionPatient/Orientation; +x is the patient's left)."""
+        spine = spine_centre(
+            self.hu(study_id, series_uid, k), tuple(self.store.series(study_id, series_uid)["pixel_spacing"])
+        )
+        if spine is None:
+            return None
+        ds = pydicom.dcmread(self.store.slice_path(study_id, series_uid, k), stop_before_pixels=True)
+        try:
+            iop = [float(v) for v in ds.ImageOrientationPatient]
+            dr, dc = (float(v) for v in ds.PixelSpacing)
+        except (AttributeError, TypeError, ValueError):
+            return None
+        cx, cy = (box.x_min + box.x_max) / 2, (box.y_min + box.y_max) / 2
+        dx = iop[0] * (cx - spine[1]) * dc + iop[3] * (cy - spine[0]) * dr
+        return "left" if dx > 0 else "right"
+
+    def signoff(self, study_id: str, m: dict) -> dict | None:
+        """The radiologist's sign-off of the current grade (None when unsigned or signed for
+        inputs that have changed since)."""
+        f = self.store.prediction_dir(study_id, m["id"]) / "signoff.json"
+        if not f.is_file():
+            return None
+        s = json.loads(f.read_text())
+        return s if s.get("inputs_sha256") == self.inputs_digest(study_id, m) else None
+
+    def sign_off(self, study_id: str, model_id: str | None, observer: str) -> dict:
+        """The radiologist verifies the current grade: recorded with name and time; the SR made
+        from now on is VERIFIED with them as the person observer (a new SR version)."""
+        result, m = self.last_result(study_id, model_id)
+        if not result.get("assessable", True):
+            raise Unprocessable("a study that is not assessable cannot be signed off")
+        sign = {
+            "observer": observer.strip(),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "inputs_sha256": result["inputs_sha256"],
+            "grade": result["grade"],
+        }
+        atomic_write_json(self.store.prediction_dir(study_id, m["id"]) / "signoff.json", sign)
+        log.info("study %s: grade signed off by %s", study_id, sign["observer"])
+        return sign
 
     def inputs_digest(self, study_id: str, m: dict) -> str:
         """A digest of everything a grade depends on: the model's weights, the phase assignment
@@ -129,11 +209,40 @@ class Workstation:
         return result, m
 
     def sr_dataset(self, study_id: str, model_id: str | None) -> pydicom.Dataset:
+        """The SR of the current grade and sign-off. Versions live in ``predictions/<model>/sr``:
+        the same inputs and sign-off give the same instance again (downloading or storing twice
+        makes no duplicate); a changed grade or a sign-off makes the next version in the same
+        series, naming the previous one as its predecessor."""
         from ccrcc_grade.serve.sr import build_sr
 
         result, m = self.last_result(study_id, model_id)
-        sources = {}
-        for s in result["slices"]:
-            path = self.store.slice_path(study_id, s["series_uid"], s["slice_index"])
-            sources[s["sop_instance_uid"]] = pydicom.dcmread(path, stop_before_pixels=True)
-        return build_sr(result, sources, m["id"])
+        sign = self.signoff(study_id, m)
+        key = hashlib.sha256(json.dumps([result["inputs_sha256"], sign], sort_keys=True).encode()).hexdigest()
+        folder = self.store.prediction_dir(study_id, m["id"]) / "sr"
+        with self.store.lock(study_id):
+            index = json.loads((folder / "index.json").read_text()) if (folder / "index.json").is_file() else {}
+            versions = index.get("versions", [])
+            if versions and versions[-1]["key"] == key:
+                return pydicom.dcmread(folder / versions[-1]["file"])
+            sources = {}
+            for s in result["slices"]:
+                path = self.store.slice_path(study_id, s["series_uid"], s["slice_index"])
+                sources[s["sop_instance_uid"]] = pydicom.dcmread(path, stop_before_pixels=True)
+            previous = [pydicom.dcmread(folder / versions[-1]["file"])] if versions else None
+            ds = build_sr(
+                result,
+                sources,
+                m["id"],
+                signoff=sign,
+                series_uid=index.get("series_uid"),
+                instance_number=len(versions) + 1,
+                previous=previous,
+            )
+            name = f"{len(versions) + 1}.dcm"
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(folder / name, lambda fh: ds.save_as(fh, enforce_file_format=True))
+            versions.append(
+                {"file": name, "key": key, "sop_instance_uid": str(ds.SOPInstanceUID), "verified": bool(sign)}
+            )
+            atomic_write_json(folder / "index.json", {"series_uid": str(ds.SeriesInstanceUID), "versions": versions})
+        return ds

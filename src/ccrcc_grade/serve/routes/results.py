@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from ccrcc_grade.serve.errors import NotFound
 from ccrcc_grade.serve.report import report_html
-from ccrcc_grade.serve.schemas import PredictIn, StoreSrIn
+from ccrcc_grade.serve.schemas import PredictIn, SignOffIn, StoreSrIn
 from ccrcc_grade.serve.workstation import Workstation
 
 log = logging.getLogger("ccrcc_grade.serve")
@@ -23,7 +23,12 @@ def router(ws: Workstation, auth: params.Depends) -> APIRouter:
 
     @r.post("/api/studies/{study_id}/predict")
     def predict(study_id: str, q: PredictIn) -> dict:
-        return ws.grade(study_id, q.model, q.cam)
+        return ws.grade(study_id, q.model, q.cam, q.box_k)
+
+    @r.post("/api/studies/{study_id}/signoff")
+    def signoff(study_id: str, q: SignOffIn) -> dict:
+        """The radiologist verifies the current grade; the SR made from now on is VERIFIED."""
+        return ws.sign_off(study_id, q.model, q.observer)
 
     @r.get("/api/studies/{study_id}/cam/{model_id}/{name}")
     def cam_png(study_id: str, model_id: str, name: str) -> FileResponse:
@@ -54,6 +59,8 @@ def router(ws: Workstation, auth: params.Depends) -> APIRouter:
     @r.get("/api/studies/{study_id}/report", response_class=HTMLResponse)
     def report(study_id: str, model: str | None = None) -> str:
         result, m = ws.last_result(study_id, model)
-        return report_html(result, m["card"], store.prediction_dir(study_id, m["id"]) / "cam")
+        folder = store.prediction_dir(study_id, m["id"])
+        patient = store.summary(study_id)["patient"]
+        return report_html(result, m["card"], folder / "cam", patient, ws.signoff(study_id, m))
 
     return r

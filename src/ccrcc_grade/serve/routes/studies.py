@@ -47,6 +47,11 @@ def router(ws: Workstation, auth: params.Depends) -> APIRouter:
         log.info("study %s loaded from the PACS: %d series", summary["study_id"], len(summary["series"]))
         return summary
 
+    @r.get("/api/studies")
+    def find(study_uid: str) -> list[str]:
+        """The stored studies of a StudyInstanceUID (the page opened from the PACS by URL)."""
+        return store.find(study_uid)
+
     @r.get("/api/studies/{study_id}")
     def study(study_id: str) -> dict:
         s = store.summary(study_id)
@@ -68,6 +73,14 @@ def router(ws: Workstation, auth: params.Depends) -> APIRouter:
         store.slice_path(study_id, series_uid, k)  # 404 before the cache sees it
         img = window_to_uint8(ws.hu(study_id, series_uid, k), level, width)  # stored orientation: boxes live there
         return Response(png(img), media_type="image/png")
+
+    @r.get("/api/studies/{study_id}/series/{series_uid}/slices/{k}.hu")
+    def slice_hu(study_id: str, series_uid: str, k: int) -> Response:
+        """The slice in HU as little-endian int16 (rows x columns, stored orientation): the page
+        windows it itself (W/L by drag), reads HU under the cursor and box statistics from it."""
+        store.slice_path(study_id, series_uid, k)
+        hu = np.clip(np.rint(ws.hu(study_id, series_uid, k)), -32768, 32767).astype("<i2")
+        return Response(hu.tobytes(), media_type="application/octet-stream", headers={"X-Rows": str(hu.shape[0])})
 
     @r.get("/api/studies/{study_id}/boxes")
     def get_boxes(study_id: str) -> list[dict]:
