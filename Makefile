@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: setup system-deps vendor lint format test test-fp32 demo bench clean
+.PHONY: setup system-deps vendor lint format test test-fp32 demo docs-screenshots bench clean
 
 # The venv is reused when it exists (torch is a ~5.5 GB install); the stamp re-runs pip
 # only when pyproject.toml changes.
@@ -83,8 +83,16 @@ demo: setup
 	  --size 48 --image-size 48 --second-reader $(DEMO_DIR)/cohort/reader2_boxes.csv
 	@if [ ! -f $(DEMO_DIR)/dicom/boxes.csv ]; then \
 	  $(BIN)/ccrcc-grade synth $(DEMO_DIR)/dicom --layout dicom --patients 4 --high-fraction 0.5 --matrix 256 --seed 1; fi
+	@mkdir -p $(DEMO_DIR)/dicom-zips && for p in $(DEMO_DIR)/dicom/*/; do n=$$(basename $$p); \
+	  [ -f $(DEMO_DIR)/dicom-zips/$$n.zip ] || (cd $(DEMO_DIR)/dicom && $(CURDIR)/$(BIN)/python -m zipfile -c ../dicom-zips/$$n.zip $$n); done
 	@echo "workstation: $(BIN)/ccrcc-grade serve --models $(DEMO_DIR)/study/runs/resnet34-parenchymal, then open"
-	@echo "http://127.0.0.1:8000/ and drop the files of a patient folder of $(DEMO_DIR)/dicom/ on the page"
+	@echo "http://127.0.0.1:8000/ and drop a patient folder of $(DEMO_DIR)/dicom/ (or a zip of $(DEMO_DIR)/dicom-zips/) on the page"
+
+# the README's workstation screenshots, from the demo's own model (after `make demo`)
+docs-screenshots: setup system-deps
+	@test -d $(DEMO_DIR)/study/runs/resnet34-parenchymal || { echo "run make demo first"; exit 1; }
+	CCRCC_UPDATE_DOCS=1 CCRCC_DOCS_MODELS=$(abspath $(DEMO_DIR))/study/runs/resnet34-parenchymal \
+	  $(BIN)/python -m pytest tests/serve/test_page.py -k radiologists_session -q
 
 bench: setup
 	$(BIN)/ccrcc-grade bench --what all

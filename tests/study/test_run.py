@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.stats.format import format_p
 
 
 def test_study_quick_end_to_end_and_resumable(run_cli, study_out, slices_cohort, capsys):
@@ -336,3 +337,25 @@ def test_limitations_say_when_a_conclusion_rests_on_one_or_two_patients(n_high, 
     assert ("rests on one or two patients" in text) is said
     if said:
         assert f"{n_high} high-grade patient" in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "holm", "differ"),
+    [
+        (0.040, 0.399, "0 of 2 models differ"),
+        (0.001, 0.004, "1 of 2 models differ"),
+        (0.2, 0.4, "0 of 2 models differ"),
+    ],
+)
+def test_limitations_judge_significance_on_the_holm_adjusted_p(raw, holm, differ):
+    """The review's case: P = 0.040 unadjusted, 0.399 after Holm: not called a difference."""
+    from ccrcc_grade.study.run import limitations
+
+    models = [
+        {"name": "resnet34-plain", "delong_p_vs_best_phase": raw, "delong_p_holm": holm},
+        {"name": "resnet34-excretory", "delong_p_vs_best_phase": 0.5, "delong_p_holm": 0.5},
+        {"name": "resnet34-parenchymal", "delong_p_vs_best_phase": None, "delong_p_holm": None},  # the reference
+    ]
+    text = limitations({"dataset": {}, "study": {}, "models": models})
+    assert differ in text and "significance is judged on the adjusted P" in text
+    assert f"Holm-adjusted P = {format_p(holm)} for resnet34-plain" in text and "significant" not in text

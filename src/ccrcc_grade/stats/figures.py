@@ -15,6 +15,10 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from ccrcc_grade.core.fileio import atomic_save_figure  # noqa: E402
 from ccrcc_grade.stats.metrics import metric
 
+ROC_OFFSET_NOTE = (
+    "curve k is drawn shifted by 0.008k right and down so identical\n"
+    "curves stay visible; the AUCs come from the unshifted curves"
+)
 STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 1)), "P")]
 
 
@@ -54,6 +58,17 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, dict]], path: Pat
             label=f"{name}: AUC {auc['value']:.3f} ({ci_text})" + (f" - same curve as {same}" if same else ""),
         )
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    if len(curves) > 1:
+        ax.text(
+            0.99,
+            0.01,
+            ROC_OFFSET_NOTE,
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=6,
+            color="#444",
+        )
     ax.set_xlabel("1 - specificity (high grade)"), ax.set_ylabel("sensitivity (high grade)")
     ax.set_xlim(-0.03, 1.03), ax.set_ylim(-0.03, 1.03), ax.set_aspect("equal")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, frameon=False)  # below: hides nothing
@@ -69,21 +84,25 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
+def text_colour(rgba: tuple) -> str:
+    """Black or white, whichever reads on a cell of this colour (WCAG relative luminance)."""
+
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    lum = 0.2126 * lin(rgba[0]) + 0.7152 * lin(rgba[1]) + 0.0722 * lin(rgba[2])
+    return "black" if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else "white"
+
+
 def confusion_figure(cm: list[list[int]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(3.6, 3.3))
     a = np.asarray(cm)
-    ax.imshow(a, cmap="Blues")
+    cmap = plt.get_cmap("Blues")
+    top = max(int(a.max()), 1)
+    ax.imshow(a, cmap=cmap, vmin=0, vmax=top)  # from zero: equal counts look equal across figures
     for i in range(2):
         for j in range(2):
-            ax.text(
-                j,
-                i,
-                str(a[i, j]),
-                ha="center",
-                va="center",
-                color="white" if a[i, j] > a.max() / 2 else "black",
-                fontsize=13,
-            )
+            ax.text(j, i, str(a[i, j]), ha="center", va="center", color=text_colour(cmap(a[i, j] / top)), fontsize=13)
     ax.set_xticks([0, 1], ["low", "high"]), ax.set_yticks([0, 1], ["low", "high"])
     ax.set_xlabel("predicted grade"), ax.set_ylabel("true grade"), ax.set_title(_wrap(title, 38), fontsize=8)
     fig.tight_layout()

@@ -556,6 +556,16 @@ def limitations(results: dict) -> str:
                 f"SE-ResNet34 minus ResNet34 on the {results['best_phase']} phase: patient AUC difference "
                 f"{signed(c['auc_diff'])} ({verdict})."
             )
+    tested = [m for m in results.get("models") or [] if m.get("delong_p_holm") is not None]
+    if tested:  # significance from the Holm-adjusted P, never the raw one
+        differ = [m["name"] for m in tested if m["delong_p_holm"] < 0.05]
+        least = min(tested, key=lambda m: m["delong_p_holm"])
+        parts.append(
+            f"Compared with the best phase, {len(differ)} of {len(tested)} models differ after Holm's correction "
+            f"over those {len(tested)} tests ({', '.join(differ) if differ else 'none'}; smallest Holm-adjusted "
+            f"P = {format_p(least['delong_p_holm'])} for {least['name']}, unadjusted "
+            f"P = {format_p(least['delong_p_vs_best_phase'])}): significance is judged on the adjusted P."
+        )
     parts.append(
         "Image-level intervals and tests keep each patient's slices together (patient-cluster bootstrap, "
         "Obuchowski's clustered AUC test, Durkalski's clustered McNemar); slices are not independent cases, "

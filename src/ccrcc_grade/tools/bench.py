@@ -270,7 +270,9 @@ def bench_ingest(n_slices: int = 200, matrix: int = 512) -> dict:
 
 
 def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512) -> dict:
-    """The workstation's predict endpoint for a 15-slice boxed phase (model warm) and a windowed
+    """The workstation's predict endpoint for a 15-slice boxed phase (model warm: the default with
+    the box-robustness range, the page's fast first grade without it, and the full one with the
+    heat map) and a windowed
     512 x 512 slice PNG, through the real app (in-process HTTP client)."""
     from fastapi.testclient import TestClient
 
@@ -317,12 +319,18 @@ def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512) -> dic
             )
             c.post(f"/api/studies/{sid}/predict", json={})  # warm
             pred = _latency(lambda: c.post(f"/api/studies/{sid}/predict", json={}), steps)
+            # the page's first answer: no heat map, no box-robustness resampling (target 0.5 s)
+            fast = _latency(lambda: c.post(f"/api/studies/{sid}/predict", json={"box_k": 0}), steps)
+            full = _latency(lambda: c.post(f"/api/studies/{sid}/predict", json={"cam": True}), max(2, steps // 3))
             ks = itertools.cycle(range(15))  # a different slice each time: no cached PNG
             png = _latency(lambda: c.get(f"/api/studies/{sid}/series/{series['series_uid']}/slices/{next(ks)}.png"), 30)
     return {
         "bench": "serve",
         "predict_endpoint_ms_p50": round(float(np.median(pred)), 1),
         "predict_endpoint_ms_p95": round(float(np.percentile(pred, 95)), 1),
+        "grade_fast_ms_p50": round(float(np.median(fast)), 1),
+        "grade_fast_ms_p95": round(float(np.percentile(fast, 95)), 1),
+        "grade_with_heat_map_ms_p50": round(float(np.median(full)), 1),
         "slices": 15,
         "slice_png_ms_p50": round(float(np.median(png)), 1),
         "slice_png_ms_p95": round(float(np.percentile(png, 95)), 1),
