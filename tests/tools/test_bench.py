@@ -46,3 +46,14 @@ def test_bench_study_never_takes_or_removes_a_folder_it_did_not_make(run_cli, tm
     assert run_cli("bench", "--what", "study", "--device", "cpu") == 2
     assert "is not a finished benchmark cohort; move it away" in capsys.readouterr().err
     assert (theirs / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [theirs.name]
+
+
+def test_bench_serve_line():
+    """The workstation through its real app (the Host check included): the fast first grade is
+    the grade without robustness or heat map, and faster than both."""
+    from ccrcc_grade.tools.bench import bench_serve
+
+    line = bench_serve(steps=2, matrix=128)
+    assert line["bench"] == "serve" and line["slices"] == 15
+    assert 0 < line["grade_fast_ms_p50"] < line["predict_endpoint_ms_p50"] < line["grade_with_heat_map_ms_p50"]
+    assert line["slice_png_ms_p50"] > 0

@@ -272,11 +272,12 @@ def bench_ingest(n_slices: int = 200, matrix: int = 512) -> dict:
 def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512) -> dict:
     """The workstation's predict endpoint for a 15-slice boxed phase (model warm: the default with
     the box-robustness range, the page's fast first grade without it, and the full one with the
-    heat map) and a windowed
-    512 x 512 slice PNG, through the real app (in-process HTTP client)."""
+    heat map) and a windowed 512 x 512 slice PNG, through the real app (in-process HTTP client).
+    Every answer must be 200: a benchmark of error answers would measure nothing."""
     from fastapi.testclient import TestClient
 
     from ccrcc_grade.core.config import PreprocessConfig, to_dict
+    from ccrcc_grade.core.errors import CcrccError
     from ccrcc_grade.model.inference import make_checkpoint
     from ccrcc_grade.serve import create_app
     from ccrcc_grade.tools.synth import synthetic_patient, write_dicom_slice
@@ -309,19 +310,28 @@ def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512) -> dic
             ),
             run / "best.pt",
         )
-        with TestClient(create_app([run], Path(tmp) / "data", device=device)) as c:
-            study = c.post("/api/studies", files=files).json()
+        with TestClient(create_app([run], Path(tmp) / "data", device=device), base_url="http://127.0.0.1") as c:
+
+            def ok(r: object) -> object:  # a benchmark of error answers measures nothing
+                if r.status_code != 200:
+                    raise CcrccError(f"bench serve: {r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
+                return r
+
+            study = ok(c.post("/api/studies", files=files)).json()
             sid, series = study["study_id"], study["series"][0]
             sops = c.get(f"/api/studies/{sid}").json()["series"][0]["sop_instance_uids"]
-            c.put(
-                f"/api/studies/{sid}/boxes",
-                json=[{"sop_instance_uid": u, "x_min": 200, "y_min": 220, "x_max": 290, "y_max": 300} for u in sops],
-            )
-            c.post(f"/api/studies/{sid}/predict", json={})  # warm
-            pred = _latency(lambda: c.post(f"/api/studies/{sid}/predict", json={}), steps)
+            m = matrix / 512  # the same box at any matrix: 90 x 80 pixels of 512
+            box = {"x_min": 200 * m, "y_min": 220 * m, "x_max": 290 * m, "y_max": 300 * m}
+            ok(c.put(f"/api/studies/{sid}/boxes", json=[{"sop_instance_uid": u, **box} for u in sops]))
+
+            def grade(**q: object) -> None:
+                ok(c.post(f"/api/studies/{sid}/predict", json=q))
+
+            grade()  # warm
+            pred = _latency(grade, steps)
             # the page's first answer: no heat map, no box-robustness resampling (target 0.5 s)
-            fast = _latency(lambda: c.post(f"/api/studies/{sid}/predict", json={"box_k": 0}), steps)
-            full = _latency(lambda: c.post(f"/api/studies/{sid}/predict", json={"cam": True}), max(2, steps // 3))
+            fast = _latency(lambda: grade(box_k=0), steps)
+            full = _latency(lambda: grade(cam=True), max(2, steps // 3))
             ks = itertools.cycle(range(15))  # a different slice each time: no cached PNG
             png = _latency(lambda: c.get(f"/api/studies/{sid}/series/{series['series_uid']}/slices/{next(ks)}.png"), 30)
     return {
