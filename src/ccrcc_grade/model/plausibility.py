@@ -78,11 +78,12 @@ def assess(
                 hu_out.append((name, s))
     if ref and lateral_out:
         name, s = lateral_out[0]
-        lo, hi = ref["lateral_mm"]
+        (lo, hi), (ap_lo, ap_hi) = ref["lateral_mm"], ref.get("ap_mm") or (float("nan"), float("nan"))
         warnings.append(
             f"{len(lateral_out)} box(es) lie outside the kidney region of the training boxes ({name}: centre "
-            f"{s['lateral_mm']:g} mm beside and {s['ap_mm']:g} mm {'behind' if s['ap_mm'] >= 0 else 'in front of'} "
-            f"the vertebral body; training boxes {lo:g}-{hi:g} mm beside it): check that the box is on the kidney"
+            f"{s['lateral_mm']:g} mm beside the vertebral body and {s['ap_mm']:g} mm behind it; training boxes "
+            f"{lo:g} to {hi:g} mm beside and {ap_lo:g} to {ap_hi:g} mm behind, negative: in front): check that "
+            "the box is on the kidney"
         )
     if ref and hu_out:
         name, s = hu_out[0]
@@ -114,5 +115,8 @@ def assess(
                     "the model has not been shown to work on such scans"
                 )
     elif not ref:
-        warnings.append("the model records no training reference (made by an older version): scanner checks skipped")
+        warnings.append(
+            "the model records no training reference (trained on exported 8-bit slices, which carry no HU, or made "
+            "by an older version): the kidney-region, attenuation and scanner checks were skipped"
+        )
     return {"assessable": not problems, "problems": problems, "warnings": warnings, "boxes": per_box}
