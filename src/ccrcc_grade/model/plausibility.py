@@ -56,7 +56,8 @@ def assess(
             if spines[key] is not None and spacing is not None:
                 aortas.append(aorta_hu(hu, spacing, spines[key]))
         s = box_stats(hu, box, spacing, spines[key])
-        per_box.append({"name": name, **s})
+        spine = spines[key]  # kept: the workstation's laterality uses the same vertebral body
+        per_box.append({"name": name, **s, "spine": None if spine is None else [round(float(v), 1) for v in spine[:2]]})
         longest = max(s["width_mm"], s["height_mm"])
         unit = "mm" if spacing else "pixels"
         if longest < MIN_ASSESSABLE_MM:

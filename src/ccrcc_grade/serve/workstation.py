@@ -13,7 +13,6 @@ from pathlib import Path
 import pydicom
 
 from ccrcc_grade.core.fileio import atomic_write, atomic_write_json
-from ccrcc_grade.ingest.anatomy import spine_centre
 from ccrcc_grade.ingest.cohort import Roi
 from ccrcc_grade.io.boxes import Box
 from ccrcc_grade.model.card import trust_statement
@@ -132,7 +131,7 @@ class Workstation:
             s.update(series_uid=series_uid, slice_index=k, sop_instance_uid=sop)
             s["source"] = f"slice {k + 1}"
             s["drawn_by"] = sources.get(sop, "person")
-            s["laterality"] = self.laterality(study_id, series_uid, k, rois[i].box)
+            s["laterality"] = self.laterality(study_id, series_uid, k, rois[i].box, checked["boxes"][i]["spine"])
             if cam:
                 name = Path(s.pop("cam")).name
                 s["cam_url"] = f"/api/studies/{study_id}/cam/{m['id']}/{name}"
@@ -144,12 +143,10 @@ class Workstation:
         log.info("study %s graded with %s: %s", study_id, m["id"], result["grade"])
         return result
 
-    def laterality(self, study_id: str, series_uid: str, k: int, box: Box) -> str | None:
+    def laterality(self, study_id: str, series_uid: str, k: int, box: Box, spine: list | None) -> str | None:
         """ "left" or "right": the patient side of the box's centre against the vertebral body's
-        (patient x of both through ImagePositionPatient/Orientation; +x is the patient's left)."""
-        spine = spine_centre(
-            self.hu(study_id, series_uid, k), tuple(self.store.series(study_id, series_uid)["pixel_spacing"])
-        )
+        (``spine``: its (row, col) as the plausibility check found it; patient x of both through
+        ImagePositionPatient/Orientation; +x is the patient's left)."""
         if spine is None:
             return None
         ds = pydicom.dcmread(self.store.slice_path(study_id, series_uid, k), stop_before_pixels=True)
