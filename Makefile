@@ -44,13 +44,18 @@ $(VENDOR)/swagger-ui/swagger-ui-bundle.js:
 # browser tests, driven by Playwright with executable_path=/usr/bin/chromium), npm (the API page's
 # Swagger UI), dicom3tools' dciodvfy and pixelmed's DicomSRValidator (the validators of the DICOM we write).
 system-deps:
-	@if ! command -v Orthanc >/dev/null || ! command -v chromium >/dev/null || ! command -v npm >/dev/null \
-	    || ! command -v dciodvfy >/dev/null || ! command -v DicomSRValidator >/dev/null \
-	    || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
-	  echo "make: system packages are missing; installing them with apt-get (needs root): orthanc orthanc-dicomweb chromium npm dicom3tools pixelmed-apps"; \
+	@missing=""; \
+	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
+	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	command -v DicomSRValidator >/dev/null || missing="$$missing pixelmed-apps"; \
+	if [ -n "$$missing" ]; then \
+	  echo "make: system packages are missing; installing them with apt-get (needs root):$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb chromium npm dicom3tools pixelmed-apps; \
-	  else echo "needs: apt-get install orthanc orthanc-dicomweb chromium npm dicom3tools pixelmed-apps (as root)"; exit 1; fi; fi
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "needs: apt-get install$$missing (as root)"; exit 1; fi; fi
 
 # ruff: lint (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and the formatter's check;
 # `make format` rewrites the files. Configured in pyproject.toml.

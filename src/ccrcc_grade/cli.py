@@ -32,6 +32,8 @@ def cmd_synth(a: argparse.Namespace) -> None:
         difficulty=a.difficulty,
         workers=a.workers,
         readers=a.readers,
+        motion_mm=a.motion_mm,
+        mask_margin_mm=a.mask_margin_mm,
     )
     print(f"synthetic cohort (phantom, not patient data): {out}")
 
@@ -207,6 +209,41 @@ def cmd_predict(a: argparse.Namespace) -> None:
     )
 
 
+def cmd_train_roi(a: argparse.Namespace) -> None:
+    from ccrcc_grade.roi.net import train_roi
+
+    s = train_roi(Path(a.cohort), Path(a.out), epochs=a.epochs, seed=a.seed)
+    last = s["log"][-1]
+    print(
+        f"proposal model: {Path(a.out) / 'roi_model.pt'} (+ roi_model.onnx); {s['trained_on']['volumes']} volumes of "
+        f"{s['trained_on']['patients']} patients, {s['epochs']} epochs in {s['seconds']:.0f} s; last epoch loss "
+        f"{last['loss']}" + (f", validation Dice {last['val_dice']}" if "val_dice" in last else "")
+    )
+
+
+def cmd_propose(a: argparse.Namespace) -> None:
+    from ccrcc_grade.roi.propose import propose_command
+
+    report = propose_command(
+        None if a.run in ("-", "none") else Path(a.run),
+        Path(a.input),
+        Path(a.seed),
+        Path(a.out),
+        phases=a.phases,
+        register=not a.no_registration,
+        backend=a.backend,
+    )
+    for pid, info in report["patients"].items():
+        for ph, i in info["phases"].items():
+            how = i.get("method", "")
+            moved = i.get("moved_mm")
+            extra = f", moved {moved[3]:.1f} mm" if moved else ""
+            note = f" ({i['note']})" if i.get("note") else ""
+            print(f"{pid} {ph}: {how}{extra}{note}")
+    counts = ", ".join(f"{n} {src}" for src, n in sorted(report["boxes"].items()))
+    print(f"boxes: {counts} -> {a.out}")
+
+
 def cmd_export(a: argparse.Namespace) -> None:
     from ccrcc_grade.model.export import export_onnx
 
@@ -228,6 +265,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
         a.max_files,
         a.device,
         allowed_hosts=a.allowed_host,
+        roi_model=a.roi_model,
     )
 
 
@@ -235,7 +273,13 @@ def cmd_bench(a: argparse.Namespace) -> None:
     from ccrcc_grade.tools.bench import bench
 
     for line in bench(
-        a.what, device=a.device, steps=a.steps, image_size=a.image_size, batch_size=a.batch_size, preset=a.preset
+        a.what,
+        device=a.device,
+        steps=a.steps,
+        image_size=a.image_size,
+        batch_size=a.batch_size,
+        preset=a.preset,
+        roi_model=a.roi_model,
     ):
         print(json.dumps(line), flush=True)
 
@@ -301,9 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--layout",
-        choices=["slices", "dicom"],
+        choices=["slices", "dicom", "nifti"],
         default=synth["layout"],
-        help="exported slices + labelme JSON, or DICOM series + boxes.csv",
+        help="exported slices + labelme JSON, DICOM series + boxes.csv, or NIfTI volumes + tumour masks "
+        "(<patient>/<phase>.nii.gz, <phase>_mask.nii.gz; true_boxes.csv lists every slice's true box)",
+    )
+    s.add_argument(
+        "--motion-mm",
+        type=float,
+        default=synth["motion_mm"],
+        help="move each phase of a patient by a random rigid shift of up to this many mm (table motion, breath "
+        "hold; recorded in synth.json), to measure propagation across phases",
+    )
+    s.add_argument(
+        "--mask-margin-mm",
+        type=float,
+        default=synth["mask_margin_mm"],
+        help="dicom/nifti truth boxes: the tumour mask's box grown by this margin (ingest's mask-to-box rule)",
     )
     s.add_argument("--seed", type=int, default=synth["seed"], help="random seed (the same seed gives the same cohort)")
     s.add_argument("--matrix", type=int, default=synth["matrix"], help="image matrix (pixels, square)")
@@ -536,6 +594,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-derived", action="store_true", help=ALLOW_DERIVED_HELP)
     s.set_defaults(func=cmd_predict)
 
+    s = _sub(sub, "train-roi", "train the box-prompted tumour proposal model (assisted boxes)")
+    s.add_argument("cohort", help="a cohort with tumour masks: NIfTI layout (<patient>/<phase>.nii.gz + _mask) or KiTS")
+    s.add_argument("--out", required=True, help="RUN folder to create (roi_model.pt, roi_model.onnx, roi_train.json)")
+    s.add_argument("--epochs", type=int, default=30, help="training epochs (each sees every tumour slice once)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (validation patients, prompts, weights)")
+    s.set_defaults(func=cmd_train_roi)
+
+    s = _sub(sub, "propose", "propose tumour boxes on every slice and phase from one or a few drawn boxes")
+    s.add_argument("run", help="proposal model (a train-roi RUN folder or its .pt/.onnx); '-' = none (interpolate)")
+    s.add_argument("input", help="a DICOM cohort or patient folder (phase folders of DICOM series)")
+    s.add_argument("--seed", required=True, help="SEED.csv in boxes.csv format: the drawn box(es) per patient")
+    s.add_argument("--out", required=True, help="OUT.csv in boxes.csv format with a source column")
+    s.add_argument(
+        "--phases",
+        default="parenchymal",
+        help="parenchymal (default, the study's best phase), all (propagated to every phase), or one phase",
+    )
+    s.add_argument(
+        "--no-registration",
+        action="store_true",
+        help="propagate through patient coordinates only (no rigid registration for breathing/table motion)",
+    )
+    s.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="inference backend")
+    s.set_defaults(func=cmd_propose)
+
     s = _sub(sub, "export", "export a model to ONNX")
     s.add_argument("model", help="a run folder or its best.pt")
     s.add_argument("--onnx", required=True, help="ONNX file to write")
@@ -565,14 +648,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-upload-mb", type=int, default=srv["max_upload_mb"], help="largest upload (MB)")
     s.add_argument("--max-files", type=int, default=srv["max_files"], help="most DICOM files in one upload")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument(
+        "--roi-model",
+        help="tumour proposal model (a train-roi RUN folder, .pt or .onnx): one box proposes every slice; "
+        "without it the workstation interpolates between key boxes and propagates across phases",
+    )
     s.set_defaults(func=cmd_serve)
 
     s = _sub(sub, "bench", "speed and memory benchmarks (JSON lines)")
     s.add_argument(
         "--what",
-        choices=["train", "predict", "ingest", "serve", "robustness", "study", "all"],
+        choices=["train", "predict", "ingest", "serve", "robustness", "roi", "study", "all"],
         default="all",
-        help="which benchmark (all = every one but study, which trains a whole study)",
+        help="which benchmark (all = every one but study, which trains a whole study; roi trains a proposal "
+        "model on a phantom unless --roi-model names one)",
     )
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--steps", type=int, default=bn["steps"], help="timed training steps")
@@ -581,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--preset", default=None, help="study benchmark: the study preset (default: paper on CUDA, quick on a CPU)"
     )
+    s.add_argument("--roi-model", help="roi benchmark: the proposal model to measure (default: train one on a phantom)")
     s.set_defaults(func=cmd_bench)
     return p
 

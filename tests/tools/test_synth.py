@@ -142,3 +142,53 @@ def test_synth_dicom_passes_dciodvfy(dicom_cohort, validate_dicom):
         f = sorted((dicom_cohort / pid / phase).glob("*.dcm"))[0]
         errors = validate_dicom(f)
         assert errors == [], (phase, errors)
+
+
+def test_nifti_layout_writes_the_true_tumour_and_its_boxes_follow_ingests_rule(nifti_cohort, read_rows):
+    """Layout C: <patient>/<phase>.nii.gz + <phase>_mask.nii.gz; true_boxes.csv is the mask's box
+    grown by --mask-margin-mm, exactly what ingest derives from the mask."""
+    from ccrcc_grade.ingest.layouts import read_cohort
+
+    cohort = read_cohort(nifti_cohort)
+    assert cohort.layout == "nifti" and len({r.patient_id for r in cohort.rois}) == 12
+    truth = {(r["patient_id"], r["file"]): r for r in read_rows(nifti_cohort / "true_boxes.csv")}
+    assert len(truth) == len(cohort.rois)
+    for roi in cohort.rois:
+        t = truth[(roi.patient_id, roi.source)]
+        assert roi.box.as_tuple() == pytest.approx(
+            [float(t[c]) for c in ("x_min", "y_min", "x_max", "y_max")], abs=0.01
+        )
+
+
+def test_motion_moves_each_phase_by_the_recorded_shift(nifti_cohort):
+    import json
+
+    from ccrcc_grade.roi.volume import read_nifti_mask, read_nifti_volume
+
+    meta = json.loads((nifti_cohort / "synth.json").read_text())
+    assert meta["motion_mm"] == 12.0 and meta["layout"] == "nifti"
+    errors = []
+    for pid in sorted(meta["motion"])[:4]:
+        centre = {}
+        for ph in ("plain", "parenchymal"):
+            v = read_nifti_volume(nifti_cohort / pid / f"{ph}.nii.gz")
+            m = read_nifti_mask(nifti_cohort / pid / f"{ph}_mask.nii.gz", v)
+            ks, ys, xs = np.nonzero(m)
+            centre[ph] = np.mean([v.to_patient(k, x + 0.5, y + 0.5) for k, y, x in zip(ks, ys, xs)], axis=0)
+        shift = np.subtract(meta["motion"][pid]["plain"], meta["motion"][pid]["parenchymal"])
+        assert np.linalg.norm(meta["motion"][pid]["plain"]) <= 12.0
+        errors.append(np.linalg.norm((centre["plain"] - centre["parenchymal"] - shift)[:2]))
+    # in-plane: the recorded shift plus the kidney's own breathing (N(0, 1.5 mm) per phase and axis)
+    assert np.median(errors) < 4.0
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--layout", "nifti", "--motion-mm", "-1"], "--motion-mm"),
+        (["--layout", "nifti", "--motion-mm", "nan"], "--motion-mm"),
+        (["--layout", "nifti", "--mask-margin-mm", "30"], "--mask-margin-mm"),
+    ],
+)
+def test_synth_refuses_bad_motion_and_margin(refused, capsys, tmp_path, args, needle):
+    refused(capsys, ["synth", tmp_path / "c", "--patients", "2", "--matrix", "64", *args], needle)

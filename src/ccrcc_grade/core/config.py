@@ -177,6 +177,8 @@ class SynthOptions:
     difficulty: str = "realistic"
     workers: int = 1
     readers: int = 1
+    motion_mm: float = 0.0  # each phase moved by a random rigid shift up to this length (mm)
+    mask_margin_mm: float = 1.5  # dicom/nifti truth boxes: the mask's box grown by this (ingest's rule)
 
 
 @dataclass(frozen=True)

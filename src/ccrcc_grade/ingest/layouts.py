@@ -365,8 +365,8 @@ def dicom_folder_rois(
 ) -> tuple[list[Roi], int]:
     """DICOM layout, one series folder + its boxes rows -> ROIs in slice order; returns
     (rois, slices without a box). ``match_sop`` (predict): a row's file is also looked up relative
-    to the folder graded, and a row naming an existing file elsewhere (the cohort's copy of the
-    folder) matches the image of this folder with the same SOPInstanceUID - never a file name
+    to the folder graded and to the cohort holding it, and a row naming an existing file elsewhere
+    (the cohort's copy of the folder) matches the image of this folder with the same SOPInstanceUID - never a file name
     alone, which recurs in every patient's series. ``seen`` collects (file, header) of the
     series for the patient-level checks."""
     from ccrcc_grade.io.dicom import read_header, scan_series
@@ -382,8 +382,11 @@ def dicom_folder_rois(
     used = set()
     for r in boxes:
         f = r["file"]
+        cohort_path = (Path(folder).parent.parent / r.get("file_text", "")).resolve()
         if f not in series and match_sop and (Path(folder) / r.get("file_text", "")).resolve() in series:
             f = (Path(folder) / r["file_text"]).resolve()
+        elif f not in series and match_sop and cohort_path in series:
+            f = cohort_path  # relative to the cohort holding the folder (COHORT/<patient>/<phase>), as its boxes.csv
         elif f not in series and match_sop and f.is_file():
             sop = str(getattr(read_header(f), "SOPInstanceUID", "") or "")
             if sop not in by_sop:

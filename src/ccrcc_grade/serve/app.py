@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from ccrcc_grade.core.errors import CannotWrite, CcrccError
 from ccrcc_grade.model.card import DISCLAIMER
+from ccrcc_grade.roi.net import load_roi_model
 from ccrcc_grade.serve.errors import Unauthorized, public_text, status_of
 from ccrcc_grade.serve.models import ModelRegistry
 from ccrcc_grade.serve.pacs import Pacs
@@ -39,11 +40,15 @@ def create_app(
     limits: UploadLimits | None = None,
     device: str = "auto",
     hosts: list[str] | None = None,
+    roi_model: str | Path | None = None,
 ) -> FastAPI:
     """The workstation. ``hosts``: the names the server answers to in the Host header (loopback
     names by default; `serve` adds the address it listens on and --allowed-host)."""
     ws = Workstation(
-        ModelRegistry(models, device), StudyStore(Path(data), limits), Pacs(pacs_url) if pacs_url else None
+        ModelRegistry(models, device),
+        StudyStore(Path(data), limits),
+        Pacs(pacs_url) if pacs_url else None,
+        load_roi_model(Path(roi_model)) if roi_model else None,
     )
     app = FastAPI(
         title="ccrcc-grade workstation",

@@ -81,6 +81,7 @@ def serve(
     max_files: int = ServeOptions.max_files,
     device: str = "auto",
     allowed_hosts: list[str] | None = None,
+    roi_model: str | None = None,
 ) -> None:
     import uvicorn
 
@@ -95,11 +96,21 @@ def serve(
             f"--host {host} listens on every address: name the ones clients use with --allowed-host "
             "(e.g. --allowed-host grading.hospital.org 10.1.2.3), so a foreign name in the Host header is refused"
         )
-    app = create_app(models, data, pacs, token, UploadLimits(max_upload_mb * 1024**2, max_files), device, hosts=hosts)
+    app = create_app(
+        models,
+        data,
+        pacs,
+        token,
+        UploadLimits(max_upload_mb * 1024**2, max_files),
+        device,
+        hosts=hosts,
+        roi_model=roi_model,
+    )
     print(
         f"ccrcc-grade workstation on http://{host}:{port}/ (API documentation: /docs); "
         f"studies in {Path(data).resolve()}"
         + (f"; PACS {pacs}" if pacs else "")
+        + (f"; tumour proposals by {roi_model}" if roi_model else "; tumour proposals by interpolation only")
         + ("; bearer token required" if token else ""),
         flush=True,
     )

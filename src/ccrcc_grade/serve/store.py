@@ -5,8 +5,10 @@ Layout of ``DATA/<study_id>/`` (ids are generated; uploaded file names are never
 
     study.json                 series summary (uid, description, phase, reason, slices in order)
     series/<n>/<k>.dcm         the series' instances, k in slice order (the order of the viewer)
-    boxes.json                 [{"sop_instance_uid", "x_min", "y_min", "x_max", "y_max", "source"}]
-    cohort/boxes.csv           the same boxes in ingest's cohort format (file relative to cohort/)
+    boxes.json                 [{"sop_instance_uid", "x_min", "y_min", "x_max", "y_max", "source", "confirmed",
+                                 "history"}]
+    cohort/boxes.csv           the confirmed boxes in ingest's cohort format (file relative to cohort/),
+                               with their source
     predictions/<model>/...    the last prediction per model (JSON, Grad-CAM overlays), its
                                sign-off (signoff.json) and every SR version made (sr/<n>.dcm)
 
@@ -349,6 +351,8 @@ class StudyStore:
                     "sop_instance_uid": str(b["sop_instance_uid"]),
                     **{k: round(float(v), 2) for k, v in zip(("x_min", "y_min", "x_max", "y_max"), box.as_tuple())},
                     "source": str(b.get("source") or "person"),
+                    "confirmed": bool(b.get("confirmed", True)),
+                    "history": [str(h) for h in b.get("history") or []][-8:],
                 }
             )
         with self.lock(study_id):
@@ -357,14 +361,17 @@ class StudyStore:
         return clean
 
     def _write_cohort_boxes(self, study_id: str, s: dict, boxes: list[dict]) -> None:
-        """boxes.csv in the cohort format, for `export_cohort` (phase from the assignment)."""
-        lines = ["patient_id,phase,file,x_min,y_min,x_max,y_max"]
+        """boxes.csv in the cohort format, for `export_cohort` (phase from the assignment): the
+        confirmed boxes only (unconfirmed proposals are not the clinician's), with their source."""
+        lines = ["patient_id,phase,file,x_min,y_min,x_max,y_max,source"]
         for b in boxes:
+            if not b.get("confirmed", True):
+                continue
             series, k = self.locate(study_id, b["sop_instance_uid"])
             lines.append(
                 f"{_csv_id(s['patient_id'])},{series['phase'] or ''},{_csv_id(s['patient_id'])}/"
                 f"{series['phase'] or 'unassigned-' + series['folder']}/{k}.dcm,"
-                f"{b['x_min']},{b['y_min']},{b['x_max']},{b['y_max']}"
+                f"{b['x_min']},{b['y_min']},{b['x_max']},{b['y_max']},{CSV_SOURCE.get(b.get('source'), 'drawn')}"
             )
         atomic_write_text(self.folder(study_id) / "cohort" / "boxes.csv", "\n".join(lines) + "\n")
 
@@ -438,6 +445,15 @@ BANNER = {
     "accession": "AccessionNumber",
     "study_description": "StudyDescription",
     "institution": "InstitutionName",
+}
+
+
+# the workstation's box sources as the boxes.csv `source` column of `ccrcc-grade propose`
+CSV_SOURCE = {
+    "person": "drawn",
+    "interpolation": "interpolated",
+    "propagation": "propagated",
+    "proposal model": "proposed",
 }
 
 

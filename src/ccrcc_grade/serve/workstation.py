@@ -18,20 +18,55 @@ from ccrcc_grade.io.boxes import Box
 from ccrcc_grade.model.card import trust_statement
 from ccrcc_grade.model.plausibility import assess
 from ccrcc_grade.model.predict import grade_rois
+from ccrcc_grade.roi.net import RoiModel
+from ccrcc_grade.roi.propose import propose_patient
+from ccrcc_grade.roi.volume import PhaseVolume, read_dicom_volume
 from ccrcc_grade.serve.errors import Stale, Unprocessable
 from ccrcc_grade.serve.models import ModelRegistry
 from ccrcc_grade.serve.pacs import Pacs
 from ccrcc_grade.serve.store import StudyStore
 
+# the roi package's box sources <-> the workstation's (the SR's "drawn by")
+ROI_TO_STORE = {
+    "drawn": "person",
+    "interpolated": "interpolation",
+    "propagated": "propagation",
+    "proposed": "proposal model",
+}
+
 log = logging.getLogger("ccrcc_grade.serve")
+
+
+def box_summary(boxes: list[dict]) -> dict:
+    """What a grade was computed from: counts per source and the sentence the result shows
+    ("boxes: 4 drawn, 17 interpolated"); proposals a person moved count as drawn (edited)."""
+    words = {
+        "person": "drawn",
+        "interpolation": "interpolated",
+        "propagation": "propagated",
+        "proposal model": "proposed",
+    }
+    counts: dict[str, int] = {}
+    for b in boxes:
+        w = words.get(b.get("source", "person"), "drawn")
+        if b.get("source", "person") == "person" and b.get("history"):
+            w = "edited"
+        if not b.get("confirmed", True):
+            w += " (unconfirmed)"
+        counts[w] = counts.get(w, 0) + 1
+    order = ["drawn", "edited", "interpolated", "propagated", "proposed"]
+    keys = sorted(counts, key=lambda k: (order.index(k.split(" ")[0]) if k.split(" ")[0] in order else 9, k))
+    return {"counts": counts, "text": "boxes: " + ", ".join(f"{counts[k]} {k}" for k in keys)}
 
 
 class Workstation:
     """The store, the model registry and the PACS client (None without --pacs), and what the
     routes do with them: grade a study, check a stored grade still matches its inputs, build the SR."""
 
-    def __init__(self, registry: ModelRegistry, store: StudyStore, pacs: Pacs | None):
-        self.registry, self.store, self.pacs = registry, store, pacs
+    def __init__(
+        self, registry: ModelRegistry, store: StudyStore, pacs: Pacs | None, roi_model: RoiModel | None = None
+    ):
+        self.registry, self.store, self.pacs, self.roi_model = registry, store, pacs, roi_model
         self.hu = lru_cache(maxsize=96)(store.slice_hu)  # decoded slices for the viewer's window changes
 
     def private_paths(self) -> list[str]:
@@ -44,7 +79,9 @@ class Workstation:
             raise Unprocessable("no PACS configured (start serve with --pacs URL)")
         return self.pacs
 
-    def rois_for(self, study_id: str, phase: str, notes: list[str]) -> tuple[list[Roi], dict]:
+    def rois_for(
+        self, study_id: str, phase: str, notes: list[str], include_proposed: bool = False
+    ) -> tuple[list[Roi], dict]:
         raw = self.store.raw(study_id)
         series = [x for x in raw["series"] if x["phase"] == phase]
         if not series:
@@ -62,8 +99,12 @@ class Workstation:
                 f"graded on a series the model was not made for ({s['problem']}): assigned to the {phase} "
                 "phase by the user's override"
             )
+        unconfirmed = 0
         for b in self.store.boxes(study_id):
             if b["sop_instance_uid"] not in s["sop_instance_uids"]:
+                continue
+            if not b.get("confirmed", True) and not include_proposed:
+                unconfirmed += 1
                 continue
             k = s["sop_instance_uids"].index(b["sop_instance_uid"])
             box = Box(b["x_min"], b["y_min"], b["x_max"], b["y_max"])
@@ -81,7 +122,14 @@ class Workstation:
             )
             where[len(rois) - 1] = (s["series_uid"], k, b["sop_instance_uid"])
         if not rois:
-            raise Unprocessable(f"no boxes on the {phase} series; draw the tumour's box on its slices first")
+            raise Unprocessable(
+                f"no confirmed boxes on the {phase} series: confirm the {unconfirmed} proposed box(es), or grade "
+                "them explicitly (include_proposed)"
+                if unconfirmed
+                else f"no boxes on the {phase} series; draw the tumour's box on its slices first"
+            )
+        if unconfirmed:
+            notes.append(f"{unconfirmed} proposed box(es) not confirmed and not graded")
         order = sorted(range(len(rois)), key=lambda i: (where[i][1], rois[i].box.as_tuple()))
         return [rois[i] for i in order], {n: where[i] for n, i in enumerate(order)}
 
@@ -95,14 +143,16 @@ class Workstation:
         geometry = {"pixel_spacing_mm": series["pixel_spacing"][1], "slice_thickness_mm": series.get("slice_thickness")}
         return assess(boxes, phase, ref, geometry)
 
-    def grade(self, study_id: str, model_id: str | None, cam: bool, box_k: int | None = None) -> dict:
+    def grade(
+        self, study_id: str, model_id: str | None, cam: bool, box_k: int | None = None, include_proposed: bool = False
+    ) -> dict:
         m = self.registry.get(model_id)
         phase = m["card"]["phase"]
         if phase == "combined":
             raise Unprocessable("a combined-phase model needs a phase; serve per-phase models")
         notes: list[str] = []
         inputs = self.inputs_digest(study_id, m)
-        rois, where = self.rois_for(study_id, phase, notes)
+        rois, where = self.rois_for(study_id, phase, notes, include_proposed)
         checked = self.check(study_id, rois, where, phase, m["card"].get("reference"))
         trust = trust_statement(m["card"])
         if not checked["assessable"]:  # nothing is stored: a report or SR needs a grade
@@ -125,7 +175,8 @@ class Workstation:
             m["predictor"], rois, study_id, phase, notes + checked["warnings"], out / "cam" if cam else None, **k
         )
         result.update(assessable=True, plausibility=checked, trust=trust)
-        sources = {b["sop_instance_uid"]: b.get("source", "person") for b in self.store.boxes(study_id)}
+        stored = {b["sop_instance_uid"]: b for b in self.store.boxes(study_id)}
+        sources = {sop: b.get("source", "person") for sop, b in stored.items()}
         for i, s in enumerate(result["slices"]):
             series_uid, k, sop = where[i]
             s.update(series_uid=series_uid, slice_index=k, sop_instance_uid=sop)
@@ -136,12 +187,88 @@ class Workstation:
                 name = Path(s.pop("cam")).name
                 s["cam_url"] = f"/api/studies/{study_id}/cam/{m['id']}/{name}"
                 s["heat_url"] = f"/api/studies/{study_id}/cam/{m['id']}/{name[:-4]}_heat.png"
+        result["boxes"] = box_summary([stored[where[i][2]] for i in range(len(rois)) if where[i][2] in stored])
+        result["boxes"]["include_proposed"] = include_proposed
         result["model"].update(id=m["id"], path=m["id"])  # no server paths in the answer
         result["patient_id"] = study_id
         result["inputs_sha256"] = inputs  # what the grade was computed from: checked before a report or SR
         atomic_write_json(out / "result.json", result)
         log.info("study %s graded with %s: %s", study_id, m["id"], result["grade"])
         return result
+
+    # --- assisted boxes -------------------------------------------------------------------
+    def volume(self, study_id: str, series: dict) -> PhaseVolume:
+        """A stored series as a volume in patient coordinates (``roi.volume``)."""
+        return read_dicom_volume(self.store.folder(study_id) / "series" / series["folder"], allow_derived=True)
+
+    def propose(self, study_id: str, phase: str | None, method: str = "auto", propagate: bool = False) -> dict:
+        """Proposed boxes from the study's confirmed boxes: the proposal model's walk (or the
+        interpolation between key boxes) on ``phase``, and with ``propagate`` every other
+        assigned phase. Confirmed boxes are never changed; earlier unconfirmed proposals are
+        replaced. Nothing is saved when the proposal fails (the error says why)."""
+        raw = self.store.raw(study_id)
+        assigned = {x["phase"]: x for x in raw["series"] if x["phase"]}
+        boxes = self.store.boxes(study_id)
+        confirmed = [b for b in boxes if b.get("confirmed", True)]
+        by_sop = {sop: (x, k) for x in assigned.values() for k, sop in enumerate(x["sop_instance_uids"])}
+        if phase is None:
+            with_boxes = [
+                p
+                for p in assigned
+                if any(by_sop.get(b["sop_instance_uid"], (None,))[0] is assigned[p] for b in confirmed)
+            ]
+            if not with_boxes:
+                raise Unprocessable("no confirmed box on an assigned phase: box the tumour on one slice first")
+            phase = max(
+                with_boxes,
+                key=lambda p: (
+                    sum(by_sop.get(b["sop_instance_uid"], (None,))[0] is assigned[p] for b in confirmed),
+                    p == "parenchymal",
+                ),
+            )
+        if phase not in assigned:
+            raise Unprocessable(f"no series of this study is assigned to the {phase} phase")
+        if method == "model" and self.roi_model is None:
+            raise Unprocessable("no proposal model on this server (start serve with --roi-model RUN)")
+        model = self.roi_model if method in ("auto", "model") else None
+        phases = tuple(p for p in assigned if p == phase or propagate)
+        seeds: dict[str, dict[int, Box]] = {p: {} for p in phases}
+        for b in confirmed:
+            hit = by_sop.get(b["sop_instance_uid"])
+            if hit and hit[0]["phase"] in seeds:
+                box = Box(b["x_min"], b["y_min"], b["x_max"], b["y_max"])
+                old = seeds[hit[0]["phase"]].get(hit[1])
+                if old is None or box.width * box.height > old.width * old.height:
+                    seeds[hit[0]["phase"]][hit[1]] = box
+        if not seeds[phase]:
+            raise Unprocessable(f"no confirmed box on the {phase} series: box the tumour on one slice first")
+        volumes = {p: self.volume(study_id, assigned[p]) for p in phases}
+        result, info = propose_patient(volumes, seeds, model, phases, source_phase=phase)
+        have = {b["sop_instance_uid"] for b in confirmed}
+        proposals = []
+        for p, per_slice in result.items():
+            s = assigned[p]
+            for k, (box, source) in per_slice.items():
+                sop = s["sop_instance_uids"][k]
+                if source == "drawn" or sop in have:
+                    continue
+                box = box.clip(s["columns"], s["rows"])
+                if box.width < 1 or box.height < 1:
+                    continue
+                proposals.append(
+                    {
+                        "sop_instance_uid": sop,
+                        **dict(zip(("x_min", "y_min", "x_max", "y_max"), box.as_tuple())),
+                        "source": ROI_TO_STORE[source],
+                        "confirmed": False,
+                        "history": [],
+                    }
+                )
+        saved = self.store.set_boxes(study_id, confirmed + proposals)
+        counts: dict[str, int] = {}
+        for b in proposals:
+            counts[b["source"]] = counts.get(b["source"], 0) + 1
+        return {"boxes": saved, "proposed": counts, "info": info, "phase": phase}
 
     def laterality(self, study_id: str, series_uid: str, k: int, box: Box, spine: list | None) -> str | None:
         """ "left" or "right": the patient side of the box's centre against the vertebral body's

@@ -477,6 +477,59 @@ def bench_study(device: str = "auto", preset: str | None = None) -> dict:
     }
 
 
+ROI_BENCH = {"train_patients": 40, "held_out": 12, "matrix": 256, "motion_mm": 15.0, "epochs": 30}
+
+
+def bench_roi(roi_model: str | None = None, grade_model: str | None = None, seed: int = 1000) -> dict:
+    """The proposal model on held-out phantom patients (another seed than any training cohort,
+    realistic difficulty, phases moved by up to 15 mm): from one box on the largest slice of the
+    parenchymal phase, the per-slice IoU with the true boxes and the slice range; the walk's
+    seconds per phase (and per slice, scaled to a 40-slice phase); propagation to the other
+    phases (box centre error before and after registration). Trains a model first (a few CPU
+    minutes) unless ``roi_model`` names one; ``grade_model`` adds P(high) from proposed vs true boxes."""
+    from ccrcc_grade.roi.measure import measure_proposals
+    from ccrcc_grade.roi.net import load_roi_model, train_roi
+    from ccrcc_grade.tools.synth import make_cohort
+
+    c = ROI_BENCH
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        trained_s = None
+        if roi_model is None:
+            make_cohort(
+                t / "train", patients=c["train_patients"], layout="nifti", matrix=c["matrix"], seed=seed, workers=2
+            )
+            t0 = time.perf_counter()
+            train_roi(t / "train", t / "roi", epochs=c["epochs"], seed=0)
+            trained_s = round(time.perf_counter() - t0, 1)
+            roi_model = str(t / "roi")
+        model = load_roi_model(Path(roi_model))
+        held = make_cohort(
+            t / "held",
+            patients=c["held_out"],
+            layout="nifti",
+            matrix=c["matrix"],
+            seed=seed + 1,
+            motion_mm=c["motion_mm"],
+            workers=2,
+        )
+        m = measure_proposals(held, model, grade_model=grade_model)
+    return {
+        "bench": "roi",
+        "backend": model.backend,
+        "seconds_per_phase": m["seconds_per_phase_40_slices"],
+        "seconds_per_phase_phantom": m["seconds_per_phase"],
+        "slices": m["slices_median"],
+        "median_iou": m["median_iou"],
+        "slice_range_within_1": m["slice_range_within_1"],
+        "propagation_centre_error_mm": m["propagation"],
+        "p_high_within_0_05": m.get("p_high_within_0_05"),
+        "patients": m["patients"],
+        "train_seconds": trained_s,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def bench(
     what: str,
     device: str = "auto",
@@ -484,6 +537,7 @@ def bench(
     image_size: int = BenchOptions.image_size,
     batch_size: int = BenchOptions.batch_size,
     preset: str | None = None,
+    roi_model: str | None = None,
 ) -> Iterator[dict]:
     """Yield result lines; 'all' runs each benchmark in a fresh process so peak memory is its own."""
     if what == "all":
@@ -525,6 +579,8 @@ def bench(
         line = bench_study(device, preset)
     elif what == "robustness":
         line = bench_robustness(device, image_size=image_size)
+    elif what == "roi":
+        line = bench_roi(roi_model)
     else:
         line = bench_serve(device)
     yield {**line, "cpu": cpu_name()}

@@ -53,7 +53,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from ccrcc_grade.core.config import SynthOptions
-from ccrcc_grade.core.errors import CcrccError
+from ccrcc_grade.core.errors import CcrccError, check_number
+from ccrcc_grade.core.fileio import atomic_write_json
 from ccrcc_grade.core.phases import PHASES
 from ccrcc_grade.core.progress import progress
 from ccrcc_grade.ingest.preprocess import window_to_uint8
@@ -189,9 +190,13 @@ def _make_patient(rng: np.random.Generator, pid: str, label: int, matrix: int) -
 
 
 def _render(
-    p: _Patient, phase: str, k: int, matrix: int
+    p: _Patient, phase: str, k: int, matrix: int, motion: tuple[float, float, float] = (0.0, 0.0, 0.0), **kw: object
 ) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
-    """HU image (matrix x matrix) of slice k of one phase, and the tumour's pixel bbox (or None)."""
+    """HU image (matrix x matrix) of slice k of one phase, and the tumour's pixel bbox (or None).
+    ``motion``: the whole patient moved by (x, y, z) mm in DICOM patient coordinates (LPS) in this
+    phase (table motion / breath hold, ``--motion-mm``). ``mask_margin_mm``: the bbox is the
+    tumour mask's box grown by this margin (ingest's mask-to-box rule) instead of a drawn 1-2 mm;
+    ``want_mask``: also return the tumour mask (boolean image)."""
     hu = dict(_HU[phase])
     if p.tumour_hu is not None and phase != "plain":  # realistic: dose and bolus timing move every tissue
         hu = {k: (v if k == "pelvis" and phase != "excretory" else 35 + (v - 35) * p.enh) for k, v in hu.items()}
@@ -203,6 +208,7 @@ def _render(
     shift = np.random.default_rng([p.seed, PHASES.index(phase)]).normal(0, 1.5, size=2)  # breathing, mm
     c = ((np.arange(matrix) + 0.5) * p.spacing - fov / 2).astype(np.float32)
     x, y = np.meshgrid(c, c)  # mm, x = image column, y = row
+    x, y = x - motion[0], y - motion[1]  # the anatomy moved by +motion
     img = np.full((matrix, matrix), -1000.0, dtype=np.float32)
     a, b = p.body
     inside = (x / a) ** 2 + (y / b) ** 2 <= 1
@@ -212,8 +218,9 @@ def _render(
     img[(x**2 + (y - b * 0.55) ** 2) <= 22**2] = 420.0  # vertebral body
     img[(x**2 + (y - b * 0.55) ** 2) <= 16**2] = 250.0
     img[((x - 8) ** 2 + (y - b * 0.28) ** 2) <= 11**2] = hu["aorta"]
-    z = k * 5.0
+    z = k * 5.0 + motion[2]  # slice k lies at LPS z = -5k: moving the patient by +mz shows anatomy 5k + mz
     bbox = None
+    tmask_full = np.zeros((matrix, matrix), bool)
     for side, sx in (("right", -1.0), ("left", 1.0)):  # patient right is image left
         kx, ky = sx * a * 0.42 + shift[0], b * 0.28 + shift[1]
         ax_, ay_ = 30.0, 42.0
@@ -257,11 +264,16 @@ def _render(
         if p.tumour_hu is not None:  # partial volume: a 5 mm slice through the tumour's pole
             w = float(np.clip((radius - abs(dz)) / 2.5, 0.25, 1.0))
             patch[:] = w * patch + (1 - w) * before
+        tmask_full[r0:r1, c0:c1] = tmask
         mm = float(np.random.default_rng([p.seed, 7, k]).uniform(1.0, 2.0))  # box margin 1-2 mm
+        if kw.get("mask_margin_mm") is not None:  # ingest's mask-to-box rule (io.nifti.mask_boxes)
+            mm = float(kw["mask_margin_mm"])
         m = mm / p.spacing
         bbox = (float(c0) - m, float(r0) - m, float(c1) + m, float(r1) + m)
     noise = gaussian_filter(prng.standard_normal((matrix, matrix), dtype=np.float32), 0.6) * (p.noise_sd * 2.2)
     img = gaussian_filter(img, 0.5 + p.kernel_mm / p.spacing) + noise * inside + p.hu_offset
+    if kw.get("want_mask"):
+        return img.astype(np.float32), bbox, tmask_full
     return img.astype(np.float32), bbox
 
 
@@ -366,17 +378,26 @@ def make_cohort(
     difficulty: str = SynthOptions.difficulty,
     workers: int = SynthOptions.workers,
     readers: int = SynthOptions.readers,
+    motion_mm: float = SynthOptions.motion_mm,
+    mask_margin_mm: float = SynthOptions.mask_margin_mm,
 ) -> Path:
     """Write a synthetic cohort to ``out`` and return its path. Deterministic for a seed.
     ``difficulty``: realistic (grades overlap as in published series) or easy (fast tests);
     ``workers``: processes rendering patients at once (the cohort is the same for any number);
     ``readers``: > 1 also writes ``readerN_boxes.csv`` (N = 2..), the boxes of further readers of the
-    same slices (see ``second_reader_rows``)."""
+    same slices (see ``second_reader_rows``); ``motion_mm``: each phase of a patient moved by a
+    random rigid shift of up to this length (table motion, breath hold), recorded in ``synth.json``.
+    Layouts: slices (PNG/BMP + labelme), dicom (+ boxes.csv), nifti (``<phase>.nii.gz`` and
+    ``<phase>_mask.nii.gz``, the true tumour). The dicom and nifti boxes follow ingest's
+    mask-to-box rule (the tumour mask's box grown by ``mask_margin_mm``); labelme boxes are drawn
+    1-2 mm beyond the edge, as a reader would."""
     out = Path(out)
     if difficulty not in DIFFICULTIES:
         raise CcrccError(f"--difficulty must be {' or '.join(DIFFICULTIES)}, got {difficulty!r}")
-    if layout not in ("slices", "dicom"):
-        raise CcrccError(f"--layout must be slices or dicom, got {layout!r}")
+    if layout not in SYNTH_LAYOUTS:
+        raise CcrccError(f"--layout must be {', '.join(SYNTH_LAYOUTS)}, got {layout!r}")
+    check_number(motion_mm, "--motion-mm", 0, 50)
+    check_number(mask_margin_mm, "--mask-margin-mm", 0, 20)
     if patients < 2 or not 0 < high_fraction < 1:
         raise CcrccError("synth needs >= 2 patients and 0 < --high-fraction < 1")
     if not 1 <= readers <= 5:
@@ -397,7 +418,15 @@ def make_cohort(
         p = synthetic_patient(rng, f"SYN{i + 1:03d}", int(labels[i]), matrix, difficulty)
         rows.append(_clinical_row(rng, p))
         pats.append(p)
-    jobs = [(p, i, out, phases, layout, matrix) for i, p in enumerate(pats)]
+    motions = {}
+    if motion_mm > 0:  # room above and below for a tumour moved along z
+        extra = int(np.ceil(motion_mm / 5.0))
+        mrng = np.random.default_rng([seed, 77])
+        for p in pats:
+            p.slices += 2 * extra
+            p.tumour_z += extra * 5.0
+            motions[p.pid] = {ph: _random_shift(mrng, motion_mm) for ph in phases}
+    jobs = [(p, i, out, phases, layout, matrix, motions.get(p.pid), mask_margin_mm) for i, p in enumerate(pats)]
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -409,6 +438,23 @@ def make_cohort(
     _write_csv(out / "clinical.csv", rows)
     if layout == "dicom":
         _write_csv(out / "boxes.csv", [{c: r[c] for c in BOX_COLUMNS} for r in box_rows])
+    if layout == "nifti":
+        _write_csv(out / "true_boxes.csv", box_rows)  # the truth per slice, for measuring proposals
+    atomic_write_json(
+        out / "synth.json",
+        {
+            "synthetic": True,
+            "layout": layout,
+            "patients": patients,
+            "seed": seed,
+            "matrix": matrix,
+            "difficulty": difficulty,
+            "mask_margin_mm": mask_margin_mm if layout != "slices" else None,
+            "motion_mm": motion_mm,
+            # per patient and phase: how far the patient was moved (x, y, z mm, DICOM LPS)
+            "motion": motions,
+        },
+    )
     for n in range(2, readers + 1):
         _write_csv(out / f"reader{n}_boxes.csv", second_reader_rows(box_rows, np.random.default_rng([seed, n]), matrix))
     (out / "README.txt").write_text(
@@ -422,16 +468,23 @@ def make_cohort(
 def _write_patient(job: tuple) -> list[dict]:
     """Render and write every slice of one patient (a process of its own with --workers);
     returns its boxes.csv rows (DICOM layout)."""
-    p, i, out, phases, layout, matrix = job
+    p, i, out, phases, layout, matrix, motion, mask_margin_mm = job
     uids = {key: _uid(p.pid, key) for key in ("study", "frame", *phases)}
     box_rows = []
     for phase in phases:
-        folder = out / p.pid / phase
-        folder.mkdir(parents=True)
+        folder = out / p.pid if layout == "nifti" else out / p.pid / phase
+        folder.mkdir(parents=True, exist_ok=layout == "nifti")
         order = np.random.default_rng([p.seed, 3]).permutation(p.slices)
+        shift = tuple(motion[phase]) if motion else (0.0, 0.0, 0.0)
+        margin = None if layout == "slices" else mask_margin_mm
+        vol, masks = [], []
         for k in range(p.slices):
-            hu, bbox = _render(p, phase, k, matrix)
-            if layout == "slices":
+            hu, bbox, tmask = _render(p, phase, k, matrix, shift, mask_margin_mm=margin, want_mask=True)
+            if layout == "nifti":
+                vol.append(hu)
+                masks.append(tmask)
+                name = f"{phase}.nii.gz#z{p.slices - 1 - k:04d}"
+            elif layout == "slices":
                 ext = ".bmp" if i % 4 == 3 else ".png"  # PACS exports are often BMP
                 name = f"{p.pid}_{phase}_{k + 1:03d}{ext}"
                 Image.fromarray(window_to_uint8(hu, 40, 290)).save(folder / name)
@@ -447,16 +500,52 @@ def _write_patient(job: tuple) -> list[dict]:
                     {
                         "patient_id": p.pid,
                         "phase": phase,
-                        "file": f"{p.pid}/{phase}/{name}",
+                        "file": f"{p.pid}/{name}" if layout == "nifti" else f"{p.pid}/{phase}/{name}",
                         "x_min": round(bbox[0], 2),
                         "y_min": round(bbox[1], 2),
                         "x_max": round(bbox[2], 2),
                         "y_max": round(bbox[3], 2),
-                        "spacing": p.spacing if layout == "dicom" else 1.0,  # mm per pixel (slices: pixels)
+                        "spacing": 1.0 if layout == "slices" else p.spacing,  # mm per pixel (slices: pixels)
                         "slice": k,  # anatomical order (DICOM file names are shuffled)
                     }
                 )
+        if layout == "nifti":
+            _write_nifti(folder, phase, np.stack(vol), np.stack(masks), p.spacing)
     return box_rows
+
+
+SYNTH_LAYOUTS = ("slices", "dicom", "nifti")
+
+
+def _random_shift(rng: np.random.Generator, length_mm: float) -> list[float]:
+    """A rigid shift (x, y, z mm) in a random direction, of length uniform in [0, length_mm]."""
+    d = rng.normal(size=3)
+    d /= np.linalg.norm(d)
+    return [round(float(v), 3) for v in d * rng.uniform(0, length_mm)]
+
+
+def _write_nifti(folder: Path, phase: str, hu: np.ndarray, mask: np.ndarray, spacing: float) -> None:
+    """``<phase>.nii.gz`` (int16 HU) and ``<phase>_mask.nii.gz`` from display-oriented slices
+    (k = 0 the most cranial, rows anterior -> posterior, columns right -> left), with the affine of
+    the DICOM layout's geometry: the same patient coordinates in both layouts."""
+    import nibabel as nib
+
+    n, rows, cols = hu.shape
+    # RAS+ array [i, j, kz]: i = cols-1-col (x to the right... patient left is +x), j = rows-1-row, kz = n-1-k
+    data = np.transpose(hu[::-1, ::-1, ::-1], (2, 1, 0))
+    seg = np.transpose(mask[::-1, ::-1, ::-1], (2, 1, 0))
+    corner = round(-rows * spacing / 2, 4)
+    aff = np.diag([spacing, spacing, 5.0, 1.0])
+    # LPS x of column c is corner + c * spacing; RAS x = -LPS x; i = cols - 1 - c
+    aff[0, 3] = -corner - (cols - 1) * spacing
+    aff[1, 3] = -corner - (rows - 1) * spacing
+    aff[2, 3] = -(n - 1) * 5.0  # LPS z of slice k is -5k; kz = n-1-k
+    for arr, name, dtype in ((data, f"{phase}.nii.gz", np.int16), (seg, f"{phase}_mask.nii.gz", np.uint8)):
+        img = nib.Nifti1Image(
+            np.clip(np.rint(arr), -1024, 3071).astype(dtype) if dtype == np.int16 else arr.astype(dtype), aff
+        )
+        img.header.set_xyzt_units("mm")
+        nib.save(img, str(folder / name))
 
 
 BOX_COLUMNS = ("patient_id", "phase", "file", "x_min", "y_min", "x_max", "y_max")  # boxes.csv

@@ -23,7 +23,7 @@ def router(ws: Workstation, auth: params.Depends) -> APIRouter:
 
     @r.post("/api/studies/{study_id}/predict")
     def predict(study_id: str, q: PredictIn) -> dict:
-        return ws.grade(study_id, q.model, q.cam, q.box_k)
+        return ws.grade(study_id, q.model, q.cam, q.box_k, q.include_proposed)
 
     @r.post("/api/studies/{study_id}/signoff")
     def signoff(study_id: str, q: SignOffIn) -> dict:

@@ -11,9 +11,10 @@ from fastapi import APIRouter, File, UploadFile, params
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from ccrcc_grade.core.errors import CannotWrite, CcrccError
 from ccrcc_grade.ingest.preprocess import window_to_uint8
-from ccrcc_grade.serve.errors import Unprocessable
-from ccrcc_grade.serve.schemas import BoxIn, PacsLoadIn
+from ccrcc_grade.serve.errors import NotFound, TooLarge, Unprocessable
+from ccrcc_grade.serve.schemas import BoxIn, PacsLoadIn, ProposeIn
 from ccrcc_grade.serve.workstation import Workstation
 
 log = logging.getLogger("ccrcc_grade.serve")
@@ -89,6 +90,18 @@ def router(ws: Workstation, auth: params.Depends) -> APIRouter:
     @r.put("/api/studies/{study_id}/boxes")
     def put_boxes(study_id: str, boxes: list[BoxIn]) -> list[dict]:
         return store.set_boxes(study_id, [b.model_dump() for b in boxes])
+
+    @r.post("/api/studies/{study_id}/propose")
+    def propose(study_id: str, q: ProposeIn) -> dict:
+        """Proposed boxes from the confirmed ones (unconfirmed until the clinician confirms them):
+        the proposal model's walk from one box (``serve --roi-model``) or the interpolation between
+        key boxes, and with ``propagate`` the other assigned phases. Answers every box of the study."""
+        try:
+            return ws.propose(study_id, q.phase, q.method, q.propagate)
+        except CcrccError as exc:
+            if isinstance(exc, (CannotWrite, NotFound, TooLarge, Unprocessable)):
+                raise
+            raise Unprocessable(str(exc)) from None
 
     @r.get("/api/studies/{study_id}/export")
     def export(study_id: str, identifiable: bool = False) -> Response:

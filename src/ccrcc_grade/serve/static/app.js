@@ -122,7 +122,7 @@ async function droppedFiles(dt) {
 async function loadStudy(id) {
   state.study = await api("GET", "/api/studies/" + id);
   state.boxes = await api("GET", `/api/studies/${id}/boxes`);
-  state.result = null; state.signed = null; state.history = []; state.future = []; state.saveError = null;
+  state.result = null; state.signed = null; state.history = []; state.future = []; state.saveError = null; state.lastPropose = null;
   hu.clear(); heat.clear();
   location.hash = "study=" + id;
   $("study-line").textContent = `Study ${id}: ${state.study.series.length} series` +
@@ -372,9 +372,13 @@ function draw() {
   }
   for (const [b, i] of sliceBoxes()) {
     const [x0, y0, x1, y1] = boxRect(b);
-    ctx.strokeStyle = i === state.selected ? "#ffd400" : "#39ff6a";
+    const proposed = b.confirmed === false;   // a proposal: dashed cyan until the clinician confirms it
+    ctx.strokeStyle = i === state.selected ? "#ffd400" : proposed ? "#3ad0ff" : "#39ff6a";
     ctx.lineWidth = 2;
+    if (proposed) ctx.setLineDash([6, 4]);
     ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    ctx.setLineDash([]);
+    if (proposed) { ctx.font = "12px system-ui"; ctx.fillStyle = ctx.strokeStyle; ctx.fillText(`proposed (${b.source})`, x0, y1 + 14); }
     ctx.fillStyle = ctx.strokeStyle;
     for (const [cx, cy] of [[x0, y0], [x1, y0], [x0, y1], [x1, y1]]) ctx.fillRect(cx - 3, cy - 3, 6, 6);
     const st = boxStats(b);
@@ -394,8 +398,8 @@ function draw() {
   $("wl-level").value = Math.round(level); $("wl-width").value = Math.round(width);
   $("slice-line").textContent = `slice ${state.k + 1} / ${series().slices}` +
     (Number.isFinite(pos) ? `  position ${pos.toFixed(1)} mm` : "") + `  W ${Math.round(width)} L ${Math.round(level)}  zoom ${state.zoom.toFixed(2)}`;
-  const n = state.boxes.length;
-  $("box-line").textContent = `${n} box${n === 1 ? "" : "es"} ${state.saveError ? "NOT SAVED" : state.pending ? "saving..." : "saved"}` +
+  const n = state.boxes.length, np = state.boxes.filter((b) => b.confirmed === false).length;
+  $("box-line").textContent = `${n} box${n === 1 ? "" : "es"}${np ? ` (${np} proposed, not confirmed)` : ""} ${state.saveError ? "NOT SAVED" : state.pending ? "saving..." : "saved"}` +
     (n ? ` on ${new Set(state.boxes.map((b) => b.sop_instance_uid)).size} slice(s)` : "") +
     (state.saveError ? `: ${state.saveError}` : "");
   $("box-line").className = state.saveError ? "error" : "";
@@ -409,9 +413,16 @@ function renderBoxList() {
     .sort((a, b) => a[2].k - b[2].k).map(([b, i, st]) => {
       const del = el("button", { title: "delete this box" }, "✕");
       del.addEventListener("click", (ev) => { ev.stopPropagation(); changeBoxes(() => state.boxes.splice(i, 1)); });
-      const tr = el("tr", { dataset: { k: st.k, uid: st.s.series_uid } },
+      let ok = null;
+      if (b.confirmed === false) {
+        ok = el("button", { title: "confirm this proposal", className: "confirm-one" }, "✓");
+        ok.addEventListener("click", (ev) => { ev.stopPropagation(); changeBoxes(() => { state.boxes[i].confirmed = true; }); });
+      }
+      const by = (b.history && b.history.length ? b.history.join(" → ") + " → " : "") + (b.source || "person");
+      const tr = el("tr", { dataset: { k: st.k, uid: st.s.series_uid }, className: b.confirmed === false ? "proposed" : "" },
         el("td", {}, `${st.s.phase || "?"} ${st.k + 1}`), el("td", {}, `${st.w.toFixed(1)} x ${st.h.toFixed(1)}`),
-        el("td", {}, st.mean === null ? "..." : `${st.mean.toFixed(0)} ± ${st.sd.toFixed(0)}`), el("td", {}, b.source || "person"), el("td", {}, del));
+        el("td", {}, st.mean === null ? "..." : `${st.mean.toFixed(0)} ± ${st.sd.toFixed(0)}`),
+        el("td", {}, b.confirmed === false ? `proposed (${by})` : by), el("td", {}, ok, del));
       tr.addEventListener("click", () => {
         const idx = state.study.series.indexOf(st.s);
         if (idx !== state.series) showSeries(idx);
@@ -431,7 +442,7 @@ function saveBoxes() {
   state.gradeSeq++;   // a grade still being computed no longer matches the boxes
   if (state.result) { state.result = null; state.signed = null; renderResult(); say("the boxes changed: grade again", true); }
   const body = state.boxes.map((b) => ({ sop_instance_uid: b.sop_instance_uid, x_min: b.x_min, y_min: b.y_min,
-    x_max: b.x_max, y_max: b.y_max, source: b.source || "person" }));
+    x_max: b.x_max, y_max: b.y_max, source: b.source || "person", confirmed: b.confirmed !== false, history: b.history || [] }));
   state.pending = (state.pending || 0) + 1;   // the page says "saving" until the server has them
   saving = saving.then(() => api("PUT", `/api/studies/${state.study.study_id}/boxes`, body))
     .then((saved) => { state.pending--; if (!state.pending) state.boxes = saved; state.saveError = null; renderBoxList(); })
@@ -530,8 +541,13 @@ window.addEventListener("mouseup", () => {
       return;
     }
     if (["x_min", "y_min", "x_max", "y_max"].every((c) => b[c] === d.start[c])) { draw(); return; }   // a click
+    const wasProposal = b.confirmed === false;
+    if (b.source && b.source !== "person") b.history = [...(b.history || []), b.source];
     b.source = "person";
+    b.confirmed = true;
     changeBoxes(() => {}, d.before);
+    // a moved proposal is a key box now: the proposals around it are made again from the keys
+    if (wasProposal && state.lastPropose) guarded(() => proposeBoxes(state.lastPropose));
     return;
   }
   if (d.mode === "new") {
@@ -567,12 +583,46 @@ canvas.addEventListener("keydown", (ev) => {
   else if (ev.key === "End") { step(1e9); ev.preventDefault(); }
   else if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z") { (ev.shiftKey ? redo : undo)(); ev.preventDefault(); }
   else if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "y") { redo(); ev.preventDefault(); }
+  else if (ev.key === "Enter" && state.selected >= 0 && state.boxes[state.selected].confirmed === false) {
+    const i = state.selected;
+    changeBoxes(() => { state.boxes[i].confirmed = true; });
+    ev.preventDefault();
+  }
   else if ((ev.key === "Delete" || ev.key === "Backspace") && state.selected >= 0) {
     const i = state.selected;
     state.selected = -1;
     changeBoxes(() => state.boxes.splice(i, 1));
   }
 });
+
+// ---------------------------------------------------------------- assisted boxes
+// The server proposes boxes from the confirmed ones: the proposal model's walk from one box (serve
+// --roi-model) or the interpolation between key boxes, and with "all phases" the other phases
+// (patient coordinates + rigid registration). Proposals stay dashed until confirmed.
+async function proposeBoxes(opts) {
+  if (!state.study) return;
+  const body = opts || { phase: series().phase || null, method: "auto", propagate: $("propose-all").checked };
+  state.lastPropose = body;
+  await saving;   // the keys the server reads are the ones on the page
+  say("proposing boxes...", true);
+  const t0 = performance.now();
+  const r = await api("POST", `/api/studies/${state.study.study_id}/propose`, body);
+  state.history.push(snapshot()); state.future = [];
+  state.boxes = r.boxes;
+  if (state.result) { state.result = null; state.signed = null; renderResult(); }
+  renderBoxList();
+  const made = Object.entries(r.proposed).map(([src, n]) => `${n} by ${src}`).join(", ") || "none";
+  const moved = Object.entries(r.info.phases || {}).filter(([, i]) => i.moved_mm).map(([p, i]) => `${p} moved ${i.moved_mm[3].toFixed(1)} mm`);
+  const notes = Object.values(r.info.phases || {}).map((i) => i.note).filter(Boolean);
+  say(`proposed boxes (${made}) in ${((performance.now() - t0) / 1000).toFixed(1)} s` + (moved.length ? `; ${moved.join(", ")}` : "") +
+    (notes.length ? `; ${notes.join("; ")}` : "") + ". Check them and confirm.", true);
+}
+
+function confirmAll() {
+  if (!state.boxes.some((b) => b.confirmed === false)) { say("no proposals to confirm", true); return; }
+  changeBoxes(() => { for (const b of state.boxes) b.confirmed = true; });
+  say("every proposal confirmed", true);
+}
 
 // ---------------------------------------------------------------- grading and outputs
 function showCard() {
@@ -597,7 +647,8 @@ async function grade() {
   say("grading...", true);
   const sid = state.study.study_id, model = currentModel().id, seq = ++state.gradeSeq;
   const t0 = performance.now();
-  const fast = await api("POST", `/api/studies/${sid}/predict`, { model, cam: false, box_k: 0 });
+  const include_proposed = $("include-proposed").checked;
+  const fast = await api("POST", `/api/studies/${sid}/predict`, { model, cam: false, box_k: 0, include_proposed });
   if (seq !== state.gradeSeq) return;
   state.result = fast; state.signed = null;
   state.gradeSeconds = (performance.now() - t0) / 1000;
@@ -606,7 +657,7 @@ async function grade() {
   if (idx >= 0 && idx !== state.series) showSeries(idx); else draw();
   if (!fast.assessable) { say("not assessable: see the reasons under the result"); return; }
   say(`graded in ${state.gradeSeconds.toFixed(2)} s; computing the heat map and the box-robustness range...`, true);
-  const full = await api("POST", `/api/studies/${sid}/predict`, { model, cam: true });
+  const full = await api("POST", `/api/studies/${sid}/predict`, { model, cam: true, include_proposed });
   if (seq !== state.gradeSeq) return;
   state.result = full;
   renderResult(); draw();
@@ -635,6 +686,7 @@ function renderResult() {
   $("result").replaceChildren(
     el("div", { className: `decision ${r.grade}`, id: "decision" }, r.decision),
     el("div", {}, "patient P(high grade) ", el("span", { id: "prob" }, r.prob_high.toFixed(digits)), ` from ${r.slices.length} slice(s)`),
+    r.boxes ? el("div", { id: "box-summary" }, r.boxes.text + (r.boxes.include_proposed ? " (unconfirmed proposals graded on request)" : "")) : null,
     r.box_robustness ? el("div", { id: "robustness", title: r.box_robustness.method }, r.box_robustness.text) :
       el("div", { className: "hint", id: "robustness-pending" }, "box-robustness range: computing..."),
     el("p", { id: "trust" }, trust.text || ""),
@@ -690,6 +742,8 @@ $("model").addEventListener("change", showCard);
 $("grade").addEventListener("click", () => guarded(grade));
 $("sign").addEventListener("click", () => guarded(signOff));
 $("undo").addEventListener("click", undo);
+$("propose").addEventListener("click", () => guarded(() => proposeBoxes()));
+$("confirm-all").addEventListener("click", confirmAll);
 $("redo").addEventListener("click", redo);
 $("show-cam").addEventListener("change", draw);
 $("four-up").addEventListener("change", layout);
