@@ -45,7 +45,9 @@ def _iou(a, b):
     return i / (area(a) + area(b) - i)
 
 
-def test_key_boxes_interpolated_then_confirmed_then_graded(clients, patient_files, cohort_boxes, dicom_cohort):
+def test_key_boxes_interpolated_then_confirmed_then_graded(
+    clients, patient_files, cohort_boxes, dicom_cohort, validate_dicom, tmp_path
+):
     _, c = clients  # no proposal model: interpolation
     sid, study = _upload(c, patient_files, dicom_cohort, "SYN003")
     s, truth = _ordered_truth(study, cohort_boxes(dicom_cohort, "SYN003"))
@@ -94,6 +96,14 @@ def test_key_boxes_interpolated_then_confirmed_then_graded(clients, patient_file
     assert kept["x_min"] == pytest.approx(moved["x_min"], abs=0.01)
     g = c.post(f"/api/studies/{sid}/predict", json={"box_k": 0}).json()
     assert g["boxes"]["text"] == "boxes: 2 drawn, 1 edited"
+    # the SR keeps the box's history: drawn by a person after interpolation; valid DICOM
+    sr = c.get(f"/api/studies/{sid}/sr")
+    assert sr.status_code == 200, sr.text
+    (tmp_path / "sr.dcm").write_bytes(sr.content)
+    meanings = [s["drawn_by"] for s in g["slices"]]
+    assert sorted(meanings) == ["person", "person", "person after interpolation"]
+    assert b"Interpolated, then corrected by a person" in sr.content
+    assert validate_dicom(tmp_path / "sr.dcm", sr=True) == []
 
 
 def test_one_box_and_the_model_on_every_phase(clients, patient_files, cohort_boxes, dicom_cohort):

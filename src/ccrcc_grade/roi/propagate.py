@@ -23,7 +23,7 @@ from ccrcc_grade.roi.volume import PhaseVolume
 CONTEXT_MM = 35.0  # tissue kept around the boxes for the registration (the kidney around the tumour)
 CONTEXTS_MM = (70.0, 15.0)  # coarse (body wall, spine: table motion), then fine (kidney: breathing)
 MIN_MUTUAL_INFORMATION = 0.05  # phases of one patient share 0.2-1.1 nats around the kidney; noise ~0.005
-MAX_SHIFT_MM = 25.0  # a larger correction is not breathing or table motion: not converged
+MAX_SHIFT_MM = 40.0  # more is not breathing or table motion (two phases each moved ~15 mm: up to 30 mm apart)
 HU_RANGE = (-250.0, 500.0)  # air, bone and contrast-filled pelvis clipped: soft tissue drives the metric
 
 

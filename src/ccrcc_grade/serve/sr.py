@@ -76,6 +76,11 @@ DRAWN_BY = {
     "person": ("PERSON", "Person (workstation user)"),
     "interpolation": ("INTERPOLATED", "Interpolated between boxes drawn by a person"),
     "proposal model": ("PROPOSED", "Proposed by the tumour proposal model"),
+    "propagation": ("PROPAGATED", "Propagated from another phase (coordinates and registration)"),
+    # a proposal a person moved: the person's box, its origin kept
+    "person after interpolation": ("EDIT-INTERP", "Interpolated, then corrected by a person"),
+    "person after proposal model": ("EDIT-PROPOSED", "Proposed by the model, then corrected by a person"),
+    "person after propagation": ("EDIT-PROPAGATED", "Propagated, then corrected by a person"),
 }
 
 

@@ -37,6 +37,13 @@ ROI_TO_STORE = {
 log = logging.getLogger("ccrcc_grade.serve")
 
 
+def drawn_by(box: dict) -> str:
+    """Who or what made a box, as the SR codes it: a proposal a person moved keeps its origin."""
+    source = box.get("source", "person")
+    earlier = [h for h in box.get("history") or [] if h != "person"]
+    return f"person after {earlier[-1]}" if source == "person" and earlier else source
+
+
 def box_summary(boxes: list[dict]) -> dict:
     """What a grade was computed from: counts per source and the sentence the result shows
     ("boxes: 4 drawn, 17 interpolated"); proposals a person moved count as drawn (edited)."""
@@ -176,7 +183,7 @@ class Workstation:
         )
         result.update(assessable=True, plausibility=checked, trust=trust)
         stored = {b["sop_instance_uid"]: b for b in self.store.boxes(study_id)}
-        sources = {sop: b.get("source", "person") for sop, b in stored.items()}
+        sources = {sop: drawn_by(b) for sop, b in stored.items()}
         for i, s in enumerate(result["slices"]):
             series_uid, k, sop = where[i]
             s.update(series_uid=series_uid, slice_index=k, sop_instance_uid=sop)

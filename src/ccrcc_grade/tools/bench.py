@@ -496,8 +496,14 @@ def bench_roi(roi_model: str | None = None, grade_model: str | None = None, seed
         t = Path(tmp)
         trained_s = None
         if roi_model is None:
-            make_cohort(
-                t / "train", patients=c["train_patients"], layout="nifti", matrix=c["matrix"], seed=seed, workers=2
+            make_cohort(  # with room above and below the tumour (--motion-mm): the walk learns where to stop
+                t / "train",
+                patients=c["train_patients"],
+                layout="nifti",
+                matrix=c["matrix"],
+                seed=seed,
+                motion_mm=c["motion_mm"],
+                workers=2,
             )
             t0 = time.perf_counter()
             train_roi(t / "train", t / "roi", epochs=c["epochs"], seed=0)

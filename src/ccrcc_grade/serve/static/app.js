@@ -601,7 +601,7 @@ canvas.addEventListener("keydown", (ev) => {
 // (patient coordinates + rigid registration). Proposals stay dashed until confirmed.
 async function proposeBoxes(opts) {
   if (!state.study) return;
-  const body = opts || { phase: series().phase || null, method: "auto", propagate: $("propose-all").checked };
+  const body = opts || { phase: series().phase || null, method: $("propose-method").value, propagate: $("propose-all").checked };
   state.lastPropose = body;
   await saving;   // the keys the server reads are the ones on the page
   say("proposing boxes...", true);
