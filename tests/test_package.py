@@ -14,9 +14,20 @@ import pytest
 import ccrcc_grade
 
 PKG = Path(ccrcc_grade.__file__).parent
-SUBPACKAGES = ("core", "io", "ingest", "stats", "model", "evidence", "study", "serve", "tools")
+SUBPACKAGES = ("core", "io", "ingest", "stats", "model", "evidence", "roi", "study", "serve", "tools")
 # the order of the data's path: a sub-package imports only from those before it
-LAYERS = {"core": 0, "io": 1, "ingest": 2, "stats": 2, "model": 3, "evidence": 4, "study": 5, "serve": 5, "tools": 6}
+LAYERS = {
+    "core": 0,
+    "io": 1,
+    "ingest": 2,
+    "stats": 2,
+    "model": 3,
+    "evidence": 4,
+    "roi": 4,
+    "study": 5,
+    "serve": 5,
+    "tools": 6,
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -73,6 +73,21 @@ def _text_values(ds: pydicom.Dataset) -> list[str]:
     return out
 
 
+def _box_iou(a: dict, b: dict) -> float:
+    """IoU of two boxes given as API dicts (x_min, y_min, x_max, y_max)."""
+    from ccrcc_grade.io.boxes import Box
+    from ccrcc_grade.roi.measure import iou
+
+    corners = ("x_min", "y_min", "x_max", "y_max")
+    return iou(Box(*(a[c] for c in corners)), Box(*(b[c] for c in corners)))
+
+
+@pytest.fixture(scope="session")
+def box_iou():
+    """``box_iou(a, b)``: IoU of two API boxes (the workstation's assisted-box tests)."""
+    return _box_iou
+
+
 @pytest.fixture(scope="session")
 def patient_files():
     """``patient_files(cohort, pid)``: every DICOM file of a patient as multipart ``files``."""

@@ -37,16 +37,8 @@ def _ordered_truth(study, boxes, phase="parenchymal"):
     return s, sorted(boxes, key=lambda b: s["sop_instance_uids"].index(b["sop_instance_uid"]))
 
 
-def _iou(a, b):
-    ix = max(0.0, min(a["x_max"], b["x_max"]) - max(a["x_min"], b["x_min"]))
-    iy = max(0.0, min(a["y_max"], b["y_max"]) - max(a["y_min"], b["y_min"]))
-    i = ix * iy
-    area = lambda z: (z["x_max"] - z["x_min"]) * (z["y_max"] - z["y_min"])  # noqa: E731
-    return i / (area(a) + area(b) - i)
-
-
 def test_key_boxes_interpolated_then_confirmed_then_graded(
-    clients, patient_files, cohort_boxes, dicom_cohort, validate_dicom, tmp_path
+    clients, patient_files, cohort_boxes, dicom_cohort, validate_dicom, box_iou, tmp_path
 ):
     _, c = clients  # no proposal model: interpolation
     sid, study = _upload(c, patient_files, dicom_cohort, "SYN003")
@@ -67,7 +59,7 @@ def test_key_boxes_interpolated_then_confirmed_then_graded(
     assert {b["source"] for b in proposals} == {"interpolation"}
     # the phantom's tumour is round: its boxes between the ends are bigger than the interpolation,
     # but they overlap - the clinician corrects the middle, not every slice
-    assert min(_iou(by_sop[t["sop_instance_uid"]], t) for t in truth) > 0.2
+    assert min(box_iou(by_sop[t["sop_instance_uid"]], t) for t in truth) > 0.2
     # only confirmed boxes are graded unless asked
     g = c.post(f"/api/studies/{sid}/predict", json={"box_k": 0}).json()
     assert g["boxes"]["text"] == "boxes: 2 drawn" and len(g["slices"]) == 2
@@ -106,7 +98,7 @@ def test_key_boxes_interpolated_then_confirmed_then_graded(
     assert validate_dicom(tmp_path / "sr.dcm", sr=True) == []
 
 
-def test_one_box_and_the_model_on_every_phase(clients, patient_files, cohort_boxes, dicom_cohort):
+def test_one_box_and_the_model_on_every_phase(clients, patient_files, cohort_boxes, dicom_cohort, box_iou):
     c, _ = clients
     sid, study = _upload(c, patient_files, dicom_cohort, "SYN004")
     s, truth = _ordered_truth(study, cohort_boxes(dicom_cohort, "SYN004"))
@@ -132,7 +124,7 @@ def test_one_box_and_the_model_on_every_phase(clients, patient_files, cohort_box
     assert all(len(per_phase.get(p, [])) >= 2 for p in phases)
     # the model's boxes on the parenchymal phase match the phantom's true boxes
     by_sop = {b["sop_instance_uid"]: b for b in per_phase["parenchymal"]}
-    ious = [_iou(by_sop[t["sop_instance_uid"]], t) for t in truth if t["sop_instance_uid"] in by_sop]
+    ious = [box_iou(by_sop[t["sop_instance_uid"]], t) for t in truth if t["sop_instance_uid"] in by_sop]
     assert len(ious) >= len(truth) - 2 and sorted(ious)[len(ious) // 2] > 0.5  # the test-sized model
 
 

@@ -45,14 +45,6 @@ def _api(method, url, body=None):
         return json.loads(r.read())
 
 
-def _iou(a, b):
-    ix = max(0.0, min(a["x_max"], b["x_max"]) - max(a["x_min"], b["x_min"]))
-    iy = max(0.0, min(a["y_max"], b["y_max"]) - max(a["y_min"], b["y_min"]))
-    i = ix * iy
-    area = lambda z: (z["x_max"] - z["x_min"]) * (z["y_max"] - z["y_min"])  # noqa: E731
-    return i / (area(a) + area(b) - i)
-
-
 class Session:
     """The page, with every mouse and keyboard action the clinician makes counted."""
 
@@ -97,12 +89,12 @@ class Session:
             raise AssertionError(f"{n_now} boxes, box line {line!r}, message {msg!r}") from None
 
 
-def _measure(url, s, sid, truth, phase_series, p_true):
+def _measure(url, s, sid, truth, phase_series, p_true, box_iou):
     boxes = _api("GET", f"{url}/api/studies/{sid}/boxes")
     confirmed = [b for b in boxes if b["confirmed"]]
     sops = phase_series["sop_instance_uids"]
     on = {b["sop_instance_uid"]: b for b in confirmed if b["sop_instance_uid"] in sops}
-    ious = [_iou(on[t["sop_instance_uid"]], t) if t["sop_instance_uid"] in on else 0.0 for t in truth]
+    ious = [box_iou(on[t["sop_instance_uid"]], t) if t["sop_instance_uid"] in on else 0.0 for t in truth]
     ious += [0.0 for sop in on if sop not in {t["sop_instance_uid"] for t in truth}]
     ks = sorted(sops.index(sop) for sop in on)
     tk = sorted(sops.index(t["sop_instance_uid"]) for t in truth)
@@ -120,7 +112,7 @@ def _measure(url, s, sid, truth, phase_series, p_true):
 
 
 def test_assisted_boxes_save_the_clinicians_work(
-    assisted_server, cohort_boxes, patient_files, dicom_cohort, repo_root, tmp_path
+    assisted_server, cohort_boxes, patient_files, dicom_cohort, repo_root, box_iou, tmp_path
 ):
     from playwright.sync_api import sync_playwright
 
@@ -152,7 +144,7 @@ def test_assisted_boxes_save_the_clinicians_work(
             sid = s.state("state.study.study_id")
             steps(s)
             s.saved()
-            results[name] = _measure(url, s, sid, truth, par, p_true)
+            results[name] = _measure(url, s, sid, truth, par, p_true, box_iou)
             return s, sid
 
         def by_hand(s):
