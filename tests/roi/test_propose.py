@@ -3,6 +3,7 @@ boxes.csv it writes, and the bad seeds it refuses without touching the clinician
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from ccrcc_grade.core.errors import CcrccError
@@ -160,3 +161,32 @@ def test_propose_cli_refusals(refused, capsys, dicom_cohort, tmp_path, read_rows
         ["propose", "-", dicom_cohort, "--seed", seed, "--out", tmp_path / "o.csv", "--phases", "arterial"],
         "--phases",
     )
+
+
+def test_the_walk_stops_where_the_tumour_ends_or_grows_again():
+    """A scripted model (a disc whose radius follows a list, one per call) on a soft-tissue volume:
+    the walk ends on an empty slice, and where the box grows again after shrinking below 70%."""
+    from ccrcc_grade.roi.net import RoiConfig, RoiModel
+    from ccrcc_grade.roi.volume import PhaseVolume
+
+    cfg = RoiConfig(min_side_mm=200.0)  # one crop scale whatever the box: radii in crop pixels compare
+    radii = iter([20, 18, 12, 8, 11, 0, 0])  # seed, then down: 18, 12, 8, then 11 (grows again) ; up: empty
+    yy, xx = np.mgrid[: cfg.size, : cfg.size] - (cfg.size - 1) / 2
+
+    def fn(x):
+        r = next(radii)
+        return ((xx**2 + yy**2) <= r * r).astype(np.float32)[None]
+
+    n = 12
+    vol = PhaseVolume(
+        hu=np.full((n, 200, 200), 40.0, np.float32),
+        origin=np.array([[0.0, 0.0, 5.0 * k] for k in range(n)]),
+        row_dir=np.array([1.0, 0, 0]),
+        col_dir=np.array([0, 1.0, 0]),
+        spacing=(1.0, 1.0),
+    )
+    out, _ = propose_series(vol, {8: Box(80, 80, 120, 120)}, RoiModel(cfg, fn, {}))
+    assert sorted(out) == [5, 6, 7, 8]  # 7, 6, 5 proposed; 4 (grown again) and 9 (empty) not
+    assert out[8][1] == "drawn" and all(out[k][1] == "proposed" for k in (5, 6, 7))
+    w = [out[k][0].width for k in (7, 6, 5)]
+    assert w[0] > w[1] > w[2]  # the boxes follow the shrinking disc

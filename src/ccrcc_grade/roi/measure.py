@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.io.boxes import Box
 from ccrcc_grade.model.predict import Predictor
 from ccrcc_grade.roi.net import RoiModel, cohort_volumes
@@ -113,8 +114,12 @@ def measure_proposals(
             if not dtruth:
                 continue
             c_true = boxes_centre(dst, dtruth)
-            before, _ = propagate_boxes(src_boxes, vol, dst, register=False)
-            after, info = propagate_boxes(src_boxes, vol, dst, register=True)
+            try:
+                before, _ = propagate_boxes(src_boxes, vol, dst, register=False)
+                after, info = propagate_boxes(src_boxes, vol, dst, register=True)
+            except CcrccError as exc:  # counted as a miss, with the reason
+                prop.append({"patient": pid, "phase": ph, "before_mm": None, "after_mm": None, "note": str(exc)})
+                continue
             e0 = boxes_centre(dst, before) - c_true
             e1 = boxes_centre(dst, after) - c_true
             prop.append(
@@ -132,10 +137,12 @@ def measure_proposals(
     by_phase = {}
     for ph in sorted({p["phase"] for p in prop}):
         rows = [p for p in prop if p["phase"] == ph]
+        ok = [r for r in rows if r["after_mm"] is not None]
         by_phase[ph] = {
-            "median_before_mm": round(float(np.median([r["before_mm"] for r in rows])), 2),
-            "median_after_mm": round(float(np.median([r["after_mm"] for r in rows])), 2),
-            "after_within_2mm": f"{sum(r['after_mm'] <= 2 for r in rows)}/{len(rows)}",
+            "median_before_mm": round(float(np.median([r["before_mm"] for r in ok])), 2) if ok else None,
+            "median_after_mm": round(float(np.median([r["after_mm"] for r in ok])), 2) if ok else None,
+            "after_within_2mm": f"{sum(r['after_mm'] <= 2 for r in ok)}/{len(rows)}",
+            "failed": len(rows) - len(ok),
         }
     out = {
         "patients": len(patients),

@@ -28,6 +28,8 @@ from ccrcc_grade.roi.volume import PhaseVolume
 
 SOURCES = ("drawn", "interpolated", "propagated", "proposed")
 BODY_HU = -500.0  # a seed box whose mean is below this lies in air (outside the body)
+REGROW_AFTER = 0.7  # the walk ends where the tumour, once shrunk below 70% of its widest slice ...
+REGROW_BY = 1.1  # ... grows again by more than 10% from one slice to the next
 
 
 def check_seed(vol: PhaseVolume, k: int, box: Box, where: str) -> None:
@@ -48,6 +50,10 @@ def check_seed(vol: PhaseVolume, k: int, box: Box, where: str) -> None:
             f"{where}: the seed box on slice {k + 1} lies outside the body (mean {patch.mean():.0f} HU); "
             "box the tumour in the kidney"
         )
+
+
+def _box_area(box: Box, vol: PhaseVolume) -> float:
+    return box.width * box.height * vol.spacing[0] * vol.spacing[1]
 
 
 def _predict(model: RoiModel, vol: PhaseVolume, k: int, prompt: Box) -> tuple[Box | None, float]:
@@ -81,14 +87,21 @@ def propose_series(
                 )
             for step in (-1, 1):
                 prev, k = refined, k0 + step
+                largest = last = _box_area(refined, vol)
                 while 0 <= k < nz and k not in seeds:
                     box, area = _predict(model, vol, k, prev)
                     if box is None or area < model.cfg.min_area_mm2:
                         break
                     box = box.clip(nx, ny)
+                    size = _box_area(box, vol)
+                    # a tumour has one widest slice: once its box has shrunk, a slice where it grows
+                    # again is the kidney (or another lesion) beyond the tumour's pole
+                    if last < REGROW_AFTER * largest and size > REGROW_BY * last:
+                        break
                     if k not in out:
                         out[k] = (box, "proposed")
                     prev, k = box, k + step
+                    largest, last = max(largest, size), size
         # slices between two drawn boxes that the walk did not reach are interpolated
         if len(seeds) > 1:
             for k, b in interpolate_boxes(seeds, vol.positions).items():
