@@ -27,13 +27,13 @@ def _phase(cohort, pid, phase="parenchymal"):
 def test_one_box_proposes_the_tumour_on_held_out_patients(nifti_cohort, model):
     """The fixture's model saw 24 other patients for 14 epochs (a test-sized model; `bench --what
     roi` measures the full-sized one against the issue's targets)."""
-    m = measure_proposals(nifti_cohort, model)
+    m = measure_proposals(nifti_cohort, model, propagate=False)  # propagation: test_propagate.py
     assert m["patients"] == 12
     assert m["median_iou"] >= 0.6, m["per_patient"]
     within, n = map(int, m["slice_range_within_1"].split("/"))
     assert within >= 0.4 * n, m["per_patient"]
     assert m["seconds_per_phase"] < 5.0
-    assert set(m["propagation"]) == {"plain", "corticomedullary", "excretory"}
+    assert m["propagation"] == {}
 
 
 def test_the_clinicians_boxes_stay_as_drawn(nifti_cohort, model):

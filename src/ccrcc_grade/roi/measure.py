@@ -56,7 +56,11 @@ def _grade(predictor: Predictor, vol_path: Path, boxes: dict[int, Box], vol: Pha
 
 
 def measure_proposals(
-    cohort: Path, model: RoiModel, phase: str = "parenchymal", grade_model: str | Path | None = None
+    cohort: Path,
+    model: RoiModel,
+    phase: str = "parenchymal",
+    grade_model: str | Path | None = None,
+    propagate: bool = True,
 ) -> dict:
     from ccrcc_grade.roi.propagate import propagate_boxes
     from ccrcc_grade.roi.propose import propose_series
@@ -107,7 +111,7 @@ def measure_proposals(
             p_diff.append(abs(p_true - p_prop))
         src_boxes = {k: b for k, (b, _) in res.items()}
         for ph, (vp, mp) in sorted(phases.items()):
-            if ph == phase:
+            if ph == phase or not propagate:
                 continue
             dst = read_nifti_volume(vp, frame_uid=pid)
             dtruth = true_boxes(dst, read_nifti_mask(mp, dst), margin)

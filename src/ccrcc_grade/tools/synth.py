@@ -9,7 +9,8 @@ data, and so tests have realistic input. Appearance follows published ccRCC phys
     near kidney attenuation, so the grade signal there is weak;
   * scanner: Gaussian quantum noise softened by a reconstruction kernel, slight patient motion
     between phases.
-Labelme rectangles are drawn 1-2 mm beyond the tumour edge, as in the study.
+Boxes (labelme rectangles, boxes.csv) lie 1.5 mm beyond the tumour edge (the study's 1-2 mm) by
+ingest's mask-to-box rule, in every layout.
 
 Two difficulty models (``--difficulty``):
 
@@ -388,9 +389,10 @@ def make_cohort(
     same slices (see ``second_reader_rows``); ``motion_mm``: each phase of a patient moved by a
     random rigid shift of up to this length (table motion, breath hold), recorded in ``synth.json``.
     Layouts: slices (PNG/BMP + labelme), dicom (+ boxes.csv), nifti (``<phase>.nii.gz`` and
-    ``<phase>_mask.nii.gz``, the true tumour). The dicom and nifti boxes follow ingest's
-    mask-to-box rule (the tumour mask's box grown by ``mask_margin_mm``); labelme boxes are drawn
-    1-2 mm beyond the edge, as a reader would."""
+    ``<phase>_mask.nii.gz``, the true tumour). Every layout's boxes follow ingest's mask-to-box
+    rule (the tumour mask's box grown by ``mask_margin_mm``, the study's 1-2 mm), so the layouts
+    hold the same boxes and proposals compare like with like; readers' disagreement is
+    ``second_reader_rows``."""
     out = Path(out)
     if difficulty not in DIFFICULTIES:
         raise CcrccError(f"--difficulty must be {' or '.join(DIFFICULTIES)}, got {difficulty!r}")
@@ -476,7 +478,7 @@ def _write_patient(job: tuple) -> list[dict]:
         folder.mkdir(parents=True, exist_ok=layout == "nifti")
         order = np.random.default_rng([p.seed, 3]).permutation(p.slices)
         shift = tuple(motion[phase]) if motion else (0.0, 0.0, 0.0)
-        margin = None if layout == "slices" else mask_margin_mm
+        margin = mask_margin_mm  # every layout's truth: the mask's box by ingest's rule
         vol, masks = [], []
         for k in range(p.slices):
             hu, bbox, tmask = _render(p, phase, k, matrix, shift, mask_margin_mm=margin, want_mask=True)
