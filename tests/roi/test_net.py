@@ -92,3 +92,20 @@ def test_train_roi_refuses_a_cohort_without_masks_and_a_used_folder(run_cli, ref
     refused(capsys, ["train-roi", dicom_cohort, "--out", tmp_path / "used"], "not empty")
     assert (tmp_path / "used" / "x").read_text() == "mine"
     shutil.rmtree(tmp_path / "used")
+
+
+def test_train_roi_reads_kits_case_folders_with_real_masks(kits_dir, tmp_path):
+    """KiTS23's real tumour masks (label 2; the survey's imaging volumes are stand-ins of the same
+    geometry): every case folder is read, the tumour label alone is the target."""
+    import numpy as np
+
+    from ccrcc_grade.io.nifti import load_ras
+    from ccrcc_grade.roi.net import cohort_volumes, train_roi
+
+    items = cohort_volumes(kits_dir)
+    assert len(items) == 6 and {phase for _, phase, _, _ in items} == {"kits"}
+    summary = train_roi(kits_dir, tmp_path / "roi", epochs=1, seed=0)
+    assert summary["trained_on"]["volumes"] == 6 and len(summary["validation_patients"]) == 1
+    seg, _ = load_ras(items[0][3])
+    assert (seg == 2).any() and (seg == 1).any()  # kidney (1) and tumour (2) in the masks read
+    assert np.isfinite(summary["log"][0]["loss"]) and (tmp_path / "roi" / "roi_model.onnx").is_file()
