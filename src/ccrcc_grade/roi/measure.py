@@ -126,6 +126,15 @@ def measure_proposals(
                 continue
             e0 = boxes_centre(dst, before) - c_true
             e1 = boxes_centre(dst, after) - c_true
+            # what the workstation does next with a model: the registered box on the largest slice
+            # seeds a walk on this phase
+            k0 = max(after, key=lambda k: after[k].width * after[k].height)
+            try:
+                walked, _ = propose_series(dst, {k0: after[k0]}, model)
+                e2 = boxes_centre(dst, {k: b for k, (b, _) in walked.items()}) - c_true
+                walked_mm = round(float(np.linalg.norm(e2[:2])), 2)
+            except CcrccError:
+                walked_mm = None
             prop.append(
                 {
                     "patient": pid,
@@ -134,6 +143,7 @@ def measure_proposals(
                     "after_mm": round(float(np.linalg.norm(e1[:2])), 2),
                     "z_before_mm": round(float(e0[2]), 2),
                     "z_after_mm": round(float(e1[2]), 2),
+                    "after_walk_mm": walked_mm,
                     "note": info.get("note", ""),
                 }
             )
@@ -142,10 +152,13 @@ def measure_proposals(
     for ph in sorted({p["phase"] for p in prop}):
         rows = [p for p in prop if p["phase"] == ph]
         ok = [r for r in rows if r["after_mm"] is not None]
+        walk = [r for r in ok if r.get("after_walk_mm") is not None]
         by_phase[ph] = {
             "median_before_mm": round(float(np.median([r["before_mm"] for r in ok])), 2) if ok else None,
             "median_after_mm": round(float(np.median([r["after_mm"] for r in ok])), 2) if ok else None,
             "after_within_2mm": f"{sum(r['after_mm'] <= 2 for r in ok)}/{len(rows)}",
+            "median_after_walk_mm": round(float(np.median([r["after_walk_mm"] for r in walk])), 2) if walk else None,
+            "after_walk_within_2mm": f"{sum(r['after_walk_mm'] <= 2 for r in walk)}/{len(rows)}",
             "failed": len(rows) - len(ok),
         }
     out = {
