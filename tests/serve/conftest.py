@@ -75,11 +75,10 @@ def _text_values(ds: pydicom.Dataset) -> list[str]:
 
 def _box_iou(a: dict, b: dict) -> float:
     """IoU of two boxes given as API dicts (x_min, y_min, x_max, y_max)."""
-    from ccrcc_grade.io.boxes import Box
-    from ccrcc_grade.roi.measure import iou
+    from ccrcc_grade.stats.agreement import iou
 
     corners = ("x_min", "y_min", "x_max", "y_max")
-    return iou(Box(*(a[c] for c in corners)), Box(*(b[c] for c in corners)))
+    return iou(tuple(a[c] for c in corners), tuple(b[c] for c in corners))
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from ccrcc_grade.io.boxes import Box
 from ccrcc_grade.model.predict import Predictor
 from ccrcc_grade.roi.net import RoiModel, cohort_volumes
 from ccrcc_grade.roi.volume import PhaseVolume, read_nifti_mask, read_nifti_volume
+from ccrcc_grade.stats.agreement import iou
 
 
 def true_boxes(vol: PhaseVolume, mask: np.ndarray, margin_mm: float) -> dict[int, Box]:
@@ -28,14 +29,6 @@ def true_boxes(vol: PhaseVolume, mask: np.ndarray, margin_mm: float) -> dict[int
             boxes = mask_boxes(mask[k], (margin_mm / vol.spacing[1], margin_mm / vol.spacing[0]))
             out[k] = max(boxes, key=lambda b: b.width * b.height)
     return out
-
-
-def iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a.x_max, b.x_max) - max(a.x_min, b.x_min))
-    iy = max(0.0, min(a.y_max, b.y_max) - max(a.y_min, b.y_min))
-    inter = ix * iy
-    union = a.width * a.height + b.width * b.height - inter
-    return inter / union if union > 0 else 0.0
 
 
 def boxes_centre(vol: PhaseVolume, boxes: dict[int, Box]) -> np.ndarray:
@@ -92,7 +85,7 @@ def measure_proposals(
         secs.append(dt)
         per_slice.append(dt / max(1, len(res) + 2))  # + the two slices where the walk stopped
         n_slices.append(vol.hu.shape[0])
-        per = [iou(res[k][0], truth[k]) if k in res else 0.0 for k in truth]
+        per = [iou(res[k][0].as_tuple(), truth[k].as_tuple()) if k in res else 0.0 for k in truth]
         per += [0.0 for k in res if k not in truth]  # a box on a slice without tumour counts as a miss
         ious += per
         rng = max(abs(min(res) - min(truth)), abs(max(res) - max(truth)))

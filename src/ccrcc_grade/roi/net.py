@@ -346,18 +346,13 @@ def cohort_volumes(cohort: Path) -> list[tuple[str, str, Path, Path]]:
 
 def _load_pairs(items: list[tuple[str, str, Path, Path]]) -> list[tuple[PhaseVolume, np.ndarray]]:
     from ccrcc_grade.core.progress import progress
+    from ccrcc_grade.io.kits import TUMOUR_LABEL
     from ccrcc_grade.roi.volume import read_nifti_mask, read_nifti_volume
 
     pairs = []
     for _pid, phase, vol, mask in progress(items, desc="read volumes", unit="volume"):
         v = read_nifti_volume(vol)
-        m = read_nifti_mask(mask, v)
-        if phase == "kits":  # KiTS: label 2 is the tumour
-            from ccrcc_grade.io.nifti import axial, load_ras
-
-            data, _ = load_ras(mask)
-            m = np.stack([axial(data, z) for z in range(data.shape[2])]) == 2
-        pairs.append((v, m))
+        pairs.append((v, read_nifti_mask(mask, v, (TUMOUR_LABEL,) if phase == "kits" else None)))
     return pairs
 
 

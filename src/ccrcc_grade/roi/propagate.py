@@ -20,7 +20,6 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.io.boxes import Box
 from ccrcc_grade.roi.volume import PhaseVolume
 
-CONTEXT_MM = 35.0  # tissue kept around the boxes for the registration (the kidney around the tumour)
 CONTEXTS_MM = (70.0, 15.0)  # coarse (body wall, spine: table motion), then fine (kidney: breathing)
 MIN_MUTUAL_INFORMATION = 0.05  # phases of one patient share 0.2-1.1 nats around the kidney; noise ~0.005
 MAX_SHIFT_MM = 40.0  # more is not breathing or table motion (two phases each moved ~15 mm: up to 30 mm apart)
@@ -35,10 +34,8 @@ class RegistrationFailed(CcrccError):
 class Registration:
     translation_mm: np.ndarray  # (3,) moving - fixed, LPS mm, at the boxes' centre
     transform: object  # SimpleITK transform: fixed (source) point -> moving (target) point
-    metric_before: float
+    metric_before: float  # Mattes MI at the start (negative: lower is more shared structure)
     metric_after: float
-    iterations: int
-    initial: str  # "patient coordinates" | "volume centres"
 
     def apply(self, p: np.ndarray) -> np.ndarray:
         return np.asarray(self.transform.TransformPoint(tuple(float(v) for v in p)))
@@ -55,7 +52,7 @@ def _sitk(vol: PhaseVolume):
     return img
 
 
-def boxes_region(vol: PhaseVolume, boxes: dict[int, Box], context_mm: float = CONTEXT_MM) -> tuple[slice, ...]:
+def boxes_region(vol: PhaseVolume, boxes: dict[int, Box], context_mm: float) -> tuple[slice, ...]:
     """(z, y, x) index ranges around the boxes plus ``context_mm`` in-plane and 2 slices each way."""
     ks = sorted(boxes)
     x0 = min(b.x_min for b in boxes.values()) - context_mm / vol.spacing[1]
@@ -70,7 +67,7 @@ def boxes_region(vol: PhaseVolume, boxes: dict[int, Box], context_mm: float = CO
     )
 
 
-def _method(seed: int, translation_only: bool, thin: bool = False):
+def _method(seed: int, thin: bool = False):
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
@@ -84,8 +81,8 @@ def _method(seed: int, translation_only: bool, thin: bool = False):
     reg.SetOptimizerScalesFromPhysicalShift()
     # a thin volume (a few slices around the tumour) is not shrunk: halving 8 slices leaves too
     # little along z for the samples to stay inside the other phase
-    reg.SetShrinkFactorsPerLevel([2, 1] if translation_only and not thin else [1, 1] if translation_only else [1])
-    reg.SetSmoothingSigmasPerLevel([2.0, 0.5] if translation_only else [0.5])
+    reg.SetShrinkFactorsPerLevel([1, 1] if thin else [2, 1])
+    reg.SetSmoothingSigmasPerLevel([2.0, 0.5])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     return reg
 
@@ -119,7 +116,7 @@ def register_phases(
     for stage, context in enumerate(CONTEXTS_MM):
         zs, ys, xs = boxes_region(src, boxes, context)
         fixed = fixed_full[xs, ys, zs]  # SimpleITK slices (x, y, z) and keeps the physical origin
-        reg = _method(seed, translation_only=True, thin=min(src.hu.shape[0], dst.hu.shape[0]) < 16)
+        reg = _method(seed, thin=min(src.hu.shape[0], dst.hu.shape[0]) < 16)
         start = sitk.TranslationTransform(3, init.GetTranslation())
         if stage == 0:  # the body in-plane first: along z only the tumour itself tells the phases apart
             reg.SetOptimizerWeights([1.0, 1.0, 0.0])
@@ -138,13 +135,11 @@ def register_phases(
         init = nxt
     tx = init
     after = reg.GetMetricValue()
-    check = _method(seed, translation_only=False)  # the similarity at the start, on the last stage's region
+    check = _method(seed)  # the similarity at the start, on the last stage's region (MetricEvaluate: no pyramid)
     check.SetInitialTransform(sitk.TranslationTransform(3, start_translation))
     before = check.MetricEvaluate(fixed, moving)
     moved = np.asarray(tx.TransformPoint(tuple(float(v) for v in centre))) - centre
-    result = Registration(moved, tx, float(before), float(after), reg.GetOptimizerIteration(), "patient coordinates")
-    if not same_frame:
-        result.initial = "volume centres"
+    result = Registration(moved, tx, float(before), float(after))
     if not np.all(np.isfinite(moved)) or not np.isfinite(after):
         raise RegistrationFailed(f"registration of {dst.name} did not converge (no finite result)")
     if same_frame and np.linalg.norm(moved) > MAX_SHIFT_MM:

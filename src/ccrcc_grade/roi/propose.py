@@ -26,7 +26,6 @@ from ccrcc_grade.roi.interpolate import interpolate_boxes
 from ccrcc_grade.roi.net import RoiModel, make_input, mask_to_box, prob_to_slice
 from ccrcc_grade.roi.volume import PhaseVolume
 
-SOURCES = ("drawn", "interpolated", "propagated", "proposed")
 BODY_HU = -500.0  # a seed box whose mean is below this lies in air (outside the body)
 REGROW_AFTER = 0.7  # the walk ends where the tumour, once shrunk below 70% of its widest slice ...
 REGROW_BY = 1.1  # ... grows again by more than 10% from one slice to the next

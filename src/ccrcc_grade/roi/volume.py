@@ -124,6 +124,7 @@ def read_dicom_volume(folder: Path, root: Path | None = None, allow_derived: boo
 def read_nifti_volume(path: Path, root: Path | None = None, frame_uid: str = "") -> PhaseVolume:
     """A NIfTI CT volume in the radiological display orientation of ``io.nifti.axial`` (rows
     anterior -> posterior, columns right -> left), in LPS patient coordinates from its affine.
+    ``load_ras`` gives RAS+ axes, so slice index and position rise together (inferior to superior).
     NIfTI carries no FrameOfReferenceUID; the volumes of one patient folder share the scanner's
     frame, which the caller states with ``frame_uid``."""
     import nibabel as nib
@@ -148,7 +149,7 @@ def read_nifti_volume(path: Path, root: Path | None = None, frame_uid: str = "")
     root = Path(root).resolve() if root else None
     p = Path(path).resolve()
     rel = str(p.relative_to(root)) if root and p.is_relative_to(root) else p.name
-    vol = PhaseVolume(
+    return PhaseVolume(
         hu=hu,
         origin=origin,
         row_dir=row_dir / spacing[1],
@@ -158,19 +159,16 @@ def read_nifti_volume(path: Path, root: Path | None = None, frame_uid: str = "")
         refs=[f"{rel}#z{z:04d}" for z in range(nz)],
         name=str(path),
     )
-    if vol.positions[-1] < vol.positions[0]:  # keep ascending position
-        vol.hu, vol.origin, vol.refs = vol.hu[::-1].copy(), vol.origin[::-1].copy(), vol.refs[::-1]
-    return vol
 
 
-def read_nifti_mask(path: Path, like: PhaseVolume) -> np.ndarray:
-    """A tumour mask volume in the slice order and orientation of ``like`` (boolean)."""
+def read_nifti_mask(path: Path, like: PhaseVolume, labels: tuple[int, ...] | None = None) -> np.ndarray:
+    """A tumour mask volume in the slice order and orientation of ``like`` (boolean): non-zero
+    voxels, or those of the given label values (KiTS: 2, the tumour)."""
     from ccrcc_grade.io.nifti import axial, load_ras
 
     data, _ = load_ras(path)
-    m = np.stack([axial(data, z) for z in range(data.shape[2])]) > 0
+    seg = np.stack([axial(data, z) for z in range(data.shape[2])])
+    m = np.isin(seg, labels) if labels else seg > 0
     if m.shape != like.hu.shape:
         raise CcrccError(f"{path}: mask shape {m.shape} differs from the volume's {like.hu.shape}")
-    if like.refs and like.refs[0].endswith(f"#z{data.shape[2] - 1:04d}"):
-        m = m[::-1].copy()
     return m

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
 import pydicom
 
+from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write, atomic_write_json
 from ccrcc_grade.ingest.cohort import Roi
 from ccrcc_grade.io.boxes import Box
@@ -24,15 +26,10 @@ from ccrcc_grade.roi.volume import PhaseVolume, read_dicom_volume
 from ccrcc_grade.serve.errors import Stale, Unprocessable
 from ccrcc_grade.serve.models import ModelRegistry
 from ccrcc_grade.serve.pacs import Pacs
-from ccrcc_grade.serve.store import StudyStore
+from ccrcc_grade.serve.store import CSV_SOURCE, StudyStore
 
-# the roi package's box sources <-> the workstation's (the SR's "drawn by")
-ROI_TO_STORE = {
-    "drawn": "person",
-    "interpolated": "interpolation",
-    "propagated": "propagation",
-    "proposed": "proposal model",
-}
+# the roi package's box sources (boxes.csv's `source`) -> the workstation's (the SR's "drawn by")
+ROI_TO_STORE = {csv: store for store, csv in CSV_SOURCE.items()}
 
 log = logging.getLogger("ccrcc_grade.serve")
 
@@ -47,15 +44,9 @@ def drawn_by(box: dict) -> str:
 def box_summary(boxes: list[dict]) -> dict:
     """What a grade was computed from: counts per source and the sentence the result shows
     ("boxes: 4 drawn, 17 interpolated"); proposals a person moved count as drawn (edited)."""
-    words = {
-        "person": "drawn",
-        "interpolation": "interpolated",
-        "propagation": "propagated",
-        "proposal model": "proposed",
-    }
     counts: dict[str, int] = {}
     for b in boxes:
-        w = words.get(b.get("source", "person"), "drawn")
+        w = CSV_SOURCE.get(b.get("source", "person"), "drawn")
         if b.get("source", "person") == "person" and b.get("history"):
             w = "edited"
         if not b.get("confirmed", True):
@@ -217,22 +208,13 @@ class Workstation:
         assigned = {x["phase"]: x for x in raw["series"] if x["phase"]}
         boxes = self.store.boxes(study_id)
         confirmed = [b for b in boxes if b.get("confirmed", True)]
-        by_sop = {sop: (x, k) for x in assigned.values() for k, sop in enumerate(x["sop_instance_uids"])}
+        by_sop = {sop: (x["phase"], k) for x in assigned.values() for k, sop in enumerate(x["sop_instance_uids"])}
+        keyed = [(by_sop[b["sop_instance_uid"]], b) for b in confirmed if b["sop_instance_uid"] in by_sop]
         if phase is None:
-            with_boxes = [
-                p
-                for p in assigned
-                if any(by_sop.get(b["sop_instance_uid"], (None,))[0] is assigned[p] for b in confirmed)
-            ]
-            if not with_boxes:
+            per_phase = Counter(p for (p, _), _ in keyed)
+            if not per_phase:
                 raise Unprocessable("no confirmed box on an assigned phase: box the tumour on one slice first")
-            phase = max(
-                with_boxes,
-                key=lambda p: (
-                    sum(by_sop.get(b["sop_instance_uid"], (None,))[0] is assigned[p] for b in confirmed),
-                    p == "parenchymal",
-                ),
-            )
+            phase = max((p for p in assigned if p in per_phase), key=lambda p: (per_phase[p], p == "parenchymal"))
         if phase not in assigned:
             raise Unprocessable(f"no series of this study is assigned to the {phase} phase")
         if method == "model" and self.roi_model is None:
@@ -240,17 +222,19 @@ class Workstation:
         model = self.roi_model if method in ("auto", "model") else None
         phases = tuple(p for p in assigned if p == phase or propagate)
         seeds: dict[str, dict[int, Box]] = {p: {} for p in phases}
-        for b in confirmed:
-            hit = by_sop.get(b["sop_instance_uid"])
-            if hit and hit[0]["phase"] in seeds:
+        for (p, k), b in keyed:
+            if p in seeds:  # one seed per slice: the largest box drawn there
                 box = Box(b["x_min"], b["y_min"], b["x_max"], b["y_max"])
-                old = seeds[hit[0]["phase"]].get(hit[1])
+                old = seeds[p].get(k)
                 if old is None or box.width * box.height > old.width * old.height:
-                    seeds[hit[0]["phase"]][hit[1]] = box
+                    seeds[p][k] = box
         if not seeds[phase]:
             raise Unprocessable(f"no confirmed box on the {phase} series: box the tumour on one slice first")
-        volumes = {p: self.volume(study_id, assigned[p]) for p in phases}
-        result, info = propose_patient(volumes, seeds, model, phases, source_phase=phase)
+        try:  # what the proposal itself refuses (a geometry, a seed, a registration) is 422
+            volumes = {p: self.volume(study_id, assigned[p]) for p in phases}
+            result, info = propose_patient(volumes, seeds, model, phases, source_phase=phase)
+        except CcrccError as exc:
+            raise Unprocessable(str(exc)) from None
         have = {b["sop_instance_uid"] for b in confirmed}
         proposals = []
         for p, per_slice in result.items():

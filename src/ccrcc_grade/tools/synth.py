@@ -191,8 +191,14 @@ def _make_patient(rng: np.random.Generator, pid: str, label: int, matrix: int) -
 
 
 def _render(
-    p: _Patient, phase: str, k: int, matrix: int, motion: tuple[float, float, float] = (0.0, 0.0, 0.0), **kw: object
-) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
+    p: _Patient,
+    phase: str,
+    k: int,
+    matrix: int,
+    motion: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    mask_margin_mm: float | None = None,
+    want_mask: bool = False,
+) -> tuple:
     """HU image (matrix x matrix) of slice k of one phase, and the tumour's pixel bbox (or None).
     ``motion``: the whole patient moved by (x, y, z) mm in DICOM patient coordinates (LPS) in this
     phase (table motion / breath hold, ``--motion-mm``). ``mask_margin_mm``: the bbox is the
@@ -267,13 +273,13 @@ def _render(
             patch[:] = w * patch + (1 - w) * before
         tmask_full[r0:r1, c0:c1] = tmask
         mm = float(np.random.default_rng([p.seed, 7, k]).uniform(1.0, 2.0))  # box margin 1-2 mm
-        if kw.get("mask_margin_mm") is not None:  # ingest's mask-to-box rule (io.nifti.mask_boxes)
-            mm = float(kw["mask_margin_mm"])
+        if mask_margin_mm is not None:  # ingest's mask-to-box rule (io.nifti.mask_boxes)
+            mm = mask_margin_mm
         m = mm / p.spacing
         bbox = (float(c0) - m, float(r0) - m, float(c1) + m, float(r1) + m)
     noise = gaussian_filter(prng.standard_normal((matrix, matrix), dtype=np.float32), 0.6) * (p.noise_sd * 2.2)
     img = gaussian_filter(img, 0.5 + p.kernel_mm / p.spacing) + noise * inside + p.hu_offset
-    if kw.get("want_mask"):
+    if want_mask:
         return img.astype(np.float32), bbox, tmask_full
     return img.astype(np.float32), bbox
 

@@ -11,9 +11,8 @@ from fastapi import APIRouter, File, UploadFile, params
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from ccrcc_grade.core.errors import CannotWrite, CcrccError
 from ccrcc_grade.ingest.preprocess import window_to_uint8
-from ccrcc_grade.serve.errors import NotFound, TooLarge, Unprocessable
+from ccrcc_grade.serve.errors import Unprocessable
 from ccrcc_grade.serve.schemas import BoxIn, PacsLoadIn, ProposeIn
 from ccrcc_grade.serve.workstation import Workstation
 
@@ -96,12 +95,7 @@ def router(ws: Workstation, auth: params.Depends) -> APIRouter:
         """Proposed boxes from the confirmed ones (unconfirmed until the clinician confirms them):
         the proposal model's walk from one box (``serve --roi-model``) or the interpolation between
         key boxes, and with ``propagate`` the other assigned phases. Answers every box of the study."""
-        try:
-            return ws.propose(study_id, q.phase, q.method, q.propagate)
-        except CcrccError as exc:
-            if isinstance(exc, (CannotWrite, NotFound, TooLarge, Unprocessable)):
-                raise
-            raise Unprocessable(str(exc)) from None
+        return ws.propose(study_id, q.phase, q.method, q.propagate)
 
     @r.get("/api/studies/{study_id}/export")
     def export(study_id: str, identifiable: bool = False) -> Response:
