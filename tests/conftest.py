@@ -5,6 +5,7 @@ it as fixtures and import nothing from here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -231,10 +232,11 @@ def wait_for_http(url: str, timeout: float = 30.0, proc=None) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def orthanc(tmp_path_factory):
+@contextlib.contextmanager
+def running_orthanc(root: Path, extra: dict | None = None):
     """A real Orthanc PACS (Debian's orthanc + orthanc-dicomweb, installed by `make test`) on a free
-    loopback port with a temporary storage folder; yields its DICOMweb base URL."""
+    loopback port with its storage in ``root`` and ``extra`` merged into the generated config;
+    yields its HTTP base URL."""
     import json
     import subprocess
 
@@ -245,7 +247,6 @@ def orthanc(tmp_path_factory):
             "Orthanc with its DICOMweb plugin is not installed: run `make system-deps` (apt-get install "
             "orthanc orthanc-dicomweb)"
         )
-    root = tmp_path_factory.mktemp("orthanc")
     port = any_free_port()
     config = {
         "Name": "ccrcc-test",
@@ -258,13 +259,14 @@ def orthanc(tmp_path_factory):
         "DicomServerEnabled": False,
         "Plugins": [str(plugin)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        **(extra or {}),
     }
     (root / "orthanc.json").write_text(json.dumps(config))
     log = open(root / "orthanc.log", "w")
     proc = subprocess.Popen([exe, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/system", 30, proc)
-        yield f"http://127.0.0.1:{port}/dicom-web"
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         try:
@@ -272,6 +274,20 @@ def orthanc(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc (DICOMweb only); yields its DICOMweb base URL."""
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as url:
+        yield url + "/dicom-web"
+
+
+@pytest.fixture(scope="session")
+def start_orthanc():
+    """``start_orthanc(root, extra_config)``: a context manager running a real Orthanc with its
+    config extended (e.g. its DICOM server and ``DicomModalities``); yields its HTTP URL."""
+    return running_orthanc
 
 
 # ---- what test modules take as fixtures (they import nothing from this file) -----------------

@@ -266,7 +266,20 @@ def cmd_serve(a: argparse.Namespace) -> None:
         a.device,
         allowed_hosts=a.allowed_host,
         roi_model=a.roi_model,
+        dicom=_dicom_node(a, a.listen_port),
     )
+
+
+def _dicom_node(a: argparse.Namespace, port: int | None) -> object:
+    from ccrcc_grade.serve.receiver import DicomNode
+
+    return DicomNode(a.ae_title, port, a.allow or [], a.stable_seconds, a.dicom_host, getattr(a, "send", None))
+
+
+def cmd_listen(a: argparse.Namespace) -> None:
+    from ccrcc_grade.serve.server import listen
+
+    listen(a.data, _dicom_node(a, a.port))
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
@@ -308,6 +321,24 @@ def _sub(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.Argu
         description=help[0].upper() + help[1:] + ".",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+
+
+def _dicom_args(s: argparse.ArgumentParser) -> None:
+    """The receiver's flags, shared by `serve` and `listen`."""
+    s.add_argument("--ae-title", default="CCRCC", help="this workstation's AE title (the called AE of the PACS)")
+    s.add_argument(
+        "--allow",
+        nargs="+",
+        metavar="AE@HOST",
+        help="callers that may send studies, e.g. ORTHANC@10.1.2.3 (HOST * = any host); any other is refused",
+    )
+    s.add_argument(
+        "--stable-seconds",
+        type=float,
+        default=30.0,
+        help="a study is complete when no instance came for this long (as Orthanc's StableAge)",
+    )
+    s.add_argument("--dicom-host", default="0.0.0.0", help="address the DICOM port listens on")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -653,12 +684,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="tumour proposal model (a train-roi RUN folder, .pt or .onnx): one box proposes every slice; "
         "without it the workstation interpolates between key boxes and propagates across phases",
     )
+    s.add_argument("--listen-port", type=int, help="also receive studies by DICOM C-STORE on this port (see `listen`)")
+    _dicom_args(s)
+    s.add_argument(
+        "--send",
+        metavar="AE@HOST:PORT",
+        help="where results (SR, key image) go by C-STORE, e.g. ORTHANC@pacs.hospital.org:4242 "
+        "(without it: STOW-RS to --pacs)",
+    )
     s.set_defaults(func=cmd_serve)
+
+    s = _sub(sub, "listen", "the DICOM receiver alone: the PACS pushes studies, they join serve's worklist")
+    s.add_argument("--port", "--listen-port", type=int, default=11112, help="DICOM port to listen on")
+    s.add_argument("--data", default=srv["data"], help="the study folder `serve --data` reads")
+    _dicom_args(s)
+    s.set_defaults(func=cmd_listen)
 
     s = _sub(sub, "bench", "speed and memory benchmarks (JSON lines)")
     s.add_argument(
         "--what",
-        choices=["train", "predict", "ingest", "serve", "robustness", "roi", "study", "all"],
+        choices=["train", "predict", "ingest", "serve", "robustness", "roi", "listen", "study", "all"],
         default="all",
         help="which benchmark (all = every one but study, which trains a whole study; roi trains a proposal "
         "model on a phantom unless --roi-model names one)",

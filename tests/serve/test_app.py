@@ -20,7 +20,9 @@ from ccrcc_grade.ingest.preprocess import window_to_uint8
 from ccrcc_grade.io.dicom import read_hu
 from ccrcc_grade.model.predict import predict_patient
 from ccrcc_grade.serve import create_app
-from ccrcc_grade.serve.store import UploadLimits
+from ccrcc_grade.serve.store import StudyStore, UploadLimits
+
+WORKLIST = "worklist.sqlite"  # the worklist's database (and its WAL files) beside the study folders
 
 
 @pytest.fixture(scope="module")
@@ -260,10 +262,10 @@ def test_bad_uploads(patient_files, client, dicom_cohort, test_pids, app_data, c
         ),
         "MR series": ([("files", ("mr.dcm", _as_modality(ds, "MR"), "application/dicom"))], "modality MR"),
     }[case]
-    before = sorted(p.name for p in app_data.iterdir())
+    before = sorted(p.name for p in app_data.iterdir() if not p.name.startswith(WORKLIST))
     r = client.post("/api/studies", files=files)
     assert r.status_code == 400 and expect in r.json()["detail"] and "\n" not in r.json()["detail"]
-    assert sorted(p.name for p in app_data.iterdir()) == before  # nothing left behind
+    assert sorted(p.name for p in app_data.iterdir() if not p.name.startswith(WORKLIST)) == before  # nothing left
 
 
 def test_upload_limits(patient_files, trained_run, dicom_cohort, test_pids, tmp_path):
@@ -277,7 +279,9 @@ def test_upload_limits(patient_files, trained_run, dicom_cohort, test_pids, tmp_
     ) as c:
         r = c.post("/api/studies", files=patient_files(dicom_cohort, test_pids[0]))
         assert r.status_code == 413 and "exceeds the limit" in r.json()["detail"]
-    assert not [p for p in (tmp_path / "d").iterdir()] and not [p for p in (tmp_path / "e").iterdir()]
+    for d in (tmp_path / "d", tmp_path / "e"):  # no study: only the (empty) worklist database
+        assert not [p for p in d.iterdir() if not p.name.startswith(WORKLIST)]
+        assert StudyStore(d).listing() == []
 
 
 @pytest.mark.parametrize(
@@ -397,7 +401,8 @@ def test_patient_banner_hu_slices_and_launch_by_study_uid(graded, client, dicom_
     assert s["patient"]["name"] == str(ds.PatientName) and s["patient"]["patient_id"] == ds.PatientID
     assert s["patient"]["study_date"] == ds.StudyDate and s["patient"]["sex"] == ds.PatientSex
     assert s["study_uid"] == ds.StudyInstanceUID
-    assert sid in client.get("/api/studies", params={"study_uid": ds.StudyInstanceUID}).json()
+    found = client.get("/api/studies", params={"study_uid": ds.StudyInstanceUID}).json()
+    assert sid in [x["study_id"] for x in found] and all(x["study_uid"] == ds.StudyInstanceUID for x in found)
     assert client.get("/api/studies", params={"study_uid": "1.2.3.4"}).json() == []
     series = next(x for x in s["series"] if x["phase"] == "parenchymal")
     assert series["slice_thickness"] == float(ds.SliceThickness)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import errno
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -23,8 +24,10 @@ from ccrcc_grade.roi.net import load_roi_model
 from ccrcc_grade.serve.errors import Unauthorized, public_text, status_of
 from ccrcc_grade.serve.models import ModelRegistry
 from ccrcc_grade.serve.pacs import Pacs
+from ccrcc_grade.serve.receiver import DicomNode, Receiver, parse_ae_title
 from ccrcc_grade.serve.routes import meta, results, studies
 from ccrcc_grade.serve.security import LOOPBACK_HOSTS, Guard
+from ccrcc_grade.serve.sender import Destination, Retrier
 from ccrcc_grade.serve.store import StudyStore, UploadLimits
 from ccrcc_grade.serve.workstation import Workstation
 
@@ -41,16 +44,38 @@ def create_app(
     device: str = "auto",
     hosts: list[str] | None = None,
     roi_model: str | Path | None = None,
+    dicom: DicomNode | None = None,
 ) -> FastAPI:
     """The workstation. ``hosts``: the names the server answers to in the Host header (loopback
-    names by default; `serve` adds the address it listens on and --allowed-host)."""
+    names by default; `serve` adds the address it listens on and --allowed-host); ``dicom``: the
+    DICOM receiver (started and stopped with the app) and the C-STORE destination of results."""
+    dicom = dicom or DicomNode()
     ws = Workstation(
         ModelRegistry(models, device),
         StudyStore(Path(data), limits),
         Pacs(pacs_url) if pacs_url else None,
         load_roi_model(Path(roi_model)) if roi_model else None,
+        Destination.parse(dicom.send) if dicom.send else None,
+        parse_ae_title(dicom.ae_title),
     )
+    receiver = None
+    if dicom.port is not None:  # checked now (allow-list, port), started with the app
+        receiver = Receiver(ws.store, dicom.ae_title, dicom.port, dicom.allow, dicom.stable_seconds, dicom.host)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        retrier = Retrier(ws.run_job).start(ws.store.worklist.due_jobs)
+        if receiver is not None:
+            receiver.start()
+        try:
+            yield
+        finally:
+            if receiver is not None:
+                receiver.stop()
+            retrier.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="ccrcc-grade workstation",
         version="1",
         description=f"Grade clear cell RCC (WHO/ISUP low I-II / high III-IV) from boxed CT slices. "
@@ -68,6 +93,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(studies.router(ws, auth))
     app.include_router(results.router(ws, auth))
+    app.state.ws, app.state.receiver = ws, receiver
     return app
 
 

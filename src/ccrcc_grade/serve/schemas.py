@@ -69,3 +69,7 @@ class PacsSearchIn(BaseModel):
 
 class StoreSrIn(BaseModel):
     model: str | None = None
+
+
+class SendIn(BaseModel):
+    model: str | None = None

@@ -11,6 +11,7 @@ from pathlib import Path
 from ccrcc_grade.core.config import ServeOptions
 from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.serve.app import create_app
+from ccrcc_grade.serve.receiver import DicomNode, Receiver
 from ccrcc_grade.serve.security import LOOPBACK_HOSTS
 from ccrcc_grade.serve.store import UploadLimits
 
@@ -82,6 +83,7 @@ def serve(
     device: str = "auto",
     allowed_hosts: list[str] | None = None,
     roi_model: str | None = None,
+    dicom: DicomNode | None = None,
 ) -> None:
     import uvicorn
 
@@ -105,13 +107,50 @@ def serve(
         device,
         hosts=hosts,
         roi_model=roi_model,
+        dicom=dicom,
     )
+    receiver = app.state.receiver
     print(
         f"ccrcc-grade workstation on http://{host}:{port}/ (API documentation: /docs); "
         f"studies in {Path(data).resolve()}"
         + (f"; PACS {pacs}" if pacs else "")
         + (f"; tumour proposals by {roi_model}" if roi_model else "; tumour proposals by interpolation only")
-        + ("; bearer token required" if token else ""),
+        + ("; bearer token required" if token else "")
+        + (
+            f"; DICOM receiver {receiver.ae_title} on port {receiver.port} for {receiver.allowed_text()}"
+            if receiver
+            else ""
+        )
+        + (f"; results by C-STORE to {dicom.send}" if dicom and dicom.send else ""),
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def listen(data: str, dicom: DicomNode) -> None:
+    """`ccrcc-grade listen`: the DICOM receiver alone, into the study folder `serve --data` reads
+    (the worklist is shared through its SQLite file); runs until interrupted."""
+    import logging
+    import signal
+    import threading
+
+    from ccrcc_grade.serve.store import StudyStore
+
+    if dicom.port is None:
+        raise CcrccError("--port: give the DICOM port to listen on")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    store = StudyStore(Path(data))
+    receiver = Receiver(store, dicom.ae_title, dicom.port, dicom.allow, dicom.stable_seconds, dicom.host).start()
+    print(
+        f"ccrcc-grade DICOM receiver {receiver.ae_title} on {dicom.host}:{receiver.port} "
+        f"for {receiver.allowed_text()}; "
+        f"a study is complete {dicom.stable_seconds:g} s after its last instance; studies in {Path(data).resolve()}",
+        flush=True,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        receiver.stop()

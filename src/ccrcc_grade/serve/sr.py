@@ -12,7 +12,10 @@ measurement report that a PACS shows correctly.
   observer is the device, plus the radiologist as a person observer once signed off:
   VerificationFlag VERIFIED with the Verifying Observer; UNVERIFIED before;
 - versions: every SR of a study and model lives in one series; a changed grade or a sign-off
-  makes a new instance that names the previous one in PredecessorDocumentsSequence.
+  makes a new instance that names the previous one in PredecessorDocumentsSequence;
+- IHE AI Results provenance (``provenance``): the model as Contributing Equipment with a Device
+  UID made from its weights' checksum (also the device observer's UID), research use in the
+  SeriesDescription.
 Concepts without a standard code use the private scheme ``99CCRCC``, declared in the
 Coding Scheme Identification Sequence.
 """
@@ -24,6 +27,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from ccrcc_grade import __version__
+from ccrcc_grade.serve.provenance import add_provenance, device_uid
 
 PRIVATE = "99CCRCC"
 
@@ -88,6 +92,7 @@ def build_sr(
     result: dict,
     sources: dict[str, pydicom.Dataset],
     model_name: str,
+    weights_sha256: str,
     signoff: dict | None = None,
     series_uid: str | None = None,
     instance_number: int = 1,
@@ -112,7 +117,7 @@ def build_sr(
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(),
+            uid=device_uid(weights_sha256),
             name="ccrcc-grade",
             manufacturer_name="ccrcc-grade (research software)",
             model_name=model_name[:64],
@@ -199,7 +204,7 @@ def build_sr(
         verifying_organization=(signoff.get("organization") or "unknown") if signoff else None,
         previous_versions=previous or None,
     )
-    sr.SeriesDescription = "ccrcc-grade WHO/ISUP grade: research use only, not diagnosis"
+    add_provenance(sr, model_name, weights_sha256, "WHO/ISUP grade")
     scheme = pydicom.Dataset()
     scheme.CodingSchemeDesignator = PRIVATE
     scheme.CodingSchemeName = "ccrcc-grade private concepts"

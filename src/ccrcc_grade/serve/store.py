@@ -5,15 +5,16 @@ Layout of ``DATA/<study_id>/`` (ids are generated; uploaded file names are never
 
     study.json                 series summary (uid, description, phase, reason, slices in order)
     series/<n>/<k>.dcm         the series' instances, k in slice order (the order of the viewer)
-    boxes.json                 [{"sop_instance_uid", "x_min", "y_min", "x_max", "y_max", "source", "confirmed",
-                                 "history"}]
     cohort/boxes.csv           the confirmed boxes in ingest's cohort format (file relative to cohort/),
                                with their source
     predictions/<model>/...    the last prediction per model (JSON, Grad-CAM overlays), its
                                sign-off (signoff.json) and every SR version made (sr/<n>.dcm)
 
-Every write is atomic; a failed upload removes its half-written study folder, so nothing of it
-is left behind; a server restart finds every study and box as it was.
+The index of the studies, their status, the boxes (with their version) and the audit log live
+in ``DATA/worklist.sqlite`` (``worklist``); the receiver's instances wait in ``DATA/.incoming``
+until their study is complete. Every write is atomic; a failed upload removes its half-written
+study folder, so nothing of it is left behind; a server restart finds every study and box as it
+was.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from ccrcc_grade.io.dicom import (
     slice_position,
 )
 from ccrcc_grade.serve.errors import NotFound, TooLarge
+from ccrcc_grade.serve.worklist import Worklist
 
 STUDY_ID = re.compile(r"^[0-9a-f]{16}$")
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -138,6 +140,19 @@ class StudyStore:
         self.limits = limits or UploadLimits()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self.worklist = Worklist(self.root / "worklist.sqlite")
+        self._index_older_studies()
+
+    def _index_older_studies(self) -> None:
+        """Studies stored before the worklist existed (boxes then lived in boxes.json) join it."""
+        for f in sorted(self.root.glob("*/study.json")):
+            sid = f.parent.name
+            if STUDY_ID.match(sid) and not self.worklist.has(sid):
+                s, who = json.loads(f.read_text()), "workstation (index of older studies)"
+                self.worklist.add_study(sid, s.get("study_uid", ""), "upload", who)
+                old = f.parent / "boxes.json"
+                if old.is_file():
+                    self.worklist.set_boxes(sid, json.loads(old.read_text()), None, who)
 
     def lock(self, study_id: str) -> threading.Lock:
         with self._guard:
@@ -149,15 +164,25 @@ class StudyStore:
         return self.root / study_id
 
     # --- create ------------------------------------------------------------------------
-    def add_upload(self, files: list[tuple[str, BinaryIO]]) -> dict:
-        return self.add_datasets(_datasets_from_upload(files, self.limits))
+    def add_upload(self, files: list[tuple[str, BinaryIO]], actor: str = "workstation") -> dict:
+        return self.add_datasets(_datasets_from_upload(files, self.limits), "upload", actor)
 
-    def add_datasets(self, named: list[tuple[str, pydicom.Dataset]]) -> dict:
+    def add_datasets(
+        self,
+        named: list[tuple[str, pydicom.Dataset]],
+        source: str = "upload",
+        actor: str = "workstation",
+        study_id: str | None = None,
+    ) -> dict:
         """A new study from (name, DICOM dataset) pairs - one patient, one study, several series:
         written in a temporary folder and renamed into place, so a failure leaves nothing behind.
         Two patients (even anonymised with blank UIDs), the same image twice, two slices at one
         position of a series (interleaved series) are refused naming the files; a series of
-        derived, reformatted or localizer images is kept but never assigned a phase."""
+        derived, reformatted or localizer images is kept but never assigned a phase.
+
+        ``source``: upload, pacs or dicom (the receiver); ``study_id``: the receiver's id of the
+        study - when it is stored already (instances came after it was complete), its series are
+        replaced by the full set while its boxes and predictions stay."""
         for name, ds in named:  # uploads and PACS retrievals alike, before any pixel is decoded
             if too_large := pixel_bytes_problem(ds):
                 raise TooLarge(f"{name}: {too_large}")
@@ -174,8 +199,10 @@ class StudyStore:
         by_series: dict[str, list[pydicom.Dataset]] = {}
         for ds in datasets:
             by_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
-        study_id = secrets.token_hex(8)
+        replace = study_id is not None and (self.root / study_id / "study.json").is_file()
+        study_id = study_id or secrets.token_hex(8)
         tmp = self.root / f".{study_id}.upload"
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder of an earlier crash
         try:
             tmp.mkdir()
         except OSError as exc:
@@ -230,12 +257,30 @@ class StudyStore:
                 "notes": notes,
             }
             atomic_write_json(tmp / "study.json", summary)
-            atomic_write_json(tmp / "boxes.json", [])
-            tmp.rename(self.root / study_id)
+            if replace:
+                with self.lock(study_id):
+                    self._swap(study_id, tmp)
+            else:
+                tmp.rename(self.root / study_id)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        self.worklist.add_study(study_id, summary["study_uid"], source, actor)
+        if replace:
+            self._write_cohort_boxes(study_id, summary, self.boxes(study_id))
         return self.summary(study_id)
+
+    def _swap(self, study_id: str, tmp: Path) -> None:
+        """The study folder replaced by ``tmp`` (its predictions and exports moved over)."""
+        old = self.root / study_id
+        for keep in ("predictions", "cohort"):
+            if (old / keep).exists():
+                (old / keep).rename(tmp / keep)
+        aside = self.root / f".{study_id}.old"
+        shutil.rmtree(aside, ignore_errors=True)
+        old.rename(aside)
+        tmp.rename(old)
+        shutil.rmtree(aside, ignore_errors=True)
 
     # --- read --------------------------------------------------------------------------
     def raw(self, study_id: str) -> dict:
@@ -282,10 +327,23 @@ class StudyStore:
 
     def find(self, study_uid: str) -> list[str]:
         """Ids of the stored studies of a StudyInstanceUID (launch from the PACS by URL)."""
+        return [w["study_id"] for w in self.worklist.studies(study_uid) if (self.root / w["study_id"]).is_dir()]
+
+    def listing(self, study_uid: str | None = None) -> list[dict]:
+        """The worklist: every study (received, uploaded or pulled from the PACS), newest change
+        first, with its status, where it came from, its series and phases, and its last error."""
         out = []
-        for f in sorted(self.root.glob("*/study.json")):
-            if STUDY_ID.match(f.parent.name) and json.loads(f.read_text()).get("study_uid") == study_uid:
-                out.append(f.parent.name)
+        for w in self.worklist.studies(study_uid):
+            entry = {k: w[k] for k in ("study_id", "study_uid", "status", "source", "updated")}
+            if w["error"]:
+                entry["error"] = w["error"]
+            f = self.root / w["study_id"] / "study.json"
+            s = json.loads(f.read_text()) if f.is_file() else {}
+            entry["patient"] = s.get("patient") or {}
+            entry["series"] = [
+                {k: x.get(k) for k in ("series_uid", "description", "phase", "slices")} for x in s.get("series", [])
+            ]
+            out.append(entry)
         return out
 
     def locate(self, study_id: str, sop_uid: str) -> tuple[dict, int]:
@@ -327,11 +385,19 @@ class StudyStore:
         return self.summary(study_id)
 
     def boxes(self, study_id: str) -> list[dict]:
-        return json.loads((self.folder(study_id) / "boxes.json").read_text())
+        self.folder(study_id)
+        return self.worklist.boxes(study_id)[0]
 
-    def set_boxes(self, study_id: str, boxes: list[dict]) -> list[dict]:
+    def boxes_version(self, study_id: str) -> int:
+        self.folder(study_id)
+        return self.worklist.boxes(study_id)[1]
+
+    def set_boxes(
+        self, study_id: str, boxes: list[dict], expected_version: int | None = None, actor: str = "workstation"
+    ) -> list[dict]:
         """Replace the study's boxes after checking each lies on an image of the study, inside it,
-        with a positive area; saved atomically as JSON and as ingest's boxes.csv."""
+        with a positive area; saved in the worklist (refused with 409 when ``expected_version``
+        is not the current one: another tab changed them) and as ingest's boxes.csv."""
         clean = []
         s = self.raw(study_id)
         if len(boxes) > self.limits.max_boxes:
@@ -356,7 +422,7 @@ class StudyStore:
                 }
             )
         with self.lock(study_id):
-            atomic_write_json(self.folder(study_id) / "boxes.json", clean)
+            self.worklist.set_boxes(study_id, clean, expected_version, actor)
             self._write_cohort_boxes(study_id, s, clean)
         return clean
 

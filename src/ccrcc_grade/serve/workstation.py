@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -23,9 +24,10 @@ from ccrcc_grade.model.predict import grade_rois
 from ccrcc_grade.roi.net import RoiModel
 from ccrcc_grade.roi.propose import propose_patient
 from ccrcc_grade.roi.volume import PhaseVolume, read_dicom_volume
-from ccrcc_grade.serve.errors import Stale, Unprocessable
+from ccrcc_grade.serve.errors import NotFound, Stale, Unprocessable
 from ccrcc_grade.serve.models import ModelRegistry
 from ccrcc_grade.serve.pacs import Pacs
+from ccrcc_grade.serve.sender import Destination
 from ccrcc_grade.serve.store import CSV_SOURCE, StudyStore
 
 # the roi package's box sources (boxes.csv's `source`) -> the workstation's (the SR's "drawn by")
@@ -62,9 +64,16 @@ class Workstation:
     routes do with them: grade a study, check a stored grade still matches its inputs, build the SR."""
 
     def __init__(
-        self, registry: ModelRegistry, store: StudyStore, pacs: Pacs | None, roi_model: RoiModel | None = None
+        self,
+        registry: ModelRegistry,
+        store: StudyStore,
+        pacs: Pacs | None,
+        roi_model: RoiModel | None = None,
+        send_to: Destination | None = None,
+        ae_title: str = "CCRCC",
     ):
         self.registry, self.store, self.pacs, self.roi_model = registry, store, pacs, roi_model
+        self.send_to, self.ae_title = send_to, ae_title
         self.hu = lru_cache(maxsize=96)(store.slice_hu)  # decoded slices for the viewer's window changes
 
     def private_paths(self) -> list[str]:
@@ -142,8 +151,15 @@ class Workstation:
         return assess(boxes, phase, ref, geometry)
 
     def grade(
-        self, study_id: str, model_id: str | None, cam: bool, box_k: int | None = None, include_proposed: bool = False
+        self,
+        study_id: str,
+        model_id: str | None,
+        cam: bool,
+        box_k: int | None = None,
+        include_proposed: bool = False,
+        actor: str = "workstation",
     ) -> dict:
+        self.ready(study_id)
         m = self.registry.get(model_id)
         phase = m["card"]["phase"]
         if phase == "combined":
@@ -191,6 +207,7 @@ class Workstation:
         result["patient_id"] = study_id
         result["inputs_sha256"] = inputs  # what the grade was computed from: checked before a report or SR
         atomic_write_json(out / "result.json", result)
+        self.store.worklist.set_status(study_id, "graded", actor, f"{m['id']}: {result['grade']}")
         log.info("study %s graded with %s: %s", study_id, m["id"], result["grade"])
         return result
 
@@ -199,14 +216,22 @@ class Workstation:
         """A stored series as a volume in patient coordinates (``roi.volume``)."""
         return read_dicom_volume(self.store.folder(study_id) / "series" / series["folder"], allow_derived=True)
 
-    def propose(self, study_id: str, phase: str | None, method: str = "auto", propagate: bool = False) -> dict:
+    def propose(
+        self,
+        study_id: str,
+        phase: str | None,
+        method: str = "auto",
+        propagate: bool = False,
+        actor: str = "workstation",
+    ) -> dict:
         """Proposed boxes from the study's confirmed boxes: the proposal model's walk (or the
         interpolation between key boxes) on ``phase``, and with ``propagate`` every other
         assigned phase. Confirmed boxes are never changed; earlier unconfirmed proposals are
         replaced. Nothing is saved when the proposal fails (the error says why)."""
         raw = self.store.raw(study_id)
         assigned = {x["phase"]: x for x in raw["series"] if x["phase"]}
-        boxes = self.store.boxes(study_id)
+        self.store.folder(study_id)
+        boxes, version = self.store.worklist.boxes(study_id)  # saved only if nobody changed them meanwhile
         confirmed = [b for b in boxes if b.get("confirmed", True)]
         by_sop = {sop: (x["phase"], k) for x in assigned.values() for k, sop in enumerate(x["sop_instance_uids"])}
         keyed = [(by_sop[b["sop_instance_uid"]], b) for b in confirmed if b["sop_instance_uid"] in by_sop]
@@ -255,7 +280,7 @@ class Workstation:
                         "history": [],
                     }
                 )
-        saved = self.store.set_boxes(study_id, confirmed + proposals)
+        saved = self.store.set_boxes(study_id, confirmed + proposals, version, actor)
         counts: dict[str, int] = {}
         for b in proposals:
             counts[b["source"]] = counts.get(b["source"], 0) + 1
@@ -299,6 +324,7 @@ class Workstation:
             "grade": result["grade"],
         }
         atomic_write_json(self.store.prediction_dir(study_id, m["id"]) / "signoff.json", sign)
+        self.store.worklist.log(study_id, sign["observer"], "signed off", f"{m['id']}: {result['grade']}")
         log.info("study %s: grade signed off by %s", study_id, sign["observer"])
         return sign
 
@@ -328,36 +354,181 @@ class Workstation:
         the same inputs and sign-off give the same instance again (downloading or storing twice
         makes no duplicate); a changed grade or a sign-off makes the next version in the same
         series, naming the previous one as its predecessor."""
+        return self._sr(study_id, model_id)[0]
+
+    def _sr(self, study_id: str, model_id: str | None) -> tuple[pydicom.Dataset, Path]:
         from ccrcc_grade.serve.sr import build_sr
 
         result, m = self.last_result(study_id, model_id)
         sign = self.signoff(study_id, m)
         key = hashlib.sha256(json.dumps([result["inputs_sha256"], sign], sort_keys=True).encode()).hexdigest()
-        folder = self.store.prediction_dir(study_id, m["id"]) / "sr"
-        with self.store.lock(study_id):
-            index = json.loads((folder / "index.json").read_text()) if (folder / "index.json").is_file() else {}
-            versions = index.get("versions", [])
-            if versions and versions[-1]["key"] == key:
-                return pydicom.dcmread(folder / versions[-1]["file"])
+
+        def make(series_uid: str | None, n: int, previous: pydicom.Dataset | None) -> pydicom.Dataset:
             sources = {}
             for s in result["slices"]:
                 path = self.store.slice_path(study_id, s["series_uid"], s["slice_index"])
                 sources[s["sop_instance_uid"]] = pydicom.dcmread(path, stop_before_pixels=True)
-            previous = [pydicom.dcmread(folder / versions[-1]["file"])] if versions else None
-            ds = build_sr(
+            return build_sr(
                 result,
                 sources,
                 m["id"],
+                m["predictor"].weights_sha256,
                 signoff=sign,
-                series_uid=index.get("series_uid"),
-                instance_number=len(versions) + 1,
-                previous=previous,
+                series_uid=series_uid,
+                instance_number=n,
+                previous=[previous] if previous is not None else None,
             )
+
+        return self._versioned(study_id, self.store.prediction_dir(study_id, m["id"]) / "sr", key, make)
+
+    def key_image(self, study_id: str, model_id: str | None) -> tuple[pydicom.Dataset, Path]:
+        """The key image of the current grade (``keyimage``): the slice with the largest box, all
+        its boxes, the heat map when the grade made one; versioned like the SR (``.../key``)."""
+        from ccrcc_grade.serve.keyimage import build_key_image
+
+        result, m = self.last_result(study_id, model_id)
+        if not result.get("slices"):
+            raise Unprocessable(f"study {study_id}: the grade has no boxed slice to show")
+        best = max(result["slices"], key=lambda s: (s["box"][2] - s["box"][0]) * (s["box"][3] - s["box"][1]))
+        heat = None
+        if best.get("heat_url"):
+            heat = self.store.prediction_dir(study_id, m["id"]) / "cam" / best["heat_url"].rsplit("/", 1)[-1]
+        stored = {b["sop_instance_uid"]: b for b in self.store.boxes(study_id)}
+        boxes = [
+            (*s["box"], stored.get(s["sop_instance_uid"], {}).get("source", "person"))
+            for s in result["slices"]
+            if s["sop_instance_uid"] == best["sop_instance_uid"]
+        ]
+        key = hashlib.sha256(json.dumps([result["inputs_sha256"], bool(heat)], sort_keys=True).encode()).hexdigest()
+
+        def make(series_uid: str | None, n: int, previous: pydicom.Dataset | None) -> pydicom.Dataset:
+            import highdicom as hd
+
+            path = self.store.slice_path(study_id, best["series_uid"], best["slice_index"])
+            return build_key_image(
+                result,
+                pydicom.dcmread(path),
+                self.hu(study_id, best["series_uid"], best["slice_index"]),
+                boxes,
+                heat,
+                m["id"],
+                m["predictor"].weights_sha256,
+                series_uid or hd.UID(),
+                n,
+            )
+
+        return self._versioned(study_id, self.store.prediction_dir(study_id, m["id"]) / "key", key, make)
+
+    def _versioned(self, study_id: str, folder: Path, key: str, make: Callable) -> tuple[pydicom.Dataset, Path]:
+        """One series of versions of a result object (``folder/index.json``): the same ``key``
+        gives the stored instance again; a new key the next instance of the series, made by
+        ``make(series_uid or None, instance_number, previous dataset or None)``."""
+        with self.store.lock(study_id):
+            index = json.loads((folder / "index.json").read_text()) if (folder / "index.json").is_file() else {}
+            versions = index.get("versions", [])
+            if versions and versions[-1]["key"] == key:
+                return pydicom.dcmread(folder / versions[-1]["file"]), folder / versions[-1]["file"]
+            previous = pydicom.dcmread(folder / versions[-1]["file"]) if versions else None
+            ds = make(index.get("series_uid"), len(versions) + 1, previous)
             name = f"{len(versions) + 1}.dcm"
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(folder / name, lambda fh: ds.save_as(fh, enforce_file_format=True))
             versions.append(
-                {"file": name, "key": key, "sop_instance_uid": str(ds.SOPInstanceUID), "verified": bool(sign)}
+                {
+                    "file": name,
+                    "key": key,
+                    "sop_instance_uid": str(ds.SOPInstanceUID),
+                    "verified": str(getattr(ds, "VerificationFlag", "")) == "VERIFIED",
+                }
             )
             atomic_write_json(folder / "index.json", {"series_uid": str(ds.SeriesInstanceUID), "versions": versions})
-        return ds
+        return ds, folder / name
+
+    # --- results into the PACS ------------------------------------------------------------------
+    def results(self, study_id: str, model_id: str | None) -> list[dict]:
+        """The DICOM objects of the current grade, made when first asked for: the SR and the key
+        image (``kind``, ``sop_class_uid``, ``sop_instance_uid``, ``url``; ``path`` stays here)."""
+        self.ready(study_id)
+        out = []
+        made = (("sr", self._sr(study_id, model_id)), ("key_image", self.key_image(study_id, model_id)))
+        for kind, (ds, path) in made:
+            out.append(
+                {
+                    "kind": kind,
+                    "sop_class_uid": str(ds.SOPClassUID),
+                    "sop_instance_uid": str(ds.SOPInstanceUID),
+                    "url": f"/api/studies/{study_id}/results/{ds.SOPInstanceUID}",
+                    "path": path,
+                }
+            )
+        return out
+
+    def result_file(self, study_id: str, sop_uid: str) -> Path:
+        """A result object this server wrote for the study, by SOP Instance UID (any version)."""
+        base = self.store.folder(study_id) / "predictions"
+        for index in sorted(base.glob("*/*/index.json")) if base.is_dir() else []:
+            for v in json.loads(index.read_text()).get("versions", []):
+                if v["sop_instance_uid"] == sop_uid:
+                    return index.parent / v["file"]
+        raise NotFound(f"no result {sop_uid!r} in study {study_id}")
+
+    def ready(self, study_id: str) -> None:
+        """A study still receiving instances is neither graded nor sent (409)."""
+        if self.store.worklist.study(study_id)["status"] == "receiving":
+            raise Stale(f"study {study_id} is still receiving instances; it is graded once complete")
+
+    def destination(self) -> str:
+        if self.send_to is not None:
+            return str(self.send_to)
+        if self.pacs is not None:
+            return f"STOW-RS {self.pacs.url}"
+        raise Unprocessable("no destination configured (start serve with --send AE@HOST:PORT or --pacs URL)")
+
+    def send(self, study_id: str, model_id: str | None, actor: str = "workstation") -> dict:
+        """Send the current results (made now if needed) as a job: tried at once; when the
+        destination is down the job stays queued and is retried, the study shows ``failed`` with
+        the error meanwhile."""
+        dest = self.destination()
+        made = self.results(study_id, model_id)
+        m = self.registry.get(model_id)
+        job = self.store.worklist.add_job(study_id, m["id"], dest, [str(r["path"]) for r in made])
+        self.store.worklist.log(study_id, actor, "send", f"{len(made)} object(s) to {dest} (job {job})")
+        done = self.run_job(job)
+        out = {"destination": dest, "sent": done["sent"], "job": job, "status": done["status"]}
+        if done.get("error"):
+            out["error"] = done["error"]
+        return out
+
+    def run_job(self, job_id: int) -> dict:
+        """One attempt of a send job; the worklist follows (``sent``, or ``failed`` with the error
+        and when the next attempt is)."""
+        from ccrcc_grade.serve.sender import RETRY_SECONDS, c_store
+
+        wl = self.store.worklist
+        job = wl.job(job_id)
+        sid = job["study_id"]
+        try:
+            datasets = [pydicom.dcmread(p) for p in job["instances"]]
+            if job["destination"].startswith("STOW-RS "):
+                for ds in datasets:
+                    self.need_pacs().store(ds)
+                sent = [str(ds.SOPInstanceUID) for ds in datasets]
+            else:
+                sent = c_store(datasets, self.send_to, self.ae_title)
+        except (CcrccError, OSError) as exc:
+            attempt = job["attempts"] + 1
+            retry = RETRY_SECONDS[attempt - 1] if attempt <= len(RETRY_SECONDS) else None
+            why = str(exc).splitlines()[0]
+            error = f"sending to {job['destination']} failed: {why}; " + (
+                f"attempt {attempt} of {len(RETRY_SECONDS) + 1}, next in {retry:.0f} s"
+                if retry is not None
+                else "gave up after the last attempt (send again when the destination is back)"
+            )
+            wl.finish_job(job_id, False, error, retry)
+            wl.set_status(sid, "failed", "sender", error=error)
+            log.warning("study %s: %s", sid, error)
+            return {"sent": [], "status": "queued" if retry is not None else "failed", "error": error}
+        wl.finish_job(job_id, True, None, None)
+        wl.set_status(sid, "sent", "sender", f"{len(sent)} object(s) to {job['destination']}")
+        log.info("study %s: %d result object(s) sent to %s", sid, len(sent), job["destination"])
+        return {"sent": sent, "status": "sent"}

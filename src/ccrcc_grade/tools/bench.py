@@ -536,6 +536,65 @@ def bench_roi(roi_model: str | None = None, grade_model: str | None = None, seed
     }
 
 
+def bench_listen(n_slices: int = 400, matrix: int = 512, stable_seconds: float = 2.0) -> dict:
+    """The DICOM receiver: a 400-slice CT series pushed by a pynetdicom SCU over loopback in one
+    association (instances per second, each fsynced and recorded before success is answered),
+    and the time from the last instance to the study being complete on the worklist with its
+    series assigned, the quiet time (``stable_seconds``) excluded."""
+    import pydicom
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    from ccrcc_grade.serve.receiver import Receiver
+    from ccrcc_grade.serve.store import StudyStore
+    from ccrcc_grade.tools.synth import synthetic_patient, write_dicom_slice
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        p = synthetic_patient(rng, "BENCH", 1, matrix)
+        uids = {"study": "1.2.3", "frame": "1.2.4", "parenchymal": "1.2.5"}
+        datasets = []
+        for k in range(n_slices):
+            f = Path(tmp) / f"{k:04d}.dcm"
+            write_dicom_slice(f, rng.normal(40, 60, (matrix, matrix)).astype(np.float32), p, "parenchymal", k, uids)
+            datasets.append(pydicom.dcmread(f))
+        store = StudyStore(Path(tmp) / "data")
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        receiver = Receiver(store, "CCRCC", port, ["BENCH@127.0.0.1"], stable_seconds, "127.0.0.1").start()
+        try:
+            ae = AE("BENCH")
+            ae.add_requested_context(CTImageStorage, str(datasets[0].file_meta.TransferSyntaxUID))
+            t0 = time.perf_counter()
+            assoc = ae.associate("127.0.0.1", port, ae_title="CCRCC")
+            statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
+            assoc.release()
+            t_last = time.perf_counter()
+            if any(statuses):
+                raise RuntimeError(f"bench listen: refused instances {sorted(set(statuses))}")
+            while not [s for s in store.listing() if s["status"] == "complete"]:
+                time.sleep(0.02)
+                if time.perf_counter() - t_last > 600:
+                    raise RuntimeError("bench listen: the study was not complete after 10 minutes")
+            t_done = time.perf_counter()
+        finally:
+            receiver.stop()
+        (s,) = store.listing()
+    return {
+        "bench": "listen",
+        "slices": n_slices,
+        "matrix": matrix,
+        "instances_per_s": round(n_slices / (t_last - t0), 1),
+        "mb_per_s": round(sum(len(d.PixelData) for d in datasets) / 1e6 / (t_last - t0), 1),
+        "complete_after_last_s": round(t_done - t_last - stable_seconds, 2),
+        "stable_seconds": stable_seconds,
+        "series": [(x["phase"], x["slices"]) for x in s["series"]],
+    }
+
+
 def bench(
     what: str,
     device: str = "auto",
@@ -547,7 +606,7 @@ def bench(
 ) -> Iterator[dict]:
     """Yield result lines; 'all' runs each benchmark in a fresh process so peak memory is its own."""
     if what == "all":
-        for w in ("ingest", "predict", "serve", "robustness", "train"):
+        for w in ("ingest", "predict", "serve", "listen", "robustness", "train"):
             out = subprocess.run(
                 [
                     sys.executable,
@@ -587,6 +646,8 @@ def bench(
         line = bench_robustness(device, image_size=image_size)
     elif what == "roi":
         line = bench_roi(roi_model)
+    elif what == "listen":
+        line = bench_listen()
     else:
         line = bench_serve(device)
     yield {**line, "cpu": cpu_name()}

@@ -31,7 +31,7 @@ def router(ws: Workstation, auth: params.Depends) -> APIRouter:
 
     @r.get("/api/config", dependencies=api)
     def config() -> dict:
-        return {"pacs": ws.pacs is not None, "disclaimer": DISCLAIMER}
+        return {"pacs": ws.pacs is not None, "send": ws.send_to is not None, "disclaimer": DISCLAIMER}
 
     @r.get("/api/models", dependencies=api)
     def list_models() -> list[dict]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import io
 import logging
 
-from fastapi import APIRouter, params
+from fastapi import APIRouter, Request, params
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from ccrcc_grade.serve.errors import NotFound
 from ccrcc_grade.serve.report import report_html
-from ccrcc_grade.serve.schemas import PredictIn, SignOffIn, StoreSrIn
+from ccrcc_grade.serve.routes.studies import actor
+from ccrcc_grade.serve.schemas import PredictIn, SendIn, SignOffIn, StoreSrIn
 from ccrcc_grade.serve.workstation import Workstation
 
 log = logging.getLogger("ccrcc_grade.serve")
@@ -22,8 +23,24 @@ def router(ws: Workstation, auth: params.Depends) -> APIRouter:
     store = ws.store
 
     @r.post("/api/studies/{study_id}/predict")
-    def predict(study_id: str, q: PredictIn) -> dict:
-        return ws.grade(study_id, q.model, q.cam, q.box_k, q.include_proposed)
+    def predict(study_id: str, q: PredictIn, request: Request) -> dict:
+        return ws.grade(study_id, q.model, q.cam, q.box_k, q.include_proposed, actor(request))
+
+    @r.get("/api/studies/{study_id}/results")
+    def results_list(study_id: str, model: str | None = None) -> list[dict]:
+        """The DICOM objects of the current grade for the PACS (made when first asked for): the
+        SR and the key image, each with its SOP class, SOP instance UID and a URL."""
+        return [{k: v for k, v in x.items() if k != "path"} for x in ws.results(study_id, model)]
+
+    @r.get("/api/studies/{study_id}/results/{sop_uid}")
+    def result_file(study_id: str, sop_uid: str) -> FileResponse:
+        return FileResponse(ws.result_file(study_id, sop_uid), media_type="application/dicom")
+
+    @r.post("/api/studies/{study_id}/send")
+    def send(study_id: str, q: SendIn, request: Request) -> dict:
+        """The results into the PACS: C-STORE to ``--send``, else STOW-RS to ``--pacs``; a
+        destination that is down leaves the job queued for retries (``status``, ``error``)."""
+        return ws.send(study_id, q.model, actor(request))
 
     @r.post("/api/studies/{study_id}/signoff")
     def signoff(study_id: str, q: SignOffIn) -> dict:

@@ -33,9 +33,11 @@ const hu = new Map();      // "uid/k" -> {rows, cols, data: Int16Array} (or a pe
 const heat = new Map();    // heat-map url -> Image
 
 // ---------------------------------------------------------------- API
-async function api(method, url, body, kind) {
-  const headers = {};
+async function api(method, url, body, kind, extra) {
+  const headers = { ...(extra || {}) };
   if (state.token) headers["Authorization"] = "Bearer " + state.token;
+  const user = ($("observer") && $("observer").value.trim()) || "";
+  if (user.length >= 2) headers["X-User"] = user;   // the audit log's "who" (the name the sign-off uses)
   let payload = body;
   if (body !== undefined && !(body instanceof FormData)) {
     headers["Content-Type"] = "application/json";
@@ -44,14 +46,17 @@ async function api(method, url, body, kind) {
   const res = await fetch(url, { method, headers, body: payload });
   if (res.status === 401) {
     const t = prompt("This workstation needs its access token:");
-    if (t) { state.token = t; sessionStorage.setItem("ccrcc-token", t); return api(method, url, body, kind); }
+    if (t) { state.token = t; sessionStorage.setItem("ccrcc-token", t); return api(method, url, body, kind, extra); }
   }
   if (!res.ok) {
     let detail = res.status + " " + res.statusText;
     try { detail = (await res.json()).detail || detail; } catch (e) { /* not JSON */ }
     if (typeof detail !== "string") detail = JSON.stringify(detail);
-    throw new Error(detail);
+    const err = new Error(detail);
+    err.status = res.status;
+    throw err;
   }
+  api.etag = res.headers.get("ETag");   // the boxes' version, for the next save's If-Match
   if (kind === "blob") return res.blob();
   if (kind === "buffer") return res.arrayBuffer();
   return res.json();
@@ -76,6 +81,9 @@ async function init() {
   $("observer").value = localStorage.getItem("ccrcc-observer") || "";
   showCard();
   resize();
+  $("send").hidden = !(cfg.send || cfg.pacs);
+  await refreshWorklist();
+  setInterval(() => refreshWorklist().catch(() => {}), 10000);
   // launched from the PACS: ?StudyInstanceUIDs=<uid> (OHIF's parameter) or #study=<id>
   const uid = new URLSearchParams(location.search).get("StudyInstanceUIDs");
   const m = location.hash.match(/study=([0-9a-f]{16})/);
@@ -84,8 +92,8 @@ async function init() {
 }
 
 async function openStudyUid(uid) {
-  const found = await api("GET", "/api/studies?study_uid=" + encodeURIComponent(uid));
-  if (found.length) { await loadStudy(found[found.length - 1]); return; }
+  const found = (await api("GET", "/api/studies?study_uid=" + encodeURIComponent(uid))).filter((s) => s.series.length);
+  if (found.length) { await loadStudy(found[0].study_id); return; }   // the newest stored one
   say("loading the study from the PACS...", true);
   const r = await api("POST", "/api/studies/pacs", { study_uid: uid });
   await loadStudy(r.study_id);
@@ -122,6 +130,7 @@ async function droppedFiles(dt) {
 async function loadStudy(id) {
   state.study = await api("GET", "/api/studies/" + id);
   state.boxes = await api("GET", `/api/studies/${id}/boxes`);
+  state.boxesEtag = api.etag;
   state.result = null; state.signed = null; state.history = []; state.future = []; state.saveError = null; state.lastPropose = null;
   hu.clear(); heat.clear();
   location.hash = "study=" + id;
@@ -444,9 +453,21 @@ function saveBoxes() {
   const body = state.boxes.map((b) => ({ sop_instance_uid: b.sop_instance_uid, x_min: b.x_min, y_min: b.y_min,
     x_max: b.x_max, y_max: b.y_max, source: b.source || "person", confirmed: b.confirmed !== false, history: b.history || [] }));
   state.pending = (state.pending || 0) + 1;   // the page says "saving" until the server has them
-  saving = saving.then(() => api("PUT", `/api/studies/${state.study.study_id}/boxes`, body))
-    .then((saved) => { state.pending--; if (!state.pending) state.boxes = saved; state.saveError = null; renderBoxList(); })
-    .catch((e) => { state.pending--; state.saveError = e.message; say(e.message); draw(); });
+  const id = state.study.study_id;
+  // If-Match: the version this page last saw; another tab's save in between is refused (409), and
+  // this page then reloads the study's boxes rather than overwrite that tab's work
+  saving = saving.then(() => api("PUT", `/api/studies/${id}/boxes`, body, undefined, { "If-Match": state.boxesEtag || '"0"' }))
+    .then((saved) => { state.pending--; state.boxesEtag = api.etag; if (!state.pending) state.boxes = saved; state.saveError = null; renderBoxList(); })
+    .catch(async (e) => {
+      state.pending--;
+      if (e.status === 409) {   // stale: show what the other tab saved
+        const msg = e.message;
+        await loadStudy(id);
+        say(msg + " (reloaded; your last change was not saved)");
+        return;
+      }
+      state.saveError = e.message; say(e.message); draw();
+    });
   return saving;
 }
 
@@ -607,6 +628,7 @@ async function proposeBoxes(opts) {
   say("proposing boxes...", true);
   const t0 = performance.now();
   const r = await api("POST", `/api/studies/${state.study.study_id}/propose`, body);
+  state.boxesEtag = api.etag;   // the proposals are a new version of the boxes
   state.history.push(snapshot()); state.future = [];
   state.boxes = r.boxes;
   if (state.result) { state.result = null; state.signed = null; renderResult(); }
@@ -698,10 +720,40 @@ function renderResult() {
   $("report").onclick = (ev) => { ev.preventDefault(); guarded(() => openBlob(base + "/report" + q, null)); };
   $("sr").onclick = (ev) => { ev.preventDefault(); guarded(() => openBlob(base + "/sr" + q, `ccrcc-grade-${state.study.study_id}.dcm`)); };
   $("export").onclick = (ev) => { ev.preventDefault(); guarded(() => openBlob(base + "/export", `cohort-${state.study.study_id}.zip`)); };
+  $("send").onclick = () => guarded(sendResults);
   $("sr-store").onclick = () => guarded(async () => {
     const s = await api("POST", base + "/sr/store", { model: r.model.id });
     say("SR stored in the PACS (" + s.sop_instance_uid + ")", true);
   });
+}
+
+// ---------------------------------------------------------------- worklist
+const STATUS_TEXT = { receiving: "receiving...", complete: "phases assigned", boxed: "boxed", graded: "graded",
+  sent: "sent to the PACS", failed: "failed" };
+async function refreshWorklist() {
+  const studies = await api("GET", "/api/studies");
+  const rows = studies.map((s) => {
+    const p = s.patient || {};
+    const phases = s.series.filter((x) => x.phase).map((x) => x.phase).join(", ");
+    const tr = el("tr", { className: "wl-" + s.status, dataset: { study: s.study_id }, title: s.error || "" },
+      el("td", {}, `${p.name || "(no name)"} ${p.patient_id ? "· " + p.patient_id : ""}`),
+      el("td", {}, p.study_date || ""), el("td", {}, s.source),
+      el("td", { className: "wl-status" }, STATUS_TEXT[s.status] || s.status, s.error ? el("div", { className: "error" }, s.error) : null),
+      el("td", { className: "hint" }, phases));
+    if (s.series.length) tr.addEventListener("click", () => guarded(() => loadStudy(s.study_id)));
+    return tr;
+  });
+  $("worklist").querySelector("tbody").replaceChildren(...rows);
+  $("worklist-empty").hidden = studies.length > 0;
+}
+
+async function sendResults() {
+  const r = state.result;
+  if (!r) throw new Error("grade first");
+  const s = await api("POST", `/api/studies/${state.study.study_id}/send`, { model: r.model.id });
+  if (s.status === "sent") say(`sent ${s.sent.length} object(s) (SR, key image) to ${s.destination}`, true);
+  else say(s.error || "sending failed; it is retried");
+  await refreshWorklist();
 }
 
 async function signOff() {

@@ -1,0 +1,167 @@
+"""The PACS-native path end to end: a real Orthanc (the hospital PACS) pushes a four-phase phantom
+study to the workstation's receiver by C-STORE (its REST ``/modalities/{id}/store``), the study
+shows on the worklist as complete with its phases, boxes go through the API, grading runs, and
+the SR and key image arrive back in the same study in Orthanc by C-STORE; dciodvfy (and for the
+SR pixelmed's DicomSRValidator) report 0 errors on each. A destination that is down leaves the
+results queued, the study ``failed`` with the error, and the retry delivers them."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pydicom
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from ccrcc_grade.serve import create_app
+from ccrcc_grade.serve.receiver import DicomNode
+
+SC = "1.2.840.10008.5.1.4.1.1.7"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def rest(url: str, body: object | None = None, raw: bytes | None = None) -> object:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(req, timeout=120) as r:
+        text = r.read()
+    return json.loads(text) if text else None
+
+
+def wait_status(c: TestClient, want: str, timeout: float = 60, study_id: str | None = None) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        studies = [s for s in c.get("/api/studies").json() if study_id in (None, s["study_id"])]
+        if studies and all(s["status"] == want for s in studies):
+            return studies[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no study reached {want!r} in {timeout} s: {c.get('/api/studies').json()}")
+
+
+@pytest.fixture(scope="module")
+def hospital(start_orthanc, tmp_path_factory, free_port):
+    """Orthanc as the hospital PACS: its DICOM server on, our receiver as the modality "ccrcc"."""
+    ours, theirs = free_port(), free_port()
+    extra = {
+        "DicomServerEnabled": True,
+        "DicomAet": "ORTHANC",
+        "DicomPort": theirs,
+        "DicomModalities": {"ccrcc": ["CCRCC", "127.0.0.1", ours]},
+    }
+    with start_orthanc(tmp_path_factory.mktemp("hospital"), extra) as url:
+        yield {"url": url, "dicom_port": theirs, "our_port": ours}
+
+
+def test_orthanc_pushes_we_grade_and_send_back(
+    hospital, dicom_cohort, trained_run, cohort_boxes, validate_dicom, tmp_path, caplog
+):
+    caplog.set_level("INFO")
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    files = sorted((dicom_cohort / pid).rglob("*.dcm"))
+    for f in files:
+        rest(f"{hospital['url']}/instances", raw=f.read_bytes())
+    (study,) = rest(f"{hospital['url']}/studies")
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    node = DicomNode(
+        "CCRCC",
+        hospital["our_port"],
+        ["ORTHANC@127.0.0.1"],
+        stable_seconds=1,
+        host="127.0.0.1",
+        send=f"ORTHANC@127.0.0.1:{hospital['dicom_port']}",
+    )
+    with TestClient(create_app([trained_run], tmp_path / "d", dicom=node), base_url="http://127.0.0.1") as c:
+        rest(f"{hospital['url']}/modalities/ccrcc/store", {"Resources": [study], "Synchronous": True})
+        s = wait_status(c, "complete")
+        sid = s["study_id"]
+        assert s["source"] == "dicom" and s["study_uid"] == study_uid
+        assert sorted(x["phase"] for x in s["series"]) == ["corticomedullary", "excretory", "parenchymal", "plain"]
+        assert sum(x["slices"] for x in s["series"]) == len(files)
+
+        # pushed again: acknowledged, nothing duplicated, the study stays as it was
+        rest(f"{hospital['url']}/modalities/ccrcc/store", {"Resources": [study], "Synchronous": True})
+        time.sleep(1.5)
+        again = c.get("/api/studies").json()
+        assert [x["study_id"] for x in again] == [sid] and again[0]["status"] == "complete"
+        assert sum(x["slices"] for x in again[0]["series"]) == len(files)
+
+        boxes = cohort_boxes(dicom_cohort, pid)
+        r = c.put(f"/api/studies/{sid}/boxes", json=boxes, headers={"If-Match": '"0"'})
+        assert r.status_code == 200, r.text
+        assert wait_status(c, "boxed", 5)["study_id"] == sid
+        res = c.post(f"/api/studies/{sid}/predict", json={"cam": True}).json()
+        assert res["grade"] in ("high", "low", "uncertain")
+        assert c.get("/api/studies").json()[0]["status"] == "graded"
+
+        made = c.get(f"/api/studies/{sid}/results").json()
+        assert sorted(x["kind"] for x in made) == ["key_image", "sr"]
+        for x in made:
+            got = c.get(x["url"])
+            assert got.status_code == 200 and got.headers["content-type"] == "application/dicom"
+            path = tmp_path / f"{x['kind']}.dcm"
+            path.write_bytes(got.content)
+            ds = pydicom.dcmread(path)
+            assert ds.SOPClassUID == x["sop_class_uid"] and ds.SOPInstanceUID == x["sop_instance_uid"]
+            assert ds.StudyInstanceUID == study_uid and ds.PatientID == pid
+            assert validate_dicom(path, sr=x["kind"] == "sr") == []
+        sent = c.post(f"/api/studies/{sid}/send", json={}).json()
+        assert sent["status"] == "sent" and sorted(sent["sent"]) == sorted(x["sop_instance_uid"] for x in made)
+        assert sent["destination"] == f"ORTHANC@127.0.0.1:{hospital['dicom_port']}"
+        assert c.get("/api/studies").json()[0]["status"] == "sent"
+        history = c.get(f"/api/studies/{sid}/history").json()
+        assert [e["action"] for e in history["events"]][:2] == ["receiving", "complete"]
+        assert {"boxes", "graded", "send", "sent"} <= {e["action"] for e in history["events"]}
+
+    # back in the hospital's PACS, in the same study: the CT, the SR and the key image
+    series = rest(f"{hospital['url']}/studies/{study}/series")
+    by_modality = {x["MainDicomTags"]["Modality"]: x for x in series}
+    assert set(by_modality) == {"CT", "SR", "OT"}
+    instances = rest(f"{hospital['url']}/studies/{study}/instances")
+    assert len(instances) == len(files) + 2  # nothing duplicated by the second push
+    got = {i["MainDicomTags"]["SOPInstanceUID"] for i in instances}
+    assert {x["sop_instance_uid"] for x in made} <= got
+    log = caplog.text
+    assert pid not in log and "PHANTOM" not in log  # no patient id or name in the log, only our study id
+    assert sid in log
+
+
+def test_destination_down_then_retried(dicom_cohort, trained_run, cohort_boxes, patient_files, free_port, tmp_path):
+    """The PACS is down when results are sent: the job is queued, the study is ``failed`` with the
+    error on the worklist; once a PACS answers at that address the retry delivers them."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from ccrcc_grade.serve import sender
+
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    port = free_port()
+    node = DicomNode("CCRCC", None, [], send=f"DOWN@127.0.0.1:{port}")
+    with TestClient(create_app([trained_run], tmp_path / "d", dicom=node), base_url="http://127.0.0.1") as c:
+        sid = c.post("/api/studies", files=patient_files(dicom_cohort, pid)).json()["study_id"]
+        assert c.put(f"/api/studies/{sid}/boxes", json=cohort_boxes(dicom_cohort, pid)).status_code == 200
+        c.post(f"/api/studies/{sid}/predict", json={})
+        r = c.post(f"/api/studies/{sid}/send", json={}).json()
+        assert r["status"] == "queued" and r["sent"] == [] and "not reachable" in r["error"]
+        (entry,) = c.get("/api/studies").json()
+        assert entry["status"] == "failed" and "attempt 1 of" in entry["error"] and "next in 5 s" in entry["error"]
+        received = []
+        scp = AE("DOWN")
+        scp.supported_contexts = AllStoragePresentationContexts
+        server = scp.start_server(
+            ("127.0.0.1", port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, lambda e: received.append(e.request.AffectedSOPInstanceUID) or 0)],
+        )
+        try:
+            assert sender.RETRY_SECONDS[0] == 5
+            wait = time.time() + 20
+            while c.get("/api/studies").json()[0]["status"] != "sent" and time.time() < wait:
+                time.sleep(0.3)
+        finally:
+            server.shutdown()
+        assert c.get("/api/studies").json()[0]["status"] == "sent"
+        (job,) = c.get(f"/api/studies/{sid}/history").json()["jobs"]
+        assert job["status"] == "sent" and job["attempts"] == 2
+        assert len(received) == 2
