@@ -29,7 +29,7 @@ setup: $(VENV)/.installed
 SWAGGER_UI := 5.35.0
 SWAGGER_UI_SHA512 := U06rpMtW9V3XPGOBeamTUSr0Z09jMX4IJuANpE/EZbAhw0G8CgwrzU4YmXkn/h0wCDNsXdGarTNNHC3sU8yVUQ==
 VENDOR := src/ccrcc_grade/serve/static/vendor
-vendor: $(VENDOR)/swagger-ui/swagger-ui-bundle.js
+vendor: $(VENDOR)/swagger-ui/swagger-ui-bundle.js $(VENDOR)/ohif/index.html
 
 $(VENDOR)/swagger-ui/swagger-ui-bundle.js:
 	@command -v npm >/dev/null || { echo "needs npm (apt-get install npm) for the API page's Swagger UI"; exit 1; }
@@ -39,6 +39,21 @@ $(VENDOR)/swagger-ui/swagger-ui-bundle.js:
 	  || { echo "swagger-ui-dist-$(SWAGGER_UI).tgz: SHA-512 differs from the pinned one"; rm -rf $(VENDOR)/.tmp; exit 1; }
 	tar -xzf $(VENDOR)/.tmp/swagger-ui-dist-$(SWAGGER_UI).tgz -C $(VENDOR)/.tmp package/swagger-ui-bundle.js package/swagger-ui.css package/LICENSE
 	mkdir -p $(VENDOR)/swagger-ui && mv $(VENDOR)/.tmp/package/* $(VENDOR)/swagger-ui/ && rm -rf $(VENDOR)/.tmp
+
+# The OHIF Viewer that `serve --ohif` serves (the PACS-native results seen in the viewer research
+# hospitals use): npm's @ohif/app ships the built viewer in dist/ (~50 MB packed, ~200 MB
+# unpacked), pinned by version and the registry's SHA-512; only dist/ and the licence are kept.
+OHIF := 3.13.2
+OHIF_SHA512 := WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
+$(VENDOR)/ohif/index.html:
+	@command -v npm >/dev/null || { echo "needs npm (apt-get install npm) for the OHIF viewer"; exit 1; }
+	rm -rf $(VENDOR)/.ohif && mkdir -p $(VENDOR)/.ohif
+	cd $(VENDOR)/.ohif && npm pack --silent @ohif/app@$(OHIF) >/dev/null
+	@test "$$(openssl dgst -sha512 -binary $(VENDOR)/.ohif/ohif-app-$(OHIF).tgz | base64 -w0)" = "$(OHIF_SHA512)" \
+	  || { echo "ohif-app-$(OHIF).tgz: SHA-512 differs from the pinned one"; rm -rf $(VENDOR)/.ohif; exit 1; }
+	tar -xzf $(VENDOR)/.ohif/ohif-app-$(OHIF).tgz -C $(VENDOR)/.ohif package/dist package/LICENSE
+	rm -rf $(VENDOR)/ohif && mv $(VENDOR)/.ohif/package/dist $(VENDOR)/ohif && mv $(VENDOR)/.ohif/package/LICENSE $(VENDOR)/ohif/LICENSE
+	echo $(OHIF) > $(VENDOR)/ohif/VERSION && rm -rf $(VENDOR)/.ohif
 
 # What the tests start for real: Orthanc with its DICOMweb plugin (the PACS) and Chromium (the
 # browser tests, driven by Playwright with executable_path=/usr/bin/chromium), npm (the API page's

@@ -267,6 +267,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
         allowed_hosts=a.allowed_host,
         roi_model=a.roi_model,
         dicom=_dicom_node(a, a.listen_port),
+        ohif_port=(a.ohif_port or a.port + 1) if a.ohif else None,
     )
 
 
@@ -693,6 +694,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(without it: STOW-RS to --pacs)",
     )
     s.set_defaults(func=cmd_serve)
+
+    s.add_argument(
+        "--ohif",
+        action="store_true",
+        help="also serve the OHIF viewer (3.13, `make vendor`) reading --pacs, on --ohif-port; the worklist links "
+        "each study to it",
+    )
+    s.add_argument("--ohif-port", type=int, help="port of the OHIF viewer (default: --port + 1)")
 
     s = _sub(sub, "listen", "the DICOM receiver alone: the PACS pushes studies, they join serve's worklist")
     s.add_argument("--port", "--listen-port", type=int, default=11112, help="DICOM port to listen on")

@@ -8,8 +8,10 @@ results queued, the study ``failed`` with the error, and the retry delivers them
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -56,7 +58,7 @@ def hospital(start_orthanc, tmp_path_factory, free_port):
 
 
 def test_orthanc_pushes_we_grade_and_send_back(
-    hospital, dicom_cohort, trained_run, cohort_boxes, validate_dicom, tmp_path, caplog
+    hospital, dicom_cohort, trained_run, cohort_boxes, validate_dicom, tmp_path, caplog, free_port, repo_root
 ):
     caplog.set_level("INFO")
     pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
@@ -126,6 +128,64 @@ def test_orthanc_pushes_we_grade_and_send_back(
     log = caplog.text
     assert pid not in log and "PHANTOM" not in log  # no patient id or name in the log, only our study id
     assert sid in log
+    check_ohif(hospital["url"], study_uid, res, dicom_cohort / pid, free_port(), tmp_path, repo_root)
+
+
+def check_ohif(orthanc: str, study_uid: str, res: dict, patient: Path, port: int, tmp_path: Path, repo_root: Path):
+    """OHIF 3.13 (`serve --ohif`'s app, reading Orthanc through our proxy) in real Chromium lists
+    the SR and the key image in the study, opens the SR on the first box's slice with the box
+    drawn and its P(high) as the label, and the last measurement shows the patient's P(high)."""
+    import threading
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from ccrcc_grade.serve.ohif import ohif_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(ohif_app(f"{orthanc}/dicom-web", None, ["127.0.0.1"]), host="127.0.0.1", port=port)
+    )
+    threading.Thread(target=server.run, daemon=True).start()
+    instance = {
+        str(ds.SOPInstanceUID): int(ds.InstanceNumber)
+        for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in patient.rglob("*.dcm"))
+    }
+    first = res["slices"][0]
+    largest = max(res["slices"], key=lambda s: (s["box"][2] - s["box"][0]) * (s["box"][3] - s["box"][1]))
+    try:
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.1)
+        with sync_playwright() as p:
+            # SwiftShader: OHIF's Cornerstone3D renders with WebGL, which headless Chromium has only in software
+            args = ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/viewer?StudyInstanceUIDs={study_uid}")
+            sr = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="ccrcc-grade WHO/ISUP grade")
+            sr.wait_for(timeout=90_000)
+            key = page.locator("[data-cy=study-browser-thumbnail]", has_text="ccrcc-grade key image")
+            assert key.count() == 1 and "research use only" in key.inner_text()
+            sr.dblclick()
+            label = page.locator("svg text", has_text="Probability of high WHO/ISUP nuclear grade")
+            label.first.wait_for(timeout=60_000)
+            overlay = page.locator("[data-cy=viewport-overlay-bottom-right]")
+            assert overlay.inner_text().startswith(f"I:{instance[first['sop_instance_uid']]} ")  # the box's slice
+            assert f"{first['prob_high']:.2f}" in label.first.text_content()
+            page.screenshot(path=tmp_path / "ohif-sr.png")
+            if os.environ.get("CCRCC_UPDATE_DOCS") == "1":
+                page.screenshot(path=repo_root / "docs" / "ohif-sr.png")
+            for _ in range(len(res["slices"])):  # to the last measurement: the patient-level grade
+                page.locator("[data-cy=viewport-action-arrows-right]").click()
+            page.wait_for_function(
+                "(p) => [...document.querySelectorAll('svg text')].some(t => t.textContent.includes(p))",
+                arg=f": {res['prob_high']:.2f}",
+                timeout=30_000,
+            )
+            assert overlay.inner_text().startswith(f"I:{instance[largest['sop_instance_uid']]} ")
+            browser.close()
+    finally:
+        server.should_exit = True
 
 
 def test_destination_down_then_retried(dicom_cohort, trained_run, cohort_boxes, patient_files, free_port, tmp_path):

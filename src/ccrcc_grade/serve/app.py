@@ -45,10 +45,12 @@ def create_app(
     hosts: list[str] | None = None,
     roi_model: str | Path | None = None,
     dicom: DicomNode | None = None,
+    ohif_port: int | None = None,
 ) -> FastAPI:
     """The workstation. ``hosts``: the names the server answers to in the Host header (loopback
     names by default; `serve` adds the address it listens on and --allowed-host); ``dicom``: the
-    DICOM receiver (started and stopped with the app) and the C-STORE destination of results."""
+    DICOM receiver (started and stopped with the app) and the C-STORE destination of results;
+    ``ohif_port``: where `serve --ohif` serves the OHIF viewer (the page links studies to it)."""
     dicom = dicom or DicomNode()
     ws = Workstation(
         ModelRegistry(models, device),
@@ -57,6 +59,7 @@ def create_app(
         load_roi_model(Path(roi_model)) if roi_model else None,
         Destination.parse(dicom.send) if dicom.send else None,
         parse_ae_title(dicom.ae_title),
+        ohif_port,
     )
     receiver = None
     if dicom.port is not None:  # checked now (allow-list, port), started with the app

@@ -38,14 +38,14 @@ CSP = (
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
     "form-action 'self'"
 )
-SECURITY_HEADERS = [
-    (b"content-security-policy", CSP.encode()),
+OTHER_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
+SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), *OTHER_HEADERS]
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 UPLOAD_PATHS = ("/api/studies",)
@@ -62,10 +62,22 @@ def host_name(value: str) -> str:
 class Guard:
     """The middleware (see the module's docstring). ``hosts``: the names the server answers to;
     ``max_body``: the largest upload in bytes (a little multipart framing on top is allowed);
-    ``max_uploads``: uploads parsed at the same time."""
+    ``max_uploads``: uploads parsed at the same time; ``csp``: the Content-Security-Policy (the
+    OHIF viewer needs inline script and WebAssembly); ``cacheable(path)``: which answers may stay
+    in a browser cache (the page's own static files)."""
 
-    def __init__(self, app: ASGIApp, hosts: list[str], max_body: int, max_uploads: int = 2):
+    def __init__(
+        self,
+        app: ASGIApp,
+        hosts: list[str],
+        max_body: int,
+        max_uploads: int = 2,
+        csp: str = CSP,
+        cacheable: Callable[[str], bool] = lambda path: path.startswith("/static/"),
+    ):
         self.app = app
+        self.headers = [(b"content-security-policy", csp.encode()), *OTHER_HEADERS]
+        self.cacheable = cacheable
         self.hosts = {host_name(h) for h in hosts}
         self.max_body = max_body
         self.uploads = threading.BoundedSemaphore(max_uploads)
@@ -77,17 +89,20 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = self.refusal(scope, headers)
         if refusal is not None:
-            return await self.answer(send, *refusal)
+            return await self.answer(send, *refusal, self.headers)
         upload = scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS
         if upload and not self.uploads.acquire(blocking=False):
             return await self.answer(
-                send, 429, f"{self.max_uploads} uploads are being read already; try again when one has finished"
+                send,
+                429,
+                f"{self.max_uploads} uploads are being read already; try again when one has finished",
+                self.headers,
             )
-        no_store = not scope["path"].startswith("/static/")
+        no_store = not self.cacheable(scope["path"])
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = SECURITY_HEADERS + ([(b"cache-control", b"no-store")] if no_store else [])
+                extra = self.headers + ([(b"cache-control", b"no-store")] if no_store else [])
                 names = {k for k, _ in extra}
                 message = {**message, "headers": [h for h in message["headers"] if h[0] not in names] + extra}
             await send(message)
@@ -121,9 +136,9 @@ class Guard:
         return None
 
     @staticmethod
-    async def answer(send: Send, status: int, detail: str) -> None:
+    async def answer(send: Send, status: int, detail: str, security: list = SECURITY_HEADERS) -> None:
         body = json.dumps({"detail": detail}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += SECURITY_HEADERS + [(b"cache-control", b"no-store")]
+        headers += security + [(b"cache-control", b"no-store")]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -84,7 +84,11 @@ def serve(
     allowed_hosts: list[str] | None = None,
     roi_model: str | None = None,
     dicom: DicomNode | None = None,
+    ohif_port: int | None = None,
 ) -> None:
+    """``ohif_port``: also serve the OHIF viewer on this port (``ohif``), reading ``pacs``."""
+    import threading
+
     import uvicorn
 
     if not 1 <= port <= 65535:
@@ -108,8 +112,19 @@ def serve(
         hosts=hosts,
         roi_model=roi_model,
         dicom=dicom,
+        ohif_port=ohif_port,
     )
     receiver = app.state.receiver
+    if ohif_port is not None:
+        from ccrcc_grade.serve.ohif import ohif_app
+
+        if not pacs:
+            raise CcrccError("--ohif shows the studies of the PACS: give --pacs URL (its DICOMweb) too")
+        if not 1 <= ohif_port <= 65535 or ohif_port == port:
+            raise CcrccError(f"--ohif-port must be 1-65535 and differ from --port, got {ohif_port}")
+        config = uvicorn.Config(ohif_app(pacs, token, hosts), host=host, port=ohif_port, log_level="warning")
+        viewer = uvicorn.Server(config)
+        threading.Thread(target=viewer.run, name="ccrcc-ohif", daemon=True).start()
     print(
         f"ccrcc-grade workstation on http://{host}:{port}/ (API documentation: /docs); "
         f"studies in {Path(data).resolve()}"
@@ -121,7 +136,8 @@ def serve(
             if receiver
             else ""
         )
-        + (f"; results by C-STORE to {dicom.send}" if dicom and dicom.send else ""),
+        + (f"; results by C-STORE to {dicom.send}" if dicom and dicom.send else "")
+        + (f"; OHIF viewer on http://{host}:{ohif_port}/" if ohif_port else ""),
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -148,13 +148,28 @@ def build_sr(
             return [hd.sr.FindingSite(anatomic_location=codes.SCT.Kidney, laterality=side[next(iter(sides))])]
         return [hd.sr.FindingSite(anatomic_location=codes.SCT.Kidney)]
 
+    # P(high) is inferred from the boxes; the centre of the largest names where (viewers such as OHIF
+    # place every measurement on an image and fail on one without coordinates)
+    largest = max(result["slices"], key=lambda s: (s["box"][2] - s["box"][0]) * (s["box"][3] - s["box"][1]))
+    x0, y0, x1, y1 = largest["box"]
+    where = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POINT,
+        graphic_data=np.array([[(x0 + x1) / 2, (y0 + y1) / 2]], dtype=float),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(sources[largest["sop_instance_uid"]]),
+    )
     patient_level = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="patient-level WHO/ISUP grade"),
         finding_type=codes.SCT.Neoplasm,
         algorithm_id=algo,
         finding_sites=sites({s.get("laterality") for s in result["slices"]}),
         measurements=[
-            hd.sr.Measurement(name=prob_name, value=float(result["prob_high"]), unit=unit, algorithm_id=algo)
+            hd.sr.Measurement(
+                name=prob_name,
+                value=float(result["prob_high"]),
+                unit=unit,
+                algorithm_id=algo,
+                referenced_coordinates=[where],
+            )
         ],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=grade_name, value=grade_value)],
         # the images the grade comes from (also what tells validators this group is TID 1501, not 1410)
@@ -186,7 +201,8 @@ def build_sr(
     report = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-        imaging_measurements=[patient_level, *rois],
+        # the boxes first: a viewer (OHIF) opens an SR on its first measurement, which must have an image
+        imaging_measurements=[*rois, patient_level],
     )
     evidence = [_with_type2(ds) for ds in sources.values()]
     sr = hd.sr.Comprehensive3DSR(

@@ -71,9 +71,10 @@ class Workstation:
         roi_model: RoiModel | None = None,
         send_to: Destination | None = None,
         ae_title: str = "CCRCC",
+        ohif_port: int | None = None,
     ):
         self.registry, self.store, self.pacs, self.roi_model = registry, store, pacs, roi_model
-        self.send_to, self.ae_title = send_to, ae_title
+        self.send_to, self.ae_title, self.ohif_port = send_to, ae_title, ohif_port
         self.hu = lru_cache(maxsize=96)(store.slice_hu)  # decoded slices for the viewer's window changes
 
     def private_paths(self) -> list[str]:

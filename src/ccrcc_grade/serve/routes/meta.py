@@ -31,7 +31,12 @@ def router(ws: Workstation, auth: params.Depends) -> APIRouter:
 
     @r.get("/api/config", dependencies=api)
     def config() -> dict:
-        return {"pacs": ws.pacs is not None, "send": ws.send_to is not None, "disclaimer": DISCLAIMER}
+        return {
+            "pacs": ws.pacs is not None,
+            "send": ws.send_to is not None,
+            "ohif_port": ws.ohif_port,  # the OHIF viewer on this host (serve --ohif), or null
+            "disclaimer": DISCLAIMER,
+        }
 
     @r.get("/api/models", dependencies=api)
     def list_models() -> list[dict]:

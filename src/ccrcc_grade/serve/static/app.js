@@ -74,6 +74,7 @@ async function guarded(fn) {
 // ---------------------------------------------------------------- loading
 async function init() {
   const cfg = await api("GET", "/api/config");
+  state.cfg = cfg;
   $("pacs").hidden = !cfg.pacs;
   $("sr-store").hidden = !cfg.pacs;
   state.models = await api("GET", "/api/models");
@@ -739,12 +740,25 @@ async function refreshWorklist() {
       el("td", {}, `${p.name || "(no name)"} ${p.patient_id ? "· " + p.patient_id : ""}`),
       el("td", {}, p.study_date || ""), el("td", {}, s.source),
       el("td", { className: "wl-status" }, STATUS_TEXT[s.status] || s.status, s.error ? el("div", { className: "error" }, s.error) : null),
-      el("td", { className: "hint" }, phases));
+      el("td", { className: "hint" }, phases),
+      el("td", {}, state.cfg.ohif_port && s.study_uid ? ohifLink(s.study_uid) : null));
     if (s.series.length) tr.addEventListener("click", () => guarded(() => loadStudy(s.study_id)));
     return tr;
   });
   $("worklist").querySelector("tbody").replaceChildren(...rows);
   $("worklist-empty").hidden = studies.length > 0;
+}
+
+// the study in the OHIF viewer (serve --ohif, its own port on this host); the access token goes as a
+// cookie, which the browser sends to every port of this host
+function ohifLink(studyUid) {
+  const a = el("a", { href: `${location.protocol}//${location.hostname}:${state.cfg.ohif_port}/viewer?StudyInstanceUIDs=${encodeURIComponent(studyUid)}`,
+    target: "_blank", rel: "noopener", className: "ohif-link", title: "open the study, with our SR and key image, in OHIF" }, "OHIF");
+  a.addEventListener("click", (ev) => {
+    ev.stopPropagation();
+    if (state.token) document.cookie = `ccrcc_token=${encodeURIComponent(state.token)}; path=/; SameSite=Strict`;
+  });
+  return a;
 }
 
 async function sendResults() {
