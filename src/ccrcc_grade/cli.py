@@ -268,6 +268,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
         roi_model=a.roi_model,
         dicom=_dicom_node(a, a.listen_port),
         ohif_port=(a.ohif_port or a.port + 1) if a.ohif else None,
+        sr_style=a.sr_style,
     )
 
 
@@ -702,6 +703,13 @@ def build_parser() -> argparse.ArgumentParser:
         "each study to it",
     )
     s.add_argument("--ohif-port", type=int, help="port of the OHIF viewer (default: --port + 1)")
+    s.add_argument(
+        "--sr-style",
+        choices=["standard", "ohif"],
+        default="standard",
+        help="ohif: the SR's boxes as OHIF's editable rectangles (Cornerstone3DTools RectangleROI groups, the "
+        "outline inferred for the area), for sites that correct boxes in OHIF",
+    )
 
     s = _sub(sub, "listen", "the DICOM receiver alone: the PACS pushes studies, they join serve's worklist")
     s.add_argument("--port", "--listen-port", type=int, default=11112, help="DICOM port to listen on")

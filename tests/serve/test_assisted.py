@@ -162,3 +162,49 @@ def test_box_history_is_checked(clients, patient_files, cohort_boxes, dicom_coho
     assert c.put(f"/api/studies/{sid}/boxes", json=[dict(b, source="robot")]).status_code == 422
     ok = c.put(f"/api/studies/{sid}/boxes", json=[dict(b, history=["proposal model", "propagation"])]).json()
     assert ok[0]["history"] == ["proposal model", "propagation"] and ok[0]["confirmed"] is True
+
+
+def test_the_proposal_models_masks_as_a_dicom_seg(
+    clients, patient_files, cohort_boxes, dicom_cohort, validate_dicom, tmp_path
+):
+    """With a proposal model the results hold a SEG of its tumour masks on the graded series:
+    one frame per slice (the empty ones kept), the tumour on each boxed slice inside its box,
+    nothing elsewhere; dciodvfy finds no error; the provenance names the proposal model."""
+    import highdicom as hd
+    import numpy as np
+
+    from ccrcc_grade.serve.provenance import device_uid
+
+    c, _ = clients
+    sid, study = _upload(c, patient_files, dicom_cohort, "SYN004")
+    s, truth = _ordered_truth(study, cohort_boxes(dicom_cohort, "SYN004"))
+    assert c.put(f"/api/studies/{sid}/boxes", json=truth).status_code == 200
+    assert c.post(f"/api/studies/{sid}/predict", json={"box_k": 0}).status_code == 200
+    made = {x["kind"]: x for x in c.get(f"/api/studies/{sid}/results").json()}
+    assert set(made) == {"sr", "key_image", "seg"} and made["seg"]["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.66.4"
+    path = tmp_path / "seg.dcm"
+    path.write_bytes(c.get(made["seg"]["url"]).content)
+    assert validate_dicom(path) == []
+    seg = hd.seg.segread(path)
+    assert seg.NumberOfFrames == s["slices"]  # empty frames kept: the SEG covers the series slice for slice
+    assert "tumour proposal" in seg.ContributingEquipmentSequence[0].ManufacturerModelName
+    assert seg.ContributingEquipmentSequence[0].DeviceUID != device_uid("0" * 64)
+    frames = {
+        str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID): i
+        for i, f in enumerate(seg.PerFrameFunctionalGroupsSequence)
+    }
+    pixels = seg.pixel_array.astype(bool)
+    boxed = {b["sop_instance_uid"]: b for b in truth}
+    found = 0
+    for sop in s["sop_instance_uids"]:
+        m = pixels[frames[sop]]
+        if sop not in boxed:
+            assert not m.any()
+            continue
+        b = boxed[sop]
+        rows, cols = np.nonzero(m)
+        if rows.size:
+            found += 1
+            assert cols.min() >= b["x_min"] - 1 and cols.max() <= b["x_max"] + 1
+            assert rows.min() >= b["y_min"] - 1 and rows.max() <= b["y_max"] + 1
+    assert found >= 0.8 * len(truth)  # the model finds the tumour on (almost) every boxed slice

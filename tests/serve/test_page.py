@@ -428,3 +428,56 @@ def test_a_radiologists_session(server, cohort_boxes, dicom_cohort, trained_run,
     assert (
         sr.VerificationFlag == "VERIFIED" and str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Jane^Roe"
     )
+
+
+def _drag(page, x0, y0, x1, y1) -> None:
+    """A box drawn with the mouse, in image coordinates (through the viewer's fit, zoom, pan)."""
+    page.mouse.move(*page.evaluate("([x, y]) => imageToClient(x, y)", [x0, y0]))
+    page.mouse.down()
+    page.mouse.move(*page.evaluate("([x, y]) => imageToClient(x, y)", [x1, y1]), steps=6)
+    page.mouse.up()
+
+
+def test_two_tabs_on_one_study_and_the_worklist(server, dicom_cohort, trained_run, tmp_path):
+    """Two tabs on one study: the second tab's save, based on boxes the first tab changed since,
+    is refused (409) and that tab reloads the study with the first tab's box instead of
+    overwriting it. The worklist lists the study with its status, which follows the boxes."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][2]
+    files = [str(f) for f in sorted((dicom_cohort / pid).rglob("*.dcm"))]
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser, a = _open_page(p, errors)
+        _load_study(a, url, files)
+        sid = a.evaluate("state.study.study_id")
+        b = browser.new_page(viewport={"width": 1140, "height": 780})
+        b.on("pageerror", lambda e: errors.append(str(e)))
+        b.goto(f"{url}/#study={sid}")
+        b.wait_for_function("() => state.study && state.study.study_id.length === 16")
+        row = b.locator(f"#worklist tr[data-study='{sid}']")
+        assert row.locator(".wl-status").inner_text() == "phases assigned"
+        a.focus("#canvas")
+        _drag(a, 20, 20, 50, 50)
+        a.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('1 box saved')")
+        a_sop = a.evaluate("state.boxes[0].sop_instance_uid")
+        b.focus("#canvas")
+        b.keyboard.press("ArrowDown")
+        _drag(b, 30, 30, 60, 60)  # based on the boxes as tab b loaded them (none)
+        b.wait_for_function("() => document.getElementById('message').textContent.includes('changed elsewhere')")
+        b.wait_for_function("() => state.boxes.length === 1")
+        assert b.evaluate("state.boxes[0].sop_instance_uid") == a_sop  # tab a's box, not lost
+        assert "reloaded" in b.text_content("#message")
+        b.keyboard.press("ArrowDown")
+        _drag(b, 30, 30, 60, 60)  # now on the current version: saved beside tab a's
+        b.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('2 boxes saved')")
+        b.evaluate("refreshWorklist()")
+        b.wait_for_function(
+            "(sid) => document.querySelector(`#worklist tr[data-study='${sid}'] .wl-status`).textContent === 'boxed'",
+            arg=sid,
+        )
+        b.screenshot(path=str(tmp_path / "two-tabs.png"))
+        browser.close()
+    assert errors == []
+    assert len(_get(f"{url}/api/studies/{sid}/boxes")) == 2

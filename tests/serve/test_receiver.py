@@ -28,7 +28,7 @@ def store(tmp_path) -> StudyStore:
 
 @pytest.fixture
 def receiver(store, free_port):
-    r = Receiver(store, "CCRCC", free_port(), ["SENDER@127.0.0.1"], stable_seconds=0.5, host="127.0.0.1").start()
+    r = Receiver(store, "CCRCC", free_port(), ["SENDER@127.0.0.1"], stable_seconds=0.3, host="127.0.0.1").start()
     yield r
     r.stop()
 
@@ -114,7 +114,7 @@ def test_refusals(case, status, logged, store, free_port, dicom_cohort, tmp_path
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", case == "corrupt instance")
     allow = ["SENDER@10.255.255.1"] if case == "known AE from another host" else ["SENDER@127.0.0.1"]
-    r = Receiver(store, "CCRCC", free_port(), allow, stable_seconds=0.5, host="127.0.0.1").start()
+    r = Receiver(store, "CCRCC", free_port(), allow, stable_seconds=0.3, host="127.0.0.1").start()
     try:
         good = patient(dicom_cohort)[:3]
         bad = copy.deepcopy(good[0])
@@ -166,7 +166,7 @@ def test_pushed_twice_and_more_after_completion(receiver, store, dicom_cohort, t
     sop = s["series"][0]["series_uid"]
     k0 = store.series(sid, sop)["sop_instance_uids"][0]
     store.set_boxes(sid, [{"sop_instance_uid": k0, "x_min": 10, "y_min": 10, "x_max": 30, "y_max": 30}])
-    receiver.stable_seconds = 3.0  # long enough to try grading while the late series is in
+    receiver.stable_seconds = 1.5  # long enough to try grading while the late series is in
     assert push(receiver.port, late[:1]) == [0]
     assert store.listing()[0]["status"] == "receiving"
     ws = Workstation(ModelRegistry([trained_run], "cpu"), store, None)

@@ -112,15 +112,13 @@ def prob_to_slice(prob: np.ndarray, grid: tuple, shape: tuple[int, int], cfg: Ro
     return p.astype(np.float32), (r0, c0)
 
 
-def mask_to_box(
-    mask: np.ndarray, offset: tuple[int, int], spacing: tuple[float, float], cfg: RoiConfig, near: Box
-) -> tuple[Box | None, float]:
-    """The box of the mask's component nearest ``near`` (ingest's rule, margin in mm); None if empty."""
+def _nearest_component(mask: np.ndarray, offset: tuple[int, int], near: Box) -> tuple[np.ndarray, tuple, float] | None:
+    """(the component of ``mask`` nearest ``near`` and largest, its slices, its pixel area)."""
     from scipy import ndimage
 
     lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if n == 0:
-        return None, 0.0
+        return None
     cx, cy = (near.x_min + near.x_max) / 2 - offset[1], (near.y_min + near.y_max) / 2 - offset[0]
     best, best_score = None, None
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
@@ -129,13 +127,35 @@ def mask_to_box(
         d = np.hypot((cols.start + cols.stop) / 2 - cx, (rows.start + rows.stop) / 2 - cy)
         score = area / (1.0 + d)
         if best_score is None or score > best_score:
-            best, best_score = (sl, area), score
-    (rows, cols), area = best
+            best, best_score = (lab == i, sl, area), score
+    return best
+
+
+def mask_to_box(
+    mask: np.ndarray, offset: tuple[int, int], spacing: tuple[float, float], cfg: RoiConfig, near: Box
+) -> tuple[Box | None, float]:
+    """The box of the mask's component nearest ``near`` (ingest's rule, margin in mm); None if empty."""
+    found = _nearest_component(mask, offset, near)
+    if found is None:
+        return None, 0.0
+    _, (rows, cols), area = found
     mx, my = cfg.margin_mm / spacing[1], cfg.margin_mm / spacing[0]
     box = Box(
         offset[1] + cols.start - mx, offset[0] + rows.start - my, offset[1] + cols.stop + mx, offset[0] + rows.stop + my
     )
     return box, area * spacing[0] * spacing[1]
+
+
+def tumour_mask(model: RoiModel, hu: np.ndarray, box: Box, spacing: tuple[float, float]) -> np.ndarray:
+    """The model's tumour on one slice, prompted by ``box``: a boolean mask of the slice's shape
+    holding the component the box's proposal is made from (empty when the model finds none)."""
+    x, grid = make_input(hu, box, spacing, model.cfg)
+    p, (r0, c0) = prob_to_slice(model.masks(x[None])[0], grid, hu.shape, model.cfg)
+    out = np.zeros(hu.shape, bool)
+    found = _nearest_component(p > 0.5, (r0, c0), box)
+    if found is not None:
+        out[r0 : r0 + p.shape[0], c0 : c0 + p.shape[1]] = found[0]
+    return out
 
 
 # --- the model as a callable -------------------------------------------------------------------

@@ -46,11 +46,13 @@ def create_app(
     roi_model: str | Path | None = None,
     dicom: DicomNode | None = None,
     ohif_port: int | None = None,
+    sr_style: str = "standard",
 ) -> FastAPI:
     """The workstation. ``hosts``: the names the server answers to in the Host header (loopback
     names by default; `serve` adds the address it listens on and --allowed-host); ``dicom``: the
     DICOM receiver (started and stopped with the app) and the C-STORE destination of results;
-    ``ohif_port``: where `serve --ohif` serves the OHIF viewer (the page links studies to it)."""
+    ``ohif_port``: where `serve --ohif` serves the OHIF viewer (the page links studies to it);
+    ``sr_style``: "ohif" writes the boxes as rectangles OHIF can edit (``sr``)."""
     dicom = dicom or DicomNode()
     ws = Workstation(
         ModelRegistry(models, device),
@@ -60,6 +62,7 @@ def create_app(
         Destination.parse(dicom.send) if dicom.send else None,
         parse_ae_title(dicom.ae_title),
         ohif_port,
+        sr_style,
     )
     receiver = None
     if dicom.port is not None:  # checked now (allow-list, port), started with the app

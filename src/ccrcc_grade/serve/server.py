@@ -85,6 +85,7 @@ def serve(
     roi_model: str | None = None,
     dicom: DicomNode | None = None,
     ohif_port: int | None = None,
+    sr_style: str = "standard",
 ) -> None:
     """``ohif_port``: also serve the OHIF viewer on this port (``ohif``), reading ``pacs``."""
     import threading
@@ -113,6 +114,7 @@ def serve(
         roi_model=roi_model,
         dicom=dicom,
         ohif_port=ohif_port,
+        sr_style=sr_style,
     )
     receiver = app.state.receiver
     if ohif_port is not None:

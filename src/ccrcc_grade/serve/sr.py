@@ -97,12 +97,15 @@ def build_sr(
     series_uid: str | None = None,
     instance_number: int = 1,
     previous: list[pydicom.Dataset] | None = None,
+    ohif: bool = False,
 ) -> pydicom.Dataset:
     """``result``: a `predict --json` object whose slices carry ``sop_instance_uid`` (and
     ``laterality`` "left"/"right", ``drawn_by``); ``sources``: the header of every referenced
     image by SOP Instance UID (the evidence); ``signoff``: ``{"observer", "organization"}`` of
     the radiologist who verified it; ``series_uid``/``instance_number``/``previous``: the SR
-    series of this study and model, this version's number and the versions it replaces."""
+    series of this study and model, this version's number and the versions it replaces;
+    ``weights_sha256``: the model's checksum (its Device UID); ``ohif``: the boxes as OHIF's
+    editable rectangles (``_ohif_rectangle``)."""
     import highdicom as hd
 
     algo = hd.sr.AlgorithmIdentification(
@@ -178,10 +181,17 @@ def build_sr(
     rois = []
     for i, s in enumerate(result["slices"]):
         x0, y0, x1, y1 = s["box"]
+        source = sources[s["sop_instance_uid"]]
+        corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
+        prob = hd.sr.Measurement(name=prob_name, value=float(s["prob_high"]), unit=unit, algorithm_id=algo)
+        drawn = hd.sr.QualitativeEvaluation(name=drawn_name, value=_code(*DRAWN_BY[s.get("drawn_by", "person")]))
+        if ohif:
+            rois.append(_ohif_rectangle(s, i, corners, source, prob, drawn, algo, sites({s.get("laterality")})))
+            continue
         region = hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float),
-            source_image=hd.sr.SourceImageForRegion.from_source_image(sources[s["sop_instance_uid"]]),
+            graphic_data=corners,
+            source_image=hd.sr.SourceImageForRegion.from_source_image(source),
         )
         rois.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -190,12 +200,8 @@ def build_sr(
                 finding_type=codes.SCT.Neoplasm,
                 algorithm_id=algo,
                 finding_sites=sites({s.get("laterality")}),
-                measurements=[
-                    hd.sr.Measurement(name=prob_name, value=float(s["prob_high"]), unit=unit, algorithm_id=algo)
-                ],
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(name=drawn_name, value=_code(*DRAWN_BY[s.get("drawn_by", "person")]))
-                ],
+                measurements=[prob],
+                qualitative_evaluations=[drawn],
             )
         )
     report = hd.sr.MeasurementReport(
@@ -227,3 +233,50 @@ def build_sr(
     scheme.CodingSchemeResponsibleOrganization = "ccrcc-grade project"
     sr.CodingSchemeIdentificationSequence = [scheme]
     return sr
+
+
+OHIF_RECTANGLE = "Cornerstone3DTools@^0.1.0:RectangleROI"
+
+
+def _ohif_rectangle(
+    s: dict,
+    i: int,
+    corners: np.ndarray,
+    source: pydicom.Dataset,
+    prob: object,
+    drawn: object,
+    algo: object,
+    finding_sites: list,
+) -> object:
+    """A box as OHIF's Cornerstone3D adapter reads a rectangle it can edit (``serve --sr-style
+    ohif``): a TID 1501 group whose tracking identifier names the RectangleROI tool and whose
+    first measurement, the area (mm2), is inferred from the rectangle as a closed POLYLINE on its
+    image (the adapter takes the SCOORD from the first NUM); P(high) follows."""
+    import highdicom as hd
+
+    try:
+        rows_mm, cols_mm = (float(v) for v in source.PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        rows_mm = cols_mm = 1.0
+    (x0, y0), (x1, y1) = corners[0], corners[2]
+    where = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=corners,
+        source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+    )
+    area = hd.sr.Measurement(
+        name=codes.SCT.Area,  # CodeMeaning "Area": what the adapter looks for
+        value=float(abs(x1 - x0) * cols_mm * abs(y1 - y0) * rows_mm),
+        unit=codes.UCUM.SquareMillimeter,
+        algorithm_id=algo,
+        referenced_coordinates=[where],
+    )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=OHIF_RECTANGLE),
+        finding_type=codes.SCT.Neoplasm,
+        algorithm_id=algo,
+        finding_sites=finding_sites,
+        measurements=[area, prob],
+        qualitative_evaluations=[drawn],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+    )

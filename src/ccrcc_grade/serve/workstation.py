@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from ccrcc_grade.core.errors import CcrccError
@@ -72,9 +73,13 @@ class Workstation:
         send_to: Destination | None = None,
         ae_title: str = "CCRCC",
         ohif_port: int | None = None,
+        sr_style: str = "standard",
     ):
         self.registry, self.store, self.pacs, self.roi_model = registry, store, pacs, roi_model
         self.send_to, self.ae_title, self.ohif_port = send_to, ae_title, ohif_port
+        if sr_style not in ("standard", "ohif"):
+            raise CcrccError(f"--sr-style {sr_style!r}: use standard or ohif")
+        self.sr_style = sr_style
         self.hu = lru_cache(maxsize=96)(store.slice_hu)  # decoded slices for the viewer's window changes
 
     def private_paths(self) -> list[str]:
@@ -362,7 +367,8 @@ class Workstation:
 
         result, m = self.last_result(study_id, model_id)
         sign = self.signoff(study_id, m)
-        key = hashlib.sha256(json.dumps([result["inputs_sha256"], sign], sort_keys=True).encode()).hexdigest()
+        state = [result["inputs_sha256"], sign, self.sr_style]
+        key = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
         def make(series_uid: str | None, n: int, previous: pydicom.Dataset | None) -> pydicom.Dataset:
             sources = {}
@@ -378,6 +384,7 @@ class Workstation:
                 series_uid=series_uid,
                 instance_number=n,
                 previous=[previous] if previous is not None else None,
+                ohif=self.sr_style == "ohif",
             )
 
         return self._versioned(study_id, self.store.prediction_dir(study_id, m["id"]) / "sr", key, make)
@@ -420,6 +427,33 @@ class Workstation:
 
         return self._versioned(study_id, self.store.prediction_dir(study_id, m["id"]) / "key", key, make)
 
+    def seg(self, study_id: str, model_id: str | None) -> tuple[pydicom.Dataset, Path]:
+        """The DICOM SEG of the proposal model's tumour on the graded series (``seg``): on each
+        graded slice the model's mask prompted by that slice's box, the other slices empty;
+        versioned like the SR (``.../seg``)."""
+        from ccrcc_grade.roi.net import tumour_mask
+        from ccrcc_grade.serve.seg import build_seg
+
+        roi = self.roi_model
+        result, m = self.last_result(study_id, model_id)
+        roi_sha = str(roi.meta.get("weights_sha256") or roi.meta.get("onnx_weights_sha256") or "")
+        key = hashlib.sha256(json.dumps([result["inputs_sha256"], roi_sha], sort_keys=True).encode()).hexdigest()
+        series = self.store.series(study_id, result["slices"][0]["series_uid"])
+
+        def make(series_uid: str | None, n: int, previous: pydicom.Dataset | None) -> pydicom.Dataset:
+            import highdicom as hd
+
+            folder = self.store.folder(study_id) / "series" / series["folder"]
+            sources = [pydicom.dcmread(folder / f"{k}.dcm", stop_before_pixels=True) for k in range(series["slices"])]
+            masks = np.zeros((series["slices"], series["rows"], series["columns"]), bool)
+            spacing = tuple(series["pixel_spacing"])
+            for s in result["slices"]:
+                hu = self.hu(study_id, s["series_uid"], s["slice_index"])
+                masks[s["slice_index"]] |= tumour_mask(roi, hu, Box(*s["box"]), spacing)
+            return build_seg(sources, masks, Path(roi.path or "model").name, roi_sha, series_uid or hd.UID(), n)
+
+        return self._versioned(study_id, self.store.prediction_dir(study_id, m["id"]) / "seg", key, make)
+
     def _versioned(self, study_id: str, folder: Path, key: str, make: Callable) -> tuple[pydicom.Dataset, Path]:
         """One series of versions of a result object (``folder/index.json``): the same ``key``
         gives the stored instance again; a new key the next instance of the series, made by
@@ -451,7 +485,9 @@ class Workstation:
         image (``kind``, ``sop_class_uid``, ``sop_instance_uid``, ``url``; ``path`` stays here)."""
         self.ready(study_id)
         out = []
-        made = (("sr", self._sr(study_id, model_id)), ("key_image", self.key_image(study_id, model_id)))
+        made = [("sr", self._sr(study_id, model_id)), ("key_image", self.key_image(study_id, model_id))]
+        if self.roi_model is not None:
+            made.append(("seg", self.seg(study_id, model_id)))
         for kind, (ds, path) in made:
             out.append(
                 {

@@ -33,7 +33,9 @@ const hu = new Map();      // "uid/k" -> {rows, cols, data: Int16Array} (or a pe
 const heat = new Map();    // heat-map url -> Image
 
 // ---------------------------------------------------------------- API
-async function api(method, url, body, kind, extra) {
+// ``meta``: an object that receives the answer's ETag (the boxes' version) - per call, since slices
+// load concurrently
+async function api(method, url, body, kind, extra, meta) {
   const headers = { ...(extra || {}) };
   if (state.token) headers["Authorization"] = "Bearer " + state.token;
   const user = ($("observer") && $("observer").value.trim()) || "";
@@ -46,7 +48,7 @@ async function api(method, url, body, kind, extra) {
   const res = await fetch(url, { method, headers, body: payload });
   if (res.status === 401) {
     const t = prompt("This workstation needs its access token:");
-    if (t) { state.token = t; sessionStorage.setItem("ccrcc-token", t); return api(method, url, body, kind, extra); }
+    if (t) { state.token = t; sessionStorage.setItem("ccrcc-token", t); return api(method, url, body, kind, extra, meta); }
   }
   if (!res.ok) {
     let detail = res.status + " " + res.statusText;
@@ -56,7 +58,7 @@ async function api(method, url, body, kind, extra) {
     err.status = res.status;
     throw err;
   }
-  api.etag = res.headers.get("ETag");   // the boxes' version, for the next save's If-Match
+  if (meta) meta.etag = res.headers.get("ETag");   // the boxes' version, for the next save's If-Match
   if (kind === "blob") return res.blob();
   if (kind === "buffer") return res.arrayBuffer();
   return res.json();
@@ -130,8 +132,9 @@ async function droppedFiles(dt) {
 
 async function loadStudy(id) {
   state.study = await api("GET", "/api/studies/" + id);
-  state.boxes = await api("GET", `/api/studies/${id}/boxes`);
-  state.boxesEtag = api.etag;
+  const meta = {};
+  state.boxes = await api("GET", `/api/studies/${id}/boxes`, undefined, undefined, undefined, meta);
+  state.boxesEtag = meta.etag;
   state.result = null; state.signed = null; state.history = []; state.future = []; state.saveError = null; state.lastPropose = null;
   hu.clear(); heat.clear();
   location.hash = "study=" + id;
@@ -457,8 +460,9 @@ function saveBoxes() {
   const id = state.study.study_id;
   // If-Match: the version this page last saw; another tab's save in between is refused (409), and
   // this page then reloads the study's boxes rather than overwrite that tab's work
-  saving = saving.then(() => api("PUT", `/api/studies/${id}/boxes`, body, undefined, { "If-Match": state.boxesEtag || '"0"' }))
-    .then((saved) => { state.pending--; state.boxesEtag = api.etag; if (!state.pending) state.boxes = saved; state.saveError = null; renderBoxList(); })
+  const meta = {};
+  saving = saving.then(() => api("PUT", `/api/studies/${id}/boxes`, body, undefined, { "If-Match": state.boxesEtag || '"0"' }, meta))
+    .then((saved) => { state.pending--; state.boxesEtag = meta.etag; if (!state.pending) state.boxes = saved; state.saveError = null; renderBoxList(); })
     .catch(async (e) => {
       state.pending--;
       if (e.status === 409) {   // stale: show what the other tab saved
@@ -628,8 +632,9 @@ async function proposeBoxes(opts) {
   await saving;   // the keys the server reads are the ones on the page
   say("proposing boxes...", true);
   const t0 = performance.now();
-  const r = await api("POST", `/api/studies/${state.study.study_id}/propose`, body);
-  state.boxesEtag = api.etag;   // the proposals are a new version of the boxes
+  const meta = {};
+  const r = await api("POST", `/api/studies/${state.study.study_id}/propose`, body, undefined, undefined, meta);
+  state.boxesEtag = meta.etag;   // the proposals are a new version of the boxes
   state.history.push(snapshot()); state.future = [];
   state.boxes = r.boxes;
   if (state.result) { state.result = null; state.signed = null; renderResult(); }
