@@ -49,8 +49,15 @@ def test_search_load_grade_and_store_the_sr(
         stored = c.post(f"/api/studies/{sid}/sr/store", json={})
         assert stored.status_code == 200, stored.text
         sop = stored.json()["sop_instance_uid"]
+        # without --send, the results go back by STOW-RS: the same SR (no duplicate) and the key image
+        sent = c.post(f"/api/studies/{sid}/send", json={}).json()
+        assert sent["status"] == "sent" and sent["destination"] == f"STOW-RS {orthanc}" and sop in sent["sent"]
+        (entry,) = c.get("/api/studies").json()
+        assert entry["status"] == "sent" and entry["source"] == "pacs"
     back = DICOMwebClient(url=orthanc).search_for_instances(study_uid, search_filters={"Modality": "SR"})
     assert [i["00080018"]["Value"][0] for i in back] == [sop]
+    (key,) = DICOMwebClient(url=orthanc).search_for_instances(study_uid, search_filters={"Modality": "OT"})
+    assert key["00080018"]["Value"][0] in sent["sent"]
     series_uid = back[0]["0020000E"]["Value"][0]
     sr = DICOMwebClient(url=orthanc).retrieve_instance(study_uid, series_uid, sop)
     check_sr(sr, res, boxes)

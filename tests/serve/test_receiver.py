@@ -177,6 +177,7 @@ def test_pushed_twice_and_more_after_completion(receiver, store, dicom_cohort, t
     assert s["study_id"] == sid and sum(x["slices"] for x in s["series"]) == len(datasets)
     assert "parenchymal" in [x["phase"] for x in s["series"]]
     assert [b["sop_instance_uid"] for b in store.boxes(sid)] == [k0]  # the boxes stay
+    assert s["status"] == "boxed"  # and so does what they made of the study
 
 
 def test_a_restart_mid_study_loses_no_instance(store, free_port, dicom_cohort):

@@ -90,7 +90,10 @@ class Worklist:
         t = now_iso()
         with self.tx() as db:
             old = db.execute("SELECT study_id FROM studies WHERE study_id=?", (study_id,)).fetchone()
-            if old:
+            if old:  # taken in again (more instances came): its confirmed boxes still make it boxed
+                row = db.execute("SELECT boxes FROM boxes WHERE study_id=?", (study_id,)).fetchone()
+                if status == "complete" and row and any(b.get("confirmed", True) for b in json.loads(row["boxes"])):
+                    status = "boxed"
                 db.execute("UPDATE studies SET status=?, error=NULL, updated=? WHERE study_id=?", (status, t, study_id))
             else:
                 db.execute("INSERT INTO studies VALUES(?,?,?,?,NULL,?,?)", (study_id, study_uid, source, status, t, t))
