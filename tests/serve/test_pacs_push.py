@@ -128,13 +128,22 @@ def test_orthanc_pushes_we_grade_and_send_back(
     log = caplog.text
     assert pid not in log and "PHANTOM" not in log  # no patient id or name in the log, only our study id
     assert sid in log
+    # the same results with the boxes as OHIF's editable rectangles (serve --sr-style ohif): a series of its own
+    node.port = None
+    app = create_app([trained_run], tmp_path / "d", dicom=node, sr_style="ohif")
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        made_ohif = {x["kind"]: x for x in c.get(f"/api/studies/{sid}/results").json()}
+        assert made_ohif["sr"]["sop_instance_uid"] not in {x["sop_instance_uid"] for x in made}
+        assert c.post(f"/api/studies/{sid}/send", json={}).json()["status"] == "sent"
     check_ohif(hospital["url"], study_uid, res, dicom_cohort / pid, free_port(), tmp_path, repo_root)
 
 
 def check_ohif(orthanc: str, study_uid: str, res: dict, patient: Path, port: int, tmp_path: Path, repo_root: Path):
     """OHIF 3.13 (`serve --ohif`'s app, reading Orthanc through our proxy) in real Chromium lists
     the SR and the key image in the study, opens the SR on the first box's slice with the box
-    drawn and its P(high) as the label, and the last measurement shows the patient's P(high)."""
+    drawn and its P(high) as the label, and the last measurement shows the patient's P(high).
+    The `--sr-style ohif` SR loads into OHIF's own rectangle tool (its area as OHIF measures it
+    equals the box's) and a corner dragged there resizes it: the radiologist can correct it."""
     import threading
 
     import uvicorn
@@ -146,10 +155,8 @@ def check_ohif(orthanc: str, study_uid: str, res: dict, patient: Path, port: int
         uvicorn.Config(ohif_app(f"{orthanc}/dicom-web", None, ["127.0.0.1"]), host="127.0.0.1", port=port)
     )
     threading.Thread(target=server.run, daemon=True).start()
-    instance = {
-        str(ds.SOPInstanceUID): int(ds.InstanceNumber)
-        for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in patient.rglob("*.dcm"))
-    }
+    headers = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, patient.rglob("*.dcm"))}
+    instance = {sop: int(ds.InstanceNumber) for sop, ds in headers.items()}
     first = res["slices"][0]
     largest = max(res["slices"], key=lambda s: (s["box"][2] - s["box"][0]) * (s["box"][3] - s["box"][1]))
     try:
@@ -183,6 +190,34 @@ def check_ohif(orthanc: str, study_uid: str, res: dict, patient: Path, port: int
                 timeout=30_000,
             )
             assert overlay.inner_text().startswith(f"I:{instance[largest['sop_instance_uid']]} ")
+            # the OHIF-style SR: its boxes load into OHIF's own measurement tools, where they can be edited
+            page.goto(f"http://127.0.0.1:{port}/viewer?StudyInstanceUIDs={study_uid}")
+            ohif_sr = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="ccrcc-grade OHIF boxes")
+            ohif_sr.wait_for(timeout=90_000)
+            ohif_sr.dblclick()
+            page.locator("[data-cy=yes-hydrate-btn]").click(timeout=60_000)
+            area = page.locator("[data-cy=viewport-pane] svg text", has_text="Area:")
+            area.first.wait_for(timeout=60_000)  # OHIF's own RectangleROI tool now holds the box, with its statistics
+
+            def shown_mm2() -> float:
+                return float(area.first.text_content().split("Area:")[1].split("mm")[0])
+
+            x0, y0, x1, y1 = first["box"]
+            dy, dx = headers[first["sop_instance_uid"]].PixelSpacing
+            assert shown_mm2() == pytest.approx((x1 - x0) * float(dx) * (y1 - y0) * float(dy), rel=0.02)
+            before = shown_mm2()
+            handle = page.locator("[data-cy=viewport-pane] svg circle").first.bounding_box()
+            page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(handle["x"] - 30, handle["y"] - 30, steps=8)
+            page.mouse.up()
+            page.wait_for_function(
+                "(a) => [...document.querySelectorAll('[data-cy=viewport-pane] svg text')]"
+                ".some(t => t.textContent.startsWith('Area:') && parseFloat(t.textContent.slice(5)) > a)",
+                arg=before * 1.2,
+                timeout=20_000,
+            )  # edited: the corner moved out, the area grew
+            page.screenshot(path=tmp_path / "ohif-edited.png")
             browser.close()
     finally:
         server.should_exit = True

@@ -48,5 +48,6 @@ def add_provenance(ds: pydicom.Dataset, model_name: str, weights_sha256: str, wh
     ds.ContributingEquipmentSequence = [contributing_equipment(model_name, weights_sha256)]
     ds.SoftwareVersions = __version__
     ds.ManufacturerModelName = f"ccrcc-grade {model_name}"[:64]
-    ds.SeriesDescription = f"ccrcc-grade {what}: {RESEARCH_USE}"[:64]
+    tail = f": {RESEARCH_USE}"  # never cut off: what is shortened to fit LO's 64 characters
+    ds.SeriesDescription = f"ccrcc-grade {what}"[: 64 - len(tail)] + tail
     return ds

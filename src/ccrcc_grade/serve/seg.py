@@ -57,4 +57,4 @@ def build_seg(
         device_serial_number=weights_sha256[:16],
         omit_empty_frames=False,  # one frame per slice of the series, empty ones too
     )
-    return add_provenance(seg, f"tumour proposal {roi_model_name}", weights_sha256, "tumour proposal SEG")
+    return add_provenance(seg, f"tumour proposal {roi_model_name}", weights_sha256, "proposal SEG")

@@ -215,7 +215,7 @@ def build_sr(
         evidence=evidence,
         content=report[0],
         series_instance_uid=series_uid or hd.UID(),
-        series_number=900,
+        series_number=903 if ohif else 900,
         sop_instance_uid=hd.UID(),
         instance_number=instance_number,
         manufacturer="ccrcc-grade",
@@ -226,7 +226,7 @@ def build_sr(
         verifying_organization=(signoff.get("organization") or "unknown") if signoff else None,
         previous_versions=previous or None,
     )
-    add_provenance(sr, model_name, weights_sha256, "WHO/ISUP grade")
+    add_provenance(sr, model_name, weights_sha256, "OHIF boxes" if ohif else "WHO/ISUP grade")
     scheme = pydicom.Dataset()
     scheme.CodingSchemeDesignator = PRIVATE
     scheme.CodingSchemeName = "ccrcc-grade private concepts"

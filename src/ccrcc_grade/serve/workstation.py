@@ -387,7 +387,9 @@ class Workstation:
                 ohif=self.sr_style == "ohif",
             )
 
-        return self._versioned(study_id, self.store.prediction_dir(study_id, m["id"]) / "sr", key, make)
+        # each style is a series of its own (a different rendering of the same report)
+        folder = self.store.prediction_dir(study_id, m["id"]) / ("sr" if self.sr_style == "standard" else "sr-ohif")
+        return self._versioned(study_id, folder, key, make)
 
     def key_image(self, study_id: str, model_id: str | None) -> tuple[pydicom.Dataset, Path]:
         """The key image of the current grade (``keyimage``): the slice with the largest box, all
