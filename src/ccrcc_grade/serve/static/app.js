@@ -462,7 +462,10 @@ function saveBoxes() {
   // this page then reloads the study's boxes rather than overwrite that tab's work
   const meta = {};
   saving = saving.then(() => api("PUT", `/api/studies/${id}/boxes`, body, undefined, { "If-Match": state.boxesEtag || '"0"' }, meta))
-    .then((saved) => { state.pending--; state.boxesEtag = meta.etag; if (!state.pending) state.boxes = saved; state.saveError = null; renderBoxList(); })
+    .then((saved) => {
+      state.pending--; state.boxesEtag = meta.etag; if (!state.pending) state.boxes = saved; state.saveError = null; renderBoxList();
+      if ($("message").textContent.includes("changed elsewhere")) say("");   // the conflict is resolved
+    })
     .catch(async (e) => {
       state.pending--;
       if (e.status === 409) {   // stale: show what the other tab saved
@@ -740,13 +743,14 @@ async function refreshWorklist() {
   const studies = await api("GET", "/api/studies");
   const rows = studies.map((s) => {
     const p = s.patient || {};
-    const phases = s.series.filter((x) => x.phase).map((x) => x.phase).join(", ");
+    const phases = s.series.filter((x) => x.phase).length;
+    // narrow panel: who on the first line, when / from where / phases on the second; the status beside
     const tr = el("tr", { className: "wl-" + s.status, dataset: { study: s.study_id }, title: s.error || "" },
-      el("td", {}, `${p.name || "(no name)"} ${p.patient_id ? "· " + p.patient_id : ""}`),
-      el("td", {}, p.study_date || ""), el("td", {}, s.source),
-      el("td", { className: "wl-status" }, STATUS_TEXT[s.status] || s.status, s.error ? el("div", { className: "error" }, s.error) : null),
-      el("td", { className: "hint" }, phases),
-      el("td", {}, state.cfg.ohif_port && s.study_uid ? ohifLink(s.study_uid) : null));
+      el("td", {}, `${p.name || "(no name)"}${p.patient_id ? " · " + p.patient_id : ""}`,
+        el("div", { className: "hint" }, `${p.study_date || "no date"} · ${s.source} · ${phases} phase${phases === 1 ? "" : "s"}`)),
+      el("td", { className: "wl-status" }, STATUS_TEXT[s.status] || s.status,
+        s.error ? el("div", { className: "error" }, s.error) : null,
+        state.cfg.ohif_port && s.study_uid ? el("div", {}, ohifLink(s.study_uid)) : null));
     if (s.series.length) tr.addEventListener("click", () => guarded(() => loadStudy(s.study_id)));
     return tr;
   });
