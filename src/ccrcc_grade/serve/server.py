@@ -157,6 +157,7 @@ def listen(data: str, dicom: DicomNode) -> None:
     if dicom.port is None:
         raise CcrccError("--port: give the DICOM port to listen on")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per association and instance otherwise
     store = StudyStore(Path(data))
     receiver = Receiver(store, dicom.ae_title, dicom.port, dicom.allow, dicom.stable_seconds, dicom.host).start()
     print(
