@@ -145,6 +145,7 @@ async function loadStudy(id) {
   const idx = state.study.series.findIndex((s) => s.phase === phase);
   showSeries(idx >= 0 ? idx : 0);
   renderResult();
+  refreshWorklist().catch(() => {});   // the worklist shows the study just opened or loaded
 }
 
 // the patient on screen, from the DICOM: name, ID, birth date, sex, study date, accession, series
@@ -693,6 +694,7 @@ async function grade() {
   state.result = full;
   renderResult(); draw();
   say("graded (heat map and box robustness ready)", true);
+  refreshWorklist().catch(() => {});
 }
 
 function renderResult() {
@@ -745,7 +747,8 @@ async function refreshWorklist() {
     const p = s.patient || {};
     const phases = s.series.filter((x) => x.phase).length;
     // narrow panel: who on the first line, when / from where / phases on the second; the status beside
-    const tr = el("tr", { className: "wl-" + s.status, dataset: { study: s.study_id }, title: s.error || "" },
+    const open = state.study && state.study.study_id === s.study_id ? " wl-open" : "";
+    const tr = el("tr", { className: "wl-" + s.status + open, dataset: { study: s.study_id }, title: s.error || "" },
       el("td", {}, `${p.name || "(no name)"}${p.patient_id ? " · " + p.patient_id : ""}`,
         el("div", { className: "hint" }, `${p.study_date || "no date"} · ${s.source} · ${phases} phase${phases === 1 ? "" : "s"}`)),
       el("td", { className: "wl-status" }, STATUS_TEXT[s.status] || s.status,
