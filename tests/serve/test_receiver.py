@@ -78,6 +78,7 @@ def test_a_study_arrives_and_completes_after_the_quiet_time(receiver, store, dic
     assert sum(x["slices"] for x in s["series"]) == len(datasets)
     stored = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in store.root.glob("*/series/*/*")}
     assert stored == {str(d.SOPInstanceUID) for d in datasets}
+    assert not list((store.root / ".incoming").rglob("*.dcm"))  # taken in: the incoming copies are gone
     assert datasets[0].PatientID not in caplog.text and str(datasets[0].PatientName) not in caplog.text
     assert f"study {s['study_id']} complete: {len(datasets)} instances" in caplog.text
 
@@ -178,6 +179,11 @@ def test_pushed_twice_and_more_after_completion(receiver, store, dicom_cohort, t
     assert "parenchymal" in [x["phase"] for x in s["series"]]
     assert [b["sop_instance_uid"] for b in store.boxes(sid)] == [k0]  # the boxes stay
     assert s["status"] == "boxed"  # and so does what they made of the study
+    assert not list((store.root / ".incoming").rglob("*.dcm"))
+    assert push(receiver.port, datasets[:3]) == [0, 0, 0]  # still known: pushed again, stored once
+    time.sleep(2.0)
+    (s,) = store.listing()
+    assert s["status"] == "boxed" and sum(x["slices"] for x in s["series"]) == len(datasets)
 
 
 def test_a_restart_mid_study_loses_no_instance(store, free_port, dicom_cohort):

@@ -15,9 +15,11 @@ What is refused, with the DICOM status the caller sees (the rest of the study is
 
 The same SOP Instance UID twice (a study pushed again) is acknowledged and not stored twice; an
 instance arriving after the study was complete reopens it (``receiving``: it is not graded on a
-partial series) and the study is taken in again after the quiet time, boxes kept. Instances are
-on disk (fsync) and recorded in the worklist before success is answered, so a restart loses
-none and completes the waiting studies. The log names studies by our id, never a patient.
+partial series) and the study is taken in again after the quiet time (its stored instances and
+the new ones), boxes kept. Instances wait in ``DATA/.incoming`` on disk (fsync) and recorded in
+the worklist before success is answered, so a restart loses none and completes the waiting
+studies; once a study is taken in, its incoming copies are removed (the store holds them). The
+log names studies by our id, never a patient.
 """
 
 from __future__ import annotations
@@ -243,17 +245,26 @@ class Receiver:
         done = []
         for a in self.worklist.quiet_studies(self.stable_seconds):
             sid, who = a["study_id"], f"C-STORE from {a['calling']}"
+            pending = self.worklist.received_files(a["study_uid"])
             try:
-                named = [
-                    (f"received instance {n + 1}", pydicom.dcmread(self.incoming / f))
-                    for n, f in enumerate(self.worklist.received_files(a["study_uid"]))
+                # the study as stored so far (instances came after it was complete) and the new ones
+                stored = sorted((self.store.root / sid).glob("series/*/*.dcm"))
+                named = [(f"stored instance {n + 1}", pydicom.dcmread(f)) for n, f in enumerate(stored)]
+                named += [
+                    (f"received instance {n + 1}", pydicom.dcmread(self.incoming / f)) for n, f in enumerate(pending)
                 ]
                 summary = self.store.add_datasets(named, "dicom", who, study_id=sid)
-            except (CcrccError, OSError, ValueError) as exc:
+            except (CcrccError, OSError, ValueError) as exc:  # the instances stay in .incoming
                 self.worklist.settle(a["study_uid"], a["last"])
                 self.worklist.set_status(sid, "failed", "receiver", error=str(exc).splitlines()[0])
                 log.error("study %s: could not be taken in: %s", sid, exc.__class__.__name__)
                 continue
+            self.worklist.taken_in(pending)  # in the store now: the incoming copies go
+            for f in pending:
+                (self.incoming / f).unlink(missing_ok=True)
+            for folder in {(self.incoming / f).parent for f in pending}:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
             if not self.worklist.settle(a["study_uid"], a["last"]):  # more came meanwhile: wait for them
                 self.worklist.set_status(sid, "receiving", "receiver", "instances arrived while completing")
                 continue

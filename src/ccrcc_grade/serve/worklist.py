@@ -230,8 +230,17 @@ class Worklist:
         return [dict(r) for r in rows]
 
     def received_files(self, study_uid: str) -> list[str]:
-        rows = self._db().execute("SELECT file FROM received WHERE study_uid=? ORDER BY time", (study_uid,))
+        """The study's instances waiting in the incoming folder (not yet taken into the store)."""
+        rows = self._db().execute(
+            "SELECT file FROM received WHERE study_uid=? AND file != '' ORDER BY time", (study_uid,)
+        )
         return [r["file"] for r in rows]
+
+    def taken_in(self, files: list[str]) -> None:
+        """These incoming files are in the store now (their SOP Instance UIDs stay known, so the
+        same instance sent again is still recognised)."""
+        with self.tx() as db:
+            db.executemany("UPDATE received SET file='' WHERE file=?", [(f,) for f in files])
 
     def settle(self, study_uid: str, last: float) -> bool:
         """Mark an arrival as taken in, unless an instance came after ``last`` (then it stays
