@@ -325,13 +325,10 @@ class StudyStore:
     def slice_hu(self, study_id: str, series_uid: str, k: int) -> np.ndarray:
         return read_hu(self.slice_path(study_id, series_uid, k))[0]
 
-    def find(self, study_uid: str) -> list[str]:
-        """Ids of the stored studies of a StudyInstanceUID (launch from the PACS by URL)."""
-        return [w["study_id"] for w in self.worklist.studies(study_uid) if (self.root / w["study_id"]).is_dir()]
-
     def listing(self, study_uid: str | None = None) -> list[dict]:
         """The worklist: every study (received, uploaded or pulled from the PACS), newest change
-        first, with its status, where it came from, its series and phases, and its last error."""
+        first, with its status, where it came from, its series and phases, and its last error;
+        ``study_uid``: only the stored studies of that StudyInstanceUID (launch by URL)."""
         out = []
         for w in self.worklist.studies(study_uid):
             entry = {k: w[k] for k in ("study_id", "study_uid", "status", "source", "updated")}
