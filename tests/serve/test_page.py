@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from ccrcc_grade.model.predict import predict_patient
+from ccrcc_grade.serve.store import StudyStore
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -147,7 +148,7 @@ def test_box_and_grade_in_the_browser(cohort_boxes, server, dicom_cohort, traine
     ref = predict_patient(trained_run, src.parent, boxes=tmp_path / "boxes.csv", patient_id=pid)
     assert len(ref["slices"]) == 1
     assert shown_prob == pytest.approx(ref["prob_high"], abs=6e-5)  # the page shows 4 decimals
-    stored = json.loads((data / sid / "predictions" / "resnet34-parenchymal" / "result.json").read_text())
+    stored, _ = StudyStore(data).worklist.grade(sid, "resnet34-parenchymal")  # the grade the server kept
     assert stored["prob_high"] == pytest.approx(ref["prob_high"], abs=1e-5)
     assert decision == ref["decision"]
     b = stored["box_robustness"]  # the range beside the probability, as the page shows it

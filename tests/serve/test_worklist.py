@@ -53,18 +53,36 @@ def test_two_tabs_never_lose_each_others_boxes(trained_run, dicom_cohort, patien
 
 
 def test_an_older_data_folder_joins_the_worklist(trained_run, dicom_cohort, patient_files, cohort_boxes, tmp_path):
-    """A study stored before the worklist (its boxes in boxes.json) is listed with its boxes."""
+    """A study stored before the worklist (boxes in boxes.json, the grade in result.json, the
+    sign-off in signoff.json, the SR versions in sr/index.json) is listed with all of them: the
+    report is made, and the SR asked for again is the same instance, still signed."""
+    from ccrcc_grade.serve.store import StudyStore
+
+    model = "resnet34-parenchymal"
     with TestClient(create_app([trained_run], tmp_path / "d"), base_url=BASE) as c:
         sid = c.post("/api/studies", files=patient_files(dicom_cohort, "SYN001")).json()["study_id"]
         boxes = c.put(f"/api/studies/{sid}/boxes", json=cohort_boxes(dicom_cohort, "SYN001")).json()
+        c.post(f"/api/studies/{sid}/predict", json={"box_k": 0})
+        c.post(f"/api/studies/{sid}/signoff", json={"observer": "Jane Roe"})
+        sr = c.get(f"/api/studies/{sid}/sr").content
+    wl = StudyStore(tmp_path / "d").worklist
+    result, sign = wl.grade(sid, model)
     old = tmp_path / "old"
     old.mkdir(mode=0o700)
-    shutil.copytree(tmp_path / "d" / sid, old / sid)
+    shutil.copytree(tmp_path / "d" / sid, old / sid)  # written as the earlier version kept it
     (old / sid / "boxes.json").write_text(json.dumps(boxes))
+    pred = old / sid / "predictions" / model
+    (pred / "result.json").write_text(json.dumps(result))
+    (pred / "signoff.json").write_text(json.dumps(sign))
+    versions = [{"file": v["file"], "key": v["key"], "sop_instance_uid": v["sop_uid"]} for v in wl.objects(sid)]
+    (pred / "sr" / "index.json").write_text(json.dumps({"series_uid": "x", "versions": versions}))
     with TestClient(create_app([trained_run], old), base_url=BASE) as c:
         (entry,) = c.get("/api/studies").json()
         assert entry["study_id"] == sid and entry["status"] == "boxed"
         assert c.get(f"/api/studies/{sid}/boxes").json() == boxes
+        assert c.get(f"/api/studies/{sid}/report").status_code == 200
+        again = c.get(f"/api/studies/{sid}/sr").content
+        assert again == sr and b"VERIFIED" in again  # no new version: the signed one, found again
 
 
 def test_versions_in_the_database(tmp_path):

@@ -7,11 +7,12 @@ Layout of ``DATA/<study_id>/`` (ids are generated; uploaded file names are never
     series/<n>/<k>.dcm         the series' instances, k in slice order (the order of the viewer)
     cohort/boxes.csv           the confirmed boxes in ingest's cohort format (file relative to cohort/),
                                with their source
-    predictions/<model>/...    the last prediction per model (JSON, Grad-CAM overlays), its
-                               sign-off (signoff.json) and every SR version made (sr/<n>.dcm)
+    predictions/<model>/...    the Grad-CAM overlays of the last grade per model and every DICOM
+                               result made (sr/<n>.dcm, sr-ohif/, key/, seg/)
 
-The index of the studies, their status, the boxes (with their version) and the audit log live
-in ``DATA/worklist.sqlite`` (``worklist``); the receiver's instances wait in ``DATA/.incoming``
+The index of the studies, their status, the boxes (with their version), the grades and
+sign-offs, the versions of the DICOM results and the audit log live in ``DATA/worklist.sqlite``
+(``worklist``); the receiver's instances wait in ``DATA/.incoming``
 until their study is complete. Every write is atomic; a failed upload removes its half-written
 study folder, so nothing of it is left behind; a server restart finds every study and box as it
 was.
@@ -144,15 +145,30 @@ class StudyStore:
         self._index_older_studies()
 
     def _index_older_studies(self) -> None:
-        """Studies stored before the worklist existed (boxes then lived in boxes.json) join it."""
+        """Studies stored before the worklist existed join it: their boxes (boxes.json), grades
+        (predictions/<model>/result.json), sign-offs (signoff.json) and the versions of the SRs
+        made (<kind>/index.json), each read once."""
+        wl, who = self.worklist, "workstation (index of older studies)"
         for f in sorted(self.root.glob("*/study.json")):
             sid = f.parent.name
-            if STUDY_ID.match(sid) and not self.worklist.has(sid):
-                s, who = json.loads(f.read_text()), "workstation (index of older studies)"
-                self.worklist.add_study(sid, s.get("study_uid", ""), "upload", who)
-                old = f.parent / "boxes.json"
-                if old.is_file():
-                    self.worklist.set_boxes(sid, json.loads(old.read_text()), None, who)
+            if not STUDY_ID.match(sid):
+                continue
+            if not wl.has(sid):
+                wl.add_study(sid, json.loads(f.read_text()).get("study_uid", ""), "upload", who)
+                if (f.parent / "boxes.json").is_file():
+                    wl.set_boxes(sid, json.loads((f.parent / "boxes.json").read_text()), None, who)
+            for result in sorted(f.parent.glob("predictions/*/result.json")):
+                model = result.parent.name
+                if wl.grade(sid, model)[0] is not None:
+                    continue
+                wl.set_grade(sid, model, json.loads(result.read_text()))
+                if (result.parent / "signoff.json").is_file():
+                    wl.set_signoff(sid, model, json.loads((result.parent / "signoff.json").read_text()))
+                for index in sorted(result.parent.glob("*/index.json")):
+                    kept = json.loads(index.read_text())
+                    for n, v in enumerate(kept.get("versions", []), start=1):
+                        ds = pydicom.dcmread(index.parent / v["file"], stop_before_pixels=True)
+                        wl.add_object(sid, model, index.parent.name, n, v["file"], v["key"], ds)
 
     def lock(self, study_id: str) -> threading.Lock:
         with self._guard:

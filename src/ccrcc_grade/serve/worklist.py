@@ -45,6 +45,13 @@ CREATE TABLE IF NOT EXISTS jobs(
     id INTEGER PRIMARY KEY, study_id TEXT NOT NULL, model TEXT NOT NULL, destination TEXT NOT NULL,
     status TEXT NOT NULL, attempts INTEGER NOT NULL, next_try REAL NOT NULL, error TEXT,
     instances TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS grades(
+    study_id TEXT NOT NULL, model TEXT NOT NULL, result TEXT NOT NULL, signoff TEXT, updated TEXT NOT NULL,
+    PRIMARY KEY(study_id, model));
+CREATE TABLE IF NOT EXISTS objects(
+    study_id TEXT NOT NULL, model TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL, file TEXT NOT NULL,
+    key TEXT NOT NULL, sop_uid TEXT NOT NULL, series_uid TEXT NOT NULL, verified INTEGER NOT NULL,
+    created TEXT NOT NULL, PRIMARY KEY(study_id, model, kind, version));
 CREATE INDEX IF NOT EXISTS events_study ON events(study_id);
 CREATE INDEX IF NOT EXISTS received_study ON received(study_uid);
 """
@@ -171,6 +178,62 @@ class Worklist:
                 (study_id, t, actor, "boxes", f"{n} confirmed, {len(boxes) - n} proposed (version {version + 1})"),
             )
         return version + 1
+
+    # --- grades, sign-offs and the DICOM objects made of them --------------------------------
+    def set_grade(self, study_id: str, model: str, result: dict) -> None:
+        """The last grade of a study by a model (a sign-off of an earlier grade stays recorded: it
+        is checked against the inputs it signed)."""
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO grades(study_id, model, result, updated) VALUES(?,?,?,?) ON CONFLICT(study_id, model) "
+                "DO UPDATE SET result=excluded.result, updated=excluded.updated",
+                (study_id, model, json.dumps(result), now_iso()),
+            )
+
+    def grade(self, study_id: str, model: str) -> tuple[dict | None, dict | None]:
+        """(the last grade, its sign-off) of a study by a model; None where there is none."""
+        row = (
+            self._db()
+            .execute("SELECT result, signoff FROM grades WHERE study_id=? AND model=?", (study_id, model))
+            .fetchone()
+        )
+        if row is None:
+            return None, None
+        return json.loads(row["result"]), json.loads(row["signoff"]) if row["signoff"] else None
+
+    def set_signoff(self, study_id: str, model: str, sign: dict) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE grades SET signoff=?, updated=? WHERE study_id=? AND model=?",
+                (json.dumps(sign), now_iso(), study_id, model),
+            )
+
+    def objects(self, study_id: str, model: str | None = None, kind: str | None = None) -> list[dict]:
+        """The DICOM objects made for a study (every version), oldest first."""
+        q, args = "SELECT * FROM objects WHERE study_id=?", [study_id]
+        if model is not None:
+            q, args = q + " AND model=?", [*args, model]
+        if kind is not None:
+            q, args = q + " AND kind=?", [*args, kind]
+        return [dict(r) for r in self._db().execute(q + " ORDER BY version", args)]
+
+    def add_object(self, study_id: str, model: str, kind: str, version: int, file: str, key: str, ds: object) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO objects VALUES(?,?,?,?,?,?,?,?,?,?)",
+                (
+                    study_id,
+                    model,
+                    kind,
+                    version,
+                    file,
+                    key,
+                    str(ds.SOPInstanceUID),
+                    str(ds.SeriesInstanceUID),
+                    int(str(getattr(ds, "VerificationFlag", "")) == "VERIFIED"),
+                    now_iso(),
+                ),
+            )
 
     # --- what the receiver took in ---------------------------------------------------------
     def receive(

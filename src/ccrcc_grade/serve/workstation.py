@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.core.fileio import atomic_write, atomic_write_json
+from ccrcc_grade.core.fileio import atomic_write
 from ccrcc_grade.ingest.cohort import Roi
 from ccrcc_grade.io.boxes import Box
 from ccrcc_grade.model.card import trust_statement
@@ -212,7 +212,7 @@ class Workstation:
         result["model"].update(id=m["id"], path=m["id"])  # no server paths in the answer
         result["patient_id"] = study_id
         result["inputs_sha256"] = inputs  # what the grade was computed from: checked before a report or SR
-        atomic_write_json(out / "result.json", result)
+        self.store.worklist.set_grade(study_id, m["id"], result)
         self.store.worklist.set_status(study_id, "graded", actor, f"{m['id']}: {result['grade']}")
         log.info("study %s graded with %s: %s", study_id, m["id"], result["grade"])
         return result
@@ -311,11 +311,8 @@ class Workstation:
     def signoff(self, study_id: str, m: dict) -> dict | None:
         """The radiologist's sign-off of the current grade (None when unsigned or signed for
         inputs that have changed since)."""
-        f = self.store.prediction_dir(study_id, m["id"]) / "signoff.json"
-        if not f.is_file():
-            return None
-        s = json.loads(f.read_text())
-        return s if s.get("inputs_sha256") == self.inputs_digest(study_id, m) else None
+        _, s = self.store.worklist.grade(study_id, m["id"])
+        return s if s and s.get("inputs_sha256") == self.inputs_digest(study_id, m) else None
 
     def sign_off(self, study_id: str, model_id: str | None, observer: str) -> dict:
         """The radiologist verifies the current grade: recorded with name and time; the SR made
@@ -329,7 +326,7 @@ class Workstation:
             "inputs_sha256": result["inputs_sha256"],
             "grade": result["grade"],
         }
-        atomic_write_json(self.store.prediction_dir(study_id, m["id"]) / "signoff.json", sign)
+        self.store.worklist.set_signoff(study_id, m["id"], sign)
         self.store.worklist.log(study_id, sign["observer"], "signed off", f"{m['id']}: {result['grade']}")
         log.info("study %s: grade signed off by %s", study_id, sign["observer"])
         return sign
@@ -344,10 +341,10 @@ class Workstation:
 
     def last_result(self, study_id: str, model_id: str | None) -> tuple[dict, dict]:
         m = self.registry.get(model_id)
-        f = self.store.prediction_dir(study_id, m["id"]) / "result.json"
-        if not f.is_file():
+        self.store.folder(study_id)
+        result, _ = self.store.worklist.grade(study_id, m["id"])
+        if result is None:
             raise Unprocessable(f"study {study_id} has not been graded with {m['id']} yet")
-        result = json.loads(f.read_text())
         if result.get("inputs_sha256") != self.inputs_digest(study_id, m):
             raise Stale(
                 f"the boxes, the phases or the model changed since study {study_id} was graded with {m['id']}; "
@@ -457,28 +454,21 @@ class Workstation:
         return self._versioned(study_id, self.store.prediction_dir(study_id, m["id"]) / "seg", key, make)
 
     def _versioned(self, study_id: str, folder: Path, key: str, make: Callable) -> tuple[pydicom.Dataset, Path]:
-        """One series of versions of a result object (``folder/index.json``): the same ``key``
-        gives the stored instance again; a new key the next instance of the series, made by
-        ``make(series_uid or None, instance_number, previous dataset or None)``."""
+        """One series of versions of a result object (``predictions/<model>/<kind>/<n>.dcm``, the
+        versions in the worklist): the same ``key`` gives the stored instance again; a new key the
+        next instance of the series, made by ``make(series_uid or None, instance_number, previous
+        dataset or None)``."""
+        wl, model, kind = self.store.worklist, folder.parent.name, folder.name
         with self.store.lock(study_id):
-            index = json.loads((folder / "index.json").read_text()) if (folder / "index.json").is_file() else {}
-            versions = index.get("versions", [])
+            versions = wl.objects(study_id, model, kind)
             if versions and versions[-1]["key"] == key:
                 return pydicom.dcmread(folder / versions[-1]["file"]), folder / versions[-1]["file"]
             previous = pydicom.dcmread(folder / versions[-1]["file"]) if versions else None
-            ds = make(index.get("series_uid"), len(versions) + 1, previous)
+            ds = make(versions[-1]["series_uid"] if versions else None, len(versions) + 1, previous)
             name = f"{len(versions) + 1}.dcm"
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(folder / name, lambda fh: ds.save_as(fh, enforce_file_format=True))
-            versions.append(
-                {
-                    "file": name,
-                    "key": key,
-                    "sop_instance_uid": str(ds.SOPInstanceUID),
-                    "verified": str(getattr(ds, "VerificationFlag", "")) == "VERIFIED",
-                }
-            )
-            atomic_write_json(folder / "index.json", {"series_uid": str(ds.SeriesInstanceUID), "versions": versions})
+            wl.add_object(study_id, model, kind, len(versions) + 1, name, key, ds)
         return ds, folder / name
 
     # --- results into the PACS ------------------------------------------------------------------
@@ -505,10 +495,9 @@ class Workstation:
     def result_file(self, study_id: str, sop_uid: str) -> Path:
         """A result object this server wrote for the study, by SOP Instance UID (any version)."""
         base = self.store.folder(study_id) / "predictions"
-        for index in sorted(base.glob("*/*/index.json")) if base.is_dir() else []:
-            for v in json.loads(index.read_text()).get("versions", []):
-                if v["sop_instance_uid"] == sop_uid:
-                    return index.parent / v["file"]
+        for v in self.store.worklist.objects(study_id):
+            if v["sop_uid"] == sop_uid:
+                return base / v["model"] / v["kind"] / v["file"]
         raise NotFound(f"no result {sop_uid!r} in study {study_id}")
 
     def ready(self, study_id: str) -> None:
