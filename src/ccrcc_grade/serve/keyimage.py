@@ -16,7 +16,7 @@ from ccrcc_grade.io.dicom import display_flips
 from ccrcc_grade.serve.provenance import RESEARCH_USE, add_provenance
 
 MIN_SIZE = 512  # smaller slices are enlarged (whole times, pixel spacing adjusted) for legible text
-SOURCE_COLOUR = {"person": (0, 255, 0), "interpolation": (0, 200, 255), "proposal model": (0, 200, 255)}
+PERSON, PROPOSED = (0, 255, 0), (0, 200, 255)  # a box drawn by a person; one made by the software
 
 
 def render(
@@ -46,7 +46,7 @@ def render(
     width = max(1, round(max(img.size) / 256))
     for x0, y0, x1, y1, source in boxes:
         xy = [x0 * scale, y0 * scale, x1 * scale, y1 * scale]
-        draw.rectangle(xy, outline=SOURCE_COLOUR.get(source, (0, 255, 0)), width=width)
+        draw.rectangle(xy, outline=PERSON if source == "person" else PROPOSED, width=width)
     arr = np.asarray(img)
     if flips[0]:
         arr = arr[::-1]
