@@ -56,6 +56,20 @@ def server(free_port, wait_http, trained_run, tmp_path_factory):
         log.close()
 
 
+def _drag(page, x0, y0, x1, y1) -> None:
+    """A box drawn with the mouse, in image coordinates (through the viewer's fit, zoom, pan)."""
+    page.mouse.move(*page.evaluate("([x, y]) => imageToClient(x, y)", [x0, y0]))
+    page.mouse.down()
+    page.mouse.move(*page.evaluate("([x, y]) => imageToClient(x, y)", [x1, y1]), steps=6)
+    page.mouse.up()
+
+
+def _test_patient(trained_run: Path, dicom_cohort: Path, k: int) -> tuple[str, list[str]]:
+    """The model's k-th test patient and every DICOM file of theirs (the page's upload)."""
+    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][k]
+    return pid, [str(f) for f in sorted((dicom_cohort / pid).rglob("*.dcm"))]
+
+
 def _get(url: str):
     with urllib.request.urlopen(url) as r:
         return json.loads(r.read())
@@ -67,9 +81,8 @@ def test_box_and_grade_in_the_browser(cohort_boxes, server, dicom_cohort, traine
     if not Path(CHROMIUM).is_file():
         pytest.fail("Debian's chromium is not installed: run `make system-deps` (apt-get install chromium)")
     url, data = server
-    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    pid, files = _test_patient(trained_run, dicom_cohort, 0)
     target = max(cohort_boxes(dicom_cohort, pid), key=lambda b: (b["x_max"] - b["x_min"]) * (b["y_max"] - b["y_min"]))
-    files = [str(f) for f in sorted((dicom_cohort / pid).rglob("*.dcm"))]
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -99,16 +112,10 @@ def test_box_and_grade_in_the_browser(cohort_boxes, server, dicom_cohort, traine
             page.keyboard.press("ArrowDown" if k > current else "ArrowUp")
         assert page.evaluate("state.k") == k
 
-        def drag(x0, y0, x1, y1):  # image coordinates, through the viewer's fit, zoom and pan
-            page.mouse.move(*page.evaluate("([x, y]) => imageToClient(x, y)", [x0, y0]))
-            page.mouse.down()
-            page.mouse.move(*page.evaluate("([x, y]) => imageToClient(x, y)", [x1, y1]), steps=6)
-            page.mouse.up()
-
-        drag(target["x_min"], target["y_min"], target["x_max"], target["y_max"])
+        _drag(page, target["x_min"], target["y_min"], target["x_max"], target["y_max"])
         page.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('1 box saved')")
         page.keyboard.press("ArrowDown")  # a stray box on the next slice ...
-        drag(10, 10, 30, 30)
+        _drag(page, 10, 10, 30, 30)
         page.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('2 boxes saved')")
         page.mouse.click(*page.evaluate("() => imageToClient(20, 20)"))  # ... selected and deleted
         page.keyboard.press("Delete")
@@ -183,7 +190,7 @@ def test_hostile_dicom_text_shows_as_text(server, dicom_cohort, trained_run, tmp
     from playwright.sync_api import sync_playwright
 
     url, _ = server
-    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][1]
+    pid, _ = _test_patient(trained_run, dicom_cohort, 1)
     files = []
     for f in sorted((dicom_cohort / pid).rglob("*.dcm")):
         ds = pydicom.dcmread(f)
@@ -230,8 +237,7 @@ def test_boxes_cannot_fail_unseen_and_keys_never_relabel_a_phase(server, dicom_c
     from playwright.sync_api import sync_playwright
 
     url, _ = server
-    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][2]
-    files = [str(f) for f in sorted((dicom_cohort / pid).rglob("*.dcm"))]
+    pid, files = _test_patient(trained_run, dicom_cohort, 2)
     errors: list[str] = []
     with sync_playwright() as p:
         browser, page = _open_page(p, errors)
@@ -304,9 +310,8 @@ def test_a_radiologists_session(server, cohort_boxes, dicom_cohort, trained_run,
     from ccrcc_grade.io.dicom import read_hu
 
     url, data = server
-    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][0]
+    pid, files = _test_patient(trained_run, dicom_cohort, 0)
     target = max(cohort_boxes(dicom_cohort, pid), key=lambda b: (b["x_max"] - b["x_min"]) * (b["y_max"] - b["y_min"]))
-    files = [str(f) for f in sorted((dicom_cohort / pid).rglob("*.dcm"))]
     src = next(
         f
         for f in (dicom_cohort / pid / "parenchymal").glob("*.dcm")
@@ -431,14 +436,6 @@ def test_a_radiologists_session(server, cohort_boxes, dicom_cohort, trained_run,
     )
 
 
-def _drag(page, x0, y0, x1, y1) -> None:
-    """A box drawn with the mouse, in image coordinates (through the viewer's fit, zoom, pan)."""
-    page.mouse.move(*page.evaluate("([x, y]) => imageToClient(x, y)", [x0, y0]))
-    page.mouse.down()
-    page.mouse.move(*page.evaluate("([x, y]) => imageToClient(x, y)", [x1, y1]), steps=6)
-    page.mouse.up()
-
-
 def test_two_tabs_on_one_study_and_the_worklist(server, dicom_cohort, trained_run, tmp_path):
     """Two tabs on one study: the second tab's save, based on boxes the first tab changed since,
     is refused (409) and that tab reloads the study with the first tab's box instead of
@@ -446,8 +443,7 @@ def test_two_tabs_on_one_study_and_the_worklist(server, dicom_cohort, trained_ru
     from playwright.sync_api import sync_playwright
 
     url, _ = server
-    pid = torch.load(trained_run / "best.pt", weights_only=True)["splits"]["test"][2]
-    files = [str(f) for f in sorted((dicom_cohort / pid).rglob("*.dcm"))]
+    pid, files = _test_patient(trained_run, dicom_cohort, 2)
     errors: list[str] = []
     with sync_playwright() as p:
         browser, a = _open_page(p, errors)

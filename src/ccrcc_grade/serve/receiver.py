@@ -176,7 +176,7 @@ class Receiver:
         return any(p.admits(calling, req.address) for p in self.peers), f"{calling}@{req.address}"
 
     def _on_echo(self, event: object) -> int:
-        ok, who = self._peer_ok(event)
+        ok, _ = self._peer_ok(event)
         return SUCCESS if ok else NOT_AUTHORIZED
 
     def _on_store(self, event: object) -> int:

@@ -149,6 +149,8 @@ class StudyStore:
         (predictions/<model>/result.json), sign-offs (signoff.json) and the versions of the SRs
         made (<kind>/index.json), each read once."""
         wl, who = self.worklist, "workstation (index of older studies)"
+        if wl.indexed_files:  # done once per data folder, not at every start
+            return
         for f in sorted(self.root.glob("*/study.json")):
             sid = f.parent.name
             if not STUDY_ID.match(sid):
@@ -169,6 +171,7 @@ class StudyStore:
                     for n, v in enumerate(kept.get("versions", []), start=1):
                         ds = pydicom.dcmread(index.parent / v["file"], stop_before_pixels=True)
                         wl.add_object(sid, model, index.parent.name, n, v["file"], v["key"], ds)
+        wl.indexed_files = True
 
     def lock(self, study_id: str) -> threading.Lock:
         with self._guard:

@@ -61,6 +61,26 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _confirmed(boxes: list[dict]) -> int:
+    """How many of the boxes a person confirmed (a study with one is ``boxed``)."""
+    return sum(1 for b in boxes if b.get("confirmed", True))
+
+
+def _event(db: sqlite3.Connection, study_id: str, t: str, actor: str, action: str, detail: str) -> None:
+    db.execute(
+        "INSERT INTO events(study_id,time,actor,action,detail) VALUES(?,?,?,?,?)", (study_id, t, actor, action, detail)
+    )
+
+
+def _set_status(db: sqlite3.Connection, study_id: str, t: str, status: str, error: str | None = None) -> None:
+    db.execute("UPDATE studies SET status=?, error=?, updated=? WHERE study_id=?", (status, error, t, study_id))
+
+
+def _insert_study(db: sqlite3.Connection, study_id: str, study_uid: str, source: str, status: str, t: str) -> None:
+    db.execute("INSERT INTO studies VALUES(?,?,?,?,NULL,?,?)", (study_id, study_uid, source, status, t, t))
+    db.execute("INSERT OR IGNORE INTO boxes VALUES(?, '[]', 0)", (study_id,))
+
+
 class Worklist:
     """One SQLite file; safe from the API's threads, the receiver and the sender (one connection
     per thread, writes serialised by SQLite's lock with a 30 s busy timeout)."""
@@ -99,16 +119,21 @@ class Worklist:
             old = db.execute("SELECT study_id FROM studies WHERE study_id=?", (study_id,)).fetchone()
             if old:  # taken in again (more instances came): its confirmed boxes still make it boxed
                 row = db.execute("SELECT boxes FROM boxes WHERE study_id=?", (study_id,)).fetchone()
-                if status == "complete" and row and any(b.get("confirmed", True) for b in json.loads(row["boxes"])):
+                if status == "complete" and row and _confirmed(json.loads(row["boxes"])):
                     status = "boxed"
-                db.execute("UPDATE studies SET status=?, error=NULL, updated=? WHERE study_id=?", (status, t, study_id))
+                _set_status(db, study_id, t, status)
             else:
-                db.execute("INSERT INTO studies VALUES(?,?,?,?,NULL,?,?)", (study_id, study_uid, source, status, t, t))
-                db.execute("INSERT OR IGNORE INTO boxes VALUES(?, '[]', 0)", (study_id,))
-            db.execute(
-                "INSERT INTO events(study_id,time,actor,action,detail) VALUES(?,?,?,?,?)",
-                (study_id, t, actor, status, f"study {'updated' if old else 'added'} ({source})"),
-            )
+                _insert_study(db, study_id, study_uid, source, status, t)
+            _event(db, study_id, t, actor, status, f"study {'updated' if old else 'added'} ({source})")
+
+    @property
+    def indexed_files(self) -> bool:
+        """Whether the study folders' files of an earlier version were read in (SQLite's user_version)."""
+        return self._db().execute("PRAGMA user_version").fetchone()[0] >= 1
+
+    @indexed_files.setter
+    def indexed_files(self, done: bool) -> None:
+        self._db().execute(f"PRAGMA user_version = {1 if done else 0}")
 
     def has(self, study_id: str) -> bool:
         return self._db().execute("SELECT 1 FROM studies WHERE study_id=?", (study_id,)).fetchone() is not None
@@ -118,18 +143,12 @@ class Worklist:
             raise ValueError(f"unknown status {status!r}")
         t = now_iso()
         with self.tx() as db:
-            db.execute("UPDATE studies SET status=?, error=?, updated=? WHERE study_id=?", (status, error, t, study_id))
-            db.execute(
-                "INSERT INTO events(study_id,time,actor,action,detail) VALUES(?,?,?,?,?)",
-                (study_id, t, actor, status, error or detail),
-            )
+            _set_status(db, study_id, t, status, error)
+            _event(db, study_id, t, actor, status, error or detail)
 
     def log(self, study_id: str, actor: str, action: str, detail: str = "") -> None:
         with self.tx() as db:
-            db.execute(
-                "INSERT INTO events(study_id,time,actor,action,detail) VALUES(?,?,?,?,?)",
-                (study_id, now_iso(), actor, action, detail),
-            )
+            _event(db, study_id, now_iso(), actor, action, detail)
 
     def study(self, study_id: str) -> dict:
         row = self._db().execute("SELECT * FROM studies WHERE study_id=?", (study_id,)).fetchone()
@@ -168,15 +187,11 @@ class Worklist:
                     f"{expected}); reload the study to see them"
                 )
             db.execute("INSERT OR REPLACE INTO boxes VALUES(?,?,?)", (study_id, json.dumps(boxes), version + 1))
-            status = "boxed" if any(b.get("confirmed", True) for b in boxes) else "complete"
+            n = _confirmed(boxes)
             cur = db.execute("SELECT status FROM studies WHERE study_id=?", (study_id,)).fetchone()
             if cur and cur["status"] != "receiving":
-                db.execute("UPDATE studies SET status=?, error=NULL, updated=? WHERE study_id=?", (status, t, study_id))
-            n = sum(1 for b in boxes if b.get("confirmed", True))
-            db.execute(
-                "INSERT INTO events(study_id,time,actor,action,detail) VALUES(?,?,?,?,?)",
-                (study_id, t, actor, "boxes", f"{n} confirmed, {len(boxes) - n} proposed (version {version + 1})"),
-            )
+                _set_status(db, study_id, t, "boxed" if n else "complete")
+            _event(db, study_id, t, actor, "boxes", f"{n} confirmed, {len(boxes) - n} proposed (version {version + 1})")
         return version + 1
 
     # --- grades, sign-offs and the DICOM objects made of them --------------------------------
@@ -263,23 +278,11 @@ class Worklist:
             st = db.execute("SELECT status FROM studies WHERE study_id=?", (study_id,)).fetchone()
             stamp = now_iso()
             if st is None:
-                db.execute(
-                    "INSERT INTO studies VALUES(?,?,?,?,NULL,?,?)",
-                    (study_id, study_uid, "dicom", "receiving", stamp, stamp),
-                )
-                db.execute("INSERT OR IGNORE INTO boxes VALUES(?, '[]', 0)", (study_id,))
-                db.execute(
-                    "INSERT INTO events(study_id,time,actor,action,detail) VALUES(?,?,?,?,?)",
-                    (study_id, stamp, f"C-STORE from {calling}", "receiving", "first instance received"),
-                )
+                _insert_study(db, study_id, study_uid, "dicom", "receiving", stamp)
+                _event(db, study_id, stamp, f"C-STORE from {calling}", "receiving", "first instance received")
             elif st["status"] != "receiving":
-                db.execute(
-                    "UPDATE studies SET status='receiving', error=NULL, updated=? WHERE study_id=?", (stamp, study_id)
-                )
-                db.execute(
-                    "INSERT INTO events(study_id,time,actor,action,detail) VALUES(?,?,?,?,?)",
-                    (study_id, stamp, f"C-STORE from {calling}", "receiving", "new instances after completion"),
-                )
+                _set_status(db, study_id, stamp, "receiving")
+                _event(db, study_id, stamp, f"C-STORE from {calling}", "receiving", "new instances after completion")
         return study_id, True, None
 
     def seen(self, sop_uid: str) -> bool:

@@ -357,12 +357,11 @@ class Workstation:
         the same inputs and sign-off give the same instance again (downloading or storing twice
         makes no duplicate); a changed grade or a sign-off makes the next version in the same
         series, naming the previous one as its predecessor."""
-        return self._sr(study_id, model_id)[0]
+        return self._sr(study_id, *self.last_result(study_id, model_id))[0]
 
-    def _sr(self, study_id: str, model_id: str | None) -> tuple[pydicom.Dataset, Path]:
+    def _sr(self, study_id: str, result: dict, m: dict) -> tuple[pydicom.Dataset, Path]:
         from ccrcc_grade.serve.sr import build_sr
 
-        result, m = self.last_result(study_id, model_id)
         sign = self.signoff(study_id, m)
         state = [result["inputs_sha256"], sign, self.sr_style]
         key = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
@@ -388,12 +387,11 @@ class Workstation:
         folder = self.store.prediction_dir(study_id, m["id"]) / ("sr" if self.sr_style == "standard" else "sr-ohif")
         return self._versioned(study_id, folder, key, make)
 
-    def key_image(self, study_id: str, model_id: str | None) -> tuple[pydicom.Dataset, Path]:
+    def key_image(self, study_id: str, result: dict, m: dict) -> tuple[pydicom.Dataset, Path]:
         """The key image of the current grade (``keyimage``): the slice with the largest box, all
         its boxes, the heat map when the grade made one; versioned like the SR (``.../key``)."""
         from ccrcc_grade.serve.keyimage import build_key_image
 
-        result, m = self.last_result(study_id, model_id)
         if not result.get("slices"):
             raise Unprocessable(f"study {study_id}: the grade has no boxed slice to show")
         best = max(result["slices"], key=lambda s: (s["box"][2] - s["box"][0]) * (s["box"][3] - s["box"][1]))
@@ -426,7 +424,7 @@ class Workstation:
 
         return self._versioned(study_id, self.store.prediction_dir(study_id, m["id"]) / "key", key, make)
 
-    def seg(self, study_id: str, model_id: str | None) -> tuple[pydicom.Dataset, Path]:
+    def seg(self, study_id: str, result: dict, m: dict) -> tuple[pydicom.Dataset, Path]:
         """The DICOM SEG of the proposal model's tumour on the graded series (``seg``): on each
         graded slice the model's mask prompted by that slice's box, the other slices empty;
         versioned like the SR (``.../seg``)."""
@@ -434,7 +432,6 @@ class Workstation:
         from ccrcc_grade.serve.seg import build_seg
 
         roi = self.roi_model
-        result, m = self.last_result(study_id, model_id)
         roi_sha = str(roi.meta.get("weights_sha256") or roi.meta.get("onnx_weights_sha256") or "")
         key = hashlib.sha256(json.dumps([result["inputs_sha256"], roi_sha], sort_keys=True).encode()).hexdigest()
         series = self.store.series(study_id, result["slices"][0]["series_uid"])
@@ -477,9 +474,10 @@ class Workstation:
         image (``kind``, ``sop_class_uid``, ``sop_instance_uid``, ``url``; ``path`` stays here)."""
         self.ready(study_id)
         out = []
-        made = [("sr", self._sr(study_id, model_id)), ("key_image", self.key_image(study_id, model_id))]
+        graded = self.last_result(study_id, model_id)  # checked once: it matches the current inputs
+        made = [("sr", self._sr(study_id, *graded)), ("key_image", self.key_image(study_id, *graded))]
         if self.roi_model is not None:
-            made.append(("seg", self.seg(study_id, model_id)))
+            made.append(("seg", self.seg(study_id, *graded)))
         for kind, (ds, path) in made:
             out.append(
                 {
