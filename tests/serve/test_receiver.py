@@ -222,3 +222,35 @@ def test_peer_matching():
     p = Peer.parse("ORTHANC@127.0.0.1")
     assert p.admits("ORTHANC", "127.0.0.1") and not p.admits("ORTHANC", "10.0.0.1") and not p.admits("X", "127.0.0.1")
     assert Peer.parse("ORTHANC@*").admits("ORTHANC", "10.9.8.7")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["serve", "--listen-port", "70000", "--allow", "A@127.0.0.1"], "must be 1-65535"),
+        (["serve", "--listen-port", "{port}"], "name the callers"),
+        (["serve", "--listen-port", "{port}", "--allow", "ORTHANC"], "write AE@HOST"),
+        (["serve", "--listen-port", "{port}", "--allow", "A@127.0.0.1", "--stable-seconds", "-1"], "0-3600"),
+        (["serve", "--listen-port", "{port}", "--allow", "A@127.0.0.1", "--stable-seconds", "nan"], "0-3600"),
+        (["serve", "--ae-title", "A" * 17], "1-16 printable characters"),
+        (["serve", "--send", "ORTHANC@pacs"], "write AE@HOST:PORT"),
+        (["serve", "--send", "ORTHANC@pacs:0"], "write AE@HOST:PORT"),
+        (["serve", "--send", "AE\\X@pacs:104"], "1-16 printable characters"),
+        (["serve", "--ohif"], "give --pacs"),
+        (
+            ["serve", "--ohif", "--pacs", "http://127.0.0.1:1/dicom-web", "--port", "8050", "--ohif-port", "8050"],
+            "differ from --port",
+        ),
+        (["listen", "--port", "{port}", "--allow", "ORTHANC"], "write AE@HOST"),
+        (["listen", "--port", "0", "--allow", "A@127.0.0.1"], "must be 1-65535"),
+    ],
+)
+def test_the_dicom_flags_refuse_bad_values(args, message, refused, trained_run, free_port, tmp_path, capsys):
+    """Each bad value of the receiver's, sender's and OHIF's flags: exit 2, one line naming it,
+    before anything listens."""
+    args = [a.replace("{port}", str(free_port())) for a in args]
+    if args[0] == "serve":
+        args = ["serve", "--models", str(trained_run), "--data", str(tmp_path / "d"), *args[1:]]
+    else:
+        args = [*args, "--data", str(tmp_path / "d")]
+    refused(capsys, args, message)

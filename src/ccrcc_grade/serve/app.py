@@ -54,19 +54,23 @@ def create_app(
     ``ohif_port``: where `serve --ohif` serves the OHIF viewer (the page links studies to it);
     ``sr_style``: "ohif" writes the boxes as rectangles OHIF can edit (``sr``)."""
     dicom = dicom or DicomNode()
+    # the DICOM flags are checked before the models load (seconds): a typo is refused at once
+    send_to = Destination.parse(dicom.send) if dicom.send else None
+    ae_title = parse_ae_title(dicom.ae_title)
+    store = StudyStore(Path(data), limits)
+    receiver = None
+    if dicom.port is not None:  # checked now (allow-list, port), started with the app
+        receiver = Receiver(store, ae_title, dicom.port, dicom.allow, dicom.stable_seconds, dicom.host)
     ws = Workstation(
         ModelRegistry(models, device),
-        StudyStore(Path(data), limits),
+        store,
         Pacs(pacs_url) if pacs_url else None,
         load_roi_model(Path(roi_model)) if roi_model else None,
-        Destination.parse(dicom.send) if dicom.send else None,
-        parse_ae_title(dicom.ae_title),
+        send_to,
+        ae_title,
         ohif_port,
         sr_style,
     )
-    receiver = None
-    if dicom.port is not None:  # checked now (allow-list, port), started with the app
-        receiver = Receiver(ws.store, dicom.ae_title, dicom.port, dicom.allow, dicom.stable_seconds, dicom.host)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -103,6 +103,11 @@ def serve(
             f"--host {host} listens on every address: name the ones clients use with --allowed-host "
             "(e.g. --allowed-host grading.hospital.org 10.1.2.3), so a foreign name in the Host header is refused"
         )
+    if ohif_port is not None:  # before the models load
+        if not pacs:
+            raise CcrccError("--ohif shows the studies of the PACS: give --pacs URL (its DICOMweb) too")
+        if not 1 <= ohif_port <= 65535 or ohif_port == port:
+            raise CcrccError(f"--ohif-port must be 1-65535 and differ from --port, got {ohif_port}")
     app = create_app(
         models,
         data,
@@ -120,10 +125,6 @@ def serve(
     if ohif_port is not None:
         from ccrcc_grade.serve.ohif import ohif_app
 
-        if not pacs:
-            raise CcrccError("--ohif shows the studies of the PACS: give --pacs URL (its DICOMweb) too")
-        if not 1 <= ohif_port <= 65535 or ohif_port == port:
-            raise CcrccError(f"--ohif-port must be 1-65535 and differ from --port, got {ohif_port}")
         config = uvicorn.Config(ohif_app(pacs, token, hosts), host=host, port=ohif_port, log_level="warning")
         viewer = uvicorn.Server(config)
         threading.Thread(target=viewer.run, name="ccrcc-ohif", daemon=True).start()
