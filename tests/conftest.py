@@ -117,6 +117,23 @@ def nifti_cohort(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def multicentre_cohort(tmp_path_factory) -> Path:
+    """Realistic DICOM phantom of 3 centres (noise, kernel, HU offset and scanner differ; the
+    clinical.csv ``center`` column and the DICOM Manufacturer name them): 36 patients, 96 px."""
+    from ccrcc_grade.tools.synth import make_cohort
+
+    return make_cohort(
+        tmp_path_factory.mktemp("coh") / "multicentre",
+        patients=36,
+        high_fraction=0.4,
+        seed=11,
+        matrix=96,
+        layout="dicom",
+        centres=3,
+    )
+
+
+@pytest.fixture(scope="session")
 def roi_run(tmp_path_factory, nifti_cohort) -> Path:
     """A proposal model trained briefly on the NIfTI phantom (its own patients; tests measure others)."""
     from ccrcc_grade.roi.net import train_roi

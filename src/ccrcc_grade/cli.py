@@ -34,6 +34,7 @@ def cmd_synth(a: argparse.Namespace) -> None:
         readers=a.readers,
         motion_mm=a.motion_mm,
         mask_margin_mm=a.mask_margin_mm,
+        centres=a.centers,
     )
     print(f"synthetic cohort (phantom, not patient data): {out}")
 
@@ -395,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=synth["mask_margin_mm"],
         help="dicom/nifti truth boxes: the tumour mask's box grown by this margin (ingest's mask-to-box rule)",
+    )
+    s.add_argument(
+        "--centers",
+        type=int,
+        default=synth["centers"],
+        help="realistic: simulated centres (1-3) whose quantum noise, kernel, HU offset and scanner differ; "
+        "clinical.csv's center column and the DICOM headers name them (federated and per-centre results)",
     )
     s.add_argument("--seed", type=int, default=synth["seed"], help="random seed (the same seed gives the same cohort)")
     s.add_argument("--matrix", type=int, default=synth["matrix"], help="image matrix (pixels, square)")

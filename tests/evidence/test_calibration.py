@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ccrcc_grade.evidence.calibration import (
-    calibration_intercept_slope,
-    calibration_summary,
-    expected_calibration_error,
-    net_benefit,
-    treat_all,
-)
+from ccrcc_grade.evidence.calibration import calibration_summary, net_benefit, treat_all
+from ccrcc_grade.stats.calibration import calibration_intercept_slope, expected_calibration_error
 
 Y = np.array([1, 1, 0, 0, 1])
 

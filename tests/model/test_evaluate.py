@@ -50,6 +50,41 @@ def test_evaluate_run_writes_everything(run_cli, trained_run, copy_tree, capsys)
     for pid, prob in pp.items():
         assert prob == pytest.approx(np.mean([float(r["prob_high"]) for r in img if r["patient_id"] == pid]), abs=1e-5)
     assert "AUC" in capsys.readouterr().out
+    # one centre, one tumour-size source: every subgroup table accounts for every test patient
+    for name in ("center", "manufacturer", "slice_thickness", "tumor_size"):
+        assert sum(g["n_patients"] for g in m["subgroups"][name].values()) == len(ckpt_test), name
+    assert list(m["subgroups"]["center"]) == ["SYNTH"]
+
+
+def test_external_cohort_of_three_centres_gets_per_centre_results(
+    run_cli, trained_run, multicentre_cohort, tmp_path, read_rows
+):
+    """A hidden cohort with a center column and DICOM manufacturers: patient-level metrics per
+    centre, manufacturer, slice thickness and size band, each with its n, and the heterogeneity test."""
+    out = tmp_path / "ext"
+    assert run_cli("evaluate", trained_run, "--cohort", multicentre_cohort, "--out", out, "--bootstrap", "100") == 0
+    m = json.loads((out / "metrics.json").read_text())
+    clinical = read_rows(multicentre_cohort / "clinical.csv")
+    centres = {c: [r for r in clinical if r["center"] == c] for c in {r["center"] for r in clinical}}
+    sub = m["subgroups"]
+    assert set(sub["center"]) == set(centres)
+    for c, rows in centres.items():
+        g = sub["center"][c]
+        assert g["n_patients"] == len(rows)
+        n_high = sum(int(r["who_isup_grade"]) >= 3 for r in rows)
+        if min(n_high, len(rows) - n_high) >= 2:
+            assert g["estimable"] and g["high"]["auc"]["n_positive"] == n_high and "calibration" in g
+        else:
+            assert not g["estimable"] and "needs >= 2 of each" in g["reason"]
+    assert {k for k in sub["manufacturer"]} <= {"Phantom Vendor A", "Phantom Vendor B", "Phantom Vendor C"}
+    assert list(sub["slice_thickness"]) == [">3 mm"]  # the phantom's 5 mm slices
+    sizes = {"<=4 cm": 0, "4-7 cm": 0, ">7 cm": 0}
+    for r in clinical:
+        cm = float(r["tumor_size_cm"])
+        sizes["<=4 cm" if cm <= 4 else "4-7 cm" if cm <= 7 else ">7 cm"] += 1
+    assert {k: g["n_patients"] for k, g in sub["tumor_size"].items()} == {k: v for k, v in sizes.items() if v}
+    het = m["subgroup_heterogeneity"]["center"]
+    assert het["test"].startswith("Cochran's Q") and (het["estimable"] or het["reason"])
 
 
 def test_evaluate_predictions_file_and_its_errors(run_cli, tmp_path, capsys):

@@ -179,6 +179,7 @@ class SynthOptions:
     readers: int = 1
     motion_mm: float = 0.0  # each phase moved by a random rigid shift up to this length (mm)
     mask_margin_mm: float = 1.5  # dicom/nifti truth boxes: the mask's box grown by this (ingest's rule)
+    centers: int = 3  # realistic: simulated centres (noise, kernel, HU offset, scanner)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ A WORK folder (``ingest``) holds the crop cache and what is derived from it; a r
 report. Every module reaches these files through :class:`WorkDir`, :class:`RunDir` and
 :class:`StudyDir`, so a file name is spelled once.
 
-    WORK/crops.npy, manifest.csv, preprocess.json, clinical.csv, ingest_report.json  (the cache)
+    WORK/crops.npy, manifest.csv, preprocess.json, clinical.csv, ingest_report.json,
+        acquisition.csv  (the cache)
     WORK/splits.json, WORK/radiomics/
     RUN/config.json, log.csv, curves.png, train.log, best.pt, last.pt, train_summary.json,
     RUN/eval-<split>/ (predictions.csv, predictions_patient.csv, metrics.json, figures)
@@ -42,7 +43,8 @@ class WorkDir:
     PREPROCESS = "preprocess.json"
     CLINICAL = "clinical.csv"
     INGEST_REPORT = "ingest_report.json"
-    CACHE_FILES = (CROPS, MANIFEST, PREPROCESS, CLINICAL, INGEST_REPORT)  # what ingest writes
+    ACQUISITION = "acquisition.csv"
+    CACHE_FILES = (CROPS, MANIFEST, PREPROCESS, CLINICAL, INGEST_REPORT, ACQUISITION)  # what ingest writes
     SPLITS = "splits.json"
 
     def __post_init__(self) -> None:
@@ -67,6 +69,11 @@ class WorkDir:
     @property
     def ingest_report(self) -> Path:
         return self.path / self.INGEST_REPORT
+
+    @property
+    def acquisition(self) -> Path:
+        """Per patient and phase: centre, scanner and acquisition (``ingest.acquisition``)."""
+        return self.path / self.ACQUISITION
 
     @property
     def splits(self) -> Path:

@@ -19,10 +19,10 @@ from scipy import stats
 
 from ccrcc_grade.core.config import LOGISTIC_C
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.evidence.calibration import logit
 from ccrcc_grade.evidence.fusion import MIN_FIT_PER_CLASS
 from ccrcc_grade.evidence.scores import ModelScores
 from ccrcc_grade.io.clinical import ClinicalTable
+from ccrcc_grade.stats.calibration import logit
 
 SIZE_COLUMNS = (
     "tumor_size_cm",

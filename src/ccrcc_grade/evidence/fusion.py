@@ -13,8 +13,8 @@ import numpy as np
 
 from ccrcc_grade.core.config import LOGISTIC_C
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.evidence.calibration import logit
 from ccrcc_grade.evidence.scores import ModelScores
+from ccrcc_grade.stats.calibration import logit
 
 MIN_FIT_PER_CLASS = 2  # a logistic model needs both grades among its fitting patients
 

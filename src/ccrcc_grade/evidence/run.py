@@ -15,7 +15,7 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.paths import RunDir, WorkDir
 from ccrcc_grade.core.phases import COMBINED, PHASES
 from ccrcc_grade.core.threshold import ThresholdPolicy, fit_policy, parse_spec
-from ccrcc_grade.evidence.calibration import DCA_THRESHOLDS, logit, net_benefit, treat_all
+from ccrcc_grade.evidence.calibration import DCA_THRESHOLDS, net_benefit, treat_all
 from ccrcc_grade.evidence.clinical_model import clinical_model, combined_model
 from ccrcc_grade.evidence.comparison import compare_models
 from ccrcc_grade.evidence.fusion import fuse_logistic, fuse_mean
@@ -25,6 +25,7 @@ from ccrcc_grade.evidence.scores import ModelScores
 from ccrcc_grade.ingest.cache import CropCache
 from ccrcc_grade.io.clinical import ClinicalTable, read_clinical
 from ccrcc_grade.model.evaluate import run_predictions
+from ccrcc_grade.stats.calibration import logit
 from ccrcc_grade.stats.figures import decision_curve_figure, nomogram_figure, reliability_figure
 from ccrcc_grade.stats.predictions import PATIENT_COLUMNS, patient_level, read_predictions, write_csv
 

@@ -34,6 +34,7 @@ from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text, normal
 from ccrcc_grade.core.paths import WorkDir
 from ccrcc_grade.core.phases import CLASSES, PHASES
 from ccrcc_grade.core.progress import progress
+from ccrcc_grade.ingest.acquisition import acquisition_rows, write_acquisition
 from ccrcc_grade.ingest.cohort import Cohort, Roi
 from ccrcc_grade.ingest.preprocess import make_crop
 
@@ -329,6 +330,8 @@ def _write_cache_locked(
         w.writeheader()
         w.writerows(clin.rows[p] for p in clin.rows if p in included)
         atomic_write_text(WorkDir(tmp).clinical, buf.getvalue())
+        acquisition = acquisition_rows(cohort)
+        write_acquisition(acquisition, WorkDir(tmp).acquisition)
         report = {
             "cohort": str(cohort.root.resolve()),
             "cohort_fingerprint": cohort_fingerprint(cohort.root),
@@ -340,6 +343,8 @@ def _write_cache_locked(
             "n_slices_without_annotation": cohort.skipped_slices,
             "excluded_patients": cohort.excluded_patients,
             "summary": summarize(manifest),
+            "centers": sorted({r["center"] for r in acquisition if r["center"]}),
+            "manufacturers": sorted({r["manufacturer"] for r in acquisition if r["manufacturer"]}),
             "warnings": cohort.warnings,
             **(extra_report or {}),
         }

@@ -25,6 +25,7 @@ from ccrcc_grade.core.threshold import (
     fit_policy,
     policy_of,
 )
+from ccrcc_grade.ingest.acquisition import patient_attributes
 from ccrcc_grade.ingest.cache import CropCache
 from ccrcc_grade.ingest.layouts import detect_layout
 from ccrcc_grade.ingest.pipeline import ingest
@@ -40,6 +41,7 @@ from ccrcc_grade.stats.predictions import (
     read_predictions,
     write_csv,
 )
+from ccrcc_grade.stats.subgroups import heterogeneity, patient_groups, subgroup_metrics
 
 
 def run_checkpoint(run: Path | str) -> Path:
@@ -113,9 +115,15 @@ def external_cache(cohort: Path, ckpt: dict, out: Path | None) -> CropCache:
         return CropCache.load(cohort)
     if out is None:
         raise CcrccError("an output folder is needed to ingest a raw external cohort")
-    work = Path(out) / "external_work"
+    work = external_work(cohort, out)
     ingest(cohort, work, from_dict(PreprocessConfig, ckpt["preprocess"]), layout=layout, overwrite=True)
     return CropCache.load(work)
+
+
+def external_work(cohort: Path, out: Path | None) -> Path:
+    """Where an external cohort's crops are: the cohort itself when it is an ingested WORK folder,
+    else OUT/external_work (``external_cache`` ingests it there)."""
+    return Path(cohort) if detect_layout(cohort) == "work" else Path(out) / "external_work"
 
 
 def compute_metrics(
@@ -197,9 +205,13 @@ def evaluate_rows(
     seed: int = 0,
     extra: dict | None = None,
     policy: ThresholdPolicy | None = None,
+    attributes: dict[str, dict] | None = None,
 ) -> dict:
     """Predictions -> files + metrics.json in ``out`` (``extra`` keys added to it); returns the
-    metrics dict. The main metrics use the study's 0.5; ``operating_points`` add the others."""
+    metrics dict. The main metrics use the study's 0.5; ``operating_points`` add the others.
+    ``attributes`` (``ingest.acquisition.patient_attributes``) add the patient-level
+    ``subgroups`` (centre, manufacturer, slice thickness, tumour size) and the centres'
+    heterogeneity test."""
     out.mkdir(parents=True, exist_ok=True)
     if is_image_level(rows):
         write_csv(out / EvalFiles.PREDICTIONS, rows, IMAGE_COLUMNS)
@@ -209,6 +221,10 @@ def evaluate_rows(
     metrics["aggregate"] = aggregate
     metrics["threshold_policy"] = (policy or DEFAULT_POLICY).to_dict()
     metrics["operating_points"] = operating_points(rows, val_rows, policy, aggregate, n_boot, seed)
+    if attributes is not None:
+        metrics["subgroups"] = subgroup_metrics(prow, attributes, DEFAULT_THRESHOLD, n_boot, seed)
+        groups = patient_groups(attributes, [r["patient_id"] for r in prow])
+        metrics["subgroup_heterogeneity"] = {k: heterogeneity(prow, groups[k]) for k in ("center", "manufacturer")}
     levels = [lv for lv in ("image", "patient") if lv in metrics]
     curves = {}
     for lv in levels:
@@ -259,6 +275,7 @@ def evaluate_run(
     agg = aggregate or ckpt["config"].get("patient_aggregate", "mean")
     out = Path(out) if out else eval_dir(run, split, cohort)
     rows = run_predictions(run, split, cohort, out, device, predictor)
+    work = ckpt["config"]["work"] if cohort is None else external_work(Path(cohort), out)
     val_rows = (
         run_predictions(run, "val", None, out, device, predictor) if (cohort is not None or split != "val") else rows
     )
@@ -276,6 +293,7 @@ def evaluate_run(
             "backend": ckpt.get("backend"),
         },
         policy=policy_of(ckpt)[0],
+        attributes=patient_attributes(work, ckpt["phase"]),
     )
 
 

@@ -86,6 +86,14 @@ _TUMOUR_HU = {
 }
 # three simulated centres: quantum noise SD (HU), kernel blur (mm), calibration offset (HU)
 _CENTRES = ((10.0, 0.45, 0.0), (14.0, 0.30, 6.0), (20.0, 0.70, -5.0))
+# and their scanners as the DICOM headers name them: Manufacturer, model, kernel, kVp (made-up
+# names: a phantom must not pass for a real vendor's image)
+_SCANNERS = (
+    ("Phantom Vendor A", "PV-A 64", "SOFT", 120),
+    ("Phantom Vendor B", "PV-B 128", "STANDARD", 100),
+    ("Phantom Vendor C", "PV-C 16", "SHARP", 120),
+)
+MAX_CENTRES = len(_CENTRES)
 
 
 @dataclass
@@ -109,24 +117,29 @@ class _Patient:
     noise_sd: float = 12.0  # HU
     kernel_mm: float = 0.0  # extra reconstruction-kernel blur (mm); 0 = the easy phantom's
     hu_offset: float = 0.0  # scanner calibration offset (HU)
+    centre: int = -1  # realistic: index into _CENTRES / _SCANNERS; -1 = the easy phantom's one scanner
 
 
 def synthetic_patient(
-    rng: np.random.Generator, pid: str, label: int, matrix: int, difficulty: str = "easy"
+    rng: np.random.Generator, pid: str, label: int, matrix: int, difficulty: str = "easy", centres: int = MAX_CENTRES
 ) -> _Patient:
-    """One phantom patient's parameters (``label`` 1 = high grade as recorded)."""
+    """One phantom patient's parameters (``label`` 1 = high grade as recorded); a realistic
+    patient is scanned at one of the first ``centres`` simulated centres."""
     if difficulty == "easy":
         return _make_patient(rng, pid, label, matrix)
-    return _make_patient_realistic(rng, pid, label, matrix)
+    return _make_patient_realistic(rng, pid, label, matrix, centres)
 
 
-def _make_patient_realistic(rng: np.random.Generator, pid: str, label: int, matrix: int) -> _Patient:
+def _make_patient_realistic(
+    rng: np.random.Generator, pid: str, label: int, matrix: int, centres: int = MAX_CENTRES
+) -> _Patient:
     grade = int(rng.choice([3, 4], p=[0.7, 0.3])) if label else int(rng.choice([1, 2], p=[0.2, 0.8]))
     looks = label
     if grade in (2, 3) and rng.random() < 0.08:  # graded across the 2/3 boundary
         looks = 1 - label
     diameter = float(np.clip(np.exp(rng.normal(np.log(48 if looks else 35), 0.4)), 12, 110))
-    centre = _CENTRES[int(rng.integers(len(_CENTRES)))]
+    site = int(rng.integers(centres))
+    centre = _CENTRES[site]
     spacing = float(rng.uniform(0.6, 0.85)) * 512 / matrix
     slices = int(np.ceil(diameter / 5.0)) + 2
     z = rng.normal()  # the patient's vascularity, shared by phases
@@ -162,6 +175,7 @@ def _make_patient_realistic(rng: np.random.Generator, pid: str, label: int, matr
         noise_sd=centre[0],
         kernel_mm=centre[1],
         hu_offset=centre[2],
+        centre=site,
     )
 
 
@@ -295,9 +309,7 @@ def _clinical_row(rng: np.random.Generator, p: _Patient) -> dict:
         "hypertension": int(rng.random() < 0.35),
         "diabetes": int(rng.random() < 0.12),
         "tumor_size_cm": round(p.diameter_mm / 10, 1),
-        "center": "SYNTH"
-        if p.tumour_hu is None
-        else f"SYNTH-{_CENTRES.index((p.noise_sd, p.kernel_mm, p.hu_offset)) + 1}",
+        "center": "SYNTH" if p.centre < 0 else f"SYNTH-{p.centre + 1}",
     }
 
 
@@ -343,9 +355,14 @@ def write_dicom_slice(path: Path, hu: np.ndarray, p: _Patient, phase: str, k: in
     ds.PatientBirthDate, ds.PatientSex = "", "O"
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20250101", "090000", "1", ""
     ds.ReferringPhysicianName = ""
-    ds.Manufacturer, ds.PositionReferenceIndicator, ds.PatientPosition = "ccrcc-grade synth (phantom)", "", "HFS"
+    ds.PositionReferenceIndicator, ds.PatientPosition = "", "HFS"
+    if p.centre < 0:
+        ds.Manufacturer, ds.KVP = "ccrcc-grade synth (phantom)", 120
+    else:
+        ds.Manufacturer, ds.ManufacturerModelName, ds.ConvolutionKernel, ds.KVP = _SCANNERS[p.centre]
+        ds.InstitutionName = f"SYNTH-{p.centre + 1}"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.AcquisitionNumber, ds.KVP = 1, 120
+    ds.AcquisitionNumber = 1
     ds.StudyInstanceUID = uids["study"]
     ds.SeriesInstanceUID = uids[phase]
     ds.FrameOfReferenceUID = uids["frame"]
@@ -387,6 +404,7 @@ def make_cohort(
     readers: int = SynthOptions.readers,
     motion_mm: float = SynthOptions.motion_mm,
     mask_margin_mm: float = SynthOptions.mask_margin_mm,
+    centres: int = SynthOptions.centers,
 ) -> Path:
     """Write a synthetic cohort to ``out`` and return its path. Deterministic for a seed.
     ``difficulty``: realistic (grades overlap as in published series) or easy (fast tests);
@@ -398,8 +416,12 @@ def make_cohort(
     ``<phase>_mask.nii.gz``, the true tumour). Every layout's boxes follow ingest's mask-to-box
     rule (the tumour mask's box grown by ``mask_margin_mm``, the study's 1-2 mm), so the layouts
     hold the same boxes and proposals compare like with like; readers' disagreement is
-    ``second_reader_rows``."""
+    ``second_reader_rows``. ``centres``: the realistic phantom's patients are scanned at this many
+    simulated centres (1-3: quantum noise, kernel, HU offset and scanner differ; clinical.csv's
+    ``center`` and the DICOM headers name them)."""
     out = Path(out)
+    if not 1 <= centres <= MAX_CENTRES:
+        raise CcrccError(f"--centers must be 1-{MAX_CENTRES}, got {centres}")
     if difficulty not in DIFFICULTIES:
         raise CcrccError(f"--difficulty must be {' or '.join(DIFFICULTIES)}, got {difficulty!r}")
     if layout not in SYNTH_LAYOUTS:
@@ -423,7 +445,7 @@ def make_cohort(
     pats = []
     rows = []
     for i in range(patients):  # parameters drawn in order from one generator: the cohort does not depend on workers
-        p = synthetic_patient(rng, f"SYN{i + 1:03d}", int(labels[i]), matrix, difficulty)
+        p = synthetic_patient(rng, f"SYN{i + 1:03d}", int(labels[i]), matrix, difficulty, centres)
         rows.append(_clinical_row(rng, p))
         pats.append(p)
     motions = {}
@@ -457,6 +479,7 @@ def make_cohort(
             "seed": seed,
             "matrix": matrix,
             "difficulty": difficulty,
+            "centers": centres if difficulty == "realistic" else 1,
             "mask_margin_mm": mask_margin_mm if layout != "slices" else None,
             "motion_mm": motion_mm,
             # per patient and phase: how far the patient was moved (x, y, z mm, DICOM LPS)
