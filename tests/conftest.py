@@ -119,13 +119,14 @@ def nifti_cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def multicentre_cohort(tmp_path_factory) -> Path:
     """Realistic DICOM phantom of 3 centres (noise, kernel, HU offset and scanner differ; the
-    clinical.csv ``center`` column and the DICOM Manufacturer name them): 36 patients, 96 px."""
+    clinical.csv ``center`` column and the DICOM Manufacturer name them): 45 patients, 96 px;
+    each centre holds >= 3 patients of each grade (a 2:1:1 split per site)."""
     from ccrcc_grade.tools.synth import make_cohort
 
     return make_cohort(
         tmp_path_factory.mktemp("coh") / "multicentre",
-        patients=36,
-        high_fraction=0.4,
+        patients=45,
+        high_fraction=0.45,
         seed=11,
         matrix=96,
         layout="dicom",

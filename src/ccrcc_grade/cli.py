@@ -742,6 +742,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--roi-model", help="roi benchmark: the proposal model to measure (default: train one on a phantom)")
     s.set_defaults(func=cmd_bench)
+
+    from ccrcc_grade.cli_multicentre import add_commands
+
+    add_commands(sub, _sub)
     return p
 
 

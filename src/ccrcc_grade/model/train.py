@@ -373,18 +373,8 @@ def _fit(cfg: TrainConfig, resume_state: dict | None) -> dict | None:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step_model = StepModel(net, device, cfg.compile, max(1, cfg.batch_size // ddp.world), ddp.world)
 
-    pre = cache.preprocess
-    cohort = cohort_identity(Path(cfg.work))
-    meta_base = {
-        "model": cfg.model,
-        "classes": list(CLASSES),
-        "config": to_dict(cfg),
-        "cohort": cohort,
-        "preprocess": {**to_dict(pre), "image_size": cfg.image_size, "normalize": normalize},
-        "phase": cfg.phase,
-        "splits": {k: splits[k] for k in ("train", "val", "test")},
-        "reference": training_reference(Path(cfg.work), cfg.phase),
-    }
+    meta_base = run_meta(cfg, cache, splits, normalize)
+    cohort = meta_base["cohort"]
     if ddp.main:
         print(
             f"training {cfg.model} on {cfg.phase}: {len(train_set)} train crops "
@@ -476,6 +466,22 @@ def _fit(cfg: TrainConfig, resume_state: dict | None) -> dict | None:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def run_meta(cfg: TrainConfig, cache: CropCache, splits: dict, normalize: bool) -> dict:
+    """What every checkpoint of a run carries besides its weights (timm's habit: the config
+    travels with the weights): model, classes, config, cohort identity, preprocessing, phase,
+    patient splits and the training boxes' reference. Also used by the federated server."""
+    return {
+        "model": cfg.model,
+        "classes": list(CLASSES),
+        "config": to_dict(cfg),
+        "cohort": cohort_identity(Path(cfg.work)),
+        "preprocess": {**to_dict(cache.preprocess), "image_size": cfg.image_size, "normalize": normalize},
+        "phase": cfg.phase,
+        "splits": {k: list(splits.get(k, [])) for k in ("train", "val", "test")},
+        "reference": training_reference(Path(cfg.work), cfg.phase),
+    }
 
 
 def resume(run: Path, progress: bool = True) -> dict | None:
