@@ -54,6 +54,11 @@ def test_evaluate_run_writes_everything(run_cli, trained_run, copy_tree, capsys)
     for name in ("center", "manufacturer", "slice_thickness", "tumor_size"):
         assert sum(g["n_patients"] for g in m["subgroups"][name].values()) == len(ckpt_test), name
     assert list(m["subgroups"]["center"]) == ["SYNTH"]
+    ss = m["sample_size"]  # 4 test patients: far below Riley's validation minimum, and said so
+    assert ss["n_patients"] == len(ckpt_test)
+    assert (not ss.get("estimable", True) and ss["reason"]) or (
+        ss["large_enough"] is False and ss["riley_validation"]["n"] > 100
+    )
 
 
 def test_external_cohort_of_three_centres_gets_per_centre_results(

@@ -221,6 +221,9 @@ def evaluate_rows(
     metrics["aggregate"] = aggregate
     metrics["threshold_policy"] = (policy or DEFAULT_POLICY).to_dict()
     metrics["operating_points"] = operating_points(rows, val_rows, policy, aggregate, n_boot, seed)
+    metrics["sample_size"] = validation_sample_size(
+        np.array([r["label"] for r in prow]), metrics["patient"]["high"]["auc"]["value"]
+    )
     if attributes is not None:
         metrics["subgroups"] = subgroup_metrics(prow, attributes, DEFAULT_THRESHOLD, n_boot, seed)
         groups = patient_groups(attributes, [r["patient_id"] for r in prow])
@@ -249,6 +252,27 @@ def evaluate_rows(
     )
     atomic_write_json(out / EvalFiles.METRICS, metrics)
     return metrics
+
+
+def validation_sample_size(y: np.ndarray, auc: float | None) -> dict:
+    """Is this evaluation large enough? Riley et al.'s validation criteria (``stats.samplesize``)
+    at the observed prevalence and AUC, against the patients evaluated."""
+    from ccrcc_grade.stats.samplesize import validation
+
+    n = int(len(y))
+    prevalence = float(np.mean(y)) if n else math.nan
+    try:
+        need = validation(prevalence, float(auc) if auc is not None else math.nan)
+    except CcrccError as exc:
+        return {"n_patients": n, "estimable": False, "reason": str(exc)}
+    return {
+        "n_patients": n,
+        "prevalence": prevalence,
+        "auc": auc,
+        "riley_validation": need,
+        "large_enough": n >= need["n"],
+        "reference": "Riley et al., Stat Med 2021;40:4230 (O/E, calibration slope and AUC precision)",
+    }
 
 
 def eval_dir(run: Path | str, split: str = "test", cohort: Path | str | None = None) -> Path:
