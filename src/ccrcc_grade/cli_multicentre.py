@@ -1,5 +1,5 @@
-"""The multi-centre commands of the CLI: `federated` (its parser lives here, beside its handler, so
-that ``cli.build_parser`` does not grow further)."""
+"""The multi-centre commands of the CLI: `federated` and `recalibrate` (their parsers live here,
+beside their handlers, so that ``cli.build_parser`` does not grow further)."""
 
 from __future__ import annotations
 
@@ -75,8 +75,14 @@ def federation_summary(fed: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def cmd_recalibrate(a: argparse.Namespace) -> None:
+    from ccrcc_grade.model.recalibrate import recalibrate_command
+
+    print(recalibrate_command(a.run, a.cohort, a.out, a.method, a.alpha))
+
+
 def add_commands(sub: argparse._SubParsersAction, make: object) -> None:
-    """Add `federated` to the CLI's sub-commands (``make`` is cli._sub)."""
+    """Add `federated` and `recalibrate` to the CLI's sub-commands (``make`` is cli._sub)."""
     from ccrcc_grade.core.config import PreprocessConfig, TrainConfig
     from ccrcc_grade.federated.run import FederatedOptions
 
@@ -121,3 +127,16 @@ def add_commands(sub: argparse._SubParsersAction, make: object) -> None:
     s.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the CIs")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_federated)
+
+    s = make(sub, "recalibrate", "update a model's calibration for a new site (closed testing); RUN is untouched")
+    s.add_argument("run", help="the model's run folder (or its best.pt)")
+    s.add_argument("--cohort", required=True, help="the new site's patients: ingested WORK or raw cohort")
+    s.add_argument("--out", required=True, help="the new run folder (a model version of its own)")
+    s.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "keep", "intercept", "logistic", "refit"],
+        help="auto: the closed test chooses; else this update",
+    )
+    s.add_argument("--alpha", type=float, default=0.05, help="level of the closed test's likelihood-ratio tests")
+    s.set_defaults(func=cmd_recalibrate)

@@ -50,6 +50,8 @@ def model_card(path: Path, meta: dict) -> dict:
         "test": _metric(test),
         "threshold": policy.to_dict(),
         "reference": meta.get("reference"),  # the training boxes and scanners (plausibility checks)
+        "recalibration": meta.get("recalibration"),  # a site's update: which site, patients, method
+        "federated": meta.get("federated"),
         "intended_use": INTENDED_USE,
         "disclaimer": DISCLAIMER,
     }
