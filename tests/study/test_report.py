@@ -73,3 +73,42 @@ def test_report_statistics_a_reviewer_signs_off(study_out):
     assert robust.count("| SYN") == b["n_patients"]
     val = md.split("Validation patient AUC of ResNet34 per phase")[1].split("\n")[0]
     assert "n=" in val
+
+
+def test_report_has_subgroups_sample_size_and_both_checklists(study_out):
+    """Issue 24: results per centre / scanner / size band, Riley's sample size, TRIPOD+AI (27 items)
+    and CLAIM 2024, every link pointing at a section of the page."""
+    out, _ = study_out
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    sub = md.split("## Results by centre, scanner and tumour size")[1].split("## Sample size")[0]
+    for title in ("| Centre |", "| Scanner manufacturer |", "| Slice thickness |", "| Tumour size |"):
+        assert title in sub
+    assert "| SYNTH |" in sub  # the phantom's one centre
+    size = md.split("## Sample size")[1].split("##")[0]
+    assert "Riley et al." in size and "patients" in size
+    checks = md.split("## Checklists")[1]
+    tripod = [ln for ln in checks.splitlines() if re.match(r"\| \d+ \|", ln)]
+    assert [int(ln.split("|")[1]) for ln in tripod] == list(range(1, 28))
+    assert "CLAIM 2024" in checks and "| Methods: ground truth |" in checks
+    anchors = set(re.findall(r"id='([\w-]+)'", html))
+    for target in set(re.findall(r"href='#([\w-]+)'", html)):
+        assert target in anchors, target
+
+
+def test_names_from_the_data_never_become_markup():
+    from pathlib import Path
+
+    from ccrcc_grade.study.report import markdown_to_html, subgroups_md
+
+    hostile = "<img src=x onerror=alert(1)>|B"
+    m = {
+        "subgroups": {"center": {hostile: {"estimable": False, "reason": "too small", "n_patients": 2, "n_high": 1}}},
+        "subgroup_heterogeneity": {
+            "center": {"estimable": False, "reason": "1 group", "groups_left_out": {hostile: "x"}}
+        },
+    }
+    page = markdown_to_html(
+        "\n".join(["## Results by centre, scanner and tumour size", *subgroups_md(m, "t")]), Path(".")
+    )
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;/B" in page

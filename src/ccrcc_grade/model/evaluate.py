@@ -254,6 +254,9 @@ def evaluate_rows(
     return metrics
 
 
+AUC_RANGE = (0.51, 0.99)  # Riley's formulas are defined for 0.5 < AUC < 1
+
+
 def validation_sample_size(y: np.ndarray, auc: float | None) -> dict:
     """Is this evaluation large enough? Riley et al.'s validation criteria (``stats.samplesize``)
     at the observed prevalence and AUC, against the patients evaluated."""
@@ -261,14 +264,16 @@ def validation_sample_size(y: np.ndarray, auc: float | None) -> dict:
 
     n = int(len(y))
     prevalence = float(np.mean(y)) if n else math.nan
+    used = math.nan if auc is None else min(max(float(auc), AUC_RANGE[0]), AUC_RANGE[1])
     try:
-        need = validation(prevalence, float(auc) if auc is not None else math.nan)
+        need = validation(prevalence, used)
     except CcrccError as exc:
         return {"n_patients": n, "estimable": False, "reason": str(exc)}
     return {
         "n_patients": n,
         "prevalence": prevalence,
         "auc": auc,
+        "auc_used": used,  # the formulas need 0.5 < AUC < 1: an observed 1.0 (few patients) is taken as 0.99
         "riley_validation": need,
         "large_enough": n >= need["n"],
         "reference": "Riley et al., Stat Med 2021;40:4230 (O/E, calibration slope and AUC precision)",

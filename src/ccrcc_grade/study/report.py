@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from ccrcc_grade.core.config import LOGISTIC_C, N_BOOT
+from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.core.fileio import atomic_write_text
 from ccrcc_grade.core.paths import EvalFiles, RunDir
 from ccrcc_grade.evidence.agreement import icc_text
 from ccrcc_grade.stats.clinical import table_markdown
 from ccrcc_grade.stats.figures import robustness_figure, roc_figure
 from ccrcc_grade.stats.format import format_p, signed
+from ccrcc_grade.stats.metrics import metric
 from ccrcc_grade.stats.predictions import patient_level, read_predictions
+from ccrcc_grade.study.checklists import checklist_md, claim_2024, tripod_ai
 
 METRIC_COLS = [
     ("auc", "AUC"),
@@ -322,10 +325,13 @@ SECTIONS = [
     ("cv", "Cross-validation"),
     ("agreement", "Reader agreement"),
     ("robustness", "Robustness to the box"),
+    ("subgroups", "Results by centre, scanner and tumour size"),
+    ("sample-size", "Sample size"),
     ("figures", "Figures"),
     ("methods", "Statistical methods"),
     ("tripod", "TRIPOD+AI summary"),
     ("limitations", "Limitations"),
+    ("checklists", "Checklists"),
 ]
 
 
@@ -593,6 +599,112 @@ def tripod_md(results: dict) -> list[str]:
     return ["| Item | This study |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
 
 
+SUBGROUP_TITLES = {
+    "center": "Centre",
+    "manufacturer": "Scanner manufacturer",
+    "slice_thickness": "Slice thickness",
+    "tumor_size": "Tumour size",
+}
+
+
+def _cell(text: object) -> str:
+    """Text from the data (centre, scanner names) as one table cell: no column breaks, no newlines
+    (and, like every cell, escaped when the page is made)."""
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
+def _cal_text(e: dict | None) -> str:
+    if not e or e.get("value") is None:
+        return "n/a"
+    lo, hi = e["ci95"]
+    return f"{e['value']:.2f} ({lo:.2f} to {hi:.2f})"
+
+
+def subgroups_md(metrics: dict, where: str) -> list[str]:
+    """Per centre, scanner, slice thickness and tumour size: patients, AUC and calibration, or why
+    a group has no estimate; the centres' heterogeneity test."""
+    sub = metrics.get("subgroups")
+    if not sub:
+        return [f"{where}: no subgroup results (evaluated before this version; re-run `evaluate`)."]
+    lines = [f"{where} (patient level; calibration intercept, slope and O/E with Wald / Riley 95% CIs):", ""]
+    for kind, title in SUBGROUP_TITLES.items():
+        lines += [
+            f"| {title} | Patients (high) | AUC (95% CI) | Calibration intercept | Calibration slope | O/E |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, g in sub.get(kind, {}).items():
+            n = f"{g['n_patients']} ({g.get('n_high', '?')})"
+            if not g.get("estimable", True):
+                lines.append(f"| {_cell(name)} | {n} | not estimable: {g['reason']} | | | |")
+                continue
+            cal = g.get("calibration", {})
+            lines.append(
+                f"| {_cell(name)} | {n} | {_ci(metric(g, 'auc'))} | {_cal_text(cal.get('calibration_intercept'))} "
+                f"| {_cal_text(cal.get('calibration_slope'))} | {_cal_text(cal.get('o_e'))} |"
+            )
+        lines.append("")
+    het = (metrics.get("subgroup_heterogeneity") or {}).get("center")
+    if het:
+        if het.get("estimable"):
+            lines.append(
+                f"Heterogeneity of the AUC across centres ({het['test']}): Q = {het['q']:.2f}, df {het['df']}, "
+                f"P = {_p(het['p'])}, I^2 = {100 * het['i2']:.0f}%."
+            )
+        else:
+            lines.append(f"Heterogeneity across centres not tested: {het['reason']}.")
+        for g, why in het.get("groups_left_out", {}).items():
+            lines.append(f"- {_cell(g)} left out: {why}")
+        lines.append("")
+    return lines
+
+
+def sample_size_md(results: dict) -> list[str]:
+    """Riley et al.'s criteria: is the test set large enough to validate the model, and how many
+    patients would developing a model of this kind need."""
+    from ccrcc_grade.stats.samplesize import development
+
+    best = results.get("best_phase")
+    m = ((results.get("runs") or {}).get(f"resnet34-{best}") or {}).get("test") or {}
+    ss = m.get("sample_size")
+    if not ss:
+        return ["No sample-size assessment (evaluated before this version)."]
+    if not ss.get("estimable", True):
+        return [f"Sample size not assessed: {ss['reason']}."]
+    v = ss["riley_validation"]
+    c = v["criteria"]
+    lines = [
+        f"Validation (Riley et al., Stat Med 2021): at the test set's prevalence {ss['prevalence']:.2f} and the "
+        f"best phase's test AUC {ss['auc']:.2f}"
+        + (
+            f" (taken as {ss['auc_used']:.2f}: the formulas need 0.5 < AUC < 1)"
+            if ss.get("auc_used", ss["auc"]) != ss["auc"]
+            else ""
+        )
+        + f", a precise validation needs {v['n']} patients ({v['events']} high "
+        f"grade): O/E {c['o_e']}, calibration slope {c['calibration_slope']}, AUC {c['auc']}. This test set has "
+        f"{ss['n_patients']}: "
+        + (
+            "large enough."
+            if ss["large_enough"]
+            else "**too small**; its CIs are wide "
+            "and its calibration estimates imprecise (a multi-centre validation is the remedy)."
+        ),
+    ]
+    try:
+        d = development(ss["prevalence"], ss.get("auc_used", ss["auc"]), 1)
+        crit = d["criteria"]
+        lines += [
+            "",
+            f"Development (Riley et al., BMJ 2020), for a score with one parameter (e.g. recalibrating the "
+            f"network's output, or a single-predictor model): {d['n']} patients (shrinkage {crit['shrinkage']}, "
+            f"optimism {crit['optimism']}, overall risk {crit['overall_risk']}). The networks' millions of "
+            "weights have no such formula; their overfitting shows in validation vs test AUC.",
+        ]
+    except CcrccError:
+        pass
+    return lines
+
+
 def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> str:
     st = results["study"]
     has_runs, has_cv = "runs" in results, "cross_validation" in results
@@ -693,6 +805,13 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
         md += ["## Reader agreement", ""] + agreement_md(results["agreement"]) + [""]
     if "box_robustness" in results:
         md += ["## Robustness to the box", ""] + robustness_md(results["box_robustness"]) + [""]
+    best_run = (results.get("runs") or {}).get(f"resnet34-{results.get('best_phase')}")
+    if best_run:
+        md += ["## Results by centre, scanner and tumour size", ""]
+        md += subgroups_md(best_run.get("test") or {}, f"ResNet34 on the {results['best_phase']} phase, test patients")
+        if best_run.get("external"):
+            md += subgroups_md(best_run["external"], "The same model on the external cohort")
+        md += ["## Sample size", ""] + sample_size_md(results) + [""]
     md += ["## Figures", ""]
     for caption, path in figs:
         if path.is_file():
@@ -700,14 +819,28 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
     md += ["## Statistical methods", ""] + methods_md(results) + [""]
     md += ["## TRIPOD+AI summary", ""] + tripod_md(results) + [""]
     md += ["## Limitations", "", results["limitations"], ""]
+    md += [
+        "## Checklists",
+        "",
+        "TRIPOD+AI (Collins et al., BMJ 2024), filled from this run; rows marked for the authors need what "
+        "software cannot know.",
+        "",
+        *checklist_md(tripod_ai(results), "Item"),
+        "",
+        "CLAIM 2024 (Tejani et al., Radiology: Artificial Intelligence 2024), by topic in the checklist's order "
+        "(match each row to the official form's item).",
+        "",
+        *checklist_md(claim_2024(results), "Section"),
+        "",
+    ]
     return "\n".join(md)
 
 
 def _md_table_to_html(lines: list[str]) -> str:
     rows = [ln.strip().strip("|").split("|") for ln in lines if not set(ln.replace("|", "").strip()) <= {"-"}]
     head, body = rows[0], rows[1:]
-    h = "".join(f"<th>{c.strip()}</th>" for c in head)
-    b = "".join("<tr>" + "".join(f"<td>{c.strip()}</td>" for c in r) + "</tr>" for r in body)
+    h = "".join(f"<th>{_inline(c.strip())}</th>" for c in head)  # escaped: cells hold names from the data
+    b = "".join("<tr>" + "".join(f"<td>{_inline(c.strip())}</td>" for c in r) + "</tr>" for r in body)
     return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
 
 
