@@ -138,7 +138,7 @@ def make_client(trainer: SiteTrainer, site: str) -> object:
     def sent(kind: str, payload: object) -> object:
         if capture:  # the test's message capture: exactly what Flower receives from us
             count[0] += 1
-            path = Path(capture) / f"{site}-{count[0]:04d}-{kind}.pkl"
+            path = Path(capture) / f"{site}-{os.getpid()}-{count[0]:04d}-{kind}.pkl"
             atomic_write(path, lambda fh: pickle.dump(payload, fh))
         return payload
 
