@@ -51,7 +51,7 @@ def test_every_option_of_every_command_has_help():
         if a.dest != "help" and not (a.help and a.help.strip())
     ]
     assert missing == []
-    assert len(commands) == 17
+    assert len(commands) == 19
 
 
 def test_readme_and_help_describe_the_presets_from_one_place(repo_root):

@@ -67,6 +67,8 @@ class SiteTrainer:
         self.cfg = dataclasses.replace(cfg, progress=False)
         self.cfg.validate()
         self.device = resolve_device(cfg.device)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
         self.cache, self.splits, self.train_set, self.val_set = load_data(self.cfg)
         torch.manual_seed(cfg.seed)
         self.model, _ = create_model(cfg.model, cfg.weights)

@@ -31,7 +31,7 @@ def test_probabilities(run: Path, pooled: Path, test: list[str], phase: str, agg
     from ccrcc_grade.model.predict import load_predictor
 
     cache = CropCache.load(pooled)
-    rows = predict_rows(load_predictor(run), cache.select(phase, set(test)), cache)
+    rows = predict_rows(load_predictor(run, backend="torch"), cache.select(phase, set(test)), cache)
     by = {r["patient_id"]: r["prob_high"] for r in patient_level(rows, aggregate)}
     return np.array([by[p] for p in test])
 

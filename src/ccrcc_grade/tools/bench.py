@@ -269,12 +269,15 @@ def bench_ingest(n_slices: int = 200, matrix: int = 512) -> dict:
     }
 
 
-def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512, box_k: int | None = None) -> dict:
+def bench_serve(
+    device: str = "auto", steps: int = 15, matrix: int = 512, box_k: int | None = None, image_size: int = 224
+) -> dict:
     """The workstation's predict endpoint for a 15-slice boxed phase (model warm: the default with
     the box-robustness range, the page's fast first grade without it, and the full one with the
     heat map) and a windowed 512 x 512 slice PNG, through the real app (in-process HTTP client).
     Every answer must be 200: a benchmark of error answers would measure nothing. ``box_k``:
-    the plausible box sets of the robustness range (None: the server's default, 20)."""
+    the plausible box sets of the robustness range (None: the server's default, 20);
+    ``image_size``: the network's input (the study's 224; smaller only to test the benchmark)."""
     from fastapi.testclient import TestClient
 
     from ccrcc_grade.core.config import PreprocessConfig, to_dict
@@ -303,7 +306,7 @@ def bench_serve(device: str = "auto", steps: int = 15, matrix: int = 512, box_k:
                     "model": "resnet34",
                     "classes": ["low", "high"],
                     "config": {},
-                    "preprocess": {**to_dict(PreprocessConfig()), "image_size": 224, "normalize": True},
+                    "preprocess": {**to_dict(PreprocessConfig()), "image_size": image_size, "normalize": True},
                     "phase": "parenchymal",
                     "splits": {},
                     "epoch": 0,
