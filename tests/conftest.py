@@ -119,7 +119,7 @@ def nifti_cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def multicentre_cohort(tmp_path_factory) -> Path:
     """Realistic DICOM phantom of 3 centres (noise, kernel, HU offset and scanner differ; the
-    clinical.csv ``center`` column and the DICOM Manufacturer name them): 45 patients, 96 px;
+    clinical.csv ``center`` column and the DICOM Manufacturer name them): 45 patients, 64 px;
     each centre holds >= 3 patients of each grade (a 2:1:1 split per site)."""
     from ccrcc_grade.tools.synth import make_cohort
 
@@ -128,7 +128,7 @@ def multicentre_cohort(tmp_path_factory) -> Path:
         patients=45,
         high_fraction=0.45,
         seed=11,
-        matrix=96,
+        matrix=64,
         layout="dicom",
         centres=3,
     )
