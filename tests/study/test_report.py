@@ -112,3 +112,9 @@ def test_names_from_the_data_never_become_markup():
         "\n".join(["## Results by centre, scanner and tumour size", *subgroups_md(m, "t")]), Path(".")
     )
     assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;/B" in page
+
+
+def test_table_2_levels_keep_their_indent_and_their_text_is_escaped(study_out):
+    out, _ = study_out
+    html = (out / "report.html").read_text()
+    assert "&amp;nbsp;" not in html and "<td>\u00a0\u00a0F</td>" in html  # sex levels, indented

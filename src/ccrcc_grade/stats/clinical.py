@@ -228,7 +228,7 @@ def table_markdown(t: dict) -> str:
         else:
             lines.append(f"| {r['variable']} | {_n_cell(r)} |  |  | {r['test']} | {format_p(r['p'])} |")
             for lv in r["levels"]:
-                lines.append(f"| &nbsp;&nbsp;{lv['level']} |  | {lv['low']} | {lv['high']} |  |  |")
+                lines.append(f"| \u00a0\u00a0{lv['level']} |  | {lv['low']} | {lv['high']} |  |  |")
     lines.append("")
     lines.append(
         f"Continuous variables: mean ± SD (t-test) when {t['normality_test']} found both groups normal "

@@ -839,8 +839,10 @@ def report_markdown(results: dict, figs: list[tuple[str, Path]], out: Path) -> s
 def _md_table_to_html(lines: list[str]) -> str:
     rows = [ln.strip().strip("|").split("|") for ln in lines if not set(ln.replace("|", "").strip()) <= {"-"}]
     head, body = rows[0], rows[1:]
-    h = "".join(f"<th>{_inline(c.strip())}</th>" for c in head)  # escaped: cells hold names from the data
-    b = "".join("<tr>" + "".join(f"<td>{_inline(c.strip())}</td>" for c in r) + "</tr>" for r in body)
+    # escaped: cells hold names from the data; only ASCII spaces are trimmed (Table 2 indents its
+    # levels with non-breaking spaces)
+    h = "".join(f"<th>{_inline(c.strip(' '))}</th>" for c in head)
+    b = "".join("<tr>" + "".join(f"<td>{_inline(c.strip(' '))}</td>" for c in r) + "</tr>" for r in body)
     return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
 
 
