@@ -54,6 +54,15 @@ class FederationState:
         self.t0 = time.perf_counter()
         self.exchanged: dict = {"to_sites": "model tensors", "from_sites": set()}
 
+    def checkpoint_meta(self) -> dict:
+        """The run's checkpoint metadata; a server without data (--serve) takes the preprocessing
+        from the sites (they send its settings in round 1), so `evaluate --cohort` and `predict`
+        crop new images exactly as the sites did."""
+        meta = dict(self.meta)
+        if "preprocess" not in meta and self.preprocess:
+            meta["preprocess"] = json.loads(self.preprocess)
+        return meta
+
     def check_preprocess(self, texts: dict[str, str]) -> None:
         if self.preprocess is None and texts:
             self.preprocess = next(iter(texts.values()))
@@ -92,7 +101,7 @@ class FederationState:
             self.best_score, self.best_round = score, self.offset + rnd
             load_arrays(self.model, self.arrays)
             meta = {
-                **self.meta,
+                **self.checkpoint_meta(),
                 "epoch": self.best_round,
                 "best_epoch": self.best_round,
                 "val": {"val_auc": auc, "val_loss": loss},
@@ -114,7 +123,7 @@ class FederationState:
         if self.arrays is None:
             return
         load_arrays(self.model, self.arrays)
-        last = make_checkpoint(self.model, {**self.meta, "epoch": self.offset + rnd})
+        last = make_checkpoint(self.model, {**self.checkpoint_meta(), "epoch": self.offset + rnd})
         last.update(
             round=self.offset + rnd,
             history=self.history,

@@ -303,11 +303,20 @@ def evaluate_run(
     ckpt = predictor.meta
     agg = aggregate or ckpt["config"].get("patient_aggregate", "mean")
     out = Path(out) if out else eval_dir(run, split, cohort)
+    if not ckpt["config"].get("work") and cohort is None:
+        raise CcrccError(
+            f"{run}: a federated model whose patients stayed at the sites; evaluate it with --cohort SITE_WORK"
+        )
     rows = run_predictions(run, split, cohort, out, device, predictor)
     work = ckpt["config"]["work"] if cohort is None else external_work(Path(cohort), out)
-    val_rows = (
-        run_predictions(run, "val", None, out, device, predictor) if (cohort is not None or split != "val") else rows
-    )
+    if not ckpt["config"].get("work"):  # a federated server's model: the patients stayed at the sites
+        val_rows = None
+    else:
+        val_rows = (
+            run_predictions(run, "val", None, out, device, predictor)
+            if (cohort is not None or split != "val")
+            else rows
+        )
     return evaluate_rows(
         rows,
         out,
