@@ -5,11 +5,12 @@ An interrupted run therefore never leaves a half-written artefact under its fina
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,15 @@ def refuse_overwriting_inputs(outputs: list[tuple[str, Path | str | None]], inpu
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def atomic_write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
+    """A CSV table (header, then one line per row; keys not in ``columns`` left out), atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

@@ -308,8 +308,7 @@ def _finish(
         "history": state.history,
         "exchanged": {
             "to_sites": "the global model's tensors (state dict, fixed key order) and the round's settings",
-            "from_sites": "the local model's tensors and these numbers: "
-            + ", ".join(sorted(state.exchanged["from_sites"])),
+            "from_sites": "the local model's tensors and these numbers: " + ", ".join(sorted(state.received_keys)),
             "never": "pixel data, crops, patient ids, file names",
         },
         "test": {"patients": metrics["patient"]["n_patients"], "auc": metrics["patient"]["high"]["auc"]},

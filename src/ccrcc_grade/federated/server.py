@@ -17,8 +17,6 @@ makes a model of neither.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -28,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.core.fileio import atomic_torch_save, atomic_write_text
+from ccrcc_grade.core.fileio import atomic_torch_save, atomic_write_csv
 from ccrcc_grade.core.paths import RunDir
 from ccrcc_grade.core.threshold import DEFAULT_POLICY
 from ccrcc_grade.federated.client import load_arrays, to_arrays
@@ -52,7 +50,7 @@ class FederationState:
         self.preprocess: str | None = resume.get("preprocess") if resume else None
         self.arrays: list[np.ndarray] | None = None
         self.t0 = time.perf_counter()
-        self.exchanged: dict = {"to_sites": "model tensors", "from_sites": set()}
+        self.received_keys: set[str] = set()  # every metric name a site sent (federation.json)
 
     def checkpoint_meta(self) -> dict:
         """The run's checkpoint metadata; a server without data (--serve) takes the preprocessing
@@ -83,7 +81,7 @@ class FederationState:
             }
         )
         for m in per_site.values():
-            self.exchanged["from_sites"] |= set(m)
+            self.received_keys |= set(m)
 
     def on_evaluate(self, rnd: int, per_site: dict[str, dict]) -> dict:
         with_auc = [m for m in per_site.values() if "val_auc" in m]
@@ -92,7 +90,7 @@ class FederationState:
         n = sum(m["val_patients"] for m in per_site.values()) or 1
         loss = sum(m["val_loss"] * m["val_patients"] for m in per_site.values()) / n
         for m in per_site.values():
-            self.exchanged["from_sites"] |= set(m)
+            self.received_keys |= set(m)
         row = self.history[-1] if self.history and self.history[-1]["round"] == self.offset + rnd else {}
         row.update(val_auc=auc, val_loss=loss, evaluate=per_site, seconds=round(time.perf_counter() - self.t0, 1))
         score = (-math.inf if auc is None else auc, -loss)
@@ -135,11 +133,10 @@ class FederationState:
         atomic_torch_save(last, RunDir(self.run).last)
 
     def _write_log(self) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
-        w.writeheader()
-        for h in self.history:
-            w.writerow(
+        atomic_write_csv(
+            RunDir(self.run).log,
+            LOG_FIELDS,
+            (
                 {
                     "round": h["round"],
                     "train_loss": h.get("train_loss"),
@@ -148,8 +145,9 @@ class FederationState:
                     "sites": len(h.get("fit", {})),
                     "seconds": h.get("seconds"),
                 }
-            )
-        atomic_write_text(RunDir(self.run).log, buf.getvalue())
+                for h in self.history
+            ),
+        )
 
     def initial_arrays(self, resume: dict | None, seed: int, model_name: str, weights: str) -> list[np.ndarray]:
         """The global weights of round 1: the resumed round's, else a fresh model (seed, weights)."""

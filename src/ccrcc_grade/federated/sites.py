@@ -12,7 +12,6 @@ a site whose training patients hold one grade only, a patient id at two sites.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 
 from ccrcc_grade.core.config import to_dict
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text
+from ccrcc_grade.core.fileio import atomic_write_csv, atomic_write_json
 from ccrcc_grade.core.paths import WorkDir
 from ccrcc_grade.ingest.acquisition import ACQUISITION_COLUMNS, CENTER_COLUMNS, column
 from ccrcc_grade.ingest.cache import MANIFEST_COLUMNS, CropCache
@@ -34,14 +33,6 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         r = csv.DictReader(fh)
         return list(r.fieldnames or []), list(r)
-
-
-def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 def write_work(parts: list[tuple[Path, set[str]]], out: Path, note: dict) -> Path:
@@ -66,9 +57,9 @@ def write_work(parts: list[tuple[Path, set[str]]], out: Path, note: dict) -> Pat
         acquisition += [r for r in _read_csv(WorkDir(work).acquisition)[1] if r.get("patient_id") in patients]
     wd = WorkDir(out)
     np.save(wd.crops, np.concatenate(crops) if crops else np.zeros((0, 1, 1), np.uint8))
-    _write_csv(wd.manifest, MANIFEST_COLUMNS, manifest)
-    _write_csv(wd.clinical, clin_cols, clinical)
-    _write_csv(wd.acquisition, ACQUISITION_COLUMNS, acquisition)
+    atomic_write_csv(wd.manifest, MANIFEST_COLUMNS, manifest)
+    atomic_write_csv(wd.clinical, clin_cols, clinical)
+    atomic_write_csv(wd.acquisition, ACQUISITION_COLUMNS, acquisition)
     shutil.copyfile(WorkDir(parts[0][0]).preprocess, wd.preprocess)
     atomic_write_json(
         wd.ingest_report,

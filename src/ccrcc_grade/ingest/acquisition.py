@@ -19,12 +19,11 @@ clinical.csv columns only.
 from __future__ import annotations
 
 import csv
-import io
 import math
 from collections import defaultdict
 from pathlib import Path
 
-from ccrcc_grade.core.fileio import atomic_write_text
+from ccrcc_grade.core.fileio import atomic_write_csv
 from ccrcc_grade.core.paths import WorkDir
 from ccrcc_grade.ingest.cohort import Cohort, Roi
 
@@ -131,11 +130,7 @@ def acquisition_rows(cohort: Cohort) -> list[dict]:
 
 
 def write_acquisition(rows: list[dict], path: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=ACQUISITION_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_csv(path, ACQUISITION_COLUMNS, rows)
 
 
 def patient_attributes(work: Path | str, phase: str | None = None) -> dict[str, dict]:

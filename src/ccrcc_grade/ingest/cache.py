@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ import numpy as np
 
 from ccrcc_grade.core.config import PreprocessConfig, from_dict, to_dict
 from ccrcc_grade.core.errors import CcrccError
-from ccrcc_grade.core.fileio import atomic_write_json, atomic_write_text, normal_mode
+from ccrcc_grade.core.fileio import atomic_write_csv, atomic_write_json, normal_mode
 from ccrcc_grade.core.paths import WorkDir
 from ccrcc_grade.core.phases import CLASSES, PHASES
 from ccrcc_grade.core.progress import progress
@@ -317,19 +316,11 @@ def _write_cache_locked(
                 }
             )
         np.save(WorkDir(tmp).crops, crops)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(manifest)
-        atomic_write_text(WorkDir(tmp).manifest, buf.getvalue())
+        atomic_write_csv(WorkDir(tmp).manifest, MANIFEST_COLUMNS, manifest)
         atomic_write_json(WorkDir(tmp).preprocess, to_dict(cfg))
         included = {r.patient_id for r in cohort.rois}
         clin = cohort.clinical
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=clin.columns, lineterminator="\n", extrasaction="ignore")
-        w.writeheader()
-        w.writerows(clin.rows[p] for p in clin.rows if p in included)
-        atomic_write_text(WorkDir(tmp).clinical, buf.getvalue())
+        atomic_write_csv(WorkDir(tmp).clinical, clin.columns, (clin.rows[p] for p in clin.rows if p in included))
         acquisition = acquisition_rows(cohort)
         write_acquisition(acquisition, WorkDir(tmp).acquisition)
         report = {

@@ -303,13 +303,14 @@ def evaluate_run(
     ckpt = predictor.meta
     agg = aggregate or ckpt["config"].get("patient_aggregate", "mean")
     out = Path(out) if out else eval_dir(run, split, cohort)
-    if not ckpt["config"].get("work") and cohort is None:
+    own_work = ckpt["config"].get("work")  # empty: a federated server's model, its patients at the sites
+    if not own_work and cohort is None:
         raise CcrccError(
             f"{run}: a federated model whose patients stayed at the sites; evaluate it with --cohort SITE_WORK"
         )
     rows = run_predictions(run, split, cohort, out, device, predictor)
-    work = ckpt["config"]["work"] if cohort is None else external_work(Path(cohort), out)
-    if not ckpt["config"].get("work"):  # a federated server's model: the patients stayed at the sites
+    work = own_work if cohort is None else external_work(Path(cohort), out)
+    if not own_work:
         val_rows = None
     else:
         val_rows = (
