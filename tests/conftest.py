@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("CCRCC_NO_PROGRESS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# two threads per test process; under pytest-xdist (`make test` runs 2 workers) the two share them,
+# one thread each: two workers with two threads each on 2 cores oversubscribe them
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 REPO = Path(__file__).resolve().parents[1]
 SURVEY = REPO.parent / "shared" / "data-survey"

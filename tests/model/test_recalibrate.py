@@ -11,6 +11,11 @@ from scipy.special import expit
 
 from ccrcc_grade.model.recalibrate import METHODS, Fit, closed_test
 
+# the new site: Riley's minimum for 2 parameters at its prevalence (0.7) is 52 patients when the
+# briefly trained model reaches AUC 0.84 there and 69 at 0.80 - room for the model's AUC to vary
+# with the CPU's thread count (the reduction order) without the test depending on it
+SITE_PATIENTS = 80
+
 
 def _site(seed, n=400, slices=4, a=0.0, b=1.0, extra=0.0):
     """Patients with several slices: slice logits z, last-layer inputs h (2 directions), and grades
@@ -109,7 +114,12 @@ def new_site(tmp_path_factory):
     from ccrcc_grade.tools.synth import make_cohort
 
     return make_cohort(
-        tmp_path_factory.mktemp("coh") / "site", patients=50, high_fraction=0.7, seed=9, matrix=128, difficulty="easy"
+        tmp_path_factory.mktemp("coh") / "site",
+        patients=SITE_PATIENTS,
+        high_fraction=0.7,
+        seed=9,
+        matrix=128,
+        difficulty="easy",
     )
 
 
@@ -126,7 +136,7 @@ def test_recalibrate_writes_a_new_model_version_and_never_touches_the_original(
     assert "recalibrated model" in capsys.readouterr().out
     assert {f.name: _sha(f) for f in trained_run.iterdir() if f.is_file()} == before
     r = json.loads((out / "recalibration.json").read_text())
-    assert r["method"] == "intercept" and r["chosen_by"] == "--method" and r["patients"] == 50
+    assert r["method"] == "intercept" and r["chosen_by"] == "--method" and r["patients"] == SITE_PATIENTS
     for key in ("calibration_intercept", "calibration_slope", "o_e", "ece", "auc"):
         assert key in r["before"] and key in r["after"]
     # the new version is an ordinary model: its probabilities are the fitted ones
@@ -148,7 +158,7 @@ def test_recalibrate_writes_a_new_model_version_and_never_touches_the_original(
     new_p = load_predictor(out, backend="torch")(crops)
     assert new_p == pytest.approx(expit(a + z), abs=0.02)  # bf16 on some CPUs
     card = model_card(out / "best.pt", read_checkpoint(out / "best.pt"))
-    assert card["recalibration"]["method"] == "intercept" and card["recalibration"]["patients"] == 50
+    assert card["recalibration"]["method"] == "intercept" and card["recalibration"]["patients"] == SITE_PATIENTS
     assert run_cli("evaluate", out, "--cohort", new_site, "--out", tmp_path / "ev", "--bootstrap", "100") == 0
 
 

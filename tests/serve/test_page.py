@@ -288,9 +288,21 @@ def test_boxes_cannot_fail_unseen_and_keys_never_relabel_a_phase(server, dicom_c
         page.unroute("**/boxes")
         drag(400, 100, 460, 160)
         page.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('3 boxes saved')")
+        held = []  # a slow server: the save is held until the test lets it through
+        page.route("**/boxes", lambda route: held.append(route) if route.request.method == "PUT" else route.continue_())
+        drag(100, 300, 160, 360)
+        for _ in range(250):
+            if held:
+                break
+            page.wait_for_timeout(20)
+        assert held, "no save was sent"
+        while_held = page.text_content("#box-line")
+        held[0].continue_()
+        page.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('4 boxes saved')")
         browser.close()
     assert failed.startswith("2 boxes NOT SAVED") and "disk full" in failed and errors == []
-    assert len(_get(f"{url}/api/studies/{sid}/boxes")) == 3  # the box of the failed save was not dropped
+    assert while_held.startswith("4 boxes saving"), while_held  # never "saved" before the server has them
+    assert len(_get(f"{url}/api/studies/{sid}/boxes")) == 4  # the box of the failed save was not dropped
 
 
 def _text(page, selector: str) -> str:

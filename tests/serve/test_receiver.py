@@ -63,6 +63,15 @@ def wait_complete(store: StudyStore, n: int = 1, timeout: float = 30) -> list[di
     raise AssertionError(f"not complete in {timeout} s: {store.listing()}")
 
 
+def incoming_left(store: StudyStore, timeout: float = 10) -> list:
+    """The receiver's incoming copies still there after ``timeout`` s (they go once the store
+    holds the study, just after its status changes)."""
+    deadline = time.time() + timeout
+    while (left := list((store.root / ".incoming").rglob("*.dcm"))) and time.time() < deadline:
+        time.sleep(0.1)
+    return left
+
+
 def test_a_study_arrives_and_completes_after_the_quiet_time(receiver, store, dicom_cohort, caplog):
     caplog.set_level(logging.INFO)
     datasets = patient(dicom_cohort)
@@ -78,7 +87,7 @@ def test_a_study_arrives_and_completes_after_the_quiet_time(receiver, store, dic
     assert sum(x["slices"] for x in s["series"]) == len(datasets)
     stored = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in store.root.glob("*/series/*/*")}
     assert stored == {str(d.SOPInstanceUID) for d in datasets}
-    assert not list((store.root / ".incoming").rglob("*.dcm"))  # taken in: the incoming copies are gone
+    assert not incoming_left(store)  # taken in: the incoming copies are gone
     assert datasets[0].PatientID not in caplog.text and str(datasets[0].PatientName) not in caplog.text
     assert f"study {s['study_id']} complete: {len(datasets)} instances" in caplog.text
 
@@ -179,7 +188,7 @@ def test_pushed_twice_and_more_after_completion(receiver, store, dicom_cohort, t
     assert "parenchymal" in [x["phase"] for x in s["series"]]
     assert [b["sop_instance_uid"] for b in store.boxes(sid)] == [k0]  # the boxes stay
     assert s["status"] == "boxed"  # and so does what they made of the study
-    assert not list((store.root / ".incoming").rglob("*.dcm"))
+    assert not incoming_left(store)
     assert push(receiver.port, datasets[:3]) == [0, 0, 0]  # still known: pushed again, stored once
     time.sleep(2.0)
     (s,) = store.listing()

@@ -14,8 +14,8 @@ from ccrcc_grade.core.errors import CcrccError
 from ccrcc_grade.stats.format import format_p
 
 
-def test_study_quick_end_to_end_and_resumable(run_cli, study_out, slices_cohort, capsys):
-    out = study_out[0]
+def test_study_quick_end_to_end_and_resumable(run_cli, study_out, slices_cohort, copy_tree, capsys):
+    out = copy_tree(study_out[0], "study")  # resumed below without --second-reader: not the shared one
     res = json.loads((out / "results.json").read_text())
     names = set(res["runs"])
     assert {f"resnet34-{p}" for p in ("plain", "corticomedullary", "parenchymal", "excretory", "combined")} <= names

@@ -486,11 +486,11 @@ function changeBoxes(fn, before) {   // every change is undoable: the boxes befo
   state.future = [];
   fn();
   state.selected = Math.min(state.selected, state.boxes.length - 1);
+  saveBoxes();   // first: the box line then says "saving..." until the server has them, never "saved" before
   renderBoxList();
-  saveBoxes();
 }
-function undo() { if (!state.history.length) return; state.future.push(snapshot()); state.boxes = state.history.pop(); state.selected = -1; renderBoxList(); saveBoxes(); }
-function redo() { if (!state.future.length) return; state.history.push(snapshot()); state.boxes = state.future.pop(); state.selected = -1; renderBoxList(); saveBoxes(); }
+function undo() { if (!state.history.length) return; state.future.push(snapshot()); state.boxes = state.history.pop(); state.selected = -1; saveBoxes(); renderBoxList(); }
+function redo() { if (!state.future.length) return; state.history.push(snapshot()); state.boxes = state.future.pop(); state.selected = -1; saveBoxes(); renderBoxList(); }
 
 const canvas = $("canvas");
 function canvasPoint(ev) {
