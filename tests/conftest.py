@@ -15,9 +15,14 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("CCRCC_NO_PROGRESS", "1")
-# two threads per test process; under pytest-xdist (`make test` runs 2 workers) the two share them,
-# one thread each: two workers with two threads each on 2 cores oversubscribe them
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+# two threads per test process; pytest-xdist's workers (`make test` runs 2) share them, one thread
+# each: two workers with two threads each on 2 cores oversubscribe them (measured: slower than one
+# process). A worker inherits the controller's OMP_NUM_THREADS, so it is set, not defaulted, there;
+# this runs before anything imports torch.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, 2 // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 SURVEY = REPO.parent / "shared" / "data-survey"

@@ -266,3 +266,78 @@ def test_server_gone_mid_federation_sites_stop_and_it_resumes(federation):
     fed = json.loads((out / "federation.json").read_text())
     assert [h["round"] for h in fed["history"]] == [1, 2] and not (out / "last.pt").exists()
     assert fed["history"][0]["seconds"] and fed["history"][1]["evaluate"]
+
+
+def _tls(folder):
+    """A CA and a server certificate it signed for 127.0.0.1 (PEM files: ca, cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def cert(subject, issuer, key, signer, extensions):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        b = x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+        b = b.serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        b = b.not_valid_after(now + datetime.timedelta(days=1))
+        for ext, critical in extensions:
+            b = b.add_extension(ext, critical=critical)
+        return b.sign(signer, hashes.SHA256())
+
+    name = lambda cn: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # noqa: E731
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert(name("CA"), name("CA"), ca_key, ca_key, [(x509.BasicConstraints(ca=True, path_length=None), True)])
+
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
+    server = cert(name("127.0.0.1"), ca.subject, key, ca_key, [(san, False)])
+    paths = [folder / "ca.pem", folder / "server.pem", folder / "server.key"]
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+def test_across_machines_serve_and_join_over_tls(site_works, free_port, tmp_path, run_cli):
+    """The server alone (--serve, TLS) and two sites joining it from their own WORK folders as
+    separate processes: one round, a normal run folder whose model a third site evaluates."""
+    ca, cert, key = _tls(tmp_path)
+    address = f"127.0.0.1:{free_port()}"
+    out = tmp_path / "server"
+    (one, first), (two, second), (_, third) = site_works.items()
+    train = ["--phase", "parenchymal", *FAST[:10], "--no-progress"]  # training settings, no ingest options
+    cmd = [sys.executable, "-m", "ccrcc_grade", "federated"]
+    logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("server", "site1", "site2")}  # noqa: SIM115
+    procs = {
+        "server": subprocess.Popen(
+            [*cmd, "--serve", address, "--sites", "2", "--out", out, "--rounds", "1", *train]
+            + ["--certificates", ca, cert, key],
+            stdout=logs["server"],
+            stderr=subprocess.STDOUT,
+        )
+    }
+    for n, w in (("site1", first), ("site2", second)):
+        procs[n] = subprocess.Popen(
+            [*cmd, w, "--join", address, "--root-certificates", ca, *train], stdout=logs[n], stderr=subprocess.STDOUT
+        )
+    try:
+        codes = {n: p.wait(timeout=240) for n, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+        for fh in logs.values():
+            fh.close()
+    assert codes == {"server": 0, "site1": 0, "site2": 0}, {n: (tmp_path / f"{n}.log").read_text()[-600:] for n in logs}
+    fed = json.loads((out / "federation.json").read_text())
+    assert fed["sites"] == 2 and fed["rounds"] == 1 and fed["best_round"] == 1
+    assert set(fed["history"][0]["evaluate"]) == {one, two}  # both sites scored the round
+    assert (out / "best.pt").is_file() and not (out / "last.pt").exists()
+    # the server never had patients: a third site evaluates the model on its own WORK
+    assert run_cli("evaluate", out, "--cohort", third, "--bootstrap", "100") == 0
+    m = json.loads(next(out.glob("eval-*/metrics.json")).read_text())
+    assert m["patient"]["n_patients"] > 0
