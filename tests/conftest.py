@@ -31,6 +31,35 @@ MATRIX = 128  # synthetic slices: small but with the real geometry (~0.7 mm pixe
 CROP = 48  # crop size of test caches
 
 
+# pytest-xdist (`make test`: --dist loadscope) sends each module to one worker; the modules that
+# share an expensive session fixture go to one worker together, so it is built once, not once per
+# worker (the proposal model of roi_run trains ~90 s on one thread, the study of study_out ~35 s).
+SHARED_FIXTURE_MODULES = {
+    "roi_run": (
+        "tests/roi/test_net.py",
+        "tests/roi/test_propose.py",
+        "tests/serve/test_assisted.py",
+        "tests/serve/test_page_assisted.py",
+        "tests/tools/test_bench.py",
+    ),
+    "study_out": ("tests/study/test_report.py", "tests/study/test_run.py"),
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    unit_of = {m: name for name, modules in SHARED_FIXTURE_MODULES.items() for m in modules}
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:  # xdist's way to say what travels together
+            return unit_of.get(nodeid.split("::", 1)[0]) or super()._split_scope(nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
 def survey_file(rel: str) -> Path:
     """A file of ../shared/data-survey, or skip the test when the folder is not there."""
     p = SURVEY / rel
