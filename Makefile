@@ -83,9 +83,10 @@ format: setup
 	$(BIN)/ruff format src tests
 
 # Two pytest-xdist workers (TEST_WORKERS=1 for one process): much of a test is single-threaded
-# Python, a browser, a PACS or a subprocess starting, so two at a time use both cores (13:49 -> 9:46
+# Python, a browser, a PACS or a subprocess starting, so two at a time use both cores (13:49 -> 8:56
 # on the 2-core AMD host). --dist loadscope keeps each module on one worker, so a module's
-# fixtures are built once; each worker builds the session fixtures it needs.
+# fixtures are built once; modules sharing an expensive session fixture go together
+# (SHARED_FIXTURE_MODULES in tests/conftest.py); tests/conftest.py gives each worker one thread.
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -v --durations=15 $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope)
 

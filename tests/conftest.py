@@ -46,6 +46,7 @@ SHARED_FIXTURE_MODULES = {
 }
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; plain pytest runs without it
 def pytest_xdist_make_scheduler(config, log):
     if config.getoption("dist") != "loadscope":
         return None
