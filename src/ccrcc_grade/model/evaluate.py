@@ -310,14 +310,12 @@ def evaluate_run(
         )
     rows = run_predictions(run, split, cohort, out, device, predictor)
     work = own_work if cohort is None else external_work(Path(cohort), out)
-    if not own_work:
+    if not own_work:  # the validation patients are at the sites: no operating points from them
         val_rows = None
+    elif cohort is not None or split != "val":
+        val_rows = run_predictions(run, "val", None, out, device, predictor)
     else:
-        val_rows = (
-            run_predictions(run, "val", None, out, device, predictor)
-            if (cohort is not None or split != "val")
-            else rows
-        )
+        val_rows = rows
     return evaluate_rows(
         rows,
         out,

@@ -9,13 +9,12 @@ another tool, `evaluate --predictions`), the statistics read them through here.
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
 from ccrcc_grade.core.errors import CcrccError, check_number
-from ccrcc_grade.core.fileio import atomic_write_text
+from ccrcc_grade.core.fileio import atomic_write_csv
 from ccrcc_grade.stats.metrics import aggregate_patients
 
 IMAGE_COLUMNS = ["patient_id", "phase", "source", "label", "prob_high", "x_min", "y_min", "x_max", "y_max"]
@@ -96,9 +95,4 @@ def patient_level(rows: list[dict], how: str = "mean") -> list[dict]:
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{v:.6f}" if k == "prob_high" else v) for k, v in r.items() if k in columns})
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_csv(path, columns, ({k: (f"{v:.6f}" if k == "prob_high" else v) for k, v in r.items()} for r in rows))
