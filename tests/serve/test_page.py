@@ -288,6 +288,7 @@ def test_boxes_cannot_fail_unseen_and_keys_never_relabel_a_phase(server, dicom_c
         page.unroute("**/boxes")
         drag(400, 100, 460, 160)
         page.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('3 boxes saved')")
+        after_recovery = page.text_content("#message")
         held = []  # a slow server: the save is held until the test lets it through
         page.route("**/boxes", lambda route: held.append(route) if route.request.method == "PUT" else route.continue_())
         drag(100, 300, 160, 360)
@@ -301,6 +302,7 @@ def test_boxes_cannot_fail_unseen_and_keys_never_relabel_a_phase(server, dicom_c
         page.wait_for_function("() => document.getElementById('box-line').textContent.startsWith('4 boxes saved')")
         browser.close()
     assert failed.startswith("2 boxes NOT SAVED") and "disk full" in failed and errors == []
+    assert "disk full" not in after_recovery  # every box saved since: the failure's message went
     assert while_held.startswith("4 boxes saving"), while_held  # never "saved" before the server has them
     assert len(_get(f"{url}/api/studies/{sid}/boxes")) == 4  # the box of the failed save was not dropped
 

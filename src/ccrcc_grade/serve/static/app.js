@@ -464,8 +464,10 @@ function saveBoxes() {
   const meta = {};
   saving = saving.then(() => api("PUT", `/api/studies/${id}/boxes`, body, undefined, { "If-Match": state.boxesEtag || '"0"' }, meta))
     .then((saved) => {
+      const failed = state.saveError;
       state.pending--; state.boxesEtag = meta.etag; if (!state.pending) state.boxes = saved; state.saveError = null; renderBoxList();
-      if ($("message").textContent.includes("changed elsewhere")) say("");   // the conflict is resolved
+      // the conflict or the failed save is resolved: its message goes (any other message stays)
+      if ($("message").textContent.includes("changed elsewhere") || (failed && $("message").textContent === failed)) say("");
     })
     .catch(async (e) => {
       state.pending--;
